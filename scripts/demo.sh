@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# Interactive demo of redcall against a real Redis.
+#
+# Uses $REDIS_URL (default redis://127.0.0.1:6379) if it answers PING;
+# otherwise starts a throwaway redis-server on a free port in a temp dir
+# (installing redis-server via apt-get if needed). It then builds redcall,
+# starts a responder (`serve`) and walks through a few calls, including the
+# two-program flow where a caller waits and a second program replies by id.
+# Everything the script starts is stopped by PID on exit.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
+BIN=target/release/redcall
+SERVICE="demo-$$"
+MANUAL_SERVICE="demo-$$-manual"
+TMP="$(mktemp -d -t redcall-demo.XXXXXX)"
+URL=""
+REDIS_PID=""
+SERVE_PID=""
+CALL_PID=""
+
+log() { printf '==> %s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+heading() { printf '\n=== %s ===\n' "$*"; }
+
+# Print a command line with arguments quoted only where needed.
+show_cmd() {
+    local out="\$" arg
+    for arg in "$@"; do
+        if [[ "$arg" =~ ^[A-Za-z0-9_./:=@-]+$ ]]; then out+=" $arg"; else out+=" '$arg'"; fi
+    done
+    printf '%s\n' "$out"
+}
+
+# Send SIGTERM to a PID we started and reap it.
+stop_pid() {
+    local pid="$1"
+    [[ -n "$pid" ]] || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$?
+    stop_pid "$CALL_PID"
+    stop_pid "$SERVE_PID"
+    if [[ $rc -ne 0 && -s "$TMP/serve.log" ]]; then
+        printf '\n--- responder log (tail) ---\n' >&2
+        tail -n 20 "$TMP/serve.log" >&2
+    fi
+    stop_pid "$REDIS_PID"
+    rm -rf "$TMP"
+    exit "$rc"
+}
+trap cleanup EXIT
+
+as_root() {
+    if [[ "$(id -u)" -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "need root (or sudo) to run: $*"
+    fi
+}
+
+ensure_redis_installed() {
+    command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 && return 0
+    log "redis-server/redis-cli not found; installing redis-server with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! as_root apt-get install -y redis-server; then
+        as_root apt-get update
+        as_root apt-get install -y redis-server
+    fi
+}
+
+# True if the Redis at URL $1 answers PONG.
+redis_answers() {
+    command -v redis-cli >/dev/null 2>&1 || return 1
+    [[ "$(timeout 5 redis-cli --no-auth-warning -u "$1" ping 2>/dev/null)" == PONG ]]
+}
+
+# True if something already listens on 127.0.0.1:$1.
+port_in_use() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# Start a throwaway redis-server on a free port; sets URL and REDIS_PID.
+start_throwaway_redis() {
+    local dir="$TMP/redis" port attempt i
+    mkdir -p "$dir"
+    for attempt in 1 2 3 4 5 6 7 8 9 10; do
+        port=$((20000 + RANDOM % 40000))
+        port_in_use "$port" && continue
+        redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+            --daemonize no --dir "$dir" --logfile "$dir/redis.log" >/dev/null 2>&1 &
+        REDIS_PID=$!
+        for i in $(seq 100); do
+            kill -0 "$REDIS_PID" 2>/dev/null || break # exited: port taken, try another
+            if redis_answers "redis://127.0.0.1:$port"; then
+                URL="redis://127.0.0.1:$port"
+                log "started throwaway redis-server (pid $REDIS_PID) at $URL"
+                return 0
+            fi
+            sleep 0.05
+        done
+        stop_pid "$REDIS_PID"
+        REDIS_PID=""
+    done
+    die "could not start a throwaway redis-server (log: $(tail -n 5 "$dir/redis.log" 2>/dev/null))"
+}
+
+# redcall against the demo service / the manual-reply service.
+rc() { "$BIN" --url "$URL" --service "$SERVICE" "$@"; }
+rcm() { "$BIN" --url "$URL" --service "$MANUAL_SERVICE" "$@"; }
+
+# Print a heading with the command line, then run it.
+demo() {
+    heading "$*"
+    show_cmd redcall --url "$URL" --service "$SERVICE" "$@"
+    rc "$@"
+}
+
+# --- Redis -----------------------------------------------------------------
+if redis_answers "$REDIS_URL"; then
+    URL="$REDIS_URL"
+    log "using Redis at $URL"
+else
+    log "no Redis answering at $REDIS_URL; starting a throwaway one"
+    ensure_redis_installed
+    start_throwaway_redis
+fi
+
+# --- Build & responder -----------------------------------------------------
+command -v cargo >/dev/null 2>&1 || die "cargo not found; install Rust from https://rustup.rs"
+log "building redcall (release)"
+cargo build --release --quiet
+
+log "starting responder: redcall --service $SERVICE serve (log: $TMP/serve.log)"
+"$BIN" --url "$URL" --service "$SERVICE" serve >"$TMP/serve.log" 2>&1 &
+SERVE_PID=$!
+sleep 0.5
+kill -0 "$SERVE_PID" 2>/dev/null || { wait "$SERVE_PID" || true; SERVE_PID=""; die "responder exited early"; }
+
+# --- Calls handled by the responder ----------------------------------------
+demo call echo '{"key1":"value1"}'
+demo call sleep '{"ms":200}'
+
+heading "call fail (expected to fail)"
+show_cmd redcall --url "$URL" --service "$SERVICE" call fail '{}'
+code=0
+out="$(rc call fail '{}' 2>&1)" || code=$?
+printf '%s\n' "$out"
+printf 'exit code: %s\n' "$code"
+[[ $code -ne 0 ]] || log "warning: 'fail' unexpectedly succeeded"
+
+# --- Two-program flow: one caller waits, another program replies -----------
+heading "two-program flow (service $MANUAL_SERVICE)"
+show_cmd redcall --url "$URL" --service "$MANUAL_SERVICE" call SomeFunction '{"a":1}' --id request_123 --timeout 10
+echo "(running in the background, waiting for a reply)"
+rcm call SomeFunction '{"a":1}' --id request_123 --timeout 10 >"$TMP/call.out" 2>&1 &
+CALL_PID=$!
+
+show_cmd redcall --url "$URL" --service "$MANUAL_SERVICE" info request_123
+found=0
+for _ in $(seq 50); do # up to 5 s
+    if rcm info request_123 >"$TMP/info.out" 2>&1; then found=1; break; fi
+    kill -0 "$CALL_PID" 2>/dev/null || break
+    sleep 0.1
+done
+cat "$TMP/info.out"
+[[ $found -eq 1 ]] || die "request_123 did not become visible via 'info' within 5 s"
+
+show_cmd redcall --url "$URL" --service "$MANUAL_SERVICE" reply request_123 '{"answer":42}'
+rcm reply request_123 '{"answer":42}'
+
+code=0
+wait "$CALL_PID" || code=$?
+CALL_PID=""
+printf -- '--- waiting caller output (exit code %s) ---\n' "$code"
+cat "$TMP/call.out"
+
+heading "done"

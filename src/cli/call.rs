@@ -1,0 +1,38 @@
+//! `redcall call FUNC [PARAMS_JSON] [--id ID] [--timeout SECS]`: the request operation.
+
+use std::time::Duration;
+
+use super::{Context, parse_json, print_json};
+
+/// Arguments of `redcall call`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Function key to call.
+    pub func: String,
+    /// Params as JSON (default `null`).
+    #[arg(default_value = "null")]
+    pub params: String,
+    /// Request id (default: a new UUID v7).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Seconds to wait for the reply.
+    #[arg(long, default_value_t = 10.0)]
+    pub timeout: f64,
+}
+
+/// Sends the request, waits, prints the reply.
+pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
+    let params = parse_json("params", &args.params)?;
+    let timeout = Duration::try_from_secs_f64(args.timeout).map_err(|_| {
+        redcall::Error::Config("--timeout must be a positive number of seconds".into())
+    })?;
+    let id = args.id.clone().unwrap_or_else(redcall::new_request_id);
+    let requester = ctx.client.requester(&ctx.cli.service);
+    let reply: serde_json::Value = requester.request(&id, &args.func, &params, timeout).await?;
+    if ctx.cli.json {
+        print_json(ctx.cli, &serde_json::json!({ "id": id, "reply": reply }));
+    } else {
+        print_json(ctx.cli, &reply);
+    }
+    Ok(())
+}

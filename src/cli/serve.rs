@@ -1,0 +1,165 @@
+//! `redcall serve`: a responder with built-in demo handlers, stopped cleanly by SIGINT or SIGTERM.
+
+use std::time::Duration;
+
+use redcall::{HandlerError, RequestContext, ResponderBuilder};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::Context;
+
+/// Arguments of `redcall serve` (responder settings; defaults as in the library).
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Idle time (ms) after which a pending request is given to another responder.
+    #[arg(long, value_name = "MS")]
+    pub visibility_timeout: Option<u64>,
+    /// Deliveries after which a failing request is dead-lettered.
+    #[arg(long, value_name = "N")]
+    pub max_deliveries: Option<u64>,
+    /// Most requests handled at once.
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
+    /// Consumer name (default: host-pid-random).
+    #[arg(long, value_name = "NAME")]
+    pub consumer: Option<String>,
+    /// Consumer group.
+    #[arg(long, value_name = "NAME")]
+    pub group: Option<String>,
+    /// Time (ms) in-flight handlers get to finish on shutdown.
+    #[arg(long, value_name = "MS")]
+    pub grace: Option<u64>,
+    /// Do not run the reaper in this responder.
+    #[arg(long)]
+    pub no_reaper: bool,
+}
+
+#[derive(Deserialize)]
+struct SleepParams {
+    ms: u64,
+}
+
+#[derive(Serialize)]
+struct Slept {
+    slept_ms: u64,
+}
+
+/// Registers the demo handlers: `echo`, `sleep`, `fail`, `panic`, `retry` and `work`.
+pub fn demo_handlers(
+    builder: ResponderBuilder,
+    client: &redcall::Client,
+    service: &str,
+    redis: redis::aio::ConnectionManager,
+) -> ResponderBuilder {
+    let runs_key = format!("{}:runs", client.keys(service).tag());
+    builder
+        .handler("echo", |_ctx: RequestContext, params: Value| async move {
+            Ok::<_, HandlerError>(params)
+        })
+        .handler("sleep", |_ctx: RequestContext, p: SleepParams| async move {
+            tokio::time::sleep(Duration::from_millis(p.ms)).await;
+            Ok::<_, HandlerError>(Slept { slept_ms: p.ms })
+        })
+        .handler("fail", |_ctx: RequestContext, _p: Value| async move {
+            Err::<Value, _>(HandlerError::fail(
+                "demo_failure",
+                "the fail handler always fails",
+            ))
+        })
+        .handler("panic", |ctx: RequestContext, _p: Value| async move {
+            always_panic(ctx.delivery)
+        })
+        .handler("retry", |ctx: RequestContext, _p: Value| async move {
+            Err::<Value, _>(HandlerError::retry(format!(
+                "asked to retry (delivery {})",
+                ctx.delivery
+            )))
+        })
+        // Sleeps like `sleep`, then counts the run in a hash `{ns:service}:runs` (field: request id), so tests and
+        // demos can see how many times each request really ran.
+        .handler("work", move |ctx: RequestContext, p: SleepParams| {
+            let mut redis = redis.clone();
+            let runs_key = runs_key.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(p.ms)).await;
+                let _: i64 = redis::AsyncCommands::hincr(&mut redis, &runs_key, &ctx.id, 1)
+                    .await
+                    .map_err(|e| HandlerError::retry(e.to_string()))?;
+                Ok::<_, HandlerError>(Slept { slept_ms: p.ms })
+            }
+        })
+}
+
+/// Runs the responder until SIGINT or SIGTERM, then drains within the grace period.
+pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
+    let mut builder = ctx
+        .client
+        .responder(&ctx.cli.service)
+        .reaper(!args.no_reaper);
+    if let Some(ms) = args.visibility_timeout {
+        builder = builder.visibility_timeout(Duration::from_millis(ms));
+    }
+    if let Some(n) = args.max_deliveries {
+        builder = builder.max_deliveries(n);
+    }
+    if let Some(n) = args.concurrency {
+        builder = builder.concurrency(n);
+    }
+    if let Some(name) = &args.consumer {
+        builder = builder.consumer(name.clone());
+    }
+    if let Some(group) = &args.group {
+        builder = builder.group(group.clone());
+    }
+    if let Some(ms) = args.grace {
+        builder = builder.grace(Duration::from_millis(ms));
+    }
+    let redis = redis::Client::open(ctx.cli.url.as_str())
+        .map_err(|e| redcall::Error::Config(format!("bad Redis URL: {e}")))?
+        .get_connection_manager()
+        .await
+        .map_err(|source| redcall::Error::Redis {
+            context: "connecting",
+            source,
+        })?;
+    let responder = demo_handlers(builder, &ctx.client, &ctx.cli.service, redis)
+        .start()
+        .await?;
+    eprintln!(
+        "serving {:?} as consumer {} (handlers: echo, sleep, fail, panic, retry, work); Ctrl-C to stop",
+        ctx.cli.service,
+        responder.consumer()
+    );
+    let stop = responder.stop_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        stop.cancel();
+    });
+    let cut_off = responder.run_until_stopped().await?;
+    eprintln!("stopped ({cut_off} unfinished requests left pending)");
+    Ok(())
+}
+
+/// The `panic` demo handler's body.
+fn always_panic(delivery: u64) -> Result<Value, HandlerError> {
+    panic!("the panic handler always panics (delivery {delivery})")
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! The entry point: a [`Client`] holds the Redis address and the shared settings, and hands out requesters,
+//! responders and the admin API.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::OnceCell;
+
+use crate::admin::Admin;
+use crate::config::ClientConfig;
+use crate::connection;
+use crate::error::{Error, Result};
+use crate::protocol::ServiceKeys;
+use crate::replies::Router;
+use crate::requester::Requester;
+use crate::responder::ResponderBuilder;
+
+/// A handle to one Redis deployment of redcall. Cheap to clone; clones share one reply connection.
+///
+/// ```no_run
+/// # async fn demo() -> redcall::Result<()> {
+/// let client = redcall::Client::builder("redis://127.0.0.1:6379").namespace("shop").build()?;
+/// let orders = client.requester("orders");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    redis: redis::Client,
+    config: ClientConfig,
+    router: OnceCell<Arc<Router>>,
+}
+
+impl Client {
+    /// A client for `url` (`redis://` or `rediss://`, with user name and password where needed) with default
+    /// settings. Connections are opened on first use.
+    pub fn open(url: &str) -> Result<Self> {
+        Self::builder(url).build()
+    }
+
+    /// A builder to change the settings.
+    pub fn builder(url: &str) -> ClientBuilder {
+        ClientBuilder {
+            url: url.to_owned(),
+            config: ClientConfig::default(),
+        }
+    }
+
+    /// A requester for `service`.
+    pub fn requester(&self, service: &str) -> Requester {
+        Requester::new(self.clone(), service)
+    }
+
+    /// A builder for a responder serving `service`.
+    pub fn responder(&self, service: &str) -> ResponderBuilder {
+        ResponderBuilder::new(self.clone(), service)
+    }
+
+    /// The admin API for `service` (stats, dead letters, replay).
+    pub fn admin(&self, service: &str) -> Admin {
+        Admin::new(self.clone(), service)
+    }
+
+    /// The settings this client was built with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// The key layout of `service` in this client's namespace.
+    pub fn keys(&self, service: &str) -> ServiceKeys {
+        ServiceKeys::new(&self.inner.config.namespace, service)
+    }
+
+    /// Number of requests of this client currently waiting for a reply.
+    pub fn in_flight(&self) -> usize {
+        self.inner.router.get().map_or(0, |r| r.in_flight())
+    }
+
+    pub(crate) fn redis(&self) -> &redis::Client {
+        &self.inner.redis
+    }
+
+    /// The reply router, connected on first use.
+    pub(crate) async fn router(&self) -> Result<Arc<Router>> {
+        self.inner
+            .router
+            .get_or_try_init(|| Router::start(self.inner.redis.clone(), self.inner.config.clone()))
+            .await
+            .cloned()
+    }
+}
+
+/// Settings for a [`Client`]; every knob has a default (see [`crate::config`]).
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    url: String,
+    config: ClientConfig,
+}
+
+impl ClientBuilder {
+    /// Prefix that keeps several deployments apart in one Redis (default `redcall`).
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.config.namespace = namespace.into();
+        self
+    }
+
+    /// Largest encoded request or reply in bytes (default 1 MiB). Larger ones are refused before sending.
+    pub fn payload_limit(mut self, bytes: usize) -> Self {
+        self.config.payload_limit = bytes;
+        self
+    }
+
+    /// How long a request record is kept after the request's deadline (default 1 h).
+    pub fn record_retention(mut self, retention: Duration) -> Self {
+        self.config.record_retention = retention;
+        self
+    }
+
+    /// How long a stored reply is kept (default 1 h).
+    pub fn reply_ttl(mut self, ttl: Duration) -> Self {
+        self.config.reply_ttl = ttl;
+        self
+    }
+
+    /// Limit for one non-blocking Redis command (default 5 s).
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.config.command_timeout = timeout;
+        self
+    }
+
+    /// Limit for opening a connection (default 3 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// Checks the settings and builds the client. Does not connect yet.
+    pub fn build(self) -> Result<Client> {
+        let c = &self.config;
+        if c.namespace.is_empty() || c.namespace.contains(['{', '}']) {
+            return Err(Error::Config(
+                "the namespace must be non-empty and must not contain braces".into(),
+            ));
+        }
+        if c.payload_limit == 0 {
+            return Err(Error::Config("the payload limit must be positive".into()));
+        }
+        let redis = connection::resp3_client(&self.url)?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                redis,
+                config: self.config,
+                router: OnceCell::new(),
+            }),
+        })
+    }
+}

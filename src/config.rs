@@ -1,0 +1,52 @@
+//! Settings shared by every part of a [`Client`](crate::Client), with their defaults in one place.
+
+use std::time::Duration;
+
+/// Namespace used when none is given: keys look like `{redcall:<service>}:...`.
+pub const DEFAULT_NAMESPACE: &str = "redcall";
+/// Largest encoded request or reply accepted by default (1 MiB).
+pub const DEFAULT_PAYLOAD_LIMIT: usize = 1024 * 1024;
+/// How long a request record outlives the request's deadline by default.
+pub const DEFAULT_RECORD_RETENTION: Duration = Duration::from_secs(3600);
+/// How long a stored reply is kept by default, so a late reader can still fetch it.
+pub const DEFAULT_REPLY_TTL: Duration = Duration::from_secs(3600);
+/// Default limit for one non-blocking Redis command (blocking reads get their own, longer limit).
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default limit for opening a connection.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Client-wide settings. Built through [`ClientBuilder`](crate::ClientBuilder).
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Prefix that keeps deployments apart in one Redis.
+    pub namespace: String,
+    /// Largest encoded request or reply, in bytes; larger ones are refused before anything is sent.
+    pub payload_limit: usize,
+    /// How long a request record (what `call_info` reads, and what refuses a duplicate id) is kept after the
+    /// request's deadline.
+    pub record_retention: Duration,
+    /// How long a stored reply is kept.
+    pub reply_ttl: Duration,
+    /// Limit for one non-blocking Redis command.
+    pub command_timeout: Duration,
+    /// Limit for opening a connection.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            payload_limit: DEFAULT_PAYLOAD_LIMIT,
+            record_retention: DEFAULT_RECORD_RETENTION,
+            reply_ttl: DEFAULT_REPLY_TTL,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+}
+
+/// Milliseconds of a duration, at least 1 (Redis refuses a TTL of 0).
+pub(crate) fn ttl_ms(d: Duration) -> u64 {
+    (d.as_millis() as u64).max(1)
+}

@@ -1,0 +1,170 @@
+//! The one error type of redcall, and [`ErrorKind`] for callers that branch on the cause.
+
+use std::time::Duration;
+
+/// Shorthand for results whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in redcall. Each case names the request id where there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No reply arrived within the timeout. The request may still be handled later; its reply will then be
+    /// stored under its id for the reply retention period.
+    #[error("request {id}: no reply within {timeout:?} (it may still be handled later)")]
+    Timeout {
+        /// The request id.
+        id: String,
+        /// The timeout that passed.
+        timeout: Duration,
+    },
+    /// A request with this id is already in flight or was made within the record retention period.
+    #[error("request {id}: a request with this id already exists")]
+    DuplicateId {
+        /// The request id.
+        id: String,
+    },
+    /// No request record exists for this id (never made, or past its retention period).
+    #[error("request {id}: not found (never made, or its record expired)")]
+    NotFound {
+        /// The request id.
+        id: String,
+    },
+    /// The handler answered with an error.
+    #[error("request {id}: handler failed [{code}]: {message}")]
+    Handler {
+        /// The request id.
+        id: String,
+        /// Machine-readable code chosen by the handler (or a built-in code such as `invalid_params`).
+        code: String,
+        /// Human-readable message.
+        message: String,
+    },
+    /// No responder has a handler for the function key.
+    #[error("request {id}: no handler for function key {func_key:?}")]
+    UnknownFunction {
+        /// The request id.
+        id: String,
+        /// The function key that has no handler.
+        func_key: String,
+    },
+    /// The request failed too often and was moved to the dead-letter stream.
+    #[error("request {id}: dead-lettered: {reason}")]
+    DeadLettered {
+        /// The request id.
+        id: String,
+        /// Why, with the last error seen.
+        reason: String,
+    },
+    /// The request's deadline passed before a responder started it; it was not run.
+    #[error("request {id}: expired before a responder started it")]
+    Expired {
+        /// The request id.
+        id: String,
+    },
+    /// The request was refused by the responder as malformed (for example an unknown format version).
+    #[error("request {id}: refused as malformed: {message}")]
+    Malformed {
+        /// The request id.
+        id: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// A payload is larger than the configured limit; nothing was sent.
+    #[error("{what} is {size} bytes, over the payload limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// What was too large (`"request"`, `"reply"`).
+        what: &'static str,
+        /// Its encoded size.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// A value could not be encoded as MessagePack.
+    #[error("could not encode a value as MessagePack: {source}")]
+    Encode {
+        /// The encoder's error.
+        #[source]
+        source: rmp_serde::encode::Error,
+    },
+    /// Bytes could not be decoded (wrong type, garbage, unknown format version).
+    #[error("could not decode the {what}: {message}")]
+    Decode {
+        /// What was being decoded.
+        what: &'static str,
+        /// The decoder's message.
+        message: String,
+    },
+    /// Redis is not reachable right now; the request was not sent. Retry later.
+    #[error("Redis is unavailable ({context}); nothing was sent")]
+    Unavailable {
+        /// What was being attempted.
+        context: &'static str,
+    },
+    /// A Redis command failed.
+    #[error("Redis error while {context}: {source}")]
+    Redis {
+        /// What was being attempted.
+        context: &'static str,
+        /// The Redis client's error.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// The configuration is not usable.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// The cause of an [`Error`], for callers that branch on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// See [`Error::Timeout`].
+    Timeout,
+    /// See [`Error::DuplicateId`].
+    DuplicateId,
+    /// See [`Error::NotFound`].
+    NotFound,
+    /// See [`Error::Handler`].
+    Handler,
+    /// See [`Error::UnknownFunction`].
+    UnknownFunction,
+    /// See [`Error::DeadLettered`].
+    DeadLettered,
+    /// See [`Error::Expired`].
+    Expired,
+    /// See [`Error::Malformed`].
+    Malformed,
+    /// See [`Error::PayloadTooLarge`].
+    PayloadTooLarge,
+    /// See [`Error::Encode`] and [`Error::Decode`].
+    Codec,
+    /// See [`Error::Unavailable`] and [`Error::Redis`].
+    Redis,
+    /// See [`Error::Config`].
+    Config,
+}
+
+impl Error {
+    /// The cause, as a small enum.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Timeout { .. } => ErrorKind::Timeout,
+            Error::DuplicateId { .. } => ErrorKind::DuplicateId,
+            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::Handler { .. } => ErrorKind::Handler,
+            Error::UnknownFunction { .. } => ErrorKind::UnknownFunction,
+            Error::DeadLettered { .. } => ErrorKind::DeadLettered,
+            Error::Expired { .. } => ErrorKind::Expired,
+            Error::Malformed { .. } => ErrorKind::Malformed,
+            Error::PayloadTooLarge { .. } => ErrorKind::PayloadTooLarge,
+            Error::Encode { .. } | Error::Decode { .. } => ErrorKind::Codec,
+            Error::Unavailable { .. } | Error::Redis { .. } => ErrorKind::Redis,
+            Error::Config(_) => ErrorKind::Config,
+        }
+    }
+
+    /// Wraps a Redis error with what was being done.
+    pub(crate) fn redis(context: &'static str) -> impl FnOnce(redis::RedisError) -> Error {
+        move |source| Error::Redis { context, source }
+    }
+}

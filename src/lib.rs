@@ -1,0 +1,61 @@
+//! # redcall — durable request-response over Redis
+//!
+//! One program asks another to run a named function with parameters and waits for the reply, without the two
+//! knowing each other. Requests are appended to a Redis Stream and consumed through a consumer group; a responder
+//! acknowledges only after handling, so a request survives a responder crash. Replies come back over pub/sub on
+//! a channel keyed by the request id, with a stored copy for a requester that missed the message.
+//!
+//! The three original operations:
+//! - [`Requester::request`]`(id, func_key, params, timeout)`: store the request durably, wait for its reply;
+//! - [`Requester::call_info`]`(id)`: the `(func_key, params)` of a request, in O(1);
+//! - [`Requester::publish_reply`]`(id, data)`: answer a request by id.
+//!
+//! ## Requesting
+//! ```no_run
+//! # async fn demo() -> redcall::Result<()> {
+//! use std::time::Duration;
+//! let client = redcall::Client::open("redis://127.0.0.1:6379")?;
+//! let orders = client.requester("orders");
+//! let total: i64 = orders.request("request_123", "double", &21, Duration::from_secs(5)).await?;
+//! assert_eq!(total, 42);
+//! # Ok(()) }
+//! ```
+//!
+//! ## Responding
+//! ```no_run
+//! # async fn demo() -> redcall::Result<()> {
+//! use redcall::{HandlerError, RequestContext};
+//! let client = redcall::Client::open("redis://127.0.0.1:6379")?;
+//! let responder = client
+//!     .responder("orders")
+//!     .concurrency(32)
+//!     .handler("double", |_ctx: RequestContext, n: i64| async move { Ok::<_, HandlerError>(n * 2) })
+//!     .start()
+//!     .await?;
+//! // ... later: finish in-flight work, leave the rest pending for others.
+//! responder.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! See `docs/protocol.md` for the wire format and `docs/guarantees.md` for what happens on each failure.
+
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod client;
+pub mod config;
+mod connection;
+pub mod error;
+pub mod protocol;
+pub mod reaper;
+mod replies;
+pub mod requester;
+pub mod responder;
+mod scripts;
+
+pub use admin::Admin;
+pub use client::{Client, ClientBuilder};
+pub use error::{Error, ErrorKind, Result};
+pub use reaper::{ReapReport, Reaper};
+pub use requester::{CallInfo, PendingReply, Requester, new_request_id};
+pub use responder::{HandlerError, RequestContext, Responder, ResponderBuilder, ResponderSettings};

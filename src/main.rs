@@ -1,0 +1,22 @@
+//! The `redcall` command line: a thin layer over the library. See `redcall --help`.
+
+mod cli;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let args = cli::Cli::parse();
+    cli::init_tracing(&args);
+    // One current-thread runtime per process measured faster than a multi-thread one on small shared machines.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    runtime.block_on(cli::run(args))
+}

@@ -1,0 +1,296 @@
+//! The reaper: finds pending entries whose consumer stopped working on them (idle past the visibility timeout),
+//! gives them to a live responder or dead-letters them after `max_deliveries`, and removes dead consumers.
+//!
+//! Inside a responder it claims stale entries with `XAUTOCLAIM` and runs them. Alone (`redcall reap`) it has no
+//! handlers, so it only dead-letters entries that have used up their deliveries and cleans up consumers; live
+//! responders' own reapers pick up the rest.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use redis::AsyncCommands;
+use redis::streams::{
+    StreamAutoClaimOptions, StreamAutoClaimReply, StreamInfoConsumersReply, StreamPendingCountReply,
+};
+use tokio_util::task::TaskTracker;
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::protocol::{ReplyEnvelope, ReplyStatus};
+use crate::responder::{DeadLetter, RawEntry, ResponderSettings, Shared};
+
+/// Most entries looked at per reaper pass.
+const PASS_LIMIT: usize = 256;
+/// Reason recorded for entries that failed too often.
+pub const REASON_MAX_DELIVERIES: &str = "max_deliveries_exceeded";
+
+/// What one reaper pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReapReport {
+    /// Entries claimed from other consumers to be run again.
+    pub reclaimed: usize,
+    /// Entries moved to the dead-letter stream.
+    pub dead_lettered: usize,
+    /// Pending entries whose stream entry had been deleted (dropped from the pending list).
+    pub deleted: usize,
+    /// Idle consumers holding nothing that were removed.
+    pub consumers_removed: usize,
+}
+
+/// The reaper loop that runs inside a responder.
+pub(crate) async fn responder_reaper_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(shared.settings.reap_every());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shared.stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match reclaim(&shared).await {
+            Ok(report) if report != ReapReport::default() => tracing::info!(?report, "reaper pass"),
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "reaper pass failed"),
+        }
+        if let Err(err) = remove_dead_consumers(&shared).await {
+            tracing::debug!(error = %err, "consumer cleanup failed");
+        }
+    }
+}
+
+/// Claims stale entries (as many as there are free permits), dead-letters those past `max_deliveries` and runs
+/// the others.
+async fn reclaim(shared: &Arc<Shared>) -> Result<ReapReport> {
+    let mut report = ReapReport::default();
+    let free = shared.permits.available_permits().min(PASS_LIMIT);
+    if free == 0 {
+        return Ok(report);
+    }
+    let mut con = shared.con.clone();
+    let settings = &shared.settings;
+    let claimed: StreamAutoClaimReply = con
+        .xautoclaim_options(
+            shared.keys.requests(),
+            &settings.group,
+            &settings.consumer,
+            settings.visibility_timeout.as_millis() as u64,
+            "0-0",
+            StreamAutoClaimOptions::default().count(free),
+        )
+        .await
+        .map_err(Error::redis("claiming stale entries"))?;
+    report.deleted = claimed.deleted_ids.len();
+    if report.deleted > 0 {
+        tracing::info!(ids = ?claimed.deleted_ids, "pending entries whose stream entry was deleted were dropped");
+    }
+    if claimed.claimed.is_empty() {
+        return Ok(report);
+    }
+    let counts = delivery_counts(shared, claimed.claimed.iter().map(|e| e.id.as_str())).await?;
+    for entry in claimed.claimed {
+        let deliveries = counts.get(&entry.id).copied().unwrap_or(1);
+        let raw = RawEntry::from_stream_id(entry);
+        if deliveries > settings.max_deliveries {
+            dead_letter_exhausted(shared, &raw, deliveries).await;
+            report.dead_lettered += 1;
+            continue;
+        }
+        let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
+            // No free slot after all: the entry stays claimed by us, idle, and is reclaimed on a later pass.
+            break;
+        };
+        report.reclaimed += 1;
+        shared.spawn_entry(raw, deliveries, permit);
+    }
+    Ok(report)
+}
+
+/// Delivery counts of entries this consumer holds, from `XPENDING` (one range query per entry, pipelined).
+async fn delivery_counts<'a>(
+    shared: &Shared,
+    ids: impl Iterator<Item = &'a str>,
+) -> Result<HashMap<String, u64>> {
+    let mut pipe = redis::pipe();
+    for id in ids {
+        pipe.xpending_consumer_count(
+            shared.keys.requests(),
+            &shared.settings.group,
+            id,
+            id,
+            1,
+            &shared.settings.consumer,
+        );
+    }
+    let mut con = shared.con.clone();
+    let replies: Vec<StreamPendingCountReply> = pipe
+        .query_async(&mut con)
+        .await
+        .map_err(Error::redis("reading delivery counts"))?;
+    Ok(replies
+        .into_iter()
+        .flat_map(|r| r.ids)
+        .map(|p| (p.id, p.times_delivered as u64))
+        .collect())
+}
+
+/// Dead-letters an entry that used up its deliveries, with the last error its handler left.
+async fn dead_letter_exhausted(shared: &Shared, entry: &RawEntry, deliveries: u64) {
+    let last_error = match entry.request_id.as_deref() {
+        Some(id) => shared.last_error(id).await,
+        None => None,
+    }
+    .unwrap_or_else(|| {
+        "no error recorded (the responder may have died while handling it)".to_owned()
+    });
+    let reason = format!(
+        "delivered {deliveries} times, over max_deliveries {}; last error: {last_error}",
+        shared.settings.max_deliveries
+    );
+    let request = entry
+        .envelope
+        .as_deref()
+        .and_then(|b| crate::protocol::decode_request(b).ok());
+    let reply = entry.request_id.as_deref().map(|id| {
+        ReplyEnvelope::failure(
+            id,
+            ReplyStatus::DeadLettered,
+            REASON_MAX_DELIVERIES,
+            reason.clone(),
+        )
+    });
+    let letter = DeadLetter {
+        reason: REASON_MAX_DELIVERIES,
+        error: last_error,
+        deliveries,
+        reply,
+    };
+    shared.dead_letter(entry, request.as_ref(), letter).await;
+}
+
+/// Removes consumers that hold nothing and have been idle longer than the configured limit.
+async fn remove_dead_consumers(shared: &Shared) -> Result<usize> {
+    let mut con = shared.con.clone();
+    let info: StreamInfoConsumersReply = con
+        .xinfo_consumers(shared.keys.requests(), &shared.settings.group)
+        .await
+        .map_err(Error::redis("listing consumers"))?;
+    let limit = shared.settings.dead_consumer_idle.as_millis() as usize;
+    let mut removed = 0;
+    for consumer in info.consumers {
+        if consumer.name != shared.settings.consumer
+            && consumer.pending == 0
+            && consumer.idle > limit
+        {
+            let _: i64 = con
+                .xgroup_delconsumer(
+                    shared.keys.requests(),
+                    &shared.settings.group,
+                    &consumer.name,
+                )
+                .await
+                .map_err(Error::redis("removing a dead consumer"))?;
+            tracing::info!(consumer = %consumer.name, idle_ms = consumer.idle, "removed a dead consumer");
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// A reaper running on its own (no handlers): dead-letters entries that used up their deliveries and removes
+/// dead consumers. Stop it with [`Reaper::shutdown`].
+pub struct Reaper {
+    shared: Arc<Shared>,
+    tasks: TaskTracker,
+}
+
+impl Reaper {
+    /// Starts a standalone reaper for `service` with `settings` (group, visibility timeout, max deliveries,
+    /// reap interval, dead consumer idle time are used).
+    pub async fn start(client: Client, service: &str, settings: ResponderSettings) -> Result<Self> {
+        settings.validate()?;
+        let shared = Arc::new(Shared::connect(client, service, settings, HashMap::new()).await?);
+        shared.ensure_group().await?;
+        let tasks = TaskTracker::new();
+        tasks.spawn(standalone_loop(shared.clone()));
+        tasks.close();
+        Ok(Self { shared, tasks })
+    }
+
+    /// One pass, now: what a tick of the loop does.
+    pub async fn pass(&self) -> Result<ReapReport> {
+        standalone_pass(&self.shared).await
+    }
+
+    /// Stops the reaper and waits for its task.
+    pub async fn shutdown(self) {
+        self.shared.stop.cancel();
+        self.tasks.wait().await;
+    }
+}
+
+async fn standalone_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(shared.settings.reap_every());
+    loop {
+        tokio::select! {
+            _ = shared.stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match standalone_pass(&shared).await {
+            Ok(report) if report != ReapReport::default() => tracing::info!(?report, "reaper pass"),
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "reaper pass failed"),
+        }
+    }
+}
+
+/// Dead-letters stale entries that used up their deliveries (claiming them first, so a live responder working on
+/// one keeps it), then removes dead consumers.
+async fn standalone_pass(shared: &Shared) -> Result<ReapReport> {
+    let mut report = ReapReport::default();
+    let settings = &shared.settings;
+    let vt = settings.visibility_timeout.as_millis() as u64;
+    let mut con = shared.con.clone();
+    let stale: StreamPendingCountReply = redis::cmd("XPENDING")
+        .arg(shared.keys.requests())
+        .arg(&settings.group)
+        .arg("IDLE")
+        .arg(vt)
+        .arg("-")
+        .arg("+")
+        .arg(PASS_LIMIT)
+        .query_async(&mut con)
+        .await
+        .map_err(Error::redis("listing stale entries"))?;
+    let exhausted: Vec<(String, u64)> = stale
+        .ids
+        .into_iter()
+        .filter(|p| p.times_delivered as u64 >= settings.max_deliveries)
+        .map(|p| (p.id, p.times_delivered as u64 + 1))
+        .collect();
+    if !exhausted.is_empty() {
+        let ids: Vec<&str> = exhausted.iter().map(|(id, _)| id.as_str()).collect();
+        // XCLAIM with the idle time as minimum: an entry someone touched meanwhile is left alone.
+        let claimed: redis::streams::StreamClaimReply = con
+            .xclaim(
+                shared.keys.requests(),
+                &settings.group,
+                &settings.consumer,
+                vt,
+                &ids,
+            )
+            .await
+            .map_err(Error::redis("claiming exhausted entries"))?;
+        report.deleted = ids.len().saturating_sub(claimed.ids.len());
+        let counts: HashMap<&str, u64> =
+            exhausted.iter().map(|(id, n)| (id.as_str(), *n)).collect();
+        for entry in claimed.ids {
+            let deliveries = counts
+                .get(entry.id.as_str())
+                .copied()
+                .unwrap_or(settings.max_deliveries + 1);
+            dead_letter_exhausted(shared, &RawEntry::from_stream_id(entry), deliveries).await;
+            report.dead_lettered += 1;
+        }
+    }
+    report.consumers_removed = remove_dead_consumers(shared).await?;
+    Ok(report)
+}

@@ -1,0 +1,303 @@
+//! The reply router: one RESP3 connection per [`Client`](crate::Client) that carries every requester's commands
+//! and the subscriptions of every request in flight, and hands each reply to exactly the caller waiting for it.
+//!
+//! How a reply finds its caller: before a request is added, the caller registers a waiter under the request's
+//! reply channel and subscribes to that channel in the same pipeline that adds the request (Redis runs one
+//! connection's commands in order, so the subscription is live before any responder can see the request). The
+//! connection's push callback looks the channel up and completes the waiter. When the connection drops, a
+//! background task reconnects with backoff, subscribes every channel still waited on, and reads their stored
+//! replies, in case a reply was published while nobody listened.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ClientConfig;
+use crate::error::{Error, Result};
+
+/// Largest number of channels or keys sent in one command when resubscribing or unsubscribing in bulk.
+const BULK_CHUNK: usize = 1000;
+/// Backoff between reconnect attempts grows up to this.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// A caller waiting for the reply published on one channel.
+struct Waiter {
+    reply_key: String,
+    tx: oneshot::Sender<Vec<u8>>,
+}
+
+/// The map from reply channel to waiting caller, shared with the push callback.
+#[derive(Default)]
+struct Waiters {
+    map: Mutex<HashMap<String, Waiter>>,
+}
+
+impl Waiters {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Waiter>> {
+        // A poisoned lock only means a panic elsewhere while holding it; the map itself stays consistent.
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Completes the waiter of `channel` with `payload`; false when nobody waits (already answered or gone).
+    fn complete(&self, channel: &str, payload: Vec<u8>) -> bool {
+        let waiter = self.lock().remove(channel);
+        match waiter {
+            Some(w) => w.tx.send(payload).is_ok(),
+            None => false,
+        }
+    }
+}
+
+/// The router. Cheap to share behind an `Arc`; dropping the last `Arc` stops its background tasks.
+pub(crate) struct Router {
+    client: redis::Client,
+    config: ClientConfig,
+    waiters: Arc<Waiters>,
+    connection: Arc<Mutex<Option<MultiplexedConnection>>>,
+    generation: Arc<AtomicU64>,
+    reconnect: Arc<Notify>,
+    unsubscribe_tx: mpsc::UnboundedSender<String>,
+    cancel: CancellationToken,
+}
+
+impl Router {
+    /// Connects and starts the router's background tasks.
+    pub(crate) async fn start(client: redis::Client, config: ClientConfig) -> Result<Arc<Self>> {
+        let waiters = Arc::new(Waiters::default());
+        let generation = Arc::new(AtomicU64::new(0));
+        let reconnect = Arc::new(Notify::new());
+        let first = connect(&client, &config, &waiters, &generation, &reconnect).await?;
+        let (unsubscribe_tx, unsubscribe_rx) = mpsc::unbounded_channel();
+        let router = Arc::new(Self {
+            client,
+            config,
+            waiters,
+            connection: Arc::new(Mutex::new(Some(first))),
+            generation,
+            reconnect,
+            unsubscribe_tx,
+            cancel: CancellationToken::new(),
+        });
+        tokio::spawn(reconnect_loop(
+            Arc::downgrade(&router),
+            router.cancel.clone(),
+        ));
+        tokio::spawn(unsubscribe_loop(
+            router.connection.clone(),
+            unsubscribe_rx,
+            router.cancel.clone(),
+        ));
+        Ok(router)
+    }
+
+    /// The current connection, or [`Error::Unavailable`] while reconnecting (so callers fail fast).
+    pub(crate) fn connection(&self) -> Result<MultiplexedConnection> {
+        self.connection
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(Error::Unavailable {
+                context: "reconnecting to Redis",
+            })
+    }
+
+    /// Reports a connection failure seen by a caller, so the router reconnects without waiting for the driver.
+    pub(crate) fn report_broken(&self, err: &redis::RedisError) {
+        if crate::connection::is_connection_error(err) {
+            self.reconnect.notify_one();
+        }
+    }
+
+    /// Registers a waiter for `channel`. Returns `None` when one is already registered (the same id in flight in
+    /// this process).
+    pub(crate) fn register(
+        &self,
+        channel: &str,
+        reply_key: String,
+    ) -> Option<oneshot::Receiver<Vec<u8>>> {
+        let mut map = self.waiters.lock();
+        if map.contains_key(channel) {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        map.insert(channel.to_owned(), Waiter { reply_key, tx });
+        Some(rx)
+    }
+
+    /// Forgets the waiter of `channel` (if still there) and unsubscribes from it, batched with others.
+    pub(crate) fn release(&self, channel: String) {
+        self.waiters.lock().remove(&channel);
+        // The loop only ends when the router is dropped, and then there is nothing left to unsubscribe.
+        let _ = self.unsubscribe_tx.send(channel);
+    }
+
+    /// Number of callers currently waiting (for tests and stats).
+    pub(crate) fn in_flight(&self) -> usize {
+        self.waiters.lock().len()
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Opens a RESP3 connection whose push callback routes replies to waiters and reports disconnection.
+async fn connect(
+    client: &redis::Client,
+    config: &ClientConfig,
+    waiters: &Arc<Waiters>,
+    generation: &Arc<AtomicU64>,
+    reconnect: &Arc<Notify>,
+) -> Result<MultiplexedConnection> {
+    let this_generation = generation.fetch_add(1, Ordering::SeqCst) + 1;
+    let (waiters, generation, reconnect) = (waiters.clone(), generation.clone(), reconnect.clone());
+    let on_push = move |push: PushInfo| -> std::result::Result<(), std::convert::Infallible> {
+        match push.kind {
+            PushKind::Message => route_message(&waiters, push.data),
+            PushKind::Disconnection => {
+                // An old connection's farewell must not tear down its replacement.
+                if generation.load(Ordering::SeqCst) == this_generation {
+                    reconnect.notify_one();
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    };
+    let cfg = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout))
+        .set_response_timeout(Some(config.command_timeout))
+        .set_push_sender(on_push);
+    client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
+        .map_err(Error::redis("connecting the reply router"))
+}
+
+/// Hands a `message` push (`[channel, payload]`) to its waiter. Runs on the connection's driver: must not block.
+fn route_message(waiters: &Waiters, data: Vec<Value>) {
+    let mut parts = data.into_iter();
+    let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+        (parts.next(), parts.next())
+    else {
+        tracing::warn!("ignoring a pub/sub message of unexpected shape");
+        return;
+    };
+    let Ok(channel) = std::str::from_utf8(&channel) else {
+        return;
+    };
+    if !waiters.complete(channel, payload) {
+        tracing::debug!(channel, "reply for a caller that is no longer waiting");
+    }
+}
+
+/// Reconnects whenever the connection is reported broken, then restores every waiter's subscription and
+/// delivers stored replies that may have been published while disconnected.
+async fn reconnect_loop(router: std::sync::Weak<Router>, cancel: CancellationToken) {
+    loop {
+        let notified = match router.upgrade() {
+            Some(r) => r.reconnect.clone(),
+            None => return,
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = notified.notified() => {}
+        }
+        let Some(r) = router.upgrade() else { return };
+        *r.connection.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        tracing::warn!("reply router lost its Redis connection; reconnecting");
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if cancel.is_cancelled() {
+                return;
+            }
+            match connect(
+                &r.client,
+                &r.config,
+                &r.waiters,
+                &r.generation,
+                &r.reconnect,
+            )
+            .await
+            {
+                Ok(mut con) => match restore(&r.waiters, &mut con).await {
+                    Ok(()) => {
+                        *r.connection.lock().unwrap_or_else(|p| p.into_inner()) = Some(con);
+                        tracing::info!("reply router reconnected");
+                        break;
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "restoring subscriptions failed; retrying")
+                    }
+                },
+                Err(err) => tracing::debug!(error = %err, "reconnect attempt failed"),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+/// Subscribes every waited-on channel on a fresh connection, then reads the stored replies of those channels and
+/// completes the waiters whose reply was published while no one was subscribed.
+async fn restore(waiters: &Waiters, con: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+    let pending: Vec<(String, String)> = waiters
+        .lock()
+        .iter()
+        .map(|(channel, w)| (channel.clone(), w.reply_key.clone()))
+        .collect();
+    for chunk in pending.chunks(BULK_CHUNK) {
+        let channels: Vec<&str> = chunk.iter().map(|(c, _)| c.as_str()).collect();
+        con.subscribe(&channels).await?;
+    }
+    for chunk in pending.chunks(BULK_CHUNK) {
+        let mut pipe = redis::pipe();
+        for (_, key) in chunk {
+            pipe.get(key);
+        }
+        let stored: Vec<Option<Vec<u8>>> = pipe.query_async(con).await?;
+        for ((channel, _), reply) in chunk.iter().zip(stored) {
+            if let Some(reply) = reply {
+                waiters.complete(channel, reply);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends UNSUBSCRIBE for released channels, many per command.
+async fn unsubscribe_loop(
+    connection: Arc<Mutex<Option<MultiplexedConnection>>>,
+    mut rx: mpsc::UnboundedReceiver<String>,
+    cancel: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(BULK_CHUNK);
+    loop {
+        let received = tokio::select! {
+            _ = cancel.cancelled() => return,
+            n = rx.recv_many(&mut batch, BULK_CHUNK) => n,
+        };
+        if received == 0 {
+            return;
+        }
+        let con = connection.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // Without a connection there is nothing to unsubscribe: a reconnect subscribes only live waiters.
+        if let Some(mut con) = con
+            && let Err(err) = con.unsubscribe(&batch).await
+        {
+            tracing::debug!(error = %err, "unsubscribe failed");
+        }
+        batch.clear();
+    }
+}

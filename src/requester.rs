@@ -1,0 +1,350 @@
+//! The requesting side: add a request durably, wait for its reply; look a request up; answer one by hand.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use redis::AsyncCommands;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
+
+use crate::client::Client;
+use crate::config::ttl_ms;
+use crate::error::{Error, Result};
+use crate::protocol::{
+    self, FORMAT_VERSION, ReplyEnvelope, ReplyStatus, RequestEnvelope, ServiceKeys, codes,
+};
+use crate::replies::Router;
+use crate::scripts;
+
+/// Makes requests to one service and answers them by hand. Cheap to clone; every clone shares the client's one
+/// reply connection.
+#[derive(Clone)]
+pub struct Requester {
+    client: Client,
+    keys: Arc<ServiceKeys>,
+}
+
+/// What a request asked for, as returned by [`Requester::call_info`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallInfo {
+    /// The request id.
+    pub id: String,
+    /// The function key.
+    pub func_key: String,
+    /// The params, one MessagePack document; decode with [`CallInfo::params`].
+    pub params_msgpack: Vec<u8>,
+    /// The request's absolute deadline.
+    pub deadline: SystemTime,
+    /// When the request was made.
+    pub created: SystemTime,
+}
+
+impl CallInfo {
+    /// Decodes the params into `T`.
+    pub fn params<T: DeserializeOwned>(&self) -> Result<T> {
+        protocol::decode(&self.params_msgpack, "request params")
+    }
+
+    fn from_envelope(env: RequestEnvelope) -> Self {
+        Self {
+            deadline: env.deadline(),
+            created: SystemTime::UNIX_EPOCH + Duration::from_millis(env.created_ms),
+            id: env.id,
+            func_key: env.func_key,
+            params_msgpack: env.params,
+        }
+    }
+}
+
+impl Requester {
+    pub(crate) fn new(client: Client, service: &str) -> Self {
+        let keys = Arc::new(client.keys(service));
+        Self { client, keys }
+    }
+
+    /// The service's key layout.
+    pub fn keys(&self) -> &ServiceKeys {
+        &self.keys
+    }
+
+    /// Sends a request with the given id and waits for its reply, at most `timeout`.
+    ///
+    /// The request is stored durably before this waits: if no responder answers in time, the error is
+    /// [`Error::Timeout`], and the request may still be handled later (its reply is then stored under the id).
+    pub async fn request<P, R>(
+        &self,
+        id: &str,
+        func_key: &str,
+        params: &P,
+        timeout: Duration,
+    ) -> Result<R>
+    where
+        P: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        self.send(id, func_key, params, timeout).await?.wait().await
+    }
+
+    /// Like [`Requester::request`], with an id made by redcall (UUID v7, so ids sort by time).
+    pub async fn call<P, R>(&self, func_key: &str, params: &P, timeout: Duration) -> Result<R>
+    where
+        P: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let id = new_request_id();
+        self.request(&id, func_key, params, timeout).await
+    }
+
+    /// Adds the request and returns as soon as Redis has accepted it, with a handle to await the reply later.
+    ///
+    /// When this returns `Ok`, the request is stored (record and stream entry); the caller can do other work and
+    /// call [`PendingReply::wait`] later. A reply that arrives meanwhile is kept for the handle.
+    pub async fn send<P>(
+        &self,
+        id: &str,
+        func_key: &str,
+        params: &P,
+        timeout: Duration,
+    ) -> Result<PendingReply>
+    where
+        P: Serialize + ?Sized,
+    {
+        if id.is_empty() {
+            return Err(Error::Config("a request id must not be empty".into()));
+        }
+        let started = Instant::now();
+        let config = self.client.config();
+        let now = protocol::now_ms();
+        let envelope = RequestEnvelope {
+            v: FORMAT_VERSION,
+            id: id.to_owned(),
+            func_key: func_key.to_owned(),
+            params: protocol::encode(params)?,
+            deadline_ms: now + timeout.as_millis() as u64,
+            created_ms: now,
+        };
+        let bytes = protocol::encode(&envelope)?;
+        if bytes.len() > config.payload_limit {
+            return Err(Error::PayloadTooLarge {
+                what: "request",
+                size: bytes.len(),
+                limit: config.payload_limit,
+            });
+        }
+
+        let router = self.client.router().await?;
+        let channel = self.keys.reply_channel(id);
+        let reply_key = self.keys.reply(id);
+        let rx = router
+            .register(&channel, reply_key.clone())
+            .ok_or_else(|| Error::DuplicateId { id: id.to_owned() })?;
+        // From here on, the guard releases the waiter and its subscription on every early return.
+        let pending = PendingReply {
+            id: id.to_owned(),
+            channel: Some(channel),
+            reply_key,
+            rx: Some(rx),
+            deadline: started + timeout,
+            timeout,
+            router: router.clone(),
+        };
+
+        let mut con = router.connection()?;
+        let mut pipe = redis::pipe();
+        // SUBSCRIBE and the script go out as one pipeline on one connection: Redis runs them in order, so the
+        // subscription is live before any responder can read the request.
+        pipe.cmd("SUBSCRIBE").arg(pending.channel()).ignore();
+        scripts::evalsha(&mut pipe, &scripts::ADD_REQUEST)
+            .arg(2)
+            .arg(self.keys.record(id))
+            .arg(self.keys.requests())
+            .arg(id)
+            .arg(&bytes)
+            .arg(ttl_ms(timeout + config.record_retention));
+        let (entry,): (Option<String>,) = scripts::query_with_scripts(&pipe, &mut con)
+            .await
+            .inspect_err(|e| router.report_broken(e))
+            .map_err(Error::redis("adding the request"))?;
+        match entry {
+            Some(entry_id) => {
+                tracing::debug!(id, func_key, entry_id, "request added");
+                Ok(pending)
+            }
+            None => Err(Error::DuplicateId { id: id.to_owned() }),
+        }
+    }
+
+    /// The function key and params of a request, read from its record in O(1). Works while the request is
+    /// pending and for the record retention period after its deadline; [`Error::NotFound`] otherwise.
+    pub async fn call_info(&self, id: &str) -> Result<CallInfo> {
+        let router = self.client.router().await?;
+        let mut con = router.connection()?;
+        let record: Option<Vec<u8>> = con
+            .get(self.keys.record(id))
+            .await
+            .inspect_err(|e| router.report_broken(e))
+            .map_err(Error::redis("reading the request record"))?;
+        let record = record.ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
+        Ok(CallInfo::from_envelope(protocol::decode_request(&record)?))
+    }
+
+    /// Answers request `id` with `data`: stores the reply (with the reply TTL) and publishes it to whoever waits.
+    ///
+    /// The first reply stored for an id wins; a later one is refused with [`Error::DuplicateId`]. A responder that
+    /// later picks the request up answers from this reply without running its handler.
+    pub async fn publish_reply<T: Serialize + ?Sized>(&self, id: &str, data: &T) -> Result<()> {
+        let reply = ReplyEnvelope::ok(id, protocol::encode(data)?);
+        self.publish_envelope(&reply).await
+    }
+
+    /// Answers request `id` with an error reply, as a handler's error would.
+    pub async fn publish_error(&self, id: &str, code: &str, message: &str) -> Result<()> {
+        let reply = ReplyEnvelope::failure(id, ReplyStatus::Error, code, message);
+        self.publish_envelope(&reply).await
+    }
+
+    async fn publish_envelope(&self, reply: &ReplyEnvelope) -> Result<()> {
+        let config = self.client.config();
+        let bytes = protocol::encode(reply)?;
+        if bytes.len() > config.payload_limit {
+            return Err(Error::PayloadTooLarge {
+                what: "reply",
+                size: bytes.len(),
+                limit: config.payload_limit,
+            });
+        }
+        let router = self.client.router().await?;
+        let mut con = router.connection()?;
+        let mut pipe = redis::pipe();
+        scripts::evalsha(&mut pipe, &scripts::FINISH)
+            .arg(3)
+            .arg(self.keys.reply(&reply.id))
+            .arg(self.keys.requests())
+            .arg(self.keys.last_error(&reply.id))
+            .arg(&bytes)
+            .arg(ttl_ms(config.reply_ttl))
+            .arg(self.keys.reply_channel(&reply.id))
+            .arg("")
+            .arg("");
+        let (stored,): (i64,) = scripts::query_with_scripts(&pipe, &mut con)
+            .await
+            .inspect_err(|e| router.report_broken(e))
+            .map_err(Error::redis("publishing a reply"))?;
+        if stored == 1 {
+            Ok(())
+        } else {
+            Err(Error::DuplicateId {
+                id: reply.id.clone(),
+            })
+        }
+    }
+
+    /// The stored reply of request `id`, if one is stored (decoded like a waited-for reply).
+    pub async fn stored_reply<R: DeserializeOwned>(&self, id: &str) -> Result<Option<R>> {
+        let router = self.client.router().await?;
+        match fetch_stored(&router, &self.keys.reply(id)).await? {
+            Some(bytes) => interpret_reply(id, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// A request that Redis has accepted, whose reply can be awaited. Dropping it stops listening for the reply (the
+/// request itself stays queued).
+pub struct PendingReply {
+    id: String,
+    channel: Option<String>,
+    reply_key: String,
+    rx: Option<oneshot::Receiver<Vec<u8>>>,
+    deadline: Instant,
+    timeout: Duration,
+    router: Arc<Router>,
+}
+
+impl PendingReply {
+    /// The request id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn channel(&self) -> &str {
+        self.channel.as_deref().unwrap_or_default()
+    }
+
+    /// Waits for the reply until the request's timeout (counted from `send`). On timeout, looks once for a
+    /// stored reply before returning [`Error::Timeout`].
+    pub async fn wait<R: DeserializeOwned>(mut self) -> Result<R> {
+        let Some(rx) = self.rx.take() else {
+            return Err(Error::Timeout {
+                id: self.id.clone(),
+                timeout: self.timeout,
+            });
+        };
+        let bytes = match tokio::time::timeout_at(self.deadline.into(), rx).await {
+            Ok(Ok(bytes)) => bytes,
+            // The waiter was dropped without a reply (router shut down) or the time is up: last look.
+            _ => match fetch_stored(&self.router, &self.reply_key).await? {
+                Some(bytes) => bytes,
+                None => {
+                    return Err(Error::Timeout {
+                        id: self.id.clone(),
+                        timeout: self.timeout,
+                    });
+                }
+            },
+        };
+        interpret_reply(&self.id, &bytes)
+    }
+}
+
+impl Drop for PendingReply {
+    fn drop(&mut self) {
+        if let Some(channel) = self.channel.take() {
+            self.router.release(channel);
+        }
+    }
+}
+
+async fn fetch_stored(router: &Router, reply_key: &str) -> Result<Option<Vec<u8>>> {
+    let mut con = router.connection()?;
+    con.get(reply_key)
+        .await
+        .inspect_err(|e| router.report_broken(e))
+        .map_err(Error::redis("reading a stored reply"))
+}
+
+/// Turns a reply envelope into the caller's result.
+fn interpret_reply<R: DeserializeOwned>(id: &str, bytes: &[u8]) -> Result<R> {
+    let reply = protocol::decode_reply(bytes)?;
+    let message = reply.message.unwrap_or_default();
+    let code = reply.code.unwrap_or_default();
+    match reply.status {
+        ReplyStatus::Ok => protocol::decode(reply.data.as_deref().unwrap_or(&[0xc0]), "reply data"),
+        ReplyStatus::DeadLettered => Err(Error::DeadLettered {
+            id: id.to_owned(),
+            reason: message,
+        }),
+        ReplyStatus::Expired => Err(Error::Expired { id: id.to_owned() }),
+        ReplyStatus::Error => Err(match code.as_str() {
+            codes::UNKNOWN_FUNCTION => Error::UnknownFunction {
+                id: id.to_owned(),
+                func_key: message,
+            },
+            codes::MALFORMED => Error::Malformed {
+                id: id.to_owned(),
+                message,
+            },
+            _ => Error::Handler {
+                id: id.to_owned(),
+                code,
+                message,
+            },
+        }),
+    }
+}
+
+/// A fresh request id: a UUID v7, unique and sortable by creation time.
+pub fn new_request_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}

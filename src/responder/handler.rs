@@ -1,0 +1,124 @@
+//! Handlers: plain async functions with serde-typed params and results, registered per function key.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::protocol::{self, codes};
+
+/// What a handler sees of the request besides its params.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// The request id.
+    pub id: String,
+    /// The function key.
+    pub func_key: String,
+    /// The stream entry id of the request.
+    pub entry_id: String,
+    /// How many times the request has been delivered, this delivery included.
+    pub delivery: u64,
+    /// The request's absolute deadline; past it, the requester no longer waits.
+    pub deadline: SystemTime,
+}
+
+impl RequestContext {
+    /// Time left until the deadline (zero when it has passed).
+    pub fn remaining(&self) -> Duration {
+        self.deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+    }
+}
+
+/// A handler's failure, which says what should happen next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandlerError {
+    /// Answer the requester with an error (code and message); the request is done.
+    Fail {
+        /// Machine-readable code.
+        code: String,
+        /// Human-readable message.
+        message: String,
+    },
+    /// Do not answer; leave the request pending so it is delivered again after the visibility timeout (and
+    /// dead-lettered after `max_deliveries`).
+    Retry {
+        /// Why, kept as the last error for the dead-letter record.
+        reason: String,
+    },
+}
+
+impl HandlerError {
+    /// An error reply with a code and a message.
+    pub fn fail(code: impl Into<String>, message: impl Into<String>) -> Self {
+        HandlerError::Fail {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A request to deliver the request again later.
+    pub fn retry(reason: impl Into<String>) -> Self {
+        HandlerError::Retry {
+            reason: reason.into(),
+        }
+    }
+}
+
+impl<E: std::error::Error> From<E> for HandlerError {
+    /// Any error type converts into an error reply with code `handler_error`, so handlers can use `?`.
+    fn from(err: E) -> Self {
+        HandlerError::fail(codes::HANDLER, err.to_string())
+    }
+}
+
+/// What running a handler on raw params produced.
+pub(crate) enum Outcome {
+    /// The result, encoded.
+    Reply(Vec<u8>),
+    /// The handler failed or asked for a retry.
+    Failed(HandlerError),
+    /// The params did not decode into the handler's type.
+    InvalidParams(String),
+}
+
+pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+/// A type-erased handler: raw MessagePack params in, an [`Outcome`] out.
+pub(crate) type ErasedHandler = Arc<dyn Fn(RequestContext, &[u8]) -> BoxFuture + Send + Sync>;
+
+/// Wraps a typed async function into an [`ErasedHandler`].
+pub(crate) fn erase<P, R, F, Fut>(f: F) -> ErasedHandler
+where
+    P: DeserializeOwned + Send + 'static,
+    R: Serialize + Send + 'static,
+    F: Fn(RequestContext, P) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
+{
+    let f = Arc::new(f);
+    Arc::new(move |ctx: RequestContext, raw: &[u8]| -> BoxFuture {
+        let params: P = match protocol::decode(raw, "request params") {
+            Ok(p) => p,
+            Err(err) => {
+                let message = err.to_string();
+                return Box::pin(async move { Outcome::InvalidParams(message) });
+            }
+        };
+        let fut = f(ctx, params);
+        Box::pin(async move {
+            match fut.await {
+                Ok(result) => match protocol::encode(&result) {
+                    Ok(bytes) => Outcome::Reply(bytes),
+                    Err(err) => {
+                        Outcome::Failed(HandlerError::fail(codes::HANDLER, err.to_string()))
+                    }
+                },
+                Err(err) => Outcome::Failed(err),
+            }
+        })
+    })
+}

@@ -1,0 +1,207 @@
+//! The responding side: read requests from the service's consumer group, run the handler for each function key
+//! with bounded concurrency, and answer (store reply, publish, acknowledge) in one atomic step after the handler
+//! finished.
+//!
+//! A running responder is four tasks owned by a [`Responder`] handle: the reader (blocking `XREADGROUP` on its own
+//! connection), the keepalive (refreshes the claim of entries being worked on), the reaper (claims entries left
+//! idle by dead consumers) and the request tasks themselves.
+
+mod handler;
+mod settings;
+mod worker;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use handler::{HandlerError, RequestContext};
+pub use settings::ResponderSettings;
+
+use crate::client::Client;
+use crate::error::Result;
+use handler::ErasedHandler;
+pub(crate) use worker::{DeadLetter, RawEntry, Shared};
+
+/// Configures and starts a responder. Made by [`Client::responder`].
+pub struct ResponderBuilder {
+    client: Client,
+    service: String,
+    settings: ResponderSettings,
+    handlers: HashMap<String, ErasedHandler>,
+}
+
+impl ResponderBuilder {
+    pub(crate) fn new(client: Client, service: &str) -> Self {
+        Self {
+            client,
+            service: service.to_owned(),
+            settings: ResponderSettings::default(),
+            handlers: HashMap::new(),
+        }
+    }
+
+    /// Registers `handler` for `func_key`: an async function taking the request context and the params decoded
+    /// into `P`, returning `R` (sent back) or a [`HandlerError`].
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcall::Client) -> redcall::Result<()> {
+    /// use redcall::{HandlerError, RequestContext};
+    /// let responder = client
+    ///     .responder("orders")
+    ///     .handler("double", |_ctx: RequestContext, n: i64| async move { Ok::<_, HandlerError>(n * 2) })
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn handler<P, R, F, Fut>(mut self, func_key: &str, handler: F) -> Self
+    where
+        P: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(RequestContext, P) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<R, HandlerError>> + Send + 'static,
+    {
+        self.handlers
+            .insert(func_key.to_owned(), handler::erase(handler));
+        self
+    }
+
+    /// Replaces all settings at once.
+    pub fn settings(mut self, settings: ResponderSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Consumer group name (default `workers`). Responders of one service normally share one group.
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.settings.group = group.into();
+        self
+    }
+
+    /// This responder's consumer name (default: host name, process id and a random suffix).
+    pub fn consumer(mut self, consumer: impl Into<String>) -> Self {
+        self.settings.consumer = consumer.into();
+        self
+    }
+
+    /// Most requests handled at once (default 64).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.settings.concurrency = n;
+        self
+    }
+
+    /// How long an entry may sit unacknowledged and untouched before the reaper gives it to another responder
+    /// (default 30 s). Claims of running handlers are refreshed well within it.
+    pub fn visibility_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.visibility_timeout = timeout;
+        self
+    }
+
+    /// Deliveries after which a failing request is dead-lettered (default 5).
+    pub fn max_deliveries(mut self, n: u64) -> Self {
+        self.settings.max_deliveries = n;
+        self
+    }
+
+    /// Time in-flight handlers get to finish on shutdown (default 10 s).
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.settings.grace = grace;
+        self
+    }
+
+    /// Whether this responder also runs the reaper (default true).
+    pub fn reaper(mut self, enabled: bool) -> Self {
+        self.settings.run_reaper = enabled;
+        self
+    }
+
+    /// Starts the responder: creates the consumer group when missing and spawns its tasks.
+    pub async fn start(self) -> Result<Responder> {
+        self.settings.validate()?;
+        let shared = Arc::new(
+            Shared::connect(self.client, &self.service, self.settings, self.handlers).await?,
+        );
+        shared.ensure_group().await?;
+        let tasks = TaskTracker::new();
+        tasks.spawn(worker::read_loop(shared.clone()));
+        tasks.spawn(worker::keepalive_loop(shared.clone()));
+        if shared.settings.run_reaper {
+            tasks.spawn(crate::reaper::responder_reaper_loop(shared.clone()));
+        }
+        tasks.close();
+        tracing::info!(
+            service = %self.service,
+            consumer = %shared.settings.consumer,
+            group = %shared.settings.group,
+            "responder started"
+        );
+        Ok(Responder { shared, tasks })
+    }
+}
+
+/// A running responder. Stop it with [`Responder::shutdown`]; dropping it stops it without waiting.
+pub struct Responder {
+    shared: Arc<Shared>,
+    tasks: TaskTracker,
+}
+
+impl Responder {
+    /// This responder's consumer name.
+    pub fn consumer(&self) -> &str {
+        &self.shared.settings.consumer
+    }
+
+    /// Number of requests being handled right now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight_count()
+    }
+
+    /// A token that stops the responder when cancelled (for wiring to signals).
+    pub fn stop_token(&self) -> CancellationToken {
+        self.shared.stop.clone()
+    }
+
+    /// Stops reading, lets in-flight handlers finish and answer within the grace period, and leaves what did not
+    /// finish pending for other responders. Returns how many handlers were cut off by the grace period.
+    pub async fn shutdown(self) -> Result<usize> {
+        self.shared.stop.cancel();
+        let grace = self.shared.settings.grace;
+        let drained = tokio::time::timeout(grace, self.shared.requests.wait())
+            .await
+            .is_ok();
+        let cut_off = if drained {
+            0
+        } else {
+            let left = self.shared.in_flight_count();
+            tracing::warn!(
+                left,
+                "grace period over; leaving unfinished requests pending"
+            );
+            self.shared.abort.cancel();
+            self.shared.requests.wait().await;
+            left
+        };
+        self.shared.abort.cancel();
+        self.tasks.wait().await;
+        tracing::info!(consumer = %self.shared.settings.consumer, "responder stopped");
+        Ok(cut_off)
+    }
+
+    /// Waits until the responder stops (after [`Responder::stop_token`] is cancelled), then shuts it down.
+    pub async fn run_until_stopped(self) -> Result<usize> {
+        self.shared.stop.cancelled().await;
+        self.shutdown().await
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        self.shared.stop.cancel();
+        self.shared.abort.cancel();
+    }
+}

@@ -1,0 +1,97 @@
+//! The responder's knobs, their defaults and their limits, in one place.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Settings of a responder (and of a standalone reaper). Every field has a default.
+#[derive(Debug, Clone)]
+pub struct ResponderSettings {
+    /// Consumer group name (default `workers`).
+    pub group: String,
+    /// This responder's consumer name, unique per process (default: host, pid and a random suffix).
+    pub consumer: String,
+    /// Most requests handled at once (default 64).
+    pub concurrency: usize,
+    /// Most entries read per `XREADGROUP` (default 128, never more than the free concurrency).
+    pub batch: usize,
+    /// How long one `XREADGROUP` blocks (default 1 s); bounds how fast a shutdown stops reading.
+    pub block: Duration,
+    /// Idle time after which a pending entry is given to another responder (default 30 s).
+    pub visibility_timeout: Duration,
+    /// Deliveries after which a failing request is dead-lettered (default 5).
+    pub max_deliveries: u64,
+    /// Time in-flight handlers get to finish on shutdown (default 10 s).
+    pub grace: Duration,
+    /// Whether the responder runs the reaper too (default true).
+    pub run_reaper: bool,
+    /// How often the reaper looks for stale entries (default: a quarter of the visibility timeout).
+    pub reap_interval: Option<Duration>,
+    /// A consumer idle this long that holds nothing is removed from the group by the reaper (default 10 min).
+    pub dead_consumer_idle: Duration,
+}
+
+impl Default for ResponderSettings {
+    fn default() -> Self {
+        Self {
+            group: "workers".to_owned(),
+            consumer: default_consumer_name(),
+            concurrency: 64,
+            batch: 128,
+            block: Duration::from_secs(1),
+            visibility_timeout: Duration::from_secs(30),
+            max_deliveries: 5,
+            grace: Duration::from_secs(10),
+            run_reaper: true,
+            reap_interval: None,
+            dead_consumer_idle: Duration::from_secs(600),
+        }
+    }
+}
+
+impl ResponderSettings {
+    /// Refuses settings that cannot work.
+    pub fn validate(&self) -> Result<()> {
+        let problem = if self.group.is_empty() || self.consumer.is_empty() {
+            "group and consumer names must not be empty"
+        } else if self.concurrency == 0 || self.batch == 0 {
+            "concurrency and batch must be at least 1"
+        } else if self.visibility_timeout < Duration::from_millis(100) {
+            "the visibility timeout must be at least 100 ms"
+        } else if self.max_deliveries == 0 {
+            "max_deliveries must be at least 1"
+        } else if self.block.is_zero() {
+            "the read block time must be positive (BLOCK 0 would never return)"
+        } else {
+            return Ok(());
+        };
+        Err(Error::Config(problem.to_owned()))
+    }
+
+    /// How often the reaper runs.
+    pub fn reap_every(&self) -> Duration {
+        self.reap_interval
+            .unwrap_or(self.visibility_timeout / 4)
+            .max(Duration::from_millis(20))
+    }
+
+    /// How often running handlers' claims are refreshed: well within the visibility timeout.
+    pub fn keepalive_every(&self) -> Duration {
+        (self.visibility_timeout / 3).max(Duration::from_millis(20))
+    }
+}
+
+/// `host-pid-xxxx`: readable in `XINFO CONSUMERS`, unique across restarts of the same process id.
+fn default_consumer_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".to_owned());
+    let suffix = uuid::Uuid::now_v7().simple().to_string();
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &suffix[suffix.len() - 6..]
+    )
+}

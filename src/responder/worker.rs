@@ -1,0 +1,564 @@
+//! The responder's moving parts: the read loop, the keepalive loop, and what happens to one entry.
+
+use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
+use redis::{AsyncCommands, Value};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::handler::{ErasedHandler, HandlerError, Outcome, RequestContext};
+use super::settings::ResponderSettings;
+use crate::client::Client;
+use crate::config::ttl_ms;
+use crate::connection;
+use crate::error::{Error, Result};
+use crate::protocol::{
+    self, FIELD_ENVELOPE, FIELD_ID, ReplyEnvelope, ReplyStatus, RequestEnvelope, ServiceKeys, codes,
+};
+use crate::scripts;
+
+/// Attempts to store a finished request's reply before leaving it pending for redelivery.
+const FINISH_ATTEMPTS: u32 = 6;
+
+/// State shared by a responder's tasks.
+pub(crate) struct Shared {
+    pub(crate) client: Client,
+    pub(crate) keys: ServiceKeys,
+    pub(crate) settings: ResponderSettings,
+    handlers: HashMap<String, ErasedHandler>,
+    /// Connection for short commands (answers, claims, acks); reconnects by itself.
+    pub(crate) con: ConnectionManager,
+    /// One permit per request being handled.
+    pub(crate) permits: Arc<Semaphore>,
+    /// Entry ids being handled, whose claims the keepalive refreshes.
+    in_flight: Mutex<HashSet<String>>,
+    /// Cancelled to stop reading and claiming.
+    pub(crate) stop: CancellationToken,
+    /// Cancelled when the grace period is over: running handlers are dropped, their entries stay pending.
+    pub(crate) abort: CancellationToken,
+    /// The request tasks.
+    pub(crate) requests: TaskTracker,
+}
+
+/// A stream entry as read, before anything is trusted about it.
+pub(crate) struct RawEntry {
+    pub(crate) entry_id: String,
+    pub(crate) request_id: Option<String>,
+    pub(crate) envelope: Option<Vec<u8>>,
+}
+
+impl RawEntry {
+    pub(crate) fn from_stream_id(entry: StreamId) -> Self {
+        let mut map = entry.map;
+        let request_id = map.remove(FIELD_ID).and_then(|v| match v {
+            Value::BulkString(b) => String::from_utf8(b).ok(),
+            Value::SimpleString(s) => Some(s),
+            _ => None,
+        });
+        let envelope = map.remove(FIELD_ENVELOPE).and_then(|v| match v {
+            Value::BulkString(b) => Some(b),
+            _ => None,
+        });
+        Self {
+            entry_id: entry.id,
+            request_id: request_id.filter(|id| !id.is_empty()),
+            envelope,
+        }
+    }
+}
+
+/// Why an entry is moved to the dead-letter stream.
+pub(crate) struct DeadLetter<'a> {
+    pub(crate) reason: &'a str,
+    pub(crate) error: String,
+    pub(crate) deliveries: u64,
+    /// The reply the requester gets (none when the request id is unknown).
+    pub(crate) reply: Option<ReplyEnvelope>,
+}
+
+impl Shared {
+    pub(crate) async fn connect(
+        client: Client,
+        service: &str,
+        settings: ResponderSettings,
+        handlers: HashMap<String, ErasedHandler>,
+    ) -> Result<Self> {
+        let con = connection::managed_connection(client.redis(), client.config()).await?;
+        Ok(Self {
+            keys: client.keys(service),
+            permits: Arc::new(Semaphore::new(settings.concurrency)),
+            client,
+            settings,
+            handlers,
+            con,
+            in_flight: Mutex::new(HashSet::new()),
+            stop: CancellationToken::new(),
+            abort: CancellationToken::new(),
+            requests: TaskTracker::new(),
+        })
+    }
+
+    /// Creates the consumer group (and the stream) when missing; an existing group is fine.
+    pub(crate) async fn ensure_group(&self) -> Result<()> {
+        let mut con = self.con.clone();
+        let created: redis::RedisResult<()> = con
+            .xgroup_create_mkstream(self.keys.requests(), &self.settings.group, "0")
+            .await;
+        match created {
+            Err(err) if err.code() != Some("BUSYGROUP") => {
+                Err(Error::redis("creating the consumer group")(err))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub(crate) fn in_flight_count(&self) -> usize {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    fn track(&self, entry_id: &str, running: bool) {
+        let mut set = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if running {
+            set.insert(entry_id.to_owned());
+        } else {
+            set.remove(entry_id);
+        }
+    }
+
+    /// Starts handling one entry in its own task, holding `permit` until it is done.
+    pub(crate) fn spawn_entry(
+        self: &Arc<Self>,
+        entry: RawEntry,
+        delivery: u64,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let shared = self.clone();
+        self.requests.spawn(async move {
+            shared.track(&entry.entry_id, true);
+            let entry_id = entry.entry_id.clone();
+            shared.handle_entry(entry, delivery).await;
+            shared.track(&entry_id, false);
+            drop(permit);
+        });
+    }
+
+    /// Everything that happens to one delivered entry; never panics, never returns an error: every failure ends
+    /// as a reply, a dead letter, or an entry left pending for redelivery.
+    async fn handle_entry(self: &Arc<Self>, entry: RawEntry, delivery: u64) {
+        let request = match self.check_entry(&entry) {
+            Ok(request) => request,
+            Err((code, message)) => {
+                let reply = entry.request_id.as_deref().map(|id| {
+                    ReplyEnvelope::failure(id, ReplyStatus::Error, code, message.clone())
+                });
+                let letter = DeadLetter {
+                    reason: code,
+                    error: message,
+                    deliveries: delivery,
+                    reply,
+                };
+                self.dead_letter(&entry, None, letter).await;
+                return;
+            }
+        };
+        let id = request.id.clone();
+        tracing::debug!(%id, func_key = %request.func_key, entry_id = %entry.entry_id, delivery, "handling");
+
+        if delivery > 1 && self.answer_from_stored(&id, &entry.entry_id).await {
+            tracing::debug!(%id, "answered from the stored reply; handler not run again");
+            return;
+        }
+        if request.is_expired(protocol::now_ms()) {
+            tracing::info!(%id, "deadline passed before start; not running it");
+            let reply = ReplyEnvelope::failure(
+                &id,
+                ReplyStatus::Expired,
+                "expired",
+                "deadline passed before start",
+            );
+            self.finish(&id, &entry.entry_id, reply).await;
+            return;
+        }
+        let Some(handler) = self.handlers.get(&request.func_key).cloned() else {
+            tracing::warn!(%id, func_key = %request.func_key, "no handler for this function key");
+            let reply = ReplyEnvelope::failure(
+                &id,
+                ReplyStatus::Error,
+                codes::UNKNOWN_FUNCTION,
+                request.func_key.clone(),
+            );
+            let letter = DeadLetter {
+                reason: codes::UNKNOWN_FUNCTION,
+                error: format!("no handler for function key {:?}", request.func_key),
+                deliveries: delivery,
+                reply: Some(reply),
+            };
+            self.dead_letter(&entry, Some(&request), letter).await;
+            return;
+        };
+
+        let ctx = RequestContext {
+            id: id.clone(),
+            func_key: request.func_key.clone(),
+            entry_id: entry.entry_id.clone(),
+            delivery,
+            deadline: request.deadline(),
+        };
+        let run = AssertUnwindSafe(handler(ctx, &request.params)).catch_unwind();
+        let outcome = tokio::select! {
+            outcome = run => outcome,
+            _ = self.abort.cancelled() => {
+                tracing::warn!(%id, "shutdown grace over; leaving the request pending");
+                return;
+            }
+        };
+        match outcome {
+            Ok(Outcome::Reply(data)) => {
+                let reply = ReplyEnvelope::ok(&id, data);
+                self.finish(&id, &entry.entry_id, reply).await;
+            }
+            Ok(Outcome::Failed(HandlerError::Fail { code, message })) => {
+                let reply = ReplyEnvelope::failure(&id, ReplyStatus::Error, &code, message);
+                self.finish(&id, &entry.entry_id, reply).await;
+            }
+            Ok(Outcome::Failed(HandlerError::Retry { reason })) => {
+                tracing::info!(%id, %reason, "handler asked for a retry; leaving the request pending");
+                self.remember_error(&id, &format!("retry requested: {reason}"))
+                    .await;
+            }
+            Ok(Outcome::InvalidParams(message)) => {
+                let reply = ReplyEnvelope::failure(
+                    &id,
+                    ReplyStatus::Error,
+                    codes::INVALID_PARAMS,
+                    message.clone(),
+                );
+                let letter = DeadLetter {
+                    reason: codes::INVALID_PARAMS,
+                    error: message,
+                    deliveries: delivery,
+                    reply: Some(reply),
+                };
+                self.dead_letter(&entry, Some(&request), letter).await;
+            }
+            Err(panic) => {
+                let message = panic_message(panic.as_ref());
+                tracing::error!(%id, %message, "handler panicked; the request stays pending for redelivery");
+                self.remember_error(&id, &format!("handler panicked: {message}"))
+                    .await;
+            }
+        }
+    }
+
+    /// Checks an entry's shape before trusting it: fields present, size within the limit, envelope decodable and
+    /// consistent. Returns the error code and message for a dead letter otherwise.
+    fn check_entry(
+        &self,
+        entry: &RawEntry,
+    ) -> std::result::Result<RequestEnvelope, (&'static str, String)> {
+        let (Some(id), Some(bytes)) = (&entry.request_id, &entry.envelope) else {
+            return Err((
+                codes::MALFORMED,
+                "entry lacks the `id` or `env` field".to_owned(),
+            ));
+        };
+        let limit = self.client.config().payload_limit;
+        if bytes.len() > limit {
+            return Err((
+                codes::PAYLOAD_TOO_LARGE,
+                format!(
+                    "request is {} bytes, over the payload limit of {limit} bytes",
+                    bytes.len()
+                ),
+            ));
+        }
+        let envelope =
+            protocol::decode_request(bytes).map_err(|e| (codes::MALFORMED, e.to_string()))?;
+        if &envelope.id != id {
+            return Err((
+                codes::MALFORMED,
+                format!("envelope id {:?} differs from entry id {id:?}", envelope.id),
+            ));
+        }
+        Ok(envelope)
+    }
+
+    /// Stores, publishes and acknowledges a reply in one script call, retrying while Redis is unreachable. A
+    /// reply that cannot be stored leaves the entry pending, so it is delivered again: never lost.
+    pub(crate) async fn finish(&self, id: &str, entry_id: &str, mut reply: ReplyEnvelope) {
+        let mut bytes = match protocol::encode(&reply) {
+            Ok(b) => b,
+            Err(err) => {
+                tracing::error!(%id, error = %err, "could not encode the reply");
+                return;
+            }
+        };
+        let limit = self.client.config().payload_limit;
+        if bytes.len() > limit {
+            let message = format!(
+                "reply is {} bytes, over the payload limit of {limit} bytes",
+                bytes.len()
+            );
+            tracing::warn!(%id, %message, "reply too large; answering with an error instead");
+            reply =
+                ReplyEnvelope::failure(id, ReplyStatus::Error, codes::PAYLOAD_TOO_LARGE, message);
+            bytes = match protocol::encode(&reply) {
+                Ok(b) => b,
+                Err(_) => return,
+            };
+        }
+        let mut pipe = redis::pipe();
+        scripts::evalsha(&mut pipe, &scripts::FINISH)
+            .arg(3)
+            .arg(self.keys.reply(id))
+            .arg(self.keys.requests())
+            .arg(self.keys.last_error(id))
+            .arg(&bytes)
+            .arg(ttl_ms(self.client.config().reply_ttl))
+            .arg(self.keys.reply_channel(id))
+            .arg(&self.settings.group)
+            .arg(entry_id);
+        self.run_with_retries::<(i64,)>(&pipe, "answering a request")
+            .await;
+    }
+
+    /// Runs a script pipeline, retrying with backoff on connection errors until it succeeds, the attempts run out,
+    /// or the grace period ends. `None` when it never went through.
+    async fn run_with_retries<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+        what: &'static str,
+    ) -> Option<T> {
+        let mut backoff = Duration::from_millis(50);
+        for attempt in 1..=FINISH_ATTEMPTS {
+            let mut con = self.con.clone();
+            match scripts::query_with_scripts::<T, _>(pipe, &mut con).await {
+                Ok(v) => return Some(v),
+                Err(err) if connection::is_connection_error(&err) && attempt < FINISH_ATTEMPTS => {
+                    tracing::warn!(error = %err, attempt, "{what} failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.abort.cancelled() => return None,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "{what} failed; the entry stays pending for redelivery");
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
+    /// For a redelivered request: answers from the stored reply if there is one. True when answered.
+    async fn answer_from_stored(&self, id: &str, entry_id: &str) -> bool {
+        let mut pipe = redis::pipe();
+        scripts::evalsha(&mut pipe, &scripts::ANSWER_FROM_STORED)
+            .arg(2)
+            .arg(self.keys.reply(id))
+            .arg(self.keys.requests())
+            .arg(self.keys.reply_channel(id))
+            .arg(&self.settings.group)
+            .arg(entry_id);
+        matches!(
+            self.run_with_retries::<(i64,)>(&pipe, "checking for a stored reply")
+                .await,
+            Some((1,))
+        )
+    }
+
+    /// Keeps a failed delivery's error for the dead-letter record.
+    async fn remember_error(&self, id: &str, error: &str) {
+        let mut con = self.con.clone();
+        let ttl = ttl_ms(self.client.config().record_retention);
+        let stored: redis::RedisResult<()> =
+            con.pset_ex(self.keys.last_error(id), error, ttl).await;
+        if let Err(err) = stored {
+            tracing::warn!(%id, error = %err, "could not record the delivery error");
+        }
+    }
+
+    /// The last recorded delivery error of request `id`, if any.
+    pub(crate) async fn last_error(&self, id: &str) -> Option<String> {
+        let mut con = self.con.clone();
+        con.get(self.keys.last_error(id)).await.ok().flatten()
+    }
+
+    /// Moves an entry to the dead-letter stream, acknowledges it and tells the requester, in one script call.
+    pub(crate) async fn dead_letter(
+        &self,
+        entry: &RawEntry,
+        request: Option<&RequestEnvelope>,
+        letter: DeadLetter<'_>,
+    ) {
+        let id = entry.request_id.as_deref().unwrap_or("");
+        tracing::warn!(%id, entry_id = %entry.entry_id, reason = letter.reason, error = %letter.error, "dead-lettering");
+        let reply = match letter.reply.as_ref().map(protocol::encode).transpose() {
+            Ok(r) => r.unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        let func_key = request.map(|r| r.func_key.as_str()).unwrap_or("");
+        let mut pipe = redis::pipe();
+        scripts::evalsha(&mut pipe, &scripts::DEAD_LETTER)
+            .arg(4)
+            .arg(self.keys.requests())
+            .arg(self.keys.dead_letters())
+            .arg(self.keys.reply(id))
+            .arg(self.keys.last_error(id))
+            .arg(&self.settings.group)
+            .arg(&entry.entry_id)
+            .arg(id)
+            .arg(entry.envelope.as_deref().unwrap_or(&[]))
+            .arg(letter.reason)
+            .arg(&letter.error)
+            .arg(letter.deliveries)
+            .arg(protocol::now_ms())
+            .arg(&reply)
+            .arg(ttl_ms(self.client.config().reply_ttl))
+            .arg(self.keys.reply_channel(id))
+            .arg(func_key);
+        self.run_with_retries::<(String,)>(&pipe, "dead-lettering")
+            .await;
+    }
+
+    /// Refreshes the claim of every entry being handled, so the reaper does not hand them to someone else.
+    async fn refresh_claims(&self) {
+        let ids: Vec<String> = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        for chunk in ids.chunks(1000) {
+            let mut cmd = redis::cmd("XCLAIM");
+            cmd.arg(self.keys.requests())
+                .arg(&self.settings.group)
+                .arg(&self.settings.consumer)
+                .arg(0)
+                .arg(chunk)
+                .arg("JUSTID");
+            let mut con = self.con.clone();
+            if let Err(err) = cmd.query_async::<Value>(&mut con).await {
+                tracing::warn!(error = %err, "could not refresh claims");
+            }
+        }
+    }
+}
+
+/// Reads new entries for this consumer and hands each to a request task. Only reads as many as there are free
+/// permits, so nothing read waits unclaimed in this process.
+pub(crate) async fn read_loop(shared: Arc<Shared>) {
+    let config = shared.client.config().clone();
+    let block = shared.settings.block;
+    let mut reader: Option<MultiplexedConnection> = None;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let permit = tokio::select! {
+            _ = shared.stop.cancelled() => return,
+            p = shared.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        };
+        let mut permit = permit;
+        let extra = shared
+            .permits
+            .available_permits()
+            .min(shared.settings.batch - 1);
+        if extra > 0
+            && let Ok(more) = shared.permits.clone().try_acquire_many_owned(extra as u32)
+        {
+            permit.merge(more);
+        }
+        let con = match reader.as_mut() {
+            Some(con) => con,
+            None => {
+                match connection::blocking_connection(shared.client.redis(), &config, block).await {
+                    Ok(con) => reader.insert(con),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "reader cannot connect; retrying");
+                        if sleep_or_stop(&shared.stop, &mut backoff).await {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        let opts = StreamReadOptions::default()
+            .group(&shared.settings.group, &shared.settings.consumer)
+            .count(permit.num_permits())
+            .block(block.as_millis() as usize);
+        let read: redis::RedisResult<Option<StreamReadReply>> = con
+            .xread_options(&[shared.keys.requests()], &[">"], &opts)
+            .await;
+        match read {
+            Ok(Some(reply)) => {
+                backoff = Duration::from_millis(50);
+                for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
+                    let one = permit.split(1);
+                    let Some(one) = one else { break };
+                    shared.spawn_entry(RawEntry::from_stream_id(entry), 1, one);
+                }
+            }
+            Ok(None) => backoff = Duration::from_millis(50),
+            Err(err) if err.code() == Some("NOGROUP") => {
+                tracing::warn!("consumer group or stream vanished; recreating it");
+                if let Err(err) = shared.ensure_group().await {
+                    tracing::warn!(error = %err, "could not recreate the group");
+                    if sleep_or_stop(&shared.stop, &mut backoff).await {
+                        return;
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "read failed; reconnecting");
+                reader = None;
+                if sleep_or_stop(&shared.stop, &mut backoff).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Refreshes running handlers' claims until the responder has fully stopped.
+pub(crate) async fn keepalive_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(shared.settings.keepalive_every());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => shared.refresh_claims().await,
+            _ = shared.abort.cancelled() => return,
+        }
+    }
+}
+
+/// Sleeps the backoff (doubling it, up to 2 s) unless stopped first; true when stopped.
+pub(crate) async fn sleep_or_stop(stop: &CancellationToken, backoff: &mut Duration) -> bool {
+    let stopped = tokio::select! {
+        _ = stop.cancelled() => true,
+        _ = tokio::time::sleep(*backoff) => false,
+    };
+    *backoff = (*backoff * 2).min(Duration::from_secs(2));
+    stopped
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}

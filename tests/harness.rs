@@ -1,0 +1,126 @@
+//! Self-test of the shared harness in `tests/common`.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{AofPolicy, ChildGuard, RedisOptions, RedisServer, ping_port, redcall_bin};
+
+#[test]
+fn server_starts_and_answers() {
+    let server = RedisServer::start();
+    assert_ne!(server.port(), 6379, "must never use the shared Redis");
+    assert_eq!(server.url(), format!("redis://127.0.0.1:{}", server.port()));
+    assert!(server.dir().is_dir());
+    assert!(server.ping());
+    assert_eq!(server.cli(&["PING"]), "PONG");
+    assert_eq!(server.cli(&["SET", "k", "v"]), "OK");
+    assert_eq!(server.cli(&["GET", "k"]), "v");
+    assert_eq!(
+        server.cli(&["CONFIG", "GET", "appendonly"]),
+        "appendonly\nno"
+    );
+    // Trailing newline trimmed: an empty value leaves just the key.
+    assert_eq!(server.cli(&["CONFIG", "GET", "save"]), "save");
+}
+
+#[test]
+fn extra_args_are_applied() {
+    let server = RedisServer::start_with(RedisOptions::default().arg("--maxmemory").arg("7mb"));
+    assert_eq!(
+        server.cli(&["CONFIG", "GET", "maxmemory"]),
+        format!("maxmemory\n{}", 7 * 1024 * 1024)
+    );
+}
+
+#[test]
+fn aof_always_survives_kill_and_restart() {
+    let mut server = RedisServer::start_with(RedisOptions::default().aof(AofPolicy::Always));
+    let port = server.port();
+    assert_eq!(server.cli(&["SET", "durable", "yes"]), "OK");
+    server.cli(&["XADD", "s", "*", "f", "1"]);
+
+    server.kill();
+    assert!(!server.ping(), "server still answers after kill");
+    server.restart();
+
+    assert_eq!(server.port(), port, "restart must reuse the port");
+    assert_eq!(server.cli(&["GET", "durable"]), "yes");
+    assert_eq!(server.cli(&["XLEN", "s"]), "1");
+}
+
+#[test]
+fn without_persistence_restart_loses_data() {
+    let mut server = RedisServer::start();
+    server.cli(&["SET", "volatile", "1"]);
+    server.restart();
+    assert_eq!(server.cli(&["EXISTS", "volatile"]), "0");
+}
+
+#[test]
+fn graceful_stop_flushes_everysec_aof() {
+    let mut server = RedisServer::start_with(RedisOptions::default().aof(AofPolicy::EverySec));
+    assert_eq!(
+        server.cli(&["CONFIG", "GET", "appendfsync"]),
+        "appendfsync\neverysec"
+    );
+    server.cli(&["SET", "k", "v"]);
+    server.stop_gracefully();
+    assert!(!server.ping());
+    server.restart();
+    assert_eq!(server.cli(&["GET", "k"]), "v");
+}
+
+#[test]
+fn drop_stops_the_server() {
+    let server = RedisServer::start();
+    let port = server.port();
+    let dir = server.dir().to_path_buf();
+    assert!(ping_port(port));
+    drop(server);
+    assert!(!ping_port(port), "port {port} still answers after drop");
+    assert!(!dir.exists(), "temp dir not removed");
+}
+
+#[test]
+fn child_guard_kills_on_drop() {
+    let guard = ChildGuard::spawn(Command::new("sleep").arg("60"));
+    let proc_dir = format!("/proc/{}", guard.id());
+    assert!(std::path::Path::new(&proc_dir).exists());
+    drop(guard);
+    assert!(
+        !std::path::Path::new(&proc_dir).exists(),
+        "child still exists after drop"
+    );
+}
+
+#[test]
+fn redcall_bin_exists() {
+    assert!(redcall_bin().is_file(), "{:?} missing", redcall_bin());
+}
+
+#[tokio::test]
+async fn wait_until_polls_until_true_or_deadline() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let ok = common::wait_until(Duration::from_secs(2), move || {
+        let c = c.clone();
+        async move { c.fetch_add(1, Ordering::SeqCst) >= 2 }
+    })
+    .await;
+    assert!(ok);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+    let start = std::time::Instant::now();
+    assert!(!common::wait_until(Duration::from_millis(100), || async { false }).await);
+    assert!(start.elapsed() >= Duration::from_millis(100));
+}
+
+#[test]
+#[should_panic(expected = "exited early")]
+fn bad_config_panics_with_reason() {
+    RedisServer::start_with(RedisOptions::default().arg("--no-such-option").arg("1"));
+}

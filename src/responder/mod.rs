@@ -129,25 +129,32 @@ impl ResponderBuilder {
         shared.ensure_group().await?;
         let tasks = TaskTracker::new();
         tasks.spawn(worker::read_loop(shared.clone()));
-        tasks.spawn(worker::keepalive_loop(shared.clone()));
         if shared.settings.run_reaper {
             tasks.spawn(crate::reaper::responder_reaper_loop(shared.clone()));
         }
         tasks.close();
+        // The keepalive outlives the loops: it must refresh claims while in-flight work drains at shutdown.
+        let keepalive = tokio::spawn(worker::keepalive_loop(shared.clone()));
         tracing::info!(
             service = %self.service,
             consumer = %shared.settings.consumer,
             group = %shared.settings.group,
             "responder started"
         );
-        Ok(Responder { shared, tasks })
+        Ok(Responder {
+            shared,
+            tasks,
+            keepalive,
+        })
     }
 }
 
 /// A running responder. Stop it with [`Responder::shutdown`]; dropping it stops it without waiting.
 pub struct Responder {
     shared: Arc<Shared>,
+    /// The reader and the reaper.
     tasks: TaskTracker,
+    keepalive: tokio::task::JoinHandle<()>,
 }
 
 impl Responder {
@@ -168,8 +175,11 @@ impl Responder {
 
     /// Stops reading, lets in-flight handlers finish and answer within the grace period, and leaves what did not
     /// finish pending for other responders. Returns how many handlers were cut off by the grace period.
-    pub async fn shutdown(self) -> Result<usize> {
+    pub async fn shutdown(mut self) -> Result<usize> {
         self.shared.stop.cancel();
+        // Wait for the reader and reaper first: after them, nothing spawns request tasks any more.
+        self.tasks.wait().await;
+        self.shared.requests.close();
         let grace = self.shared.settings.grace;
         let drained = tokio::time::timeout(grace, self.shared.requests.wait())
             .await
@@ -187,7 +197,7 @@ impl Responder {
             left
         };
         self.shared.abort.cancel();
-        self.tasks.wait().await;
+        let _ = (&mut self.keepalive).await;
         tracing::info!(consumer = %self.shared.settings.consumer, "responder stopped");
         Ok(cut_off)
     }

@@ -135,20 +135,29 @@ impl Shared {
         }
     }
 
-    /// Starts handling one entry in its own task, holding `permit` until it is done.
+    /// Starts handling one entry in its own task, with `permit` or, without one, after waiting for one. The entry
+    /// counts as in flight from now on, so its claim is refreshed even while it waits.
     pub(crate) fn spawn_entry(
         self: &Arc<Self>,
         entry: RawEntry,
         delivery: u64,
-        permit: OwnedSemaphorePermit,
+        permit: Option<OwnedSemaphorePermit>,
     ) {
+        self.track(&entry.entry_id, true);
         let shared = self.clone();
         self.requests.spawn(async move {
-            shared.track(&entry.entry_id, true);
             let entry_id = entry.entry_id.clone();
-            shared.handle_entry(entry, delivery).await;
+            let permit = match permit {
+                Some(p) => Some(p),
+                None => tokio::select! {
+                    p = shared.permits.clone().acquire_owned() => p.ok(),
+                    _ = shared.abort.cancelled() => None,
+                },
+            };
+            if permit.is_some() {
+                shared.handle_entry(entry, delivery).await;
+            }
             shared.track(&entry_id, false);
-            drop(permit);
         });
     }
 
@@ -214,7 +223,9 @@ impl Shared {
             delivery,
             deadline: request.deadline(),
         };
-        let run = AssertUnwindSafe(handler(ctx, &request.params)).catch_unwind();
+        // The handler call itself is inside the guarded future too: a panic while building the future must not
+        // escape either.
+        let run = AssertUnwindSafe(async { handler(ctx, &request.params).await }).catch_unwind();
         let outcome = tokio::select! {
             outcome = run => outcome,
             _ = self.abort.cancelled() => {
@@ -465,20 +476,16 @@ pub(crate) async fn read_loop(shared: Arc<Shared>) {
     let mut reader: Option<MultiplexedConnection> = None;
     let mut backoff = Duration::from_millis(50);
     loop {
-        let permit = tokio::select! {
+        // Read only when a permit is free, and only as many entries as there are free permits: nothing read waits
+        // long in this process. Permits are not held while blocked, so the reaper can use them meanwhile.
+        tokio::select! {
             _ = shared.stop.cancelled() => return,
-            p = shared.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-        };
-        let mut permit = permit;
-        let extra = shared
+            p = shared.permits.acquire() => match p { Ok(p) => drop(p), Err(_) => return },
+        }
+        let count = shared
             .permits
             .available_permits()
-            .min(shared.settings.batch - 1);
-        if extra > 0
-            && let Ok(more) = shared.permits.clone().try_acquire_many_owned(extra as u32)
-        {
-            permit.merge(more);
-        }
+            .clamp(1, shared.settings.batch);
         let con = match reader.as_mut() {
             Some(con) => con,
             None => {
@@ -496,7 +503,7 @@ pub(crate) async fn read_loop(shared: Arc<Shared>) {
         };
         let opts = StreamReadOptions::default()
             .group(&shared.settings.group, &shared.settings.consumer)
-            .count(permit.num_permits())
+            .count(count)
             .block(block.as_millis() as usize);
         let read: redis::RedisResult<Option<StreamReadReply>> = con
             .xread_options(&[shared.keys.requests()], &[">"], &opts)
@@ -505,9 +512,9 @@ pub(crate) async fn read_loop(shared: Arc<Shared>) {
             Ok(Some(reply)) => {
                 backoff = Duration::from_millis(50);
                 for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
-                    let one = permit.split(1);
-                    let Some(one) = one else { break };
-                    shared.spawn_entry(RawEntry::from_stream_id(entry), 1, one);
+                    // Taken before the next read, so the next read sees only truly free permits.
+                    let permit = shared.permits.clone().acquire_owned().await.ok();
+                    shared.spawn_entry(RawEntry::from_stream_id(entry), 1, permit);
                 }
             }
             Ok(None) => backoff = Duration::from_millis(50),

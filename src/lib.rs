@@ -59,3 +59,8 @@ pub use error::{Error, ErrorKind, Result};
 pub use reaper::{ReapReport, Reaper};
 pub use requester::{CallInfo, PendingReply, Requester, new_request_id};
 pub use responder::{HandlerError, RequestContext, Responder, ResponderBuilder, ResponderSettings};
+
+/// The README's examples, compiled as doc tests so they cannot rot.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -2,6 +2,7 @@
 //! MessagePack.
 
 mod call;
+mod demo;
 mod info;
 mod reap;
 mod reply;
@@ -53,6 +54,8 @@ pub enum Command {
     Serve(serve::Args),
     /// Run the reaper alone: dead-letter exhausted entries, remove dead consumers.
     Reap(reap::Args),
+    /// Show the three operations and a failure in one process (uses a fresh service name).
+    Demo(demo::Args),
 }
 
 /// Sets up logging: `RUST_LOG` wins; otherwise `serve` and `reap` log lifecycle events, others only warnings.
@@ -86,6 +89,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Reply(args) => reply::run(&ctx, args).await,
         Command::Serve(args) => serve::run(&ctx, args).await,
         Command::Reap(args) => reap::run(&ctx, args).await,
+        Command::Demo(args) => demo::run(&ctx, args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

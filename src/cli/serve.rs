@@ -114,14 +114,7 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
     if let Some(ms) = args.grace {
         builder = builder.grace(Duration::from_millis(ms));
     }
-    let redis = redis::Client::open(ctx.cli.url.as_str())
-        .map_err(|e| redcall::Error::Config(format!("bad Redis URL: {e}")))?
-        .get_connection_manager()
-        .await
-        .map_err(|source| redcall::Error::Redis {
-            context: "connecting",
-            source,
-        })?;
+    let redis = connect_plain(&ctx.cli.url).await?;
     let responder = demo_handlers(builder, &ctx.client, &ctx.cli.service, redis)
         .start()
         .await?;
@@ -138,6 +131,18 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
     let cut_off = responder.run_until_stopped().await?;
     eprintln!("stopped ({cut_off} unfinished requests left pending)");
     Ok(())
+}
+
+/// A plain self-reconnecting Redis connection for the demo handlers' own bookkeeping.
+pub async fn connect_plain(url: &str) -> redcall::Result<redis::aio::ConnectionManager> {
+    redis::Client::open(url)
+        .map_err(|e| redcall::Error::Config(format!("bad Redis URL: {e}")))?
+        .get_connection_manager()
+        .await
+        .map_err(|source| redcall::Error::Redis {
+            context: "connecting",
+            source,
+        })
 }
 
 /// The `panic` demo handler's body.

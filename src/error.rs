@@ -23,6 +23,12 @@ pub enum Error {
         /// The request id.
         id: String,
     },
+    /// A reply is already stored for this id; the first reply stays and this one was not published.
+    #[error("request {id}: already answered (the first reply stays)")]
+    AlreadyAnswered {
+        /// The request id.
+        id: String,
+    },
     /// No request record exists for this id (never made, or past its retention period).
     #[error("request {id}: not found (never made, or its record expired)")]
     NotFound {
@@ -122,6 +128,8 @@ pub enum ErrorKind {
     Timeout,
     /// See [`Error::DuplicateId`].
     DuplicateId,
+    /// See [`Error::AlreadyAnswered`].
+    AlreadyAnswered,
     /// See [`Error::NotFound`].
     NotFound,
     /// See [`Error::Handler`].
@@ -150,6 +158,7 @@ impl Error {
         match self {
             Error::Timeout { .. } => ErrorKind::Timeout,
             Error::DuplicateId { .. } => ErrorKind::DuplicateId,
+            Error::AlreadyAnswered { .. } => ErrorKind::AlreadyAnswered,
             Error::NotFound { .. } => ErrorKind::NotFound,
             Error::Handler { .. } => ErrorKind::Handler,
             Error::UnknownFunction { .. } => ErrorKind::UnknownFunction,

@@ -191,7 +191,7 @@ impl Requester {
 
     /// Answers request `id` with `data`: stores the reply (with the reply TTL) and publishes it to whoever waits.
     ///
-    /// The first reply stored for an id wins; a later one is refused with [`Error::DuplicateId`]. A responder that
+    /// The first reply stored for an id wins; a later one is refused with [`Error::AlreadyAnswered`]. A responder that
     /// later picks the request up answers from this reply without running its handler.
     pub async fn publish_reply<T: Serialize + ?Sized>(&self, id: &str, data: &T) -> Result<()> {
         let reply = ReplyEnvelope::ok(id, protocol::encode(data)?);
@@ -234,7 +234,7 @@ impl Requester {
         if stored == 1 {
             Ok(())
         } else {
-            Err(Error::DuplicateId {
+            Err(Error::AlreadyAnswered {
                 id: reply.id.clone(),
             })
         }

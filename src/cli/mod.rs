@@ -106,7 +106,7 @@ pub struct Context<'a> {
 }
 
 /// Exit codes, documented in the README: 1 other, 3 timeout, 4 the request failed remotely, 5 not found,
-/// 6 duplicate id, 7 Redis unreachable.
+/// 6 duplicate id or already answered, 7 Redis unreachable.
 fn exit_code(err: &Error) -> u8 {
     match err.kind() {
         ErrorKind::Timeout => 3,
@@ -116,7 +116,7 @@ fn exit_code(err: &Error) -> u8 {
         | ErrorKind::Expired
         | ErrorKind::Malformed => 4,
         ErrorKind::NotFound => 5,
-        ErrorKind::DuplicateId => 6,
+        ErrorKind::DuplicateId | ErrorKind::AlreadyAnswered => 6,
         ErrorKind::Redis => 7,
         _ => 1,
     }

@@ -1,0 +1,794 @@
+//! Round trips through the library API against a throwaway `redis-server`: typed params and replies, generated
+//! ids, the non-blocking form, call info, every error a caller can branch on, concurrency, and the reply paths
+//! (published before `wait`, answered by hand, stored after a timeout).
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{RedisServer, wait_until};
+use redcall::{Client, Error, ErrorKind, HandlerError, RequestContext, Responder};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, oneshot};
+
+/// Long enough never to fire on a healthy (if busy) machine: tests that expect a reply use it.
+const GENEROUS: Duration = Duration::from_secs(20);
+/// Deadline for conditions the tests wait for.
+const WAIT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Order {
+    item: String,
+    quantity: u32,
+    unit_price_cents: u64,
+    tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Quote {
+    item: String,
+    total_cents: u64,
+    tagged: bool,
+}
+
+fn order() -> Order {
+    Order {
+        item: "widget".into(),
+        quantity: 3,
+        unit_price_cents: 250,
+        tags: vec!["blue".into(), "large".into()],
+    }
+}
+
+fn connect(server: &RedisServer) -> Client {
+    Client::open(&server.url()).expect("client")
+}
+
+/// A responder for `service` with the handlers these tests share: `quote` (typed), `echo`, `fail`.
+async fn start_responder(client: &Client, service: &str) -> Responder {
+    client
+        .responder(service)
+        .handler("quote", |_ctx: RequestContext, o: Order| async move {
+            Ok::<_, HandlerError>(Quote {
+                total_cents: o.unit_price_cents * u64::from(o.quantity),
+                tagged: !o.tags.is_empty(),
+                item: o.item,
+            })
+        })
+        .handler(
+            "echo",
+            |_ctx: RequestContext, v: serde_json::Value| async move { Ok::<_, HandlerError>(v) },
+        )
+        .handler(
+            "fail",
+            |_ctx: RequestContext, _v: serde_json::Value| async move {
+                Err::<(), _>(HandlerError::fail("out_of_stock", "no widgets left"))
+            },
+        )
+        .start()
+        .await
+        .expect("start responder")
+}
+
+/// Redis channels with at least one subscriber (the reply router's subscriptions).
+fn subscribed_channels(server: &RedisServer) -> String {
+    server.cli(&["PUBSUB", "CHANNELS", "*"])
+}
+
+fn is_uuid_v7(id: &str) -> bool {
+    uuid::Uuid::parse_str(id).is_ok_and(|u| u.get_version_num() == 7) && id.len() == 36
+}
+
+#[tokio::test]
+async fn typed_round_trip() {
+    let server = RedisServer::start();
+    let client = connect(&server);
+    let responder = start_responder(&client, "typed").await;
+    let requester = client.requester("typed");
+
+    let quote: Quote = requester
+        .request("order-1", "quote", &order(), GENEROUS)
+        .await
+        .expect("reply");
+    assert_eq!(
+        quote,
+        Quote {
+            item: "widget".into(),
+            total_cents: 750,
+            tagged: true,
+        }
+    );
+    // The stored copy decodes to the same value.
+    assert_eq!(
+        requester.stored_reply::<Quote>("order-1").await.unwrap(),
+        Some(quote)
+    );
+    assert_eq!(client.in_flight(), 0);
+    responder.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn call_generates_uuid_v7_ids() {
+    let server = RedisServer::start();
+    let client = connect(&server);
+    let _responder = start_responder(&client, "gen").await;
+    let requester = client.requester("gen");
+
+    let reply: serde_json::Value = requester
+        .call("echo", &serde_json::json!({"n": 7}), GENEROUS)
+        .await
+        .expect("reply");
+    assert_eq!(reply, serde_json::json!({"n": 7}));
+
+    // The id the request went out with is in the stream entry's `id` field.
+    let mut con = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let range: redis::streams::StreamRangeReply =
+        redis::AsyncCommands::xrange_all(&mut con, requester.keys().requests())
+            .await
+            .unwrap();
+    assert_eq!(range.ids.len(), 1);
+    let id: String = range.ids[0].get("id").expect("id field");
+    assert!(is_uuid_v7(&id), "not a UUID v7: {id}");
+    assert!(requester.call_info(&id).await.is_ok(), "record under {id}");
+
+    let (a, b) = (redcall::new_request_id(), redcall::new_request_id());
+    assert!(is_uuid_v7(&a) && is_uuid_v7(&b));
+    assert_ne!(a, b);
+    assert!(a < b, "v7 ids sort by creation time: {a} !< {b}");
+}
+
+#[tokio::test]
+async fn send_then_work_then_wait() {
+    let server = RedisServer::start();
+    let client = connect(&server);
+    let _responder = start_responder(&client, "later").await;
+    let requester = client.requester("later");
+
+    let pending = requester
+        .send("later-1", "quote", &order(), GENEROUS)
+        .await
+        .expect("send");
+    assert_eq!(pending.id(), "later-1");
+
+    // Other work while the first request is out, including another request on the same client.
+    let other: serde_json::Value = requester
+        .request("later-2", "echo", &"meanwhile", GENEROUS)
+        .await
+        .expect("second request");
+    assert_eq!(other, "meanwhile");
+    let info = requester.call_info("later-1").await.expect("info");
+    assert_eq!(info.func_key, "quote");
+
+    let quote: Quote = pending.wait().await.expect("reply");
+    assert_eq!(quote.total_cents, 750);
+    assert_eq!(client.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn call_info_while_pending_and_not_found() {
+    let server = RedisServer::start();
+    let client = connect(&server);
+    let requester = client.requester("info");
+
+    // No responder: the request stays pending.
+    let before = std::time::SystemTime::now() - Duration::from_secs(1);
+    let pending = requester
+        .send("request_123", "SomeFunction", &order(), GENEROUS)
+        .await
+        .expect("send");
+
+    let info = requester.call_info("request_123").await.expect("info");
+    assert_eq!(info.id, "request_123");
+    assert_eq!(info.func_key, "SomeFunction");
+    assert_eq!(info.params::<Order>().expect("typed params"), order());
+    assert_eq!(
+        info.params::<serde_json::Value>().expect("params as JSON"),
+        serde_json::to_value(order()).unwrap()
+    );
+    assert!(info.created >= before, "created {:?}", info.created);
+    let span = info
+        .deadline
+        .duration_since(info.created)
+        .expect("deadline after created");
+    assert!(
+        span >= GENEROUS - Duration::from_millis(5) && span <= GENEROUS + Duration::from_millis(5),
+        "deadline - created = {span:?}"
+    );
+    // From another client too (the record is in Redis, not in this process).
+    let other = connect(&server).requester("info");
+    assert_eq!(other.call_info("request_123").await.unwrap(), info);
+
+    let err = requester
+        .call_info("no_such_id")
+        .await
+        .expect_err("unknown id");
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert!(err.to_string().contains("no_such_id"), "{err}");
+    // Same id in another service is a different request.
+    let err = client
+        .requester("other-service")
+        .call_info("request_123")
+        .await
+        .expect_err("other service");
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    drop(pending);
+}
+
+#[tokio::test]
+async fn timeout_names_the_id() {
+    let server = RedisServer::start();
+    let client = connect(&server);
+    let requester = client.requester("nobody");
+
+    let timeout = Duration::from_millis(400);
+    let started = Instant::now();
+    let err = requester
+        .request::<_, serde_json::Value>("lonely-42", "echo", &1, timeout)
+        .await
+        .expect_err("nobody answers");
+    let elapsed = started.elapsed();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(
+        matches!(&err, Error::Timeout { id, timeout: t } if id == "lonely-42" && *t == timeout)
+    );
+    assert!(err.to_string().contains("lonely-42"), "{err}");
+    assert!(elapsed >= timeout, "returned after {elapsed:?}");
+    assert!(
+        elapsed < timeout + Duration::from_secs(10),
+        "took {elapsed:?}"
+    );
+    // The request is still stored: it may be handled later.
+    assert_eq!(server.cli(&["XLEN", requester.keys().requests()]), "1");
+    assert_eq!(client.in_flight(), 0);
+}
+
+/// A reply stored without a message reaching the waiter (as after a missed pub/sub message) is found by the one
+/// look at the stored reply when the time is up: no timeout error.
+#[tokio::test]
+async fn timeout_looks_once_for_a_stored_reply() {
+    let server = RedisServer::start();
+    let client = connect(&server);
+    let requester = client.requester("missed");
+    let pending = requester
+        .send("missed-1", "echo", &1, Duration::from_millis(500))
+        .await
+        .unwrap();
+
+    // Store a reply the way a responder would, but publish nothing.
+    let reply = redcall::protocol::ReplyEnvelope::ok(
+        "missed-1",
+        redcall::protocol::encode(&"from the store").unwrap(),
+    );
+    let mut con = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::AsyncCommands::set(
+        &mut con,
+        requester.keys().reply("missed-1"),
+        redcall::protocol::encode(&reply).unwrap(),
+    )
+    .await
+    .unwrap();
+
+    let got: String = pending
+        .wait()
+        .await
+        .expect("stored reply instead of a timeout");
+    assert_eq!(got, "from the store");
+    assert_eq!(client.in_flight(), 0);
+}
+
+/// A handler that started in time but finishes after the requester gave up: its reply is stored under the id.
+#[tokio::test]
+async fn late_reply_after_timeout_is_stored() {
+    let server = RedisServer::start();
+    let client = connect(&server);
+    let (started_tx, started_rx) = oneshot::channel::<()>();
+    let started_tx = Arc::new(Mutex::new(Some(started_tx)));
+    let release = Arc::new(Notify::new());
+    let release_h = release.clone();
+    let _responder = client
+        .responder("late")
+        .handler("slow", move |_ctx: RequestContext, n: u32| {
+            let started_tx = started_tx.clone();
+            let release = release_h.clone();
+            async move {
+                if let Some(tx) = started_tx.lock().unwrap().take() {
+                    let _ = tx.send(());
+                }
+                release.notified().await;
+                Ok::<_, HandlerError>(n + 1)
+            }
+        })
+        .start()
+        .await
+        .expect("responder");
+    let requester = client.requester("late");
+
+    let pending = requester
+        .send("late-1", "slow", &41u32, Duration::from_secs(3))
+        .await
+        .expect("send");
+    tokio::time::timeout(WAIT, started_rx)
+        .await
+        .expect("handler started in time")
+        .unwrap();
+    let err = pending
+        .wait::<u32>()
+        .await
+        .expect_err("handler is held back");
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(
+        requester
+            .stored_reply::<u32>("late-1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    release.notify_one();
+    let stored = wait_until(WAIT, || async {
+        requester
+            .stored_reply::<u32>("late-1")
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    assert!(stored, "the late reply was never stored");
+    assert_eq!(
+        requester.stored_reply::<u32>("late-1").await.unwrap(),
+        Some(42)
+    );
+    assert_eq!(client.in_flight(), 0);
+}
+
+/// No responder until after the timeout: the responder that starts later does not run the expired request, but
+/// answers it (stored reply `Expired`) and acknowledges it.
+#[tokio::test]
+async fn timeout_then_responder_stores_an_expired_reply() {
+    let server = RedisServer::start();
+    let client = connect(&server);
+    let requester = client.requester("expired");
+    let err = requester
+        .request::<_, serde_json::Value>("exp-1", "count", &1, Duration::from_millis(300))
+        .await
+        .expect_err("no responder yet");
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+
+    let runs = Arc::new(AtomicUsize::new(0));
+    let runs_h = runs.clone();
+    let _responder = client
+        .responder("expired")
+        .handler("count", move |_ctx: RequestContext, _n: u32| {
+            let runs = runs_h.clone();
+            async move { Ok::<_, HandlerError>(runs.fetch_add(1, Ordering::SeqCst)) }
+        })
+        .start()
+        .await
+        .expect("responder");
+
+    let stored = wait_until(WAIT, || async {
+        !matches!(
+            requester.stored_reply::<serde_json::Value>("exp-1").await,
+            Ok(None)
+        )
+    })
+    .await;
+    assert!(stored, "no reply stored for the expired request");
+    let err = requester
+        .stored_reply::<serde_json::Value>("exp-1")
+        .await
+        .expect_err("an expired reply");
+    assert_eq!(err.kind(), ErrorKind::Expired, "{err}");
+    assert!(err.to_string().contains("exp-1"), "{err}");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        0,
+        "expired request must not run"
+    );
+    // Acknowledged: nothing pending in the group.
+    let acked = wait_until(WAIT, || async {
+        server
+            .cli(&["XPENDING", requester.keys().requests(), "workers"])
+            .starts_with('0')
+    })
+    .await;
+    assert!(acked, "entry still pending");
+}
+
+#[tokio::test]
+async fn duplicate_id_in_flight_is_refused() {
+    let server = RedisServer::start();
+    let client = connect(&server);
+    let requester = client.requester("dup");
+
+    let first = requester
+        .send("dup-1", "echo", &"first", GENEROUS)
+        .await
+        .expect("first send");
+
+    // Same process, same client.
+    let err = requester
+        .send("dup-1", "echo", &"second", GENEROUS)
+        .await
+        .err()
+        .expect("same-process duplicate refused");
+    assert_eq!(err.kind(), ErrorKind::DuplicateId, "{err}");
+    assert!(err.to_string().contains("dup-1"), "{err}");
+    assert_eq!(
+        client.in_flight(),
+        1,
+        "the refusal must not drop the first waiter"
+    );
+
+    // Another client (as another process would be).
+    let other = connect(&server);
+    let err = other
+        .requester("dup")
+        .send("dup-1", "echo", &"third", GENEROUS)
+        .await
+        .err()
+        .expect("cross-client duplicate refused");
+    assert_eq!(err.kind(), ErrorKind::DuplicateId, "{err}");
+    assert_eq!(other.in_flight(), 0, "refused request left a waiter behind");
+
+    // Nothing of the refused attempts reached the stream; the original request is intact and still answered.
+    assert_eq!(server.cli(&["XLEN", requester.keys().requests()]), "1");
+    let info = requester.call_info("dup-1").await.unwrap();
+    assert_eq!(info.params::<String>().unwrap(), "first");
+    let _responder = start_responder(&client, "dup").await;
+    let reply: String = first.wait().await.expect("first request answered");
+    assert_eq!(reply, "first");
+    assert_eq!(client.in_flight(), 0);
+
+    // Done but within the record retention: still refused.
+    let err = requester
+        .request::<_, String>("dup-1", "echo", &"again", GENEROUS)
+        .await
+        .expect_err("finished id reused");
+    assert_eq!(err.kind(), ErrorKind::DuplicateId, "{err}");
+}
+
+#[tokio::test]
+async fn unknown_function_fails_fast() {
+    let server = RedisServer::start();
+    let client = connect(&server);
+    let _responder = start_responder(&client, "unknown").await;
+    let requester = client.requester("unknown");
+
+    let started = Instant::now();
+    let err = requester
+        .request::<_, serde_json::Value>("unk-1", "NoSuchFunction", &1, GENEROUS)
+        .await
+        .expect_err("no handler");
+    assert!(
+        started.elapsed() < GENEROUS / 2,
+        "took {:?}: looks like a timeout",
+        started.elapsed()
+    );
+    assert_eq!(err.kind(), ErrorKind::UnknownFunction, "{err}");
+    assert!(
+        matches!(&err, Error::UnknownFunction { id, func_key } if id == "unk-1" && func_key == "NoSuchFunction"),
+        "{err:?}"
+    );
+    // Recorded in the dead-letter stream.
+    assert_eq!(server.cli(&["XLEN", requester.keys().dead_letters()]), "1");
+}
+
+#[tokio::test]
+async fn handler_error_carries_code_and_message() {
+    let server = RedisServer::start();
+    let client = connect(&server);
+    let _responder = start_responder(&client, "errors").await;
+    let requester = client.requester("errors");
+
+    let err = requester
+        .request::<_, serde_json::Value>("err-1", "fail", &order(), GENEROUS)
+        .await
+        .expect_err("handler fails");
+    assert_eq!(err.kind(), ErrorKind::Handler, "{err}");
+    match &err {
+        Error::Handler { id, code, message } => {
+            assert_eq!(id, "err-1");
+            assert_eq!(code, "out_of_stock");
+            assert_eq!(message, "no widgets left");
+        }
+        other => panic!("expected a handler error, got {other:?}"),
+    }
+    assert!(err.to_string().contains("err-1"), "{err}");
+    // The entry is acknowledged: nothing pending.
+    let acked = wait_until(WAIT, || async {
+        server
+            .cli(&["XPENDING", requester.keys().requests(), "workers"])
+            .starts_with('0')
+    })
+    .await;
+    assert!(acked, "failed request left pending");
+}
+
+#[tokio::test]
+async fn invalid_params_is_a_handler_error() {
+    let server = RedisServer::start();
+    let client = connect(&server);
+    let _responder = start_responder(&client, "params").await;
+    let requester = client.requester("params");
+
+    // `quote` wants an Order; a string is not one.
+    let err = requester
+        .request::<_, Quote>("bad-1", "quote", &"not an order", GENEROUS)
+        .await
+        .expect_err("params do not decode");
+    assert_eq!(err.kind(), ErrorKind::Handler, "{err}");
+    match &err {
+        Error::Handler { id, code, message } => {
+            assert_eq!(id, "bad-1");
+            assert_eq!(code, "invalid_params");
+            assert!(!message.is_empty());
+        }
+        other => panic!("expected invalid_params, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn payload_too_large_is_refused_before_sending() {
+    let server = RedisServer::start();
+    let client = Client::builder(&server.url())
+        .payload_limit(1024)
+        .build()
+        .unwrap();
+    let requester = client.requester("big");
+    let big = "x".repeat(2000);
+
+    let err = requester
+        .send("big-1", "echo", &big, GENEROUS)
+        .await
+        .err()
+        .expect("too large");
+    assert_eq!(err.kind(), ErrorKind::PayloadTooLarge, "{err}");
+    assert!(
+        matches!(err, Error::PayloadTooLarge { what: "request", size, limit: 1024 } if size > 2000),
+        "{err:?}"
+    );
+    assert_eq!(server.cli(&["XLEN", requester.keys().requests()]), "0");
+    assert_eq!(
+        server.cli(&["EXISTS", &requester.keys().record("big-1")]),
+        "0"
+    );
+    assert_eq!(client.in_flight(), 0);
+
+    // A reply over the limit is refused too, and so is a handler's: the requester gets an error reply instead.
+    let err = requester
+        .publish_reply("big-2", &big)
+        .await
+        .expect_err("reply too large");
+    assert_eq!(err.kind(), ErrorKind::PayloadTooLarge, "{err}");
+    assert_eq!(
+        server.cli(&["EXISTS", &requester.keys().reply("big-2")]),
+        "0"
+    );
+
+    let _responder = client
+        .responder("big")
+        .handler("grow", |_ctx: RequestContext, n: usize| async move {
+            Ok::<_, HandlerError>("y".repeat(n))
+        })
+        .start()
+        .await
+        .unwrap();
+    let err = requester
+        .request::<_, String>("big-3", "grow", &4000usize, GENEROUS)
+        .await
+        .expect_err("handler reply too large");
+    assert!(
+        matches!(&err, Error::Handler { code, .. } if code == "payload_too_large"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_thousand_concurrent_requests_each_get_their_own_reply() {
+    const N: u64 = 1000;
+    let server = RedisServer::start();
+    let client = connect(&server);
+    let runs: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
+    let runs_h = runs.clone();
+    let _responder = client
+        .responder("many")
+        .handler("echo_index", move |ctx: RequestContext, i: u64| {
+            let runs = runs_h.clone();
+            async move {
+                *runs.lock().unwrap().entry(i).or_default() += 1;
+                Ok::<_, HandlerError>((i, ctx.id))
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let requester = client.requester("many");
+
+    let calls = (0..N).map(|i| {
+        let requester = requester.clone();
+        async move {
+            let id = format!("many-{i}");
+            let reply: (u64, String) = requester
+                .request(&id, "echo_index", &i, GENEROUS)
+                .await
+                .unwrap_or_else(|e| panic!("request {i}: {e}"));
+            (i, id, reply)
+        }
+    });
+    let results = futures_util::future::join_all(calls).await;
+
+    assert_eq!(results.len(), N as usize);
+    for (i, id, (echoed, seen_id)) in results {
+        assert_eq!(echoed, i, "request {i} got another request's reply");
+        assert_eq!(seen_id, id);
+    }
+    let runs = runs.lock().unwrap().clone();
+    assert_eq!(runs.len(), N as usize, "some requests never ran");
+    let repeated: Vec<_> = runs.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(
+        repeated.is_empty(),
+        "handler ran more than once: {repeated:?}"
+    );
+    assert_eq!(client.in_flight(), 0, "waiters leaked");
+    let unsubscribed = wait_until(WAIT, || async { subscribed_channels(&server).is_empty() }).await;
+    assert!(unsubscribed, "reply channels still subscribed");
+}
+
+/// A reply published by another program before `wait` is called is kept for the handle.
+#[tokio::test]
+async fn reply_published_before_wait_is_not_lost() {
+    let server = RedisServer::start();
+    let client = connect(&server);
+    let requester = client.requester("early");
+    let pending = requester
+        .send(
+            "early-1",
+            "SomeFunction",
+            &serde_json::json!({"a": 1}),
+            GENEROUS,
+        )
+        .await
+        .expect("send");
+
+    let other = connect(&server);
+    other
+        .requester("early")
+        .publish_reply("early-1", &serde_json::json!({"answer": 42}))
+        .await
+        .expect("publish");
+
+    // The published message reaches the router (which then drops the waiter from its map) before `wait` runs.
+    let routed = wait_until(WAIT, || async { client.in_flight() == 0 }).await;
+    assert!(routed, "the published reply never reached the waiter");
+    // Remove the stored copy: the reply must come from the message received before `wait`.
+    assert_eq!(
+        server.cli(&["DEL", &requester.keys().reply("early-1")]),
+        "1"
+    );
+
+    let reply: serde_json::Value = pending.wait().await.expect("reply kept for the handle");
+    assert_eq!(reply, serde_json::json!({"answer": 42}));
+}
+
+/// Same flow as the original two programs, with a short pause instead of a condition: `send`, another client
+/// publishes, `wait` later still gets the reply.
+#[tokio::test]
+async fn reply_before_wait_with_a_pause() {
+    let server = RedisServer::start();
+    let client = connect(&server);
+    let requester = client.requester("early2");
+    let pending = requester
+        .send("early-2", "SomeFunction", &1, GENEROUS)
+        .await
+        .unwrap();
+    connect(&server)
+        .requester("early2")
+        .publish_reply("early-2", &"done")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let reply: String = pending.wait().await.unwrap();
+    assert_eq!(reply, "done");
+}
+
+#[tokio::test]
+async fn second_publish_reply_is_refused() {
+    let server = RedisServer::start();
+    let client = connect(&server);
+    let requester = client.requester("twice");
+    let pending = requester
+        .send("twice-1", "SomeFunction", &1, GENEROUS)
+        .await
+        .unwrap();
+
+    let answering = connect(&server).requester("twice");
+    answering
+        .publish_reply("twice-1", &"first")
+        .await
+        .expect("first reply");
+    let err = answering
+        .publish_reply("twice-1", &"second")
+        .await
+        .expect_err("second reply refused");
+    assert_eq!(err.kind(), ErrorKind::AlreadyAnswered, "{err}");
+    assert!(err.to_string().contains("twice-1"), "{err}");
+    let err = answering
+        .publish_error("twice-1", "late", "too late")
+        .await
+        .expect_err("error reply after a reply refused");
+    assert_eq!(err.kind(), ErrorKind::AlreadyAnswered, "{err}");
+
+    let reply: String = pending.wait().await.unwrap();
+    assert_eq!(reply, "first");
+    assert_eq!(
+        requester
+            .stored_reply::<String>("twice-1")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("first")
+    );
+}
+
+#[tokio::test]
+async fn in_flight_returns_to_zero() {
+    let server = RedisServer::start();
+    let client = connect(&server);
+    assert_eq!(client.in_flight(), 0);
+    let requester = client.requester("leak");
+
+    // Pending handles count; dropping one without waiting releases it.
+    let a = requester
+        .send("leak-a", "echo", &1, GENEROUS)
+        .await
+        .unwrap();
+    let b = requester
+        .send("leak-b", "echo", &2, GENEROUS)
+        .await
+        .unwrap();
+    let c = requester
+        .send("leak-c", "echo", &3, Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert_eq!(client.in_flight(), 3);
+    drop(a);
+    assert_eq!(client.in_flight(), 2);
+    // A timeout releases too.
+    assert_eq!(
+        c.wait::<i32>().await.unwrap_err().kind(),
+        ErrorKind::Timeout
+    );
+    assert_eq!(client.in_flight(), 1);
+
+    // Errors and successes release.
+    let _responder = start_responder(&client, "leak").await;
+    assert_eq!(b.wait::<i32>().await.unwrap(), 2);
+    let _ = requester
+        .request::<_, ()>("leak-d", "fail", &0, GENEROUS)
+        .await
+        .unwrap_err();
+    let _ = requester
+        .request::<_, ()>("leak-e", "missing", &0, GENEROUS)
+        .await
+        .unwrap_err();
+    assert_eq!(client.in_flight(), 0);
+    // And the server-side subscriptions go away as well.
+    let unsubscribed = wait_until(WAIT, || async { subscribed_channels(&server).is_empty() }).await;
+    assert!(
+        unsubscribed,
+        "still subscribed: {}",
+        subscribed_channels(&server)
+    );
+}

@@ -130,6 +130,8 @@ pub mod codes {
     pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
     /// The handler failed without choosing a code.
     pub const HANDLER: &str = "handler_error";
+    /// The deadline passed before a responder started the request (status `expired`).
+    pub const EXPIRED: &str = "expired";
 }
 
 /// A reply as it is published on the reply channel and stored under the reply key.

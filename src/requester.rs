@@ -156,9 +156,11 @@ impl Requester {
         // subscription is live before any responder can read the request.
         pipe.cmd("SUBSCRIBE").arg(pending.channel()).ignore();
         scripts::evalsha(&mut pipe, &scripts::ADD_REQUEST)
-            .arg(2)
+            .arg(4)
             .arg(self.keys.record(id))
             .arg(self.keys.requests())
+            .arg(&pending.reply_key)
+            .arg(self.keys.last_error(id))
             .arg(id)
             .arg(&bytes)
             .arg(ttl_ms(timeout + config.record_retention));
@@ -191,7 +193,9 @@ impl Requester {
 
     /// Answers request `id` with `data`: stores the reply (with the reply TTL) and publishes it to whoever waits.
     ///
-    /// The first reply stored for an id wins; a later one is refused with [`Error::AlreadyAnswered`]. A responder that
+    /// The request must exist ([`Error::NotFound`] otherwise, so a mistyped id cannot leave a reply waiting for a
+    /// future request). The first reply stored for an id wins; a later one is refused with
+    /// [`Error::AlreadyAnswered`]. A responder that
     /// later picks the request up answers from this reply without running its handler.
     pub async fn publish_reply<T: Serialize + ?Sized>(&self, id: &str, data: &T) -> Result<()> {
         let reply = ReplyEnvelope::ok(id, protocol::encode(data)?);
@@ -218,10 +222,11 @@ impl Requester {
         let mut con = router.connection()?;
         let mut pipe = redis::pipe();
         scripts::evalsha(&mut pipe, &scripts::FINISH)
-            .arg(3)
+            .arg(4)
             .arg(self.keys.reply(&reply.id))
             .arg(self.keys.requests())
             .arg(self.keys.last_error(&reply.id))
+            .arg(self.keys.record(&reply.id))
             .arg(&bytes)
             .arg(ttl_ms(config.reply_ttl))
             .arg(self.keys.reply_channel(&reply.id))
@@ -231,12 +236,14 @@ impl Requester {
             .await
             .inspect_err(|e| router.report_broken(e))
             .map_err(Error::redis("publishing a reply"))?;
-        if stored == 1 {
-            Ok(())
-        } else {
-            Err(Error::AlreadyAnswered {
+        match stored {
+            1 => Ok(()),
+            -1 => Err(Error::NotFound {
                 id: reply.id.clone(),
-            })
+            }),
+            _ => Err(Error::AlreadyAnswered {
+                id: reply.id.clone(),
+            }),
         }
     }
 

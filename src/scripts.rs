@@ -20,9 +20,11 @@ impl Lua {
     }
 }
 
-/// Adds a request: the record (`SET NX`, so an existing id is refused) and the stream entry, in one step.
+/// Adds a request: the record (`SET NX`, so an existing id is refused) and the stream entry, in one step. A fresh
+/// id starts clean: a stored reply or error left by an earlier request with the same id (whose record expired) is
+/// removed, so it cannot answer this one.
 ///
-/// KEYS: record, requests stream. ARGV: id, envelope, record TTL (ms).
+/// KEYS: record, requests stream, reply, last error. ARGV: id, envelope, record TTL (ms).
 /// Returns the stream entry id, or nil when the id already exists.
 pub(crate) static ADD_REQUEST: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
@@ -30,23 +32,33 @@ pub(crate) static ADD_REQUEST: LazyLock<Lua> = LazyLock::new(|| {
 if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[3]) then
   return false
 end
+redis.call('DEL', KEYS[3], KEYS[4])
 return redis.call('XADD', KEYS[2], '*', 'id', ARGV[1], 'env', ARGV[2])
 "#,
     )
 });
 
-/// Answers a request: stores the reply unless one is stored already (the first reply wins), publishes it when it
-/// was stored, forgets the last delivery error and, when an entry id is given, acknowledges the stream entry.
+/// Answers a request: stores the reply unless one is stored already (the first reply wins) and publishes the
+/// stored one, forgets the last delivery error and, when an entry id is given, acknowledges the stream entry. A
+/// reply by hand (no entry id) is refused when the request record does not exist.
 ///
-/// KEYS: reply, requests stream, last error. ARGV: reply envelope, reply TTL (ms), channel, group, entry id ('' for
-/// none). Returns 1 when this reply was stored, 0 when an earlier one was kept.
+/// KEYS: reply, requests stream, last error, record. ARGV: reply envelope, reply TTL (ms), channel, group, entry id
+/// ('' for a reply by hand). Returns 1 when this reply was stored, 0 when an earlier one was kept (and published
+/// again), -1 when a reply by hand names an unknown request.
 pub(crate) static FINISH: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r#"
-local stored = 0
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+if ARGV[5] == '' and redis.call('EXISTS', KEYS[4]) == 0 then
+  return -1
+end
+local stored = 1
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  stored = 0
+end
+if stored == 1 then
   redis.call('PUBLISH', ARGV[3], ARGV[1])
-  stored = 1
+elseif ARGV[5] ~= '' then
+  redis.call('PUBLISH', ARGV[3], redis.call('GET', KEYS[1]))
 end
 redis.call('DEL', KEYS[3])
 if ARGV[5] ~= '' then

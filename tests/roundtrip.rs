@@ -792,3 +792,58 @@ async fn in_flight_returns_to_zero() {
         subscribed_channels(&server)
     );
 }
+
+#[tokio::test]
+async fn publish_reply_to_unknown_request_is_refused() {
+    let server = RedisServer::start();
+    let requester = connect(&server).requester("typo");
+    let err = requester
+        .publish_reply("never-requested", &"answer")
+        .await
+        .expect_err("no such request");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert_eq!(
+        requester
+            .stored_reply::<String>("never-requested")
+            .await
+            .unwrap(),
+        None,
+        "nothing was stored for a future request to pick up"
+    );
+}
+
+#[tokio::test]
+async fn a_fresh_request_does_not_see_a_stale_reply_of_its_id() {
+    let server = RedisServer::start();
+    let requester = connect(&server).requester("stale");
+    // A reply left over from an earlier request with this id, whose record has expired.
+    let stale = redcall::protocol::ReplyEnvelope::ok(
+        "reused-1",
+        redcall::protocol::encode(&"stale").unwrap(),
+    );
+    let mut con = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::AsyncCommands::set(
+        &mut con,
+        requester.keys().reply("reused-1"),
+        redcall::protocol::encode(&stale).unwrap(),
+    )
+    .await
+    .unwrap();
+
+    let pending = requester
+        .send("reused-1", "SomeFunction", &1, GENEROUS)
+        .await
+        .unwrap();
+    assert_eq!(
+        requester.stored_reply::<String>("reused-1").await.unwrap(),
+        None,
+        "adding the request cleared the stale reply"
+    );
+    requester.publish_reply("reused-1", &"fresh").await.unwrap();
+    let reply: String = pending.wait().await.unwrap();
+    assert_eq!(reply, "fresh");
+}

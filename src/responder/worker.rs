@@ -192,7 +192,7 @@ impl Shared {
             let reply = ReplyEnvelope::failure(
                 &id,
                 ReplyStatus::Expired,
-                "expired",
+                codes::EXPIRED,
                 "deadline passed before start",
             );
             self.finish(&id, &entry.entry_id, reply).await;
@@ -330,10 +330,11 @@ impl Shared {
         }
         let mut pipe = redis::pipe();
         scripts::evalsha(&mut pipe, &scripts::FINISH)
-            .arg(3)
+            .arg(4)
             .arg(self.keys.reply(id))
             .arg(self.keys.requests())
             .arg(self.keys.last_error(id))
+            .arg(self.keys.record(id))
             .arg(&bytes)
             .arg(ttl_ms(self.client.config().reply_ttl))
             .arg(self.keys.reply_channel(id))

@@ -114,8 +114,10 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
     if let Some(ms) = args.grace {
         builder = builder.grace(Duration::from_millis(ms));
     }
-    let redis = redis::Client::open(ctx.cli.url.as_str())
-        .map_err(|e| redcall::Error::Config(format!("bad Redis URL: {e}")))?
+    // The client's own redis client: same URL, credentials and TLS settings.
+    let redis = ctx
+        .client
+        .redis_client()
         .get_connection_manager()
         .await
         .map_err(|source| redcall::Error::Redis {

@@ -195,11 +195,9 @@ async fn connect(
     let on_push = move |push: PushInfo| -> std::result::Result<(), std::convert::Infallible> {
         match push.kind {
             PushKind::Message => route_message(&waiters, push.data),
-            PushKind::Disconnection => {
-                // An old connection's farewell must not tear down its replacement.
-                if generation.load(Ordering::SeqCst) == this_generation {
-                    reconnect.notify_one();
-                }
+            // An old connection's farewell must not tear down its replacement.
+            PushKind::Disconnection if generation.load(Ordering::SeqCst) == this_generation => {
+                reconnect.notify_one();
             }
             _ => {}
         }

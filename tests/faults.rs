@@ -556,6 +556,32 @@ async fn deleted_stream_is_recreated_by_the_responder() {
 // Garbage in the requests stream
 // ---------------------------------------------------------------------------------------------------------------
 
+/// A hand-made stream entry and what the responder must say about it.
+struct Garbage {
+    /// The `id` field, if any.
+    id: Option<&'static str>,
+    /// The `env` field, if any.
+    env: Option<Vec<u8>>,
+    /// The dead letter's `reason`.
+    reason: &'static str,
+    /// Words the dead letter's `error` must contain.
+    words: &'static str,
+}
+
+fn garbage(
+    id: Option<&'static str>,
+    env: Option<Vec<u8>>,
+    reason: &'static str,
+    words: &'static str,
+) -> Garbage {
+    Garbage {
+        id,
+        env,
+        reason,
+        words,
+    }
+}
+
 fn envelope(v: u8, id: &str, params: &[u8]) -> Vec<u8> {
     let now = protocol::now_ms();
     protocol::encode(&RequestEnvelope {
@@ -598,35 +624,34 @@ async fn garbage_entries_are_dead_lettered_and_the_responder_keeps_serving() {
         "g-oversized",
         &protocol::encode(&"x".repeat(LIMIT)).unwrap(),
     );
-    // (request id field, env field, expected reason, expected words in the error)
-    let cases: Vec<(Option<&str>, Option<Vec<u8>>, &str, &str)> = vec![
-        (None, None, "malformed_request", "lacks"),
-        (Some("g-no-env"), None, "malformed_request", "lacks"),
-        (
+    let cases = vec![
+        garbage(None, None, "malformed_request", "lacks"),
+        garbage(Some("g-no-env"), None, "malformed_request", "lacks"),
+        garbage(
             Some("g-random"),
             Some(random),
             "malformed_request",
             "could not decode",
         ),
-        (
+        garbage(
             Some("g-shape"),
             Some(wrong_shape),
             "malformed_request",
             "could not decode",
         ),
-        (
+        garbage(
             Some("g-version"),
             Some(envelope(99, "g-version", &params)),
             "malformed_request",
             "version 99",
         ),
-        (
+        garbage(
             Some("g-oversized"),
             Some(oversized),
             "payload_too_large",
             "over the payload limit",
         ),
-        (
+        garbage(
             Some("g-mismatch"),
             Some(envelope(FORMAT_VERSION, "g-other", &params)),
             "malformed_request",
@@ -634,7 +659,7 @@ async fn garbage_entries_are_dead_lettered_and_the_responder_keeps_serving() {
         ),
     ];
     let mut entry_ids = Vec::new();
-    for (id, env, _, _) in &cases {
+    for Garbage { id, env, .. } in &cases {
         let mut cmd = redis::cmd("XADD");
         cmd.arg(keys.requests()).arg("*").arg("junk").arg("yes");
         if let Some(id) = id {
@@ -687,7 +712,13 @@ async fn garbage_entries_are_dead_lettered_and_the_responder_keeps_serving() {
         "not every garbage entry was dead-lettered"
     );
     let dead = read_dead(con.clone()).await;
-    for ((id, _, reason, words), entry_id) in cases.iter().zip(&entry_ids) {
+    for (
+        Garbage {
+            id, reason, words, ..
+        },
+        entry_id,
+    ) in cases.iter().zip(&entry_ids)
+    {
         let letter = dead
             .get(entry_id)
             .unwrap_or_else(|| panic!("{id:?}: no dead letter"));

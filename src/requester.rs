@@ -275,14 +275,18 @@ impl PendingReply {
         self.channel.as_deref().unwrap_or_default()
     }
 
+    fn timed_out(&self) -> Error {
+        Error::Timeout {
+            id: self.id.clone(),
+            timeout: self.timeout,
+        }
+    }
+
     /// Waits for the reply until the request's timeout (counted from `send`). On timeout, looks once for a
     /// stored reply before returning [`Error::Timeout`].
     pub async fn wait<R: DeserializeOwned>(mut self) -> Result<R> {
         let Some(rx) = self.rx.take() else {
-            return Err(Error::Timeout {
-                id: self.id.clone(),
-                timeout: self.timeout,
-            });
+            return Err(self.timed_out());
         };
         let bytes = match tokio::time::timeout_at(self.deadline.into(), rx).await {
             Ok(Ok(Delivery::Reply(bytes))) => bytes,
@@ -291,14 +295,15 @@ impl PendingReply {
                     id: self.id.clone(),
                 });
             }
-            // The waiter was dropped without a reply (router shut down) or the time is up: last look.
-            _ => match fetch_stored(&self.router, &self.reply_key).await? {
-                Some(bytes) => bytes,
-                None => {
-                    return Err(Error::Timeout {
-                        id: self.id.clone(),
-                        timeout: self.timeout,
-                    });
+            // The waiter was dropped without a reply (router shut down) or the time is up: last look. When Redis
+            // is unreachable right then, the answer is still a timeout: the request was sent and may be handled
+            // later, which an "unavailable, nothing was sent" error would deny.
+            _ => match fetch_stored(&self.router, &self.reply_key).await {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => return Err(self.timed_out()),
+                Err(err) => {
+                    tracing::debug!(id = %self.id, error = %err, "no last look at the stored reply");
+                    return Err(self.timed_out());
                 }
             },
         };

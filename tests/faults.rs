@@ -417,6 +417,14 @@ async fn requests_fail_fast_while_redis_is_down() {
     // Connects the reply router.
     let err = requester.call_info("nobody").await.expect_err("no such id");
     assert_eq!(err.kind(), ErrorKind::NotFound);
+    // Accepted before the outage (no responder): still a timeout, not "nothing was sent", when Redis is away at
+    // the deadline.
+    let accepted_timeout = Duration::from_millis(1500);
+    let accepted = requester
+        .send("down-accepted", "echo", &json!(1), accepted_timeout)
+        .await
+        .expect("send");
+    let accepted_at = Instant::now();
     kill(&mut server);
 
     let never_connected = Client::open(&url).expect("client");
@@ -449,6 +457,14 @@ async fn requests_fail_fast_while_redis_is_down() {
             eprintln!("{who}: failed after {took:?}: {text}");
         }
     }
+    let err = accepted.wait::<Value>().await.expect_err("no responder");
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(err.to_string().contains("down-accepted"), "{err}");
+    assert!(
+        accepted_at.elapsed() < accepted_timeout + FAIL_FAST,
+        "the wait ended {:?} after the send",
+        accepted_at.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

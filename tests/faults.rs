@@ -473,13 +473,9 @@ async fn both_sides_reconnect_after_a_long_outage() {
     const OUTAGE: Duration = Duration::from_secs(8);
     let service = "long-outage";
     let mut server = RedisServer::start_with(RedisOptions::default().aof(AofPolicy::Always));
-    let _responder = spawn_responder(
-        &server,
-        service,
-        "resp",
-        &[],
-        &["--visibility-timeout", "2000"],
-    );
+    // The default visibility timeout (30 s): the in-flight request below must be answered by the run that was
+    // under way when Redis went down, not by a redelivery.
+    let _responder = spawn_responder(&server, service, "resp", &[], &[]);
     let client = Client::open(&server.url()).expect("client");
     let requester = client.requester(service);
     fresh_request_succeeds(&requester, service, Duration::from_secs(30)).await;
@@ -520,14 +516,29 @@ async fn both_sides_reconnect_after_a_long_outage() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     restart(&mut server);
+    let restarted_ms = protocol::now_ms();
     let took = fresh_request_succeeds(&requester, service, Duration::from_secs(30)).await;
     // Its timeout is far away: an answer only at the timeout (from the stored copy) would mean the router did not
     // restore its subscription.
-    let reply: Value = tokio::time::timeout(Duration::from_secs(20), in_flight.wait())
+    let reply: Value = tokio::time::timeout(Duration::from_secs(15), in_flight.wait())
         .await
         .expect("the in-flight request is answered soon after the restart, not at its timeout")
         .expect("the in-flight request is answered");
     assert_eq!(reply, json!({"slept_ms": 300}));
+    // The stored reply was made during the outage: the responder kept it and stored it once Redis was back,
+    // rather than running the handler again.
+    let stored: Vec<u8> = redis::AsyncCommands::get(
+        &mut redis_con(&server).await,
+        requester.keys().reply("outage-in-flight"),
+    )
+    .await
+    .expect("GET the stored reply");
+    let made_ms = protocol::decode_reply(&stored).expect("reply").ts_ms;
+    assert!(
+        made_ms < restarted_ms,
+        "the reply was made {} ms after the restart: the handler ran again",
+        made_ms - restarted_ms
+    );
     eprintln!(
         "after a {OUTAGE:?} outage ({failed_sends} sends failed fast): serving again {took:?} after the restart"
     );

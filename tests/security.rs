@@ -411,6 +411,7 @@ async fn tls_round_trip_with_a_private_ca() {
         "took {:?}",
         started.elapsed()
     );
+    eprintln!("without the CA: {err}");
     let text = format!("{err:?}").to_lowercase();
     assert!(
         text.contains("certificate") || text.contains("issuer"),

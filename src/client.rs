@@ -8,7 +8,7 @@ use tokio::sync::OnceCell;
 
 use crate::admin::Admin;
 use crate::config::ClientConfig;
-use crate::connection;
+use crate::connection::{self, TlsSettings};
 use crate::error::{Error, Result};
 use crate::protocol::ServiceKeys;
 use crate::replies::Router;
@@ -46,6 +46,7 @@ impl Client {
         ClientBuilder {
             url: url.to_owned(),
             config: ClientConfig::default(),
+            tls: TlsSettings::default(),
         }
     }
 
@@ -79,6 +80,12 @@ impl Client {
         self.inner.router.get().map_or(0, |r| r.in_flight())
     }
 
+    /// The underlying `redis` client (RESP3, with this client's TLS settings), for handlers that need Redis
+    /// access of their own.
+    pub fn redis_client(&self) -> &redis::Client {
+        &self.inner.redis
+    }
+
     pub(crate) fn redis(&self) -> &redis::Client {
         &self.inner.redis
     }
@@ -98,6 +105,7 @@ impl Client {
 pub struct ClientBuilder {
     url: String,
     config: ClientConfig,
+    tls: TlsSettings,
 }
 
 impl ClientBuilder {
@@ -137,6 +145,24 @@ impl ClientBuilder {
         self
     }
 
+    /// Trusts the CA certificate(s) in `pem` for `rediss://` instead of the system's trust store: for a Redis
+    /// whose certificate comes from a private CA. Needs a `rediss://` URL.
+    pub fn tls_ca_cert_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.ca_cert = Some(pem.into());
+        self
+    }
+
+    /// Presents this client certificate chain and private key (both PEM) to a Redis that requires client
+    /// certificates (`tls-auth-clients yes`). Needs a `rediss://` URL.
+    pub fn tls_client_cert_pem(
+        mut self,
+        cert: impl Into<Vec<u8>>,
+        key: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.client_cert = Some((cert.into(), key.into()));
+        self
+    }
+
     /// Checks the settings and builds the client. Does not connect yet.
     pub fn build(self) -> Result<Client> {
         let c = &self.config;
@@ -148,7 +174,7 @@ impl ClientBuilder {
         if c.payload_limit == 0 {
             return Err(Error::Config("the payload limit must be positive".into()));
         }
-        let redis = connection::resp3_client(&self.url)?;
+        let redis = connection::resp3_client(&self.url, &self.tls)?;
         Ok(Client {
             inner: Arc::new(Inner {
                 redis,

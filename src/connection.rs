@@ -7,23 +7,80 @@
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion};
+use redis::{
+    AsyncConnectionConfig, ClientTlsConfig, ConnectionAddr, IntoConnectionInfo, ProtocolVersion,
+    TlsCertificates,
+};
 
 use crate::config::ClientConfig;
 use crate::error::{Error, Result};
 
+/// Certificates for `rediss://` beyond the system's trust store, all PEM.
+#[derive(Clone, Default)]
+pub(crate) struct TlsSettings {
+    /// CA certificate(s) to trust instead of the system roots (for a private CA).
+    pub(crate) ca_cert: Option<Vec<u8>>,
+    /// Client certificate chain and private key, for servers that require client certificates (mTLS).
+    pub(crate) client_cert: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl TlsSettings {
+    fn is_empty(&self) -> bool {
+        self.ca_cert.is_none() && self.client_cert.is_none()
+    }
+}
+
+impl std::fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("TlsSettings")
+            .field("ca_cert", &self.ca_cert.as_ref().map(|_| "<set>"))
+            .field("client_cert", &self.client_cert.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
 /// Opens a `redis::Client` for `url` that speaks RESP3, so that one multiplexed connection can carry commands and
-/// pub/sub messages together.
-pub(crate) fn resp3_client(url: &str) -> Result<redis::Client> {
-    let info = url
-        .into_connection_info()
-        .map_err(|e| Error::Config(format!("bad Redis URL: {e}")))?;
+/// pub/sub messages together. A `rediss://` URL uses TLS: with the system's trust store, or with the CA and
+/// client certificate in `tls`.
+pub(crate) fn resp3_client(url: &str, tls: &TlsSettings) -> Result<redis::Client> {
+    let bad_url = |e: redis::RedisError| Error::Config(format!("bad Redis URL: {e}"));
+    let info = url.into_connection_info().map_err(bad_url)?;
     let settings = info
         .redis_settings()
         .clone()
         .set_protocol(ProtocolVersion::RESP3);
-    redis::Client::open(info.set_redis_settings(settings))
-        .map_err(|e| Error::Config(format!("bad Redis URL: {e}")))
+    let info = info.set_redis_settings(settings);
+    let uses_tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
+    if uses_tls {
+        install_crypto_provider();
+    }
+    if tls.is_empty() {
+        return redis::Client::open(info).map_err(bad_url);
+    }
+    if !uses_tls {
+        return Err(Error::Config(
+            "TLS certificates were given, but the Redis URL does not start with rediss://".into(),
+        ));
+    }
+    let certificates = TlsCertificates {
+        client_tls: tls.client_cert.as_ref().map(|(cert, key)| ClientTlsConfig {
+            client_cert: cert.clone(),
+            client_key: key.clone(),
+        }),
+        root_cert: tls.ca_cert.clone(),
+    };
+    redis::Client::build_with_tls(info, certificates)
+        .map_err(|e| Error::Config(format!("unusable TLS certificates: {e}")))
+}
+
+/// rustls needs one process-wide crypto provider. redcall builds rustls with `ring` and installs it, unless the
+/// application installed a provider of its own first (then that one is kept).
+fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race against another installer is fine: some provider is installed either way.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
 }
 
 /// A connection for one blocking reader: its response timeout is the block time plus the command timeout, so the

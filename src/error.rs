@@ -100,6 +100,17 @@ pub enum Error {
         /// The decoder's message.
         message: String,
     },
+    /// Redis accepted the request, but lost it before it was answered: after a reconnect neither its record nor a
+    /// reply exists (Redis restarted without persistence, or crashed before its last writes reached the disk).
+    /// The request may or may not have run; send it again if that is safe.
+    #[error(
+        "request {id}: lost by Redis (gone after a reconnect: restarted without persistence or lost its last writes); \
+         it may or may not have run"
+    )]
+    Lost {
+        /// The request id.
+        id: String,
+    },
     /// Redis is not reachable right now; the request was not sent. Retry later.
     #[error("Redis is unavailable ({context}); nothing was sent")]
     Unavailable {
@@ -148,6 +159,8 @@ pub enum ErrorKind {
     Codec,
     /// See [`Error::Unavailable`] and [`Error::Redis`].
     Redis,
+    /// See [`Error::Lost`].
+    Lost,
     /// See [`Error::Config`].
     Config,
 }
@@ -168,6 +181,7 @@ impl Error {
             Error::PayloadTooLarge { .. } => ErrorKind::PayloadTooLarge,
             Error::Encode { .. } | Error::Decode { .. } => ErrorKind::Codec,
             Error::Unavailable { .. } | Error::Redis { .. } => ErrorKind::Redis,
+            Error::Lost { .. } => ErrorKind::Lost,
             Error::Config(_) => ErrorKind::Config,
         }
     }

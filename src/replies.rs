@@ -6,7 +6,12 @@
 //! connection's commands in order, so the subscription is live before any responder can see the request). The
 //! connection's push callback looks the channel up and completes the waiter. When the connection drops, a
 //! background task reconnects with backoff, subscribes every channel still waited on, and reads their stored
-//! replies, in case a reply was published while nobody listened.
+//! replies, in case a reply was published while nobody listened. A waiter whose request Redis accepted but whose
+//! request record is gone after the reconnect (Redis restarted without persistence, or lost its last writes) is
+//! told at once that its request was lost, instead of waiting for its timeout.
+//!
+//! While the router is reconnecting it has no connection, and every caller fails at once with
+//! [`Error::Unavailable`]: nothing waits for Redis to come back.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,10 +31,22 @@ const BULK_CHUNK: usize = 1000;
 /// Backoff between reconnect attempts grows up to this.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+/// What a waiting caller is handed.
+#[derive(Debug)]
+pub(crate) enum Delivery {
+    /// The reply envelope, as published or stored.
+    Reply(Vec<u8>),
+    /// Redis accepted the request, but after a reconnect neither its record nor a reply exists: Redis lost it.
+    Lost,
+}
+
 /// A caller waiting for the reply published on one channel.
 struct Waiter {
     reply_key: String,
-    tx: oneshot::Sender<Vec<u8>>,
+    record_key: String,
+    /// Set once Redis has accepted the request: only then does a missing record mean the request was lost.
+    accepted: bool,
+    tx: oneshot::Sender<Delivery>,
 }
 
 /// The map from reply channel to waiting caller, shared with the push callback.
@@ -44,11 +61,11 @@ impl Waiters {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Completes the waiter of `channel` with `payload`; false when nobody waits (already answered or gone).
-    fn complete(&self, channel: &str, payload: Vec<u8>) -> bool {
+    /// Completes the waiter of `channel` with `delivery`; false when nobody waits (already answered or gone).
+    fn complete(&self, channel: &str, delivery: Delivery) -> bool {
         let waiter = self.lock().remove(channel);
         match waiter {
-            Some(w) => w.tx.send(payload).is_ok(),
+            Some(w) => w.tx.send(delivery).is_ok(),
             None => false,
         }
     }
@@ -120,14 +137,30 @@ impl Router {
         &self,
         channel: &str,
         reply_key: String,
-    ) -> Option<oneshot::Receiver<Vec<u8>>> {
+        record_key: String,
+    ) -> Option<oneshot::Receiver<Delivery>> {
         let mut map = self.waiters.lock();
         if map.contains_key(channel) {
             return None;
         }
         let (tx, rx) = oneshot::channel();
-        map.insert(channel.to_owned(), Waiter { reply_key, tx });
+        map.insert(
+            channel.to_owned(),
+            Waiter {
+                reply_key,
+                record_key,
+                accepted: false,
+                tx,
+            },
+        );
         Some(rx)
+    }
+
+    /// Marks the waiter of `channel` as accepted by Redis (its request record and stream entry exist).
+    pub(crate) fn accepted(&self, channel: &str) {
+        if let Some(w) = self.waiters.lock().get_mut(channel) {
+            w.accepted = true;
+        }
     }
 
     /// Forgets the waiter of `channel` (if still there) and unsubscribes from it, batched with others.
@@ -192,7 +225,7 @@ fn route_message(waiters: &Waiters, data: Vec<Value>) {
     let Ok(channel) = std::str::from_utf8(&channel) else {
         return;
     };
-    if !waiters.complete(channel, payload) {
+    if !waiters.complete(channel, Delivery::Reply(payload)) {
         tracing::debug!(channel, "reply for a caller that is no longer waiting");
     }
 }
@@ -248,28 +281,58 @@ async fn reconnect_loop(router: std::sync::Weak<Router>, cancel: CancellationTok
 }
 
 /// Subscribes every waited-on channel on a fresh connection, then reads the stored replies of those channels and
-/// completes the waiters whose reply was published while no one was subscribed.
+/// completes the waiters whose reply was published while no one was subscribed. A waiter whose request was
+/// accepted but whose record is gone (and that has no reply) learns that Redis lost its request.
 async fn restore(waiters: &Waiters, con: &mut MultiplexedConnection) -> redis::RedisResult<()> {
-    let pending: Vec<(String, String)> = waiters
+    struct Snapshot {
+        channel: String,
+        reply_key: String,
+        record_key: String,
+        accepted: bool,
+    }
+    let pending: Vec<Snapshot> = waiters
         .lock()
         .iter()
-        .map(|(channel, w)| (channel.clone(), w.reply_key.clone()))
+        .map(|(channel, w)| Snapshot {
+            channel: channel.clone(),
+            reply_key: w.reply_key.clone(),
+            record_key: w.record_key.clone(),
+            accepted: w.accepted,
+        })
         .collect();
     for chunk in pending.chunks(BULK_CHUNK) {
-        let channels: Vec<&str> = chunk.iter().map(|(c, _)| c.as_str()).collect();
+        let channels: Vec<&str> = chunk.iter().map(|w| w.channel.as_str()).collect();
         con.subscribe(&channels).await?;
     }
+    let mut lost = 0usize;
     for chunk in pending.chunks(BULK_CHUNK) {
         let mut pipe = redis::pipe();
-        for (_, key) in chunk {
-            pipe.get(key);
+        for w in chunk {
+            pipe.get(&w.reply_key).exists(&w.record_key);
         }
-        let stored: Vec<Option<Vec<u8>>> = pipe.query_async(con).await?;
-        for ((channel, _), reply) in chunk.iter().zip(stored) {
+        // Subscribed first, read second: a reply published in between arrives as a message, one published before
+        // is found here; `complete` hands each waiter at most one of them.
+        let found: Vec<Value> = pipe.query_async(con).await?;
+        let mut found = found.into_iter();
+        for w in chunk {
+            let (Some(reply), Some(exists)) = (found.next(), found.next()) else {
+                break;
+            };
+            let reply: Option<Vec<u8>> = redis::from_redis_value(reply)?;
+            let record_exists: bool = redis::from_redis_value(exists)?;
             if let Some(reply) = reply {
-                waiters.complete(channel, reply);
+                waiters.complete(&w.channel, Delivery::Reply(reply));
+            } else if w.accepted && !record_exists && waiters.complete(&w.channel, Delivery::Lost) {
+                lost += 1;
             }
         }
+    }
+    if lost > 0 {
+        tracing::error!(
+            lost,
+            "requests accepted before the reconnect are gone from Redis (restarted without persistence, or it \
+             lost its last writes); their callers were told"
+        );
     }
     Ok(())
 }

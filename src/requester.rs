@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::protocol::{
     self, FORMAT_VERSION, ReplyEnvelope, ReplyStatus, RequestEnvelope, ServiceKeys, codes,
 };
-use crate::replies::Router;
+use crate::replies::{Delivery, Router};
 use crate::scripts;
 
 /// Makes requests to one service and answers them by hand. Cheap to clone; every clone shares the client's one
@@ -137,7 +137,7 @@ impl Requester {
         let channel = self.keys.reply_channel(id);
         let reply_key = self.keys.reply(id);
         let rx = router
-            .register(&channel, reply_key.clone())
+            .register(&channel, reply_key.clone(), self.keys.record(id))
             .ok_or_else(|| Error::DuplicateId { id: id.to_owned() })?;
         // From here on, the guard releases the waiter and its subscription on every early return.
         let pending = PendingReply {
@@ -150,6 +150,8 @@ impl Requester {
             router: router.clone(),
         };
 
+        // While the router reconnects this fails at once with `Unavailable`: a caller never waits for Redis to
+        // come back before knowing that its request was not sent.
         let mut con = router.connection()?;
         let mut pipe = redis::pipe();
         // SUBSCRIBE and the script go out as one pipeline on one connection: Redis runs them in order, so the
@@ -171,6 +173,7 @@ impl Requester {
         match entry {
             Some(entry_id) => {
                 tracing::debug!(id, func_key, entry_id, "request added");
+                router.accepted(pending.channel());
                 Ok(pending)
             }
             None => Err(Error::DuplicateId { id: id.to_owned() }),
@@ -263,7 +266,7 @@ pub struct PendingReply {
     id: String,
     channel: Option<String>,
     reply_key: String,
-    rx: Option<oneshot::Receiver<Vec<u8>>>,
+    rx: Option<oneshot::Receiver<Delivery>>,
     deadline: Instant,
     timeout: Duration,
     router: Arc<Router>,
@@ -279,25 +282,35 @@ impl PendingReply {
         self.channel.as_deref().unwrap_or_default()
     }
 
+    fn timed_out(&self) -> Error {
+        Error::Timeout {
+            id: self.id.clone(),
+            timeout: self.timeout,
+        }
+    }
+
     /// Waits for the reply until the request's timeout (counted from `send`). On timeout, looks once for a
     /// stored reply before returning [`Error::Timeout`].
     pub async fn wait<R: DeserializeOwned>(mut self) -> Result<R> {
         let Some(rx) = self.rx.take() else {
-            return Err(Error::Timeout {
-                id: self.id.clone(),
-                timeout: self.timeout,
-            });
+            return Err(self.timed_out());
         };
         let bytes = match tokio::time::timeout_at(self.deadline.into(), rx).await {
-            Ok(Ok(bytes)) => bytes,
-            // The waiter was dropped without a reply (router shut down) or the time is up: last look.
-            _ => match fetch_stored(&self.router, &self.reply_key).await? {
-                Some(bytes) => bytes,
-                None => {
-                    return Err(Error::Timeout {
-                        id: self.id.clone(),
-                        timeout: self.timeout,
-                    });
+            Ok(Ok(Delivery::Reply(bytes))) => bytes,
+            Ok(Ok(Delivery::Lost)) => {
+                return Err(Error::Lost {
+                    id: self.id.clone(),
+                });
+            }
+            // The waiter was dropped without a reply (router shut down) or the time is up: last look. When Redis
+            // is unreachable right then, the answer is still a timeout: the request was sent and may be handled
+            // later, which an "unavailable, nothing was sent" error would deny.
+            _ => match fetch_stored(&self.router, &self.reply_key).await {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => return Err(self.timed_out()),
+                Err(err) => {
+                    tracing::debug!(id = %self.id, error = %err, "no last look at the stored reply");
+                    return Err(self.timed_out());
                 }
             },
         };

@@ -16,7 +16,7 @@ pub async fn run(ctx: &Context<'_>, _args: &Args) -> redcall::Result<()> {
     let suffix = redcall::new_request_id();
     let service = format!("demo-{}", &suffix[suffix.len() - 8..]);
     let manual_service = format!("{service}-manual");
-    let redis = super::serve::connect_plain(&ctx.cli.url).await?;
+    let redis = super::serve::connect_plain(&ctx.client).await?;
     let builder = ctx.client.responder(&service);
     let responder = super::serve::demo_handlers(builder, &ctx.client, &service, redis)
         .start()

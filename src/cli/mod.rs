@@ -34,6 +34,9 @@ pub struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// PEM file of the CA to trust for `rediss://` (for a Redis whose certificate comes from a private CA).
+    #[arg(long, global = true, env = "REDCALL_TLS_CA_CERT", value_name = "PATH")]
+    pub tls_ca_cert: Option<std::path::PathBuf>,
     /// Payload size limit in bytes.
     #[arg(long, global = true, default_value_t = redcall::config::DEFAULT_PAYLOAD_LIMIT)]
     pub payload_limit: usize,
@@ -74,11 +77,19 @@ pub fn init_tracing(cli: &Cli) {
 
 /// Runs the chosen subcommand and maps its error to a message and an exit code.
 pub async fn run(cli: Cli) -> ExitCode {
-    let client = match Client::builder(&cli.url)
+    let mut builder = Client::builder(&cli.url)
         .namespace(cli.namespace.clone())
-        .payload_limit(cli.payload_limit)
-        .build()
-    {
+        .payload_limit(cli.payload_limit);
+    if let Some(path) = &cli.tls_ca_cert {
+        match std::fs::read(path) {
+            Ok(pem) => builder = builder.tls_ca_cert_pem(pem),
+            Err(e) => {
+                let err = Error::Config(format!("cannot read {}: {e}", path.display()));
+                return fail(&err);
+            }
+        }
+    }
+    let client = match builder.build() {
         Ok(c) => c,
         Err(err) => return fail(&err),
     };
@@ -117,7 +128,7 @@ fn exit_code(err: &Error) -> u8 {
         | ErrorKind::Malformed => 4,
         ErrorKind::NotFound => 5,
         ErrorKind::DuplicateId | ErrorKind::AlreadyAnswered => 6,
-        ErrorKind::Redis => 7,
+        ErrorKind::Redis | ErrorKind::Lost => 7,
         _ => 1,
     }
 }

@@ -114,7 +114,7 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
     if let Some(ms) = args.grace {
         builder = builder.grace(Duration::from_millis(ms));
     }
-    let redis = connect_plain(&ctx.cli.url).await?;
+    let redis = connect_plain(&ctx.client).await?;
     let responder = demo_handlers(builder, &ctx.client, &ctx.cli.service, redis)
         .start()
         .await?;
@@ -133,10 +133,11 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
     Ok(())
 }
 
-/// A plain self-reconnecting Redis connection for the demo handlers' own bookkeeping.
-pub async fn connect_plain(url: &str) -> redcall::Result<redis::aio::ConnectionManager> {
-    redis::Client::open(url)
-        .map_err(|e| redcall::Error::Config(format!("bad Redis URL: {e}")))?
+/// A plain self-reconnecting Redis connection for the demo handlers' own bookkeeping, from the client's own redis
+/// client (same URL, credentials and TLS settings).
+pub async fn connect_plain(client: &redcall::Client) -> redcall::Result<redis::aio::ConnectionManager> {
+    client
+        .redis_client()
         .get_connection_manager()
         .await
         .map_err(|source| redcall::Error::Redis {

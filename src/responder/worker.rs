@@ -24,8 +24,8 @@ use crate::protocol::{
 };
 use crate::scripts;
 
-/// Attempts to store a finished request's reply before leaving it pending for redelivery.
-const FINISH_ATTEMPTS: u32 = 6;
+/// Longest pause between two attempts to store a finished request's reply while Redis is unreachable.
+const FINISH_MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// State shared by a responder's tasks.
 pub(crate) struct Shared {
@@ -344,28 +344,46 @@ impl Shared {
             .await;
     }
 
-    /// Runs a script pipeline, retrying with backoff on connection errors until it succeeds, the attempts run out,
-    /// or the grace period ends. `None` when it never went through.
+    /// Runs a script pipeline, retrying with backoff on connection errors until it succeeds, the visibility timeout
+    /// has passed, or the grace period ends. `None` when it never went through.
+    ///
+    /// Retrying for as long as the visibility timeout means a reply made while Redis is away (a restart, an
+    /// outage shorter than the visibility timeout) is stored once Redis is back, instead of the handler running
+    /// again after a redelivery. Past the visibility timeout the entry is up for grabs anyway; it stays pending and
+    /// is delivered again, and the first reply stored wins.
     async fn run_with_retries<T: redis::FromRedisValue>(
         &self,
         pipe: &redis::Pipeline,
         what: &'static str,
     ) -> Option<T> {
+        let give_up = tokio::time::Instant::now() + self.settings.visibility_timeout;
         let mut backoff = Duration::from_millis(50);
-        for attempt in 1..=FINISH_ATTEMPTS {
+        for attempt in 1u32.. {
             let mut con = self.con.clone();
             match scripts::query_with_scripts::<T, _>(pipe, &mut con).await {
-                Ok(v) => return Some(v),
-                Err(err) if connection::is_connection_error(&err) && attempt < FINISH_ATTEMPTS => {
-                    tracing::warn!(error = %err, attempt, "{what} failed; retrying");
+                Ok(v) => {
+                    if attempt > 1 {
+                        tracing::info!(attempt, "{what} went through after Redis came back");
+                    }
+                    return Some(v);
+                }
+                Err(err)
+                    if connection::is_connection_error(&err)
+                        && tokio::time::Instant::now() + backoff < give_up =>
+                {
+                    if attempt == 1 {
+                        tracing::warn!(error = %err, "{what} failed; retrying while Redis is unreachable");
+                    } else {
+                        tracing::debug!(error = %err, attempt, "{what} failed again; retrying");
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = self.abort.cancelled() => return None,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff = (backoff * 2).min(FINISH_MAX_BACKOFF);
                 }
                 Err(err) => {
-                    tracing::error!(error = %err, "{what} failed; the entry stays pending for redelivery");
+                    tracing::error!(error = %err, attempt, "{what} failed; the entry stays pending for redelivery");
                     return None;
                 }
             }

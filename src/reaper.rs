@@ -225,8 +225,8 @@ impl Reaper {
         standalone_pass(&self.shared).await
     }
 
-    /// One trim by the retention policy of the reaper's settings, now (the loop trims every
-    /// `retention.interval` when the policy is enabled).
+    /// One trim by the retention policy of the reaper's settings, now, even when the policy is disabled for the
+    /// loop (which trims every `retention.interval` when it is enabled).
     pub async fn trim(&self) -> Result<TrimReport> {
         let mut con = self.shared.con.clone();
         retention::trim(&mut con, &self.shared.keys, &self.shared.settings.retention).await

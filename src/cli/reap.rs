@@ -40,13 +40,18 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
     }
     settings.consumer = format!("reaper-{}", settings.consumer);
     settings.retention = args.retention.policy();
+    // With --once the trim is done (and reported) below, not by the reaper's loop.
+    let trim_policy_enabled = settings.retention.enabled;
+    if args.once {
+        settings.retention.enabled = false;
+    }
     let reaper = Reaper::start(ctx.client.clone(), &ctx.cli.service, settings).await?;
     if args.once {
         let report = reaper.pass().await?;
-        let trim = if args.retention.no_trim {
-            redcall::TrimReport::default()
-        } else {
+        let trim = if trim_policy_enabled {
             reaper.trim().await?
+        } else {
+            redcall::TrimReport::default()
         };
         if ctx.cli.json {
             super::print_json(

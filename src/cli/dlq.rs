@@ -112,10 +112,10 @@ async fn list(
             one_line(&e.error, 80)
         );
     }
-    if entries.len() == limit {
-        if let Some(last) = entries.last() {
-            eprintln!("(more may follow: --after {})", last.dead_id);
-        }
+    if let Some(last) = entries.last()
+        && entries.len() == limit
+    {
+        eprintln!("(more may follow: --after {})", last.dead_id);
     }
     Ok(())
 }

@@ -522,6 +522,29 @@ async fn replaying_a_range_reruns_exactly_that_range() {
         .await
         .expect("replay");
     assert_eq!((none.replayed.len(), none.not_matching), (0, 20));
+
+    // A bare millisecond timestamp covers that whole millisecond (r00, and any other request made in it).
+    let ms = entries[0].0.split('-').next().expect("ms").to_owned();
+    let in_ms: Vec<&str> = entries
+        .iter()
+        .filter(|(e, _)| e.split('-').next() == Some(ms.as_str()))
+        .map(|(_, id)| id.as_str())
+        .collect();
+    let report = admin
+        .replay_range(&ms, &ms, &ReplayOptions::default(), |_| {})
+        .await
+        .expect("replay");
+    let replayed: Vec<&str> = report
+        .replayed
+        .iter()
+        .map(|r| r.request_id.as_str())
+        .collect();
+    assert_eq!(replayed, in_ms);
+    let _: i64 = requester
+        .request("barrier-2", "count", &0, LONG)
+        .await
+        .expect("barrier");
+    assert_eq!(runs.of("r00"), 2);
     drop(responder);
 }
 

@@ -585,3 +585,79 @@ async fn records_and_replies_expire() {
     );
     assert_eq!(server.cli(&["EXISTS", &cli_keys.reply("cli-1")]), "0");
 }
+
+/// Memory of N answered requests, per key kind, for sizing retention (`docs/operations.md`). Run with
+/// `cargo test --release --test retention -- --ignored --nocapture measure_memory`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test; prints numbers"]
+async fn measure_memory_per_request() {
+    const N: usize = 10_000;
+    for note_len in [60usize, 1000] {
+        let server = RedisServer::start();
+        let client = Client::open(&server.url()).expect("client");
+        let service = "mem";
+        let requester = client.requester(service);
+        let admin = client.admin(service);
+        let keys = client.keys(service);
+        let _responder = client
+            .responder(service)
+            .handler("echo", |_ctx: RequestContext, v: serde_json::Value| async move {
+                Ok::<_, HandlerError>(v)
+            })
+            .start()
+            .await
+            .expect("start responder");
+        let used = || -> u64 {
+            let info = server.cli(&["INFO", "memory"]);
+            info.lines()
+                .find_map(|l| l.strip_prefix("used_memory:"))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("used_memory")
+        };
+        let params = |i: usize| serde_json::json!({"order": i, "items": [1, 2, 3], "note": "x".repeat(note_len)});
+        let before = used();
+        for chunk in (0..N).collect::<Vec<_>>().chunks(500) {
+            let calls = chunk.iter().map(|i| {
+                let requester = requester.clone();
+                let p = params(*i);
+                async move {
+                    let _: serde_json::Value = requester
+                        .request(&format!("m{i:06}"), "echo", &p, LONG)
+                        .await
+                        .expect("reply");
+                }
+            });
+            join_all(calls).await;
+        }
+        let after = used();
+        let usage = |key: &str| -> u64 {
+            server
+                .cli(&["MEMORY", "USAGE", key, "SAMPLES", "0"])
+                .parse()
+                .unwrap_or(0)
+        };
+        let strlen = |key: &str| -> u64 { server.cli(&["STRLEN", key]).parse().unwrap_or(0) };
+        let stream = usage(keys.requests());
+        let record = usage(&keys.record("m000123"));
+        let reply = usage(&keys.reply("m000123"));
+        let envelope = strlen(&keys.record("m000123"));
+        let reply_len = strlen(&keys.reply("m000123"));
+        admin
+            .trim(&RetentionPolicy {
+                max_len: Some(0),
+                ..RetentionPolicy::default()
+            })
+            .await
+            .expect("trim");
+        let trimmed = used();
+        println!(
+            "params note {note_len} B: envelope {envelope} B, reply {reply_len} B | total {:.0} B/request \
+             (used_memory +{} for {N}) | stream {:.0} B/entry (MEMORY USAGE {stream}; trim freed {}) | record key \
+             {record} B | reply key {reply} B",
+            (after - before) as f64 / N as f64,
+            after - before,
+            stream as f64 / N as f64,
+            after.saturating_sub(trimmed),
+        );
+    }
+}

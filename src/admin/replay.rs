@@ -235,8 +235,9 @@ impl Admin {
         Ok(report)
     }
 
-    /// Replays the requests stream entries from `from` to `to` (inclusive stream ids; `-` and `+` for the ends),
-    /// each under its request id: for re-running history after a bug fix. The range ends at the newest entry that
+    /// Replays the requests stream entries from `from` to `to` (inclusive stream ids; `-` and `+` for the ends; a
+    /// bare millisecond timestamp means that whole millisecond), each under its request id: for re-running
+    /// history after a bug fix. The range ends at the newest entry that
     /// existed when the replay started, so the replays it adds are never replayed again.
     ///
     /// Entries still in flight (pending in, or not yet delivered to, some group) are skipped unless
@@ -249,8 +250,9 @@ impl Admin {
         opts: &ReplayOptions,
         mut progress: impl FnMut(u64) + Send,
     ) -> Result<ReplayReport> {
-        check_entry_id(from, true)?;
-        check_entry_id(to, true)?;
+        let from = range_end(from, false)?;
+        let to = range_end(to, true)?;
+        let (from, to) = (from.as_str(), to.as_str());
         let mut report = ReplayReport::default();
         let requests = self.keys.requests();
         let Some(newest) = self.last_entry_id(requests).await? else {
@@ -489,6 +491,20 @@ impl Admin {
     }
 }
 
+/// A range end as a full stream id: `-`, `+`, `<ms>-<seq>`, or a bare `<ms>` (the first or last id of that
+/// millisecond).
+fn range_end(id: &str, is_end: bool) -> Result<String> {
+    if !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) {
+        let ms: u64 = id
+            .parse()
+            .map_err(|_| Error::Config(format!("{id:?} is not a millisecond timestamp")))?;
+        let seq = if is_end { u64::MAX } else { 0 };
+        return Ok(format!("{ms}-{seq}"));
+    }
+    check_entry_id(id, true)?;
+    Ok(id.to_owned())
+}
+
 /// The envelope of a replay: same id, function key, params and creation time; a fresh deadline; the replay's
 /// provenance.
 fn replay_envelope(
@@ -515,6 +531,18 @@ fn replay_envelope(
 mod tests {
     use super::*;
     use crate::protocol::FORMAT_VERSION;
+
+    #[test]
+    fn bare_milliseconds_cover_the_whole_millisecond() {
+        assert_eq!(range_end("1700", false).expect("ok"), "1700-0");
+        assert_eq!(
+            range_end("1700", true).expect("ok"),
+            format!("1700-{}", u64::MAX)
+        );
+        assert_eq!(range_end("+", true).expect("ok"), "+");
+        assert_eq!(range_end("5-1", false).expect("ok"), "5-1");
+        assert!(range_end("5-x", false).is_err());
+    }
 
     #[test]
     fn a_replay_keeps_the_request_and_counts() {

@@ -10,10 +10,11 @@ use super::{Context, parse_secs, progress_bar};
 /// Arguments of `redcall replay`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// First requests stream entry id to replay (inclusive; `-` for the oldest).
+    /// First requests stream entry id to replay (inclusive; `-` for the oldest; a bare ms timestamp is allowed).
     #[arg(long, value_name = "STREAM_ID")]
     pub from: String,
-    /// Last requests stream entry id to replay (inclusive; `+` for the newest when the replay starts).
+    /// Last requests stream entry id to replay (inclusive; `+` for the newest when the replay starts; a bare ms
+    /// timestamp is allowed).
     #[arg(long, value_name = "STREAM_ID")]
     pub to: String,
     /// Only requests for this function key.

@@ -1,21 +1,70 @@
-//! The admin API: what operators need to see and repair a service (stats, dead letters, replay).
+//! The admin API: what operators need to see and repair a service — [stats](Admin::stats), the
+//! [dead letters](Admin::dead_letters) (list, show, [replay](Admin::replay_dead_letters),
+//! [purge](Admin::purge_dead_letters)), [replay of a range](Admin::replay_range) of the requests stream, and an
+//! on-demand [trim](Admin::trim) by a retention policy.
+//!
+//! ## Replays keep the request id
+//! A replay re-queues a request **under its original id**: in one script it deletes the id's stored reply and last
+//! error, overwrites the id's record with the new envelope (so `call_info` sees it), adds a new stream entry and, for
+//! a dead letter, removes the dead-letter entry — only once the new entry is added. The new envelope keeps the
+//! function key, params and creation time, gets a fresh deadline ([`ReplayOptions::timeout`]) and carries a
+//! [`ReplayInfo`](crate::protocol::ReplayInfo) (count, source, replayed entry id, time), so the replay is visible in
+//! the envelope, the record and `redcall info`. The handler runs again (a new entry is delivery 1, so it is not
+//! answered from a stored reply) and its reply is stored under the same id, where anyone who knows the id finds it
+//! ([`Requester::stored_reply`](crate::Requester::stored_reply)). Replaying bypasses the duplicate-id check on
+//! purpose.
+//!
+//! Long operations take a `progress` callback that receives the number of entries processed so far.
+
+mod dead_letters;
+mod replay;
+mod stats;
 
 use std::sync::Arc;
 
-use crate::client::Client;
-use crate::protocol::ServiceKeys;
+use redis::aio::ConnectionManager;
+use redis::streams::StreamRangeReply;
+use tokio::sync::OnceCell;
 
-/// Operations on one service for the people who run it. Made by [`Client::admin`].
+use crate::client::Client;
+use crate::connection;
+use crate::error::{Error, Result};
+use crate::protocol::ServiceKeys;
+use crate::retention::{self, RetentionPolicy, TrimReport};
+
+pub use dead_letters::DeadLetterEntry;
+pub use replay::{
+    DEFAULT_REPLAY_TIMEOUT, ReplayOptions, ReplayReport, Replayed, SkipReason, Skipped,
+};
+pub use stats::{ConsumerStats, GroupStats, OldestPending, ServiceStats};
+
+/// Entries read per round trip when paging through a stream.
+const PAGE: usize = 200;
+
+/// Operations on one service for the people who run it. Made by [`Client::admin`]. Cheap to clone; clones share
+/// one connection, opened on first use.
 #[derive(Clone)]
 pub struct Admin {
     client: Client,
+    service: Arc<str>,
     keys: Arc<ServiceKeys>,
+    con: Arc<OnceCell<ConnectionManager>>,
 }
 
 impl Admin {
     pub(crate) fn new(client: Client, service: &str) -> Self {
         let keys = Arc::new(client.keys(service));
-        Self { client, keys }
+        Self {
+            client,
+            service: service.into(),
+            keys,
+            con: Arc::new(OnceCell::new()),
+        }
+    }
+
+    /// The service's name.
+    pub fn service(&self) -> &str {
+        &self.service
     }
 
     /// The service's key layout.
@@ -26,5 +75,131 @@ impl Admin {
     /// The client this admin uses.
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Trims the requests stream (and the dead-letter stream, when the policy limits it) now, by `policy`. Never
+    /// removes an entry that is pending or not yet delivered to every group; see [`crate::retention`].
+    pub async fn trim(&self, policy: &RetentionPolicy) -> Result<TrimReport> {
+        policy.validate()?;
+        let mut con = self.con().await?;
+        retention::trim(&mut con, &self.keys, policy).await
+    }
+
+    /// The admin's connection (a self-reconnecting one, opened on first use).
+    pub(crate) async fn con(&self) -> Result<ConnectionManager> {
+        self.con
+            .get_or_try_init(|| {
+                connection::managed_connection(self.client.redis(), self.client.config())
+            })
+            .await
+            .cloned()
+    }
+
+    /// The id of the newest entry of `stream`, if it has any: the fixed upper bound of a paged walk, so entries
+    /// added during the walk (such as the replays it queues) are not walked too.
+    pub(crate) async fn last_entry_id(&self, stream: &str) -> Result<Option<String>> {
+        let mut con = self.con().await?;
+        let newest: StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut con)
+            .await
+            .map_err(Error::redis("reading the newest stream entry"))?;
+        Ok(newest.ids.into_iter().next().map(|e| e.id))
+    }
+}
+
+/// The services that have a requests stream in `client`'s namespace, found with `SCAN` (cheap per call, but it
+/// walks the whole keyspace: an operator tool, not a hot path).
+pub async fn list_services(client: &Client) -> Result<Vec<String>> {
+    let namespace = &client.config().namespace;
+    let prefix = format!("{{{namespace}:");
+    let suffix = "}:requests";
+    let pattern = format!("{}*{suffix}", glob_escape(&prefix));
+    let mut con = connection::managed_connection(client.redis(), client.config()).await?;
+    let mut services = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .arg("TYPE")
+            .arg("stream")
+            .query_async(&mut con)
+            .await
+            .map_err(Error::redis("listing services"))?;
+        services.extend(keys.into_iter().filter_map(|k| {
+            k.strip_prefix(&prefix)
+                .and_then(|rest| rest.strip_suffix(suffix))
+                .map(str::to_owned)
+        }));
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    services.sort();
+    services.dedup();
+    Ok(services)
+}
+
+/// Escapes the characters `SCAN MATCH` treats as glob syntax.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A stream entry id, `<ms>-<seq>`, parsed for comparisons.
+pub(crate) fn parse_entry_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// Checks a user-given stream entry id (`-` and `+` allowed where `ends` is true), so a typo is a clear
+/// configuration error instead of a Redis one.
+pub(crate) fn check_entry_id(id: &str, ends: bool) -> Result<()> {
+    if (ends && (id == "-" || id == "+")) || parse_entry_id(id).is_some() {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "{id:?} is not a stream entry id (expected <ms>-<seq>{})",
+            if ends { ", - or +" } else { "" }
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_ids_parse_and_check() {
+        assert_eq!(
+            parse_entry_id("1700000000000-3"),
+            Some((1_700_000_000_000, 3))
+        );
+        assert_eq!(parse_entry_id("17"), None);
+        assert_eq!(parse_entry_id("a-1"), None);
+        assert!(check_entry_id("-", true).is_ok());
+        assert!(check_entry_id("+", false).is_err());
+        assert!(check_entry_id("1-0", false).is_ok());
+        assert!(check_entry_id("nope", true).is_err());
+    }
+
+    #[test]
+    fn scan_patterns_are_escaped() {
+        assert_eq!(glob_escape("{a*b?}"), "{a\\*b\\?}");
     }
 }

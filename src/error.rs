@@ -35,6 +35,14 @@ pub enum Error {
         /// The request id.
         id: String,
     },
+    /// No entry with this id exists in a stream (for example a dead-letter entry that was replayed or purged).
+    #[error("no entry {entry_id} in the {stream} stream")]
+    EntryNotFound {
+        /// Which stream (`"dead-letter"`, `"requests"`).
+        stream: &'static str,
+        /// The stream entry id looked for.
+        entry_id: String,
+    },
     /// The handler answered with an error.
     #[error("request {id}: handler failed [{code}]: {message}")]
     Handler {
@@ -141,7 +149,7 @@ pub enum ErrorKind {
     DuplicateId,
     /// See [`Error::AlreadyAnswered`].
     AlreadyAnswered,
-    /// See [`Error::NotFound`].
+    /// See [`Error::NotFound`] and [`Error::EntryNotFound`].
     NotFound,
     /// See [`Error::Handler`].
     Handler,
@@ -172,7 +180,7 @@ impl Error {
             Error::Timeout { .. } => ErrorKind::Timeout,
             Error::DuplicateId { .. } => ErrorKind::DuplicateId,
             Error::AlreadyAnswered { .. } => ErrorKind::AlreadyAnswered,
-            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::NotFound { .. } | Error::EntryNotFound { .. } => ErrorKind::NotFound,
             Error::Handler { .. } => ErrorKind::Handler,
             Error::UnknownFunction { .. } => ErrorKind::UnknownFunction,
             Error::DeadLettered { .. } => ErrorKind::DeadLettered,

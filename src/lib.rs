@@ -51,6 +51,7 @@ pub mod reaper;
 mod replies;
 pub mod requester;
 pub mod responder;
+pub mod retention;
 mod scripts;
 
 pub use admin::Admin;
@@ -59,6 +60,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use reaper::{ReapReport, Reaper};
 pub use requester::{CallInfo, PendingReply, Requester, new_request_id};
 pub use responder::{HandlerError, RequestContext, Responder, ResponderBuilder, ResponderSettings};
+pub use retention::{RetentionPolicy, TrimReport};
 
 /// The README's examples, compiled as doc tests so they cannot rot.
 #[doc = include_str!("../README.md")]

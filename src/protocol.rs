@@ -90,6 +90,34 @@ pub struct RequestEnvelope {
     pub deadline_ms: u64,
     /// When the request was made, milliseconds since the Unix epoch.
     pub created_ms: u64,
+    /// Set when this is a replay of an earlier request (see `docs/operations.md`); absent (not even encoded) for
+    /// a request as first made, so envelopes of ordinary requests are unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplayInfo>,
+}
+
+/// Where a replayed request came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplaySource {
+    /// Re-queued from the dead-letter stream (`redcall dlq replay`).
+    DeadLetter,
+    /// Re-queued from a range of the requests stream (`redcall replay --from .. --to ..`).
+    Range,
+}
+
+/// The provenance of a replayed request, carried in its envelope and therefore in its record, so `call_info`
+/// and handlers' logs can tell a replay from the original.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayInfo {
+    /// How many times this request id has been replayed, this replay included.
+    pub count: u32,
+    /// Where the replay came from.
+    pub source: ReplaySource,
+    /// The entry that was replayed: a dead-letter stream entry id or a requests stream entry id.
+    pub from: String,
+    /// When the replay was queued, milliseconds since the Unix epoch.
+    pub at_ms: u64,
 }
 
 impl RequestEnvelope {
@@ -267,7 +295,47 @@ mod tests {
             params: encode(&serde_json::json!({"key1": "value1"})).expect("encode"),
             deadline_ms: 10,
             created_ms: 5,
+            replay: None,
         };
+        let bytes = encode(&env).expect("encode");
+        assert_eq!(decode_request(&bytes).expect("decode"), env);
+    }
+
+    #[test]
+    fn replay_info_is_optional_on_the_wire() {
+        #[derive(Serialize)]
+        struct Original<'a> {
+            v: u8,
+            id: &'a str,
+            #[serde(rename = "fn")]
+            func_key: &'a str,
+            #[serde(with = "serde_bytes")]
+            params: &'a [u8],
+            deadline_ms: u64,
+            created_ms: u64,
+        }
+        let old = Original {
+            v: FORMAT_VERSION,
+            id: "r1",
+            func_key: "f",
+            params: &[0xc0],
+            deadline_ms: 10,
+            created_ms: 5,
+        };
+        let old_bytes = encode(&old).expect("encode");
+        let mut env = decode_request(&old_bytes).expect("an envelope without replay decodes");
+        assert_eq!(env.replay, None);
+        assert_eq!(
+            encode(&env).expect("encode"),
+            old_bytes,
+            "no replay field written"
+        );
+        env.replay = Some(ReplayInfo {
+            count: 2,
+            source: ReplaySource::DeadLetter,
+            from: "1-0".into(),
+            at_ms: 7,
+        });
         let bytes = encode(&env).expect("encode");
         assert_eq!(decode_request(&bytes).expect("decode"), env);
     }

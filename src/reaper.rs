@@ -4,6 +4,8 @@
 //! Inside a responder it claims stale entries with `XAUTOCLAIM` and runs them. Alone (`redcall reap`) it has no
 //! handlers, so it only dead-letters entries that have used up their deliveries and cleans up consumers; live
 //! responders' own reapers pick up the rest.
+//!
+//! Both also apply the retention policy (see [`crate::retention`]) every `retention.interval`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::protocol::{ReplyEnvelope, ReplyStatus};
 use crate::responder::{DeadLetter, RawEntry, ResponderSettings, Shared};
+use crate::retention::{self, TrimReport, TrimSchedule};
 
 /// Most entries looked at per reaper pass.
 const PASS_LIMIT: usize = 256;
@@ -41,6 +44,7 @@ pub struct ReapReport {
 pub(crate) async fn responder_reaper_loop(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(shared.settings.reap_every());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut trims = TrimSchedule::new();
     loop {
         tokio::select! {
             _ = shared.stop.cancelled() => return,
@@ -54,6 +58,7 @@ pub(crate) async fn responder_reaper_loop(shared: Arc<Shared>) {
         if let Err(err) = remove_dead_consumers(&shared).await {
             tracing::debug!(error = %err, "consumer cleanup failed");
         }
+        trims.run(&shared).await;
     }
 }
 
@@ -217,6 +222,13 @@ impl Reaper {
         standalone_pass(&self.shared).await
     }
 
+    /// One trim by the retention policy of the reaper's settings, now, even when the policy is disabled for the
+    /// loop (which trims every `retention.interval` when it is enabled).
+    pub async fn trim(&self) -> Result<TrimReport> {
+        let mut con = self.shared.con.clone();
+        retention::trim(&mut con, &self.shared.keys, &self.shared.settings.retention).await
+    }
+
     /// Stops the reaper and waits for its task.
     pub async fn shutdown(self) {
         self.shared.stop.cancel();
@@ -226,6 +238,7 @@ impl Reaper {
 
 async fn standalone_loop(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(shared.settings.reap_every());
+    let mut trims = TrimSchedule::new();
     loop {
         tokio::select! {
             _ = shared.stop.cancelled() => return,
@@ -236,6 +249,7 @@ async fn standalone_loop(shared: Arc<Shared>) {
             Ok(_) => {}
             Err(err) => tracing::warn!(error = %err, "reaper pass failed"),
         }
+        trims.run(&shared).await;
     }
 }
 

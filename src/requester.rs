@@ -38,6 +38,8 @@ pub struct CallInfo {
     pub deadline: SystemTime,
     /// When the request was made.
     pub created: SystemTime,
+    /// Set when the request was replayed (from the dead-letter stream or a range of the requests stream).
+    pub replay: Option<protocol::ReplayInfo>,
 }
 
 impl CallInfo {
@@ -50,6 +52,7 @@ impl CallInfo {
         Self {
             deadline: env.deadline(),
             created: SystemTime::UNIX_EPOCH + Duration::from_millis(env.created_ms),
+            replay: env.replay,
             id: env.id,
             func_key: env.func_key,
             params_msgpack: env.params,
@@ -123,6 +126,7 @@ impl Requester {
             params: protocol::encode(params)?,
             deadline_ms: now + timeout.as_millis() as u64,
             created_ms: now,
+            replay: None,
         };
         let bytes = protocol::encode(&envelope)?;
         if bytes.len() > config.payload_limit {

@@ -93,12 +93,15 @@ return 1
 /// KEYS: requests stream, dead-letter stream, reply, last error.
 /// ARGV: group, entry id, request id, envelope, reason, error, deliveries, dead-at (ms), reply envelope ('' for
 /// none), reply TTL (ms), channel, function key.
+/// The dead-letter entry's fields: `id`, `env`, `fn`, `reason`, `error`, `deliveries`, `entry_id`, `dead_at_ms`
+/// and `group` (the consumer group that gave up, so dead letters can be counted per group).
 /// Returns the dead-letter entry id.
 pub(crate) static DEAD_LETTER: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r#"
 local dead = redis.call('XADD', KEYS[2], '*', 'id', ARGV[3], 'env', ARGV[4], 'fn', ARGV[12],
-  'reason', ARGV[5], 'error', ARGV[6], 'deliveries', ARGV[7], 'entry_id', ARGV[2], 'dead_at_ms', ARGV[8])
+  'reason', ARGV[5], 'error', ARGV[6], 'deliveries', ARGV[7], 'entry_id', ARGV[2], 'dead_at_ms', ARGV[8],
+  'group', ARGV[1])
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('DEL', KEYS[4])
 if ARGV[9] ~= '' then
@@ -111,9 +114,156 @@ return dead
     )
 });
 
+/// Re-queues a request under its own id (a replay): forgets its stored reply and last error, overwrites its record
+/// with the new envelope, adds a new stream entry and, for a dead-letter replay, removes the dead-letter entry,
+/// all in one step. The dead-letter entry is checked first, so two operators replaying the same entry queue it
+/// once; it is removed after the XADD, so a failure leaves it in place.
+///
+/// KEYS: dead-letter stream, requests stream, record, reply, last error.
+/// ARGV: dead-letter entry id ('' for a range replay), request id, envelope, record TTL (ms).
+/// Returns the new stream entry id, or nil when the dead-letter entry no longer exists.
+pub(crate) static REPLAY: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r#"
+if ARGV[1] ~= '' and #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then
+  return false
+end
+redis.call('DEL', KEYS[4], KEYS[5])
+redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
+local entry = redis.call('XADD', KEYS[2], '*', 'id', ARGV[2], 'env', ARGV[3])
+if ARGV[1] ~= '' then
+  redis.call('XDEL', KEYS[1], ARGV[1])
+end
+return entry
+"#,
+    )
+});
+
+/// Trims the requests stream by a retention policy without ever removing an entry that is pending in, or not yet
+/// delivered to, any consumer group. Runs as one script so no group can be created, read from or claimed from
+/// between computing the bound and trimming.
+///
+/// The policy bound is the larger (more trimming) of `TIME - max age` and the id of the first entry kept under
+/// `max len` (looking at most `scan cap` entries ahead per call). The safe bound is, over every group, the
+/// smallest of its last-delivered id and its oldest pending id (`XPENDING` summary); with no group nothing is
+/// safe. `XTRIM MINID` removes only entries below both bounds (the entry at the bound itself is kept).
+///
+/// KEYS: requests stream. ARGV: max len ('' for none), max age in ms ('' for none), scan cap.
+/// Returns `{trimmed, policy bound, safe bound, applied bound}` ('' where there is none; policy bound `+` means
+/// "everything").
+pub(crate) static TRIM: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r#"
+local function num_cmp(a, b)
+  if #a ~= #b then
+    if #a < #b then return -1 else return 1 end
+  end
+  if a == b then return 0 end
+  if a < b then return -1 else return 1 end
+end
+local function id_cmp(a, b)
+  if a == '+' or b == '+' then
+    if a == b then return 0 elseif a == '+' then return 1 else return -1 end
+  end
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  local c = num_cmp(am, bm)
+  if c ~= 0 then return c end
+  return num_cmp(as, bs)
+end
+local function min_id(a, b)
+  if a == nil then return b end
+  if b == nil then return a end
+  if id_cmp(a, b) <= 0 then return a else return b end
+end
+local function max_id(a, b)
+  if a == nil then return b end
+  if b == nil then return a end
+  if id_cmp(a, b) >= 0 then return a else return b end
+end
+
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {0, '', '', ''}
+end
+local policy = nil
+if ARGV[2] ~= '' then
+  local t = redis.call('TIME')
+  local cut = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[2])
+  if cut > 0 then
+    policy = string.format('%d-0', cut)
+  end
+end
+if ARGV[1] ~= '' then
+  local excess = redis.call('XLEN', KEYS[1]) - tonumber(ARGV[1])
+  if excess > 0 then
+    local n = math.min(excess, tonumber(ARGV[3]))
+    local head = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', n + 1)
+    if #head > n then
+      policy = max_id(policy, head[n + 1][1])
+    else
+      policy = '+'
+    end
+  end
+end
+if policy == nil then
+  return {0, '', '', ''}
+end
+local safe = nil
+local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
+if #groups == 0 then
+  return {0, policy, '', ''}
+end
+for _, g in ipairs(groups) do
+  local name, last
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then last = g[i + 1] end
+  end
+  safe = min_id(safe, last)
+  local pending = redis.call('XPENDING', KEYS[1], name)
+  if pending[1] > 0 then
+    safe = min_id(safe, pending[2])
+  end
+end
+local applied = min_id(policy, safe)
+if applied == '0-0' then
+  return {0, policy, safe, ''}
+end
+local trimmed = redis.call('XTRIM', KEYS[1], 'MINID', '=', applied)
+return {trimmed, policy, safe, applied}
+"#,
+    )
+});
+
+/// Removes the oldest entries of a stream, at most a chunk per call and none above a bound: the chunk's last id is
+/// found inside Redis (nothing is sent back), the entries below it are trimmed and it is deleted.
+///
+/// KEYS: stream. ARGV: bound (highest id to remove), chunk size. Returns how many entries were removed.
+pub(crate) static PURGE_UPTO: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r#"
+local head = redis.call('XRANGE', KEYS[1], '-', ARGV[1], 'COUNT', ARGV[2])
+if #head == 0 then
+  return 0
+end
+local last = head[#head][1]
+redis.call('XTRIM', KEYS[1], 'MINID', '=', last)
+redis.call('XDEL', KEYS[1], last)
+return #head
+"#,
+    )
+});
+
 /// Every script, for loading after a `NOSCRIPT` answer.
-pub(crate) fn all() -> [&'static Lua; 4] {
-    [&ADD_REQUEST, &FINISH, &ANSWER_FROM_STORED, &DEAD_LETTER]
+pub(crate) fn all() -> [&'static Lua; 7] {
+    [
+        &ADD_REQUEST,
+        &FINISH,
+        &ANSWER_FROM_STORED,
+        &DEAD_LETTER,
+        &REPLAY,
+        &TRIM,
+        &PURGE_UPTO,
+    ]
 }
 
 /// Whether an error is Redis saying a script is not loaded.

@@ -618,6 +618,7 @@ fn envelope(v: u8, id: &str, params: &[u8]) -> Vec<u8> {
         params: params.to_owned(),
         deadline_ms: now + 60_000,
         created_ms: now,
+        replay: None,
     })
     .expect("encode")
 }
@@ -807,6 +808,7 @@ mod fuzz {
                     params,
                     deadline_ms,
                     created_ms,
+                    replay: None,
                 },
             )
     }

@@ -32,6 +32,7 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
             "params": params,
             "deadline_ms": millis(info.deadline),
             "created_ms": millis(info.created),
+            "replay": info.replay,
         }),
     );
     Ok(())

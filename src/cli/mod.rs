@@ -3,12 +3,20 @@
 
 mod call;
 mod demo;
+mod dlq;
 mod info;
 mod reap;
+mod replay;
 mod reply;
+mod retention;
 mod serve;
+mod stats;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use clap::{Parser, Subcommand};
 use redcall::{Client, Error, ErrorKind};
@@ -40,6 +48,13 @@ pub struct Cli {
     /// Payload size limit in bytes.
     #[arg(long, global = true, default_value_t = redcall::config::DEFAULT_PAYLOAD_LIMIT)]
     pub payload_limit: usize,
+    /// Seconds a request record (what `info` reads, and what refuses a reused id) is kept after the request's
+    /// deadline [default: 3600].
+    #[arg(long, global = true, value_name = "SECS", value_parser = parse_secs)]
+    pub record_retention: Option<Duration>,
+    /// Seconds a stored reply is kept for late readers [default: 3600].
+    #[arg(long, global = true, value_name = "SECS", value_parser = parse_secs)]
+    pub reply_ttl: Option<Duration>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -55,10 +70,16 @@ pub enum Command {
     Reply(reply::Args),
     /// Run a responder with the built-in demo handlers (echo, sleep, fail, panic).
     Serve(serve::Args),
-    /// Run the reaper alone: dead-letter exhausted entries, remove dead consumers.
+    /// Run the reaper alone: dead-letter exhausted entries, remove dead consumers, trim by the retention policy.
     Reap(reap::Args),
     /// Show the three operations and a failure in one process (uses a fresh service name).
     Demo(demo::Args),
+    /// Show stream length, pending, lag, oldest pending age, consumers and dead letters per service.
+    Stats(stats::Args),
+    /// Dead letters: list, show, replay, purge.
+    Dlq(dlq::Args),
+    /// Re-queue a range of the requests stream under the original request ids.
+    Replay(replay::Args),
 }
 
 /// Sets up logging: `RUST_LOG` wins; otherwise `serve` and `reap` log lifecycle events, others only warnings.
@@ -89,6 +110,12 @@ pub async fn run(cli: Cli) -> ExitCode {
             }
         }
     }
+    if let Some(retention) = cli.record_retention {
+        builder = builder.record_retention(retention);
+    }
+    if let Some(ttl) = cli.reply_ttl {
+        builder = builder.reply_ttl(ttl);
+    }
     let client = match builder.build() {
         Ok(c) => c,
         Err(err) => return fail(&err),
@@ -101,6 +128,9 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve::run(&ctx, args).await,
         Command::Reap(args) => reap::run(&ctx, args).await,
         Command::Demo(args) => demo::run(&ctx, args).await,
+        Command::Stats(args) => stats::run(&ctx, args).await,
+        Command::Dlq(args) => dlq::run(&ctx, args).await,
+        Command::Replay(args) => replay::run(&ctx, args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -154,4 +184,59 @@ pub fn print_json(cli: &Cli, value: &serde_json::Value) {
         serde_json::to_string_pretty(value)
     };
     println!("{}", text.unwrap_or_else(|_| value.to_string()));
+}
+
+/// Parses a number of seconds (fractions allowed) for a duration flag.
+pub fn parse_secs(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("{text:?} is not a usable number of seconds"))
+}
+
+/// A progress bar on stderr for `what`, drawn only when both stdout and stderr are terminals (never in scripts,
+/// pipes or tests). `total` unknown gives a counter.
+pub fn progress_bar(total: Option<u64>, what: &str) -> ProgressBar {
+    if !(std::io::stdout().is_terminal() && std::io::stderr().is_terminal()) {
+        return ProgressBar::hidden();
+    }
+    let (bar, template) = match total {
+        Some(n) => (
+            ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr()),
+            "{msg} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})",
+        ),
+        None => (
+            ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
+            "{spinner} {msg} {pos} ({per_sec})",
+        ),
+    };
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// A duration in milliseconds for people: `850 ms`, `12.3 s`, `4 min 10 s`, `3 h 5 min`, `2 d 4 h`.
+pub fn human_ms(ms: u64) -> String {
+    let s = ms / 1000;
+    match ms {
+        0..1000 => format!("{ms} ms"),
+        1000..60_000 => format!("{:.1} s", ms as f64 / 1000.0),
+        60_000..3_600_000 => format!("{} min {} s", s / 60, s % 60),
+        3_600_000..86_400_000 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        _ => format!("{} d {} h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// Decodes MessagePack params or data to JSON for people; what JSON cannot show (binary) is shown as hex.
+pub fn msgpack_to_json(bytes: &[u8]) -> serde_json::Value {
+    match redcall::protocol::decode::<serde_json::Value>(bytes, "params") {
+        Ok(v) => v,
+        Err(_) => serde_json::json!({
+            "msgpack_hex": bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        }),
+    }
 }

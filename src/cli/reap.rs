@@ -18,9 +18,12 @@ pub struct Args {
     /// Consumer group.
     #[arg(long, value_name = "NAME")]
     pub group: Option<String>,
-    /// Run one pass and exit (default: run until SIGINT/SIGTERM).
+    /// Run one pass (and one trim) and exit (default: run until SIGINT/SIGTERM).
     #[arg(long)]
     pub once: bool,
+    /// How the reaper trims the requests stream.
+    #[command(flatten)]
+    pub retention: super::retention::RetentionArgs,
 }
 
 /// Runs the reaper.
@@ -36,9 +39,20 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
         settings.group = group.clone();
     }
     settings.consumer = format!("reaper-{}", settings.consumer);
+    settings.retention = args.retention.policy();
+    // With --once the trim is done (and reported) below, not by the reaper's loop.
+    let trim_policy_enabled = settings.retention.enabled;
+    if args.once {
+        settings.retention.enabled = false;
+    }
     let reaper = Reaper::start(ctx.client.clone(), &ctx.cli.service, settings).await?;
     if args.once {
         let report = reaper.pass().await?;
+        let trim = if trim_policy_enabled {
+            reaper.trim().await?
+        } else {
+            redcall::TrimReport::default()
+        };
         if ctx.cli.json {
             super::print_json(
                 ctx.cli,
@@ -47,12 +61,20 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
                     "dead_lettered": report.dead_lettered,
                     "deleted": report.deleted,
                     "consumers_removed": report.consumers_removed,
+                    "trimmed": trim.trimmed,
+                    "dead_letters_trimmed": trim.dead_letters_trimmed,
+                    "safe_bound": trim.safe_bound,
                 }),
             );
         } else {
             println!(
-                "dead-lettered {}, dropped {} deleted entries, removed {} dead consumers",
-                report.dead_lettered, report.deleted, report.consumers_removed
+                "dead-lettered {}, dropped {} deleted entries, removed {} dead consumers, trimmed {} entries \
+                 ({} dead letters)",
+                report.dead_lettered,
+                report.deleted,
+                report.consumers_removed,
+                trim.trimmed,
+                trim.dead_letters_trimmed
             );
         }
     } else {

@@ -29,9 +29,12 @@ pub struct Args {
     /// Time (ms) in-flight handlers get to finish on shutdown.
     #[arg(long, value_name = "MS")]
     pub grace: Option<u64>,
-    /// Do not run the reaper in this responder.
+    /// Do not run the reaper in this responder (it then does not trim either).
     #[arg(long)]
     pub no_reaper: bool,
+    /// How this responder's reaper trims the requests stream.
+    #[command(flatten)]
+    pub retention: super::retention::RetentionArgs,
 }
 
 #[derive(Deserialize)]
@@ -95,7 +98,8 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
     let mut builder = ctx
         .client
         .responder(&ctx.cli.service)
-        .reaper(!args.no_reaper);
+        .reaper(!args.no_reaper)
+        .retention(args.retention.policy());
     if let Some(ms) = args.visibility_timeout {
         builder = builder.visibility_timeout(Duration::from_millis(ms));
     }

@@ -120,6 +120,32 @@ impl ResponderBuilder {
         self
     }
 
+    /// Replaces the retention policy the reaper applies to the requests stream (default: keep 24 h; never trims
+    /// an entry that is pending or not yet delivered to every group).
+    pub fn retention(mut self, policy: crate::retention::RetentionPolicy) -> Self {
+        self.settings.retention = policy;
+        self
+    }
+
+    /// Keep at most `n` entries in the requests stream (beyond that, the oldest delivered and acknowledged ones
+    /// are trimmed by the reaper).
+    pub fn retain_max_len(mut self, n: u64) -> Self {
+        self.settings.retention.max_len = Some(n);
+        self
+    }
+
+    /// Keep requests stream entries at most `age` old (default 24 h).
+    pub fn retain_max_age(mut self, age: Duration) -> Self {
+        self.settings.retention.max_age = Some(age);
+        self
+    }
+
+    /// Time between two trims by this responder's reaper (default 60 s).
+    pub fn trim_interval(mut self, interval: Duration) -> Self {
+        self.settings.retention.interval = interval;
+        self
+    }
+
     /// Starts the responder: creates the consumer group when missing and spawns its tasks.
     pub async fn start(self) -> Result<Responder> {
         self.settings.validate()?;

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::retention::RetentionPolicy;
 
 /// Settings of a responder (and of a standalone reaper). Every field has a default.
 #[derive(Debug, Clone)]
@@ -29,6 +30,9 @@ pub struct ResponderSettings {
     pub reap_interval: Option<Duration>,
     /// A consumer idle this long that holds nothing is removed from the group by the reaper (default 10 min).
     pub dead_consumer_idle: Duration,
+    /// How the reaper trims the requests stream (default: entries older than 24 h, never a pending or
+    /// undelivered one; see [`crate::retention`]).
+    pub retention: RetentionPolicy,
 }
 
 impl Default for ResponderSettings {
@@ -45,6 +49,7 @@ impl Default for ResponderSettings {
             run_reaper: true,
             reap_interval: None,
             dead_consumer_idle: Duration::from_secs(600),
+            retention: RetentionPolicy::default(),
         }
     }
 }
@@ -63,7 +68,7 @@ impl ResponderSettings {
         } else if self.block.is_zero() {
             "the read block time must be positive (BLOCK 0 would never return)"
         } else {
-            return Ok(());
+            return self.retention.validate();
         };
         Err(Error::Config(problem.to_owned()))
     }

@@ -498,6 +498,8 @@ pub(crate) async fn read_loop(shared: Arc<Shared>) {
         // Read only when a permit is free, and only as many entries as there are free permits: nothing read waits
         // long in this process. Permits are not held while blocked, so the reaper can use them meanwhile.
         tokio::select! {
+            // Stop wins over a free permit: a stopping responder takes no new work.
+            biased;
             _ = shared.stop.cancelled() => return,
             p = shared.permits.acquire() => match p { Ok(p) => drop(p), Err(_) => return },
         }

@@ -1,0 +1,210 @@
+//! The dead-letter stream: list, show and purge its entries (replay lives in `replay.rs`).
+
+use redis::Value;
+use redis::streams::{StreamId, StreamRangeReply};
+use serde::Serialize;
+
+use super::{Admin, check_entry_id};
+use crate::error::{Error, Result};
+use crate::protocol::{self, FIELD_ENVELOPE, FIELD_ID, RequestEnvelope};
+use crate::scripts;
+
+/// Ids removed per `XDEL` (and per purge script call) in a purge.
+const PURGE_CHUNK: usize = 500;
+
+/// One entry of the dead-letter stream: a request that could not be handled, why, and how to replay it.
+///
+/// Every field is read defensively: an entry written by hand or by an older version may lack some.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeadLetterEntry {
+    /// The dead-letter stream entry id: what `redcall dlq show|replay|purge` take.
+    pub dead_id: String,
+    /// The request id, when the entry had one.
+    pub request_id: Option<String>,
+    /// The function key (empty when the envelope could not be decoded when dead-lettered).
+    pub func_key: Option<String>,
+    /// Why it was dead-lettered (`unknown_function`, `max_deliveries_exceeded`, `malformed_request`, ...).
+    pub reason: String,
+    /// The last error seen.
+    pub error: String,
+    /// Deliveries when it was dead-lettered.
+    pub deliveries: Option<u64>,
+    /// The requests stream entry it came from.
+    pub entry_id: Option<String>,
+    /// When it was dead-lettered, ms since the epoch.
+    pub dead_at_ms: Option<u64>,
+    /// The consumer group that gave up on it.
+    pub group: Option<String>,
+    /// The request envelope as it was in the stream (MessagePack); decode with [`DeadLetterEntry::request`].
+    #[serde(skip)]
+    pub envelope: Option<Vec<u8>>,
+}
+
+impl DeadLetterEntry {
+    /// Decodes the request envelope (function key, params, deadline, replay info).
+    pub fn request(&self) -> Result<RequestEnvelope> {
+        match &self.envelope {
+            Some(bytes) if !bytes.is_empty() => protocol::decode_request(bytes),
+            _ => Err(Error::Decode {
+                what: "request envelope",
+                message: format!("dead letter {} carries no envelope", self.dead_id),
+            }),
+        }
+    }
+
+    pub(crate) fn from_stream_id(entry: StreamId) -> Self {
+        let text = |name: &str| entry.map.get(name).and_then(value_text);
+        let number = |name: &str| text(name).and_then(|t| t.parse().ok());
+        Self {
+            request_id: text(FIELD_ID).filter(|s| !s.is_empty()),
+            func_key: text("fn").filter(|s| !s.is_empty()),
+            reason: text("reason").unwrap_or_default(),
+            error: text("error").unwrap_or_default(),
+            deliveries: number("deliveries"),
+            entry_id: text("entry_id").filter(|s| !s.is_empty()),
+            dead_at_ms: number("dead_at_ms"),
+            group: text("group").filter(|s| !s.is_empty()),
+            envelope: match entry.map.get(FIELD_ENVELOPE) {
+                Some(Value::BulkString(b)) if !b.is_empty() => Some(b.clone()),
+                _ => None,
+            },
+            dead_id: entry.id,
+        }
+    }
+}
+
+/// A field value as text, when it is text.
+fn value_text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+impl Admin {
+    /// Number of entries in the dead-letter stream.
+    pub async fn dead_letter_count(&self) -> Result<u64> {
+        let mut con = self.con().await?;
+        redis::cmd("XLEN")
+            .arg(self.keys.dead_letters())
+            .query_async(&mut con)
+            .await
+            .map_err(Error::redis("counting dead letters"))
+    }
+
+    /// Up to `limit` dead letters, oldest first, starting after the dead-letter id `after` (exclusive; `None`
+    /// for the start). Page with the last `dead_id` returned.
+    pub async fn dead_letters(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetterEntry>> {
+        let start = match after {
+            Some(id) => {
+                check_entry_id(id, false)?;
+                format!("({id}")
+            }
+            None => "-".to_owned(),
+        };
+        let mut con = self.con().await?;
+        let page: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.keys.dead_letters())
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit.max(1))
+            .query_async(&mut con)
+            .await
+            .map_err(Error::redis("listing dead letters"))?;
+        Ok(page
+            .ids
+            .into_iter()
+            .map(DeadLetterEntry::from_stream_id)
+            .collect())
+    }
+
+    /// One dead letter by its dead-letter stream id; [`Error::EntryNotFound`] when there is none (never existed,
+    /// replayed or purged).
+    pub async fn dead_letter(&self, dead_id: &str) -> Result<DeadLetterEntry> {
+        check_entry_id(dead_id, false)?;
+        let mut con = self.con().await?;
+        let found: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.keys.dead_letters())
+            .arg(dead_id)
+            .arg(dead_id)
+            .query_async(&mut con)
+            .await
+            .map_err(Error::redis("reading a dead letter"))?;
+        found
+            .ids
+            .into_iter()
+            .next()
+            .map(DeadLetterEntry::from_stream_id)
+            .ok_or_else(|| Error::EntryNotFound {
+                stream: "dead-letter",
+                entry_id: dead_id.to_owned(),
+            })
+    }
+
+    /// Removes the given dead letters. Returns how many existed and were removed; `progress` gets the number of
+    /// ids processed so far. Stored replies and records of their requests expire by their TTLs.
+    pub async fn purge_dead_letters(
+        &self,
+        dead_ids: &[String],
+        mut progress: impl FnMut(u64) + Send,
+    ) -> Result<u64> {
+        for id in dead_ids {
+            check_entry_id(id, false)?;
+        }
+        let mut con = self.con().await?;
+        let mut removed = 0;
+        let mut done = 0;
+        for chunk in dead_ids.chunks(PURGE_CHUNK) {
+            let n: u64 = redis::cmd("XDEL")
+                .arg(self.keys.dead_letters())
+                .arg(chunk)
+                .query_async(&mut con)
+                .await
+                .map_err(Error::redis("purging dead letters"))?;
+            removed += n;
+            done += chunk.len() as u64;
+            progress(done);
+        }
+        Ok(removed)
+    }
+
+    /// Removes every dead letter that existed when the purge started (dead letters added meanwhile are kept), a
+    /// chunk per script call so Redis is never blocked long. Returns how many were removed; `progress` gets the
+    /// running count.
+    pub async fn purge_all_dead_letters(
+        &self,
+        mut progress: impl FnMut(u64) + Send,
+    ) -> Result<u64> {
+        let Some(bound) = self.last_entry_id(self.keys.dead_letters()).await? else {
+            return Ok(0);
+        };
+        let total = self.dead_letter_count().await?;
+        let mut con = self.con().await?;
+        let mut removed = 0;
+        // Bounded: each call removes at least one entry at or below `bound`, or ends the loop.
+        for _ in 0..=total / PURGE_CHUNK as u64 + 1 {
+            let mut pipe = redis::pipe();
+            scripts::evalsha(&mut pipe, &scripts::PURGE_UPTO)
+                .arg(1)
+                .arg(self.keys.dead_letters())
+                .arg(&bound)
+                .arg(PURGE_CHUNK);
+            let (n,): (u64,) = scripts::query_with_scripts(&pipe, &mut con)
+                .await
+                .map_err(Error::redis("purging dead letters"))?;
+            if n == 0 {
+                break;
+            }
+            removed += n;
+            progress(removed);
+        }
+        Ok(removed)
+    }
+}

@@ -1,0 +1,235 @@
+//! Stats of a service: stream length, per group pending, lag, oldest pending, consumers, dead letters.
+
+use std::collections::HashMap;
+
+use redis::streams::{
+    StreamInfoConsumersReply, StreamInfoGroupsReply, StreamPendingCountReply, StreamPendingReply,
+    StreamRangeReply,
+};
+use serde::Serialize;
+
+use super::{Admin, PAGE, parse_entry_id};
+use crate::error::{Error, Result};
+
+/// A snapshot of one service, as `redcall stats` shows it. Taken with a few round trips, so the numbers of
+/// different groups may be a few milliseconds apart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceStats {
+    /// The service.
+    pub service: String,
+    /// Entries in the requests stream (handled ones too, until trimmed by the retention policy).
+    pub stream_length: u64,
+    /// The oldest entry id in the requests stream.
+    pub first_entry_id: Option<String>,
+    /// The newest entry id in the requests stream.
+    pub last_entry_id: Option<String>,
+    /// Entries in the dead-letter stream.
+    pub dead_letters: u64,
+    /// Dead letters that name no current group (written before groups were recorded, or by a group since
+    /// deleted). With one group, every dead letter is counted for it.
+    pub dead_letters_unattributed: u64,
+    /// One entry per consumer group, by name.
+    pub groups: Vec<GroupStats>,
+    /// The Redis server's clock when the snapshot was taken (ages are measured against it), ms since the epoch.
+    pub server_time_ms: u64,
+}
+
+/// One consumer group of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupStats {
+    /// The group name.
+    pub name: String,
+    /// Entries delivered to the group and not yet acknowledged (being handled or waiting for redelivery).
+    pub pending: u64,
+    /// Entries not yet delivered to the group; `None` when Redis cannot tell (after deletions in the stream).
+    pub lag: Option<u64>,
+    /// The id of the last entry delivered to the group.
+    pub last_delivered_id: String,
+    /// The oldest pending entry, if any.
+    pub oldest_pending: Option<OldestPending>,
+    /// The group's consumers, by name.
+    pub consumers: Vec<ConsumerStats>,
+    /// Dead letters written by this group.
+    pub dead_letters: u64,
+}
+
+/// The oldest pending entry of a group: how long the oldest unfinished request has been waiting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OldestPending {
+    /// Its stream entry id.
+    pub entry_id: String,
+    /// Time since it was added to the stream (server clock), ms.
+    pub age_ms: u64,
+    /// Time since it was last delivered or its claim refreshed, ms.
+    pub idle_ms: u64,
+    /// How many times it has been delivered.
+    pub deliveries: u64,
+    /// The consumer holding it.
+    pub consumer: String,
+}
+
+/// One consumer of a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConsumerStats {
+    /// The consumer name (a responder; by default `host-pid-random`).
+    pub name: String,
+    /// Entries it holds unacknowledged.
+    pub pending: u64,
+    /// Time since it last read or claimed, ms.
+    pub idle_ms: u64,
+}
+
+impl Admin {
+    /// A snapshot of the service: see [`ServiceStats`].
+    pub async fn stats(&self) -> Result<ServiceStats> {
+        let mut con = self.con().await?;
+        let requests = self.keys.requests();
+        let ((secs, micros), exists, stream_length, dead_letters, first, last): (
+            (u64, u64),
+            bool,
+            u64,
+            u64,
+            StreamRangeReply,
+            StreamRangeReply,
+        ) = redis::pipe()
+            .cmd("TIME")
+            .exists(requests)
+            .xlen(requests)
+            .xlen(self.keys.dead_letters())
+            .cmd("XRANGE")
+            .arg(requests)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .cmd("XREVRANGE")
+            .arg(requests)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut con)
+            .await
+            .map_err(Error::redis("reading stream stats"))?;
+        let server_time_ms = secs * 1000 + micros / 1000;
+
+        let mut groups = Vec::new();
+        if exists {
+            let info: StreamInfoGroupsReply = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(requests)
+                .query_async(&mut con)
+                .await
+                .map_err(Error::redis("listing consumer groups"))?;
+            for group in info.groups {
+                groups.push(self.group_stats(group, server_time_ms).await?);
+            }
+        }
+        groups.sort_by(|a, b| a.name.cmp(&b.name));
+
+        let mut dead_letters_unattributed = dead_letters;
+        if let [only] = groups.as_mut_slice() {
+            only.dead_letters = dead_letters;
+            dead_letters_unattributed = 0;
+        } else if groups.len() > 1 && dead_letters > 0 {
+            let by_group = self.dead_letters_by_group(dead_letters).await?;
+            for group in &mut groups {
+                group.dead_letters = by_group.get(&group.name).copied().unwrap_or(0);
+                dead_letters_unattributed =
+                    dead_letters_unattributed.saturating_sub(group.dead_letters);
+            }
+        }
+
+        Ok(ServiceStats {
+            service: self.service.to_string(),
+            stream_length,
+            first_entry_id: first.ids.into_iter().next().map(|e| e.id),
+            last_entry_id: last.ids.into_iter().next().map(|e| e.id),
+            dead_letters,
+            dead_letters_unattributed,
+            groups,
+            server_time_ms,
+        })
+    }
+
+    async fn group_stats(
+        &self,
+        group: redis::streams::StreamInfoGroup,
+        server_time_ms: u64,
+    ) -> Result<GroupStats> {
+        let mut con = self.con().await?;
+        let requests = self.keys.requests();
+        let (summary, oldest, consumers): (
+            StreamPendingReply,
+            StreamPendingCountReply,
+            StreamInfoConsumersReply,
+        ) = redis::pipe()
+            .xpending(requests, &group.name)
+            .xpending_count(requests, &group.name, "-", "+", 1)
+            .xinfo_consumers(requests, &group.name)
+            .query_async(&mut con)
+            .await
+            .map_err(Error::redis("reading group stats"))?;
+        let oldest_pending = oldest.ids.into_iter().next().map(|p| {
+            let added_ms = parse_entry_id(&p.id).map_or(server_time_ms, |(ms, _)| ms);
+            OldestPending {
+                age_ms: server_time_ms.saturating_sub(added_ms),
+                idle_ms: p.last_delivered_ms as u64,
+                deliveries: p.times_delivered as u64,
+                consumer: p.consumer,
+                entry_id: p.id,
+            }
+        });
+        let mut consumers: Vec<ConsumerStats> = consumers
+            .consumers
+            .into_iter()
+            .map(|c| ConsumerStats {
+                name: c.name,
+                pending: c.pending as u64,
+                idle_ms: c.idle as u64,
+            })
+            .collect();
+        consumers.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(GroupStats {
+            pending: summary.count() as u64,
+            lag: group.lag.map(|l| l as u64),
+            last_delivered_id: group.last_delivered_id,
+            oldest_pending,
+            consumers,
+            dead_letters: 0,
+            name: group.name,
+        })
+    }
+
+    /// Counts dead letters per group by reading the dead-letter stream (its `group` field), a page at a time. Only
+    /// needed when a service has several groups.
+    async fn dead_letters_by_group(&self, total: u64) -> Result<HashMap<String, u64>> {
+        let mut con = self.con().await?;
+        let mut counts = HashMap::new();
+        let mut start = "-".to_owned();
+        // Bounded: the stream had `total` entries; a few more may arrive meanwhile.
+        let pages = total / PAGE as u64 + 2;
+        for _ in 0..pages {
+            let page: StreamRangeReply = redis::cmd("XRANGE")
+                .arg(self.keys.dead_letters())
+                .arg(&start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(PAGE)
+                .query_async(&mut con)
+                .await
+                .map_err(Error::redis("counting dead letters per group"))?;
+            let Some(last) = page.ids.last() else { break };
+            start = format!("({}", last.id);
+            let full = page.ids.len() == PAGE;
+            // A dead letter without a `group` field stays unattributed.
+            for group in page.ids.iter().filter_map(|e| e.get::<String>("group")) {
+                *counts.entry(group).or_insert(0) += 1;
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(counts)
+    }
+}

@@ -1,0 +1,237 @@
+//! `redcall dlq list|show|replay|purge`: the dead-letter stream. IDs are dead-letter stream entry ids (as listed).
+
+use std::time::Duration;
+
+use redcall::admin::{Admin, DeadLetterEntry, ReplayOptions, ReplayReport};
+
+use super::{Context, human_ms, msgpack_to_json, parse_secs, print_json, progress_bar};
+
+/// Arguments of `redcall dlq`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// What to do with the dead letters.
+    #[command(subcommand)]
+    pub command: DlqCommand,
+}
+
+/// The `dlq` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters, oldest first.
+    List {
+        /// Most entries to list.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Start after this dead-letter id (to page).
+        #[arg(long, value_name = "ID")]
+        after: Option<String>,
+    },
+    /// Show one dead letter with its request (function key, params, deadline, replay info).
+    Show {
+        /// Dead-letter id.
+        id: String,
+    },
+    /// Re-queue dead letters under their request ids; each leaves the dead-letter stream once re-queued.
+    Replay(ReplayArgs),
+    /// Remove dead letters.
+    Purge {
+        /// Dead-letter ids.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<String>,
+        /// Every dead letter present when the purge starts.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// Arguments of `redcall dlq replay`.
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// Dead-letter ids.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub ids: Vec<String>,
+    /// Every dead letter present when the replay starts.
+    #[arg(long)]
+    pub all: bool,
+    /// Only dead letters for this function key.
+    #[arg(long, value_name = "KEY")]
+    pub func: Option<String>,
+    /// Seconds the replayed requests get before their deadline [default: 600].
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub timeout: Option<Duration>,
+}
+
+/// Runs a `dlq` subcommand.
+pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
+    let admin = ctx.client.admin(&ctx.cli.service);
+    match &args.command {
+        DlqCommand::List { limit, after } => list(ctx, &admin, *limit, after.as_deref()).await,
+        DlqCommand::Show { id } => {
+            let entry = admin.dead_letter(id).await?;
+            print_json(ctx.cli, &describe(&entry));
+            Ok(())
+        }
+        DlqCommand::Replay(replay) => run_replay(ctx, &admin, replay).await,
+        DlqCommand::Purge { ids, all } => purge(ctx, &admin, ids, *all).await,
+    }
+}
+
+async fn list(
+    ctx: &Context<'_>,
+    admin: &Admin,
+    limit: usize,
+    after: Option<&str>,
+) -> redcall::Result<()> {
+    let entries = admin.dead_letters(after, limit).await?;
+    if ctx.cli.json {
+        let all: Vec<_> = entries.iter().map(describe).collect();
+        print_json(ctx.cli, &serde_json::Value::Array(all));
+        return Ok(());
+    }
+    if entries.is_empty() {
+        println!("no dead letters in service {:?}", ctx.cli.service);
+        return Ok(());
+    }
+    let now = redcall::protocol::now_ms();
+    println!(
+        "{:<20} {:<38} {:<16} {:<24} {:>5} {:>14}  ERROR",
+        "DEAD ID", "REQUEST ID", "FUNCTION", "REASON", "DELIV", "DEAD FOR"
+    );
+    for e in &entries {
+        let dead_for = e
+            .dead_at_ms
+            .map_or("?".to_owned(), |t| human_ms(now.saturating_sub(t)));
+        println!(
+            "{:<20} {:<38} {:<16} {:<24} {:>5} {:>14}  {}",
+            e.dead_id,
+            e.request_id.as_deref().unwrap_or("-"),
+            e.func_key.as_deref().unwrap_or("-"),
+            e.reason,
+            e.deliveries.map_or("?".to_owned(), |d| d.to_string()),
+            dead_for,
+            one_line(&e.error, 80)
+        );
+    }
+    if let Some(last) = entries.last()
+        && entries.len() == limit
+    {
+        eprintln!("(more may follow: --after {})", last.dead_id);
+    }
+    Ok(())
+}
+
+async fn run_replay(ctx: &Context<'_>, admin: &Admin, args: &ReplayArgs) -> redcall::Result<()> {
+    let mut opts = ReplayOptions::default();
+    if let Some(timeout) = args.timeout {
+        opts = opts.timeout(timeout);
+    }
+    if let Some(func) = &args.func {
+        opts = opts.func_key(func.clone());
+    }
+    let report = if args.all {
+        let total = admin.dead_letter_count().await?;
+        let bar = progress_bar(Some(total), "replaying dead letters");
+        let report = admin
+            .replay_all_dead_letters(&opts, |n| bar.set_position(n))
+            .await;
+        bar.finish_and_clear();
+        report?
+    } else {
+        let bar = progress_bar(Some(args.ids.len() as u64), "replaying dead letters");
+        let report = admin
+            .replay_dead_letters(&args.ids, &opts, |n| bar.set_position(n))
+            .await;
+        bar.finish_and_clear();
+        report?
+    };
+    print_replay_report(ctx, &report, "dead letters");
+    Ok(())
+}
+
+async fn purge(ctx: &Context<'_>, admin: &Admin, ids: &[String], all: bool) -> redcall::Result<()> {
+    let removed = if all {
+        let total = admin.dead_letter_count().await?;
+        let bar = progress_bar(Some(total), "purging dead letters");
+        let removed = admin.purge_all_dead_letters(|n| bar.set_position(n)).await;
+        bar.finish_and_clear();
+        removed?
+    } else {
+        let bar = progress_bar(Some(ids.len() as u64), "purging dead letters");
+        let removed = admin.purge_dead_letters(ids, |n| bar.set_position(n)).await;
+        bar.finish_and_clear();
+        removed?
+    };
+    if ctx.cli.json {
+        print_json(ctx.cli, &serde_json::json!({ "purged": removed }));
+    } else if all {
+        println!("purged {removed} dead letters");
+    } else {
+        println!("purged {removed} of {} dead letters", ids.len());
+    }
+    Ok(())
+}
+
+/// Prints a replay report: the whole report as JSON, or a summary and the skipped entries as text.
+pub fn print_replay_report(ctx: &Context<'_>, report: &ReplayReport, what: &str) {
+    if ctx.cli.json {
+        print_json(ctx.cli, &serde_json::to_value(report).unwrap_or_default());
+        return;
+    }
+    println!(
+        "replayed {} {what}, skipped {}{}",
+        report.replayed.len(),
+        report.skipped.len(),
+        if report.not_matching > 0 {
+            format!(", {} for other function keys", report.not_matching)
+        } else {
+            String::new()
+        }
+    );
+    const SHOWN: usize = 20;
+    for s in report.skipped.iter().take(SHOWN) {
+        let reason = serde_json::to_value(&s.reason)
+            .ok()
+            .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_owned))
+            .unwrap_or_default();
+        println!(
+            "  skipped {} (request {}): {reason}",
+            s.from,
+            s.request_id.as_deref().unwrap_or("?")
+        );
+    }
+    if report.skipped.len() > SHOWN {
+        println!(
+            "  ... and {} more (see --json)",
+            report.skipped.len() - SHOWN
+        );
+    }
+}
+
+/// A dead letter as JSON, with its request decoded when possible.
+fn describe(e: &DeadLetterEntry) -> serde_json::Value {
+    let mut value = serde_json::to_value(e).unwrap_or_default();
+    let request = match e.request() {
+        Ok(req) => serde_json::json!({
+            "func_key": req.func_key,
+            "params": msgpack_to_json(&req.params),
+            "created_ms": req.created_ms,
+            "deadline_ms": req.deadline_ms,
+            "replay": req.replay,
+        }),
+        Err(err) => serde_json::json!({ "undecodable": err.to_string() }),
+    };
+    if let Some(map) = value.as_object_mut() {
+        map.insert("request".to_owned(), request);
+    }
+    value
+}
+
+/// The first line of `text`, cut to `max` characters.
+fn one_line(text: &str, max: usize) -> String {
+    let line = text.lines().next().unwrap_or("");
+    if line.chars().count() > max {
+        format!("{}...", line.chars().take(max).collect::<String>())
+    } else {
+        line.to_owned()
+    }
+}

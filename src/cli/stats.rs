@@ -1,0 +1,88 @@
+//! `redcall stats [--all]`: per service stream length, pending, lag, oldest pending age, consumers, dead letters.
+
+use redcall::admin::{ServiceStats, list_services};
+
+use super::{Context, human_ms, print_json};
+
+/// Arguments of `redcall stats`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Every service of the namespace (found with SCAN) instead of `--service`.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Prints the stats: text for people, one JSON object (an array with `--all`) for scripts.
+pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
+    let services = if args.all {
+        list_services(&ctx.client).await?
+    } else {
+        vec![ctx.cli.service.clone()]
+    };
+    let mut all = Vec::with_capacity(services.len());
+    for service in &services {
+        all.push(ctx.client.admin(service).stats().await?);
+    }
+    if ctx.cli.json {
+        let value = if args.all {
+            serde_json::to_value(&all)
+        } else {
+            serde_json::to_value(all.first())
+        };
+        print_json(ctx.cli, &value.unwrap_or_default());
+    } else if all.is_empty() {
+        println!("no services in namespace {:?}", ctx.cli.namespace);
+    } else {
+        for stats in &all {
+            print!("{}", render(stats));
+        }
+    }
+    Ok(())
+}
+
+/// The text form of one service's stats.
+fn render(s: &ServiceStats) -> String {
+    let mut out = format!("service {}\n", s.service);
+    let span = match (&s.first_entry_id, &s.last_entry_id) {
+        (Some(first), Some(last)) => format!(" ({first} .. {last})"),
+        _ => String::new(),
+    };
+    out += &format!("  stream        {} entries{span}\n", s.stream_length);
+    out += &format!("  dead letters  {}", s.dead_letters);
+    if s.dead_letters_unattributed > 0 && !s.groups.is_empty() {
+        out += &format!(
+            " ({} not attributed to a group)",
+            s.dead_letters_unattributed
+        );
+    }
+    out += "\n";
+    if s.groups.is_empty() {
+        out += "  no consumer group yet (no responder has started)\n";
+    }
+    for g in &s.groups {
+        let lag = g.lag.map_or("?".to_owned(), |l| l.to_string());
+        out += &format!(
+            "  group {}: pending {}, lag {lag}, last delivered {}, dead letters {}\n",
+            g.name, g.pending, g.last_delivered_id, g.dead_letters
+        );
+        if let Some(p) = &g.oldest_pending {
+            out += &format!(
+                "    oldest pending {} (age {}, idle {}, delivered {}x, held by {})\n",
+                p.entry_id,
+                human_ms(p.age_ms),
+                human_ms(p.idle_ms),
+                p.deliveries,
+                p.consumer
+            );
+        }
+        for c in &g.consumers {
+            out += &format!(
+                "    consumer {}: pending {}, idle {}\n",
+                c.name,
+                c.pending,
+                human_ms(c.idle_ms)
+            );
+        }
+    }
+    out
+}

@@ -1,0 +1,166 @@
+//! Retention: how long the requests stream keeps entries, and the trim that applies it safely.
+//!
+//! Stream entries are the only redcall data without a TTL (request records and stored replies expire by
+//! themselves, see [`ClientConfig`](crate::config::ClientConfig)). The reaper trims the requests stream by a
+//! [`RetentionPolicy`] (a maximum length and/or a maximum age), but never past the **safe bound**: for every
+//! consumer group, the smaller of its last-delivered id and its oldest pending id. An entry that is pending (a
+//! handler may be working on it, or it waits for redelivery) or that some group has not read yet is therefore never
+//! removed, whatever the policy says. With no consumer group at all nothing has been delivered, so nothing is
+//! trimmed. The bound is computed and applied in one Lua script, so no read, claim or group creation can slip in
+//! between.
+
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::protocol::ServiceKeys;
+use crate::responder::Shared;
+use crate::scripts;
+
+/// Default maximum age of a requests stream entry: one day, long enough to replay yesterday's traffic.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// Default time between two trims done by a reaper.
+pub const DEFAULT_TRIM_INTERVAL: Duration = Duration::from_secs(60);
+/// Most entries one trim looks ahead to apply a maximum length; a larger backlog is trimmed over several passes,
+/// so one script call stays short.
+const LEN_SCAN_CAP: u64 = 100_000;
+
+/// How much of the requests stream to keep. Entries beyond either limit are removed, unless they are still
+/// pending or not yet delivered to every group (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Whether the reaper trims at all (default true).
+    pub enabled: bool,
+    /// Keep at most this many entries (default: no limit).
+    pub max_len: Option<u64>,
+    /// Keep entries at most this old, by their id's timestamp (default 24 h).
+    pub max_age: Option<Duration>,
+    /// Keep at most this many dead letters (default: no limit; dead letters wait for an operator, see
+    /// `redcall dlq purge`).
+    pub dead_letter_max_len: Option<u64>,
+    /// Time between two trims done by a reaper (default 60 s).
+    pub interval: Duration,
+}
+
+impl Default for RetentionPolicy {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_len: None,
+            max_age: Some(DEFAULT_MAX_AGE),
+            dead_letter_max_len: None,
+            interval: DEFAULT_TRIM_INTERVAL,
+        }
+    }
+}
+
+impl RetentionPolicy {
+    /// A policy that never trims (streams then grow until trimmed by hand).
+    pub fn disabled() -> Self {
+        Self {
+            enabled: false,
+            ..Self::default()
+        }
+    }
+
+    /// Refuses a policy that cannot work.
+    pub fn validate(&self) -> Result<()> {
+        if self.interval.is_zero() {
+            return Err(Error::Config(
+                "the trim interval must be positive".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What one trim did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrimReport {
+    /// Entries removed from the requests stream.
+    pub trimmed: u64,
+    /// The bound the policy asked for (entries below it are too old or too many); `+` means "everything".
+    pub policy_bound: Option<String>,
+    /// The bound below which every entry is delivered to every group and pending in none.
+    pub safe_bound: Option<String>,
+    /// The bound applied with `XTRIM MINID` (the smaller of the two), when anything could be trimmed.
+    pub applied_bound: Option<String>,
+    /// Entries removed from the dead-letter stream.
+    pub dead_letters_trimmed: u64,
+}
+
+/// Trims the service's streams by `policy` (ignoring `policy.enabled`: a call is an explicit request).
+pub(crate) async fn trim<C>(
+    con: &mut C,
+    keys: &ServiceKeys,
+    policy: &RetentionPolicy,
+) -> Result<TrimReport>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let mut report = TrimReport::default();
+    if policy.max_len.is_some() || policy.max_age.is_some() {
+        let mut pipe = redis::pipe();
+        scripts::evalsha(&mut pipe, &scripts::TRIM)
+            .arg(1)
+            .arg(keys.requests())
+            .arg(policy.max_len.map(|n| n.to_string()).unwrap_or_default())
+            .arg(
+                policy
+                    .max_age
+                    .map(|d| d.as_millis().to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(LEN_SCAN_CAP);
+        let ((trimmed, policy_bound, safe_bound, applied),): ((u64, String, String, String),) =
+            scripts::query_with_scripts(&pipe, con)
+                .await
+                .map_err(Error::redis("trimming the requests stream"))?;
+        let some = |s: String| (!s.is_empty()).then_some(s);
+        report.trimmed = trimmed;
+        report.policy_bound = some(policy_bound);
+        report.safe_bound = some(safe_bound);
+        report.applied_bound = some(applied);
+    }
+    if let Some(max) = policy.dead_letter_max_len {
+        report.dead_letters_trimmed = redis::cmd("XTRIM")
+            .arg(keys.dead_letters())
+            .arg("MAXLEN")
+            .arg("=")
+            .arg(max)
+            .query_async(con)
+            .await
+            .map_err(Error::redis("trimming the dead-letter stream"))?;
+    }
+    Ok(report)
+}
+
+/// When a reaper loop trims next: at its first pass, then every `policy.interval`.
+pub(crate) struct TrimSchedule {
+    next: Instant,
+}
+
+impl TrimSchedule {
+    /// A schedule whose first trim is due now.
+    pub(crate) fn new() -> Self {
+        Self {
+            next: Instant::now(),
+        }
+    }
+
+    /// Trims when the policy is enabled and a trim is due; logs the outcome, never fails the reaper.
+    pub(crate) async fn run(&mut self, shared: &Shared) {
+        let policy = &shared.settings.retention;
+        if !policy.enabled || Instant::now() < self.next {
+            return;
+        }
+        self.next = Instant::now() + policy.interval;
+        let mut con = shared.con.clone();
+        match trim(&mut con, &shared.keys, policy).await {
+            Ok(report) if report.trimmed > 0 || report.dead_letters_trimmed > 0 => {
+                tracing::info!(?report, "trimmed by the retention policy")
+            }
+            Ok(report) => tracing::debug!(?report, "nothing to trim"),
+            Err(err) => tracing::warn!(error = %err, "trim failed"),
+        }
+    }
+}

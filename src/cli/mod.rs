@@ -68,7 +68,7 @@ pub enum Command {
     Info(info::Args),
     /// Answer a request by id.
     Reply(reply::Args),
-    /// Run a responder with the built-in demo handlers (echo, sleep, fail, panic).
+    /// Run a responder with the built-in demo handlers (echo, sleep, fail, panic, retry, work).
     Serve(serve::Args),
     /// Run the reaper alone: dead-letter exhausted entries, remove dead consumers, trim by the retention policy.
     Reap(reap::Args),

@@ -1,0 +1,428 @@
+//! What a measurement found, and how it is shown: one JSON object per measurement with `--json`, a table
+//! otherwise, then the redcall/baseline ratios against the targets.
+
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+
+use super::System;
+use super::procs::CpuTime;
+use super::stats::CommandStats;
+
+/// Target: redcall's throughput at high concurrency is at least this share of the baseline's.
+pub const RPS_RATIO_TARGET: f64 = 0.6;
+/// Target: redcall's median latency at concurrency 1 is at most this multiple of the baseline's.
+pub const P50_RATIO_TARGET: f64 = 1.3;
+
+/// CPU time or peak memory of the three kinds of process in a run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PerProcess<T> {
+    /// The requester worker(s), summed.
+    pub requesters: T,
+    /// The responder worker(s), summed.
+    pub responders: T,
+    /// The Redis server, when its process is visible.
+    pub redis: Option<T>,
+}
+
+/// One measurement: one system at one concurrency.
+pub struct Measurement {
+    /// Which system.
+    pub system: System,
+    /// Calls in flight at once (across requester processes).
+    pub concurrency: usize,
+    /// Completed calls in the measured window (successful or not).
+    pub requests: u64,
+    /// Failed calls.
+    pub errors: u64,
+    /// The first failure's message.
+    pub first_error: Option<String>,
+    /// Wall time of the measured window (the slowest requester's).
+    pub elapsed_s: f64,
+    /// Latencies of successful calls, µs.
+    pub hist: Histogram<u64>,
+    /// Commands Redis ran during the window.
+    pub commands: CommandStats,
+    /// CPU time used during the window (Redis's from `INFO cpu`).
+    pub cpu: PerProcess<CpuTime>,
+    /// Peak resident memory (`VmHWM`, kB) at the end of the window; Redis's is over its whole life.
+    pub peak_rss_kb: PerProcess<u64>,
+}
+
+impl Measurement {
+    /// Successful calls per second.
+    pub fn rps(&self) -> f64 {
+        if self.elapsed_s > 0.0 {
+            (self.requests - self.errors) as f64 / self.elapsed_s
+        } else {
+            0.0
+        }
+    }
+
+    fn successes(&self) -> f64 {
+        ((self.requests - self.errors) as f64).max(1.0)
+    }
+
+    /// Redis commands per successful call (script-internal commands included).
+    pub fn commands_per_request(&self) -> f64 {
+        self.commands.values().map(|s| s.calls).sum::<u64>() as f64 / self.successes()
+    }
+
+    /// Calls of Lua scripts (`evalsha`, `eval`, `fcall`) per successful call.
+    pub fn scripts_per_request(&self) -> f64 {
+        self.commands
+            .iter()
+            .filter(|(name, _)| name.starts_with("eval") || name.starts_with("fcall"))
+            .map(|(_, s)| s.calls)
+            .sum::<u64>() as f64
+            / self.successes()
+    }
+
+    fn cpu_us_per_request(&self, cpu: CpuTime) -> f64 {
+        cpu.total_s() * 1e6 / self.successes()
+    }
+
+    /// The latency at `quantile` in µs.
+    pub fn latency_us(&self, quantile: f64) -> u64 {
+        self.hist.value_at_quantile(quantile)
+    }
+
+    /// The JSON object printed with `--json`.
+    pub fn to_json(&self) -> Value {
+        let per_request = |cpu: CpuTime| round(self.cpu_us_per_request(cpu), 1);
+        let cpu_ms = |cpu: CpuTime| json!({"user": round(cpu.user_s * 1e3, 0), "sys": round(cpu.sys_s * 1e3, 0)});
+        let commands: serde_json::Map<String, Value> = self
+            .commands
+            .iter()
+            .map(|(name, stat)| {
+                let calls = stat.calls as f64 / self.successes();
+                let usec = stat.usec as f64 / self.successes();
+                (
+                    name.clone(),
+                    json!({"per_request": round(calls, 3), "usec_per_request": round(usec, 3)}),
+                )
+            })
+            .collect();
+        json!({
+            "kind": "measurement",
+            "system": self.system.name(),
+            "concurrency": self.concurrency,
+            "requests": self.requests,
+            "errors": self.errors,
+            "first_error": self.first_error,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "rps": round(self.rps(), 1),
+            "p50_us": self.latency_us(0.5),
+            "p99_us": self.latency_us(0.99),
+            "p999_us": self.latency_us(0.999),
+            "max_us": self.hist.max(),
+            "mean_us": round(self.hist.mean(), 1),
+            "redis_commands_per_request": round(self.commands_per_request(), 3),
+            "redis_scripts_per_request": round(self.scripts_per_request(), 3),
+            "commands": commands,
+            "cpu_ms": {
+                "requesters": cpu_ms(self.cpu.requesters),
+                "responders": cpu_ms(self.cpu.responders),
+                "redis": self.cpu.redis.map(cpu_ms),
+            },
+            "cpu_us_per_request": {
+                "requesters": per_request(self.cpu.requesters),
+                "responders": per_request(self.cpu.responders),
+                "redis": self.cpu.redis.map(per_request),
+            },
+            "peak_rss_kb": {
+                "requesters": self.peak_rss_kb.requesters,
+                "responders": self.peak_rss_kb.responders,
+                "redis": self.peak_rss_kb.redis,
+            },
+        })
+    }
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
+
+/// The table header for people.
+pub fn table_header() -> String {
+    format!(
+        "{:<9} {:>5} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>8} {:>20} {:>14}",
+        "system",
+        "conc",
+        "requests",
+        "req/s",
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "cmd/req",
+        "lua/req",
+        "CPU µs/req req/rsp/redis",
+        "peak MiB req/rsp"
+    )
+}
+
+/// One table row for people.
+pub fn table_row(m: &Measurement) -> String {
+    let cpu = |c: CpuTime| format!("{:.0}", m.cpu_us_per_request(c));
+    let redis_cpu = m.cpu.redis.map(cpu).unwrap_or_else(|| "-".into());
+    let mut row = format!(
+        "{:<9} {:>5} {:>9} {:>9.0} {:>8} {:>8} {:>8} {:>7.2} {:>8.2} {:>20} {:>14}",
+        m.system.name(),
+        m.concurrency,
+        m.requests,
+        m.rps(),
+        m.latency_us(0.5),
+        m.latency_us(0.99),
+        m.latency_us(0.999),
+        m.commands_per_request(),
+        m.scripts_per_request(),
+        format!(
+            "{}/{}/{}",
+            cpu(m.cpu.requesters),
+            cpu(m.cpu.responders),
+            redis_cpu
+        ),
+        format!(
+            "{:.0}/{:.0}",
+            m.peak_rss_kb.requesters as f64 / 1024.0,
+            m.peak_rss_kb.responders as f64 / 1024.0
+        ),
+    );
+    if m.errors > 0 {
+        row.push_str(&format!(
+            "  ({} errors; first: {})",
+            m.errors,
+            m.first_error.as_deref().unwrap_or("?")
+        ));
+    }
+    row
+}
+
+/// The command mix of one measurement: calls and server µs per request, most frequent first.
+pub fn command_mix(m: &Measurement) -> String {
+    let mut stats: Vec<_> = m.commands.iter().collect();
+    stats.sort_by(|a, b| b.1.calls.cmp(&a.1.calls).then(a.0.cmp(b.0)));
+    let parts: Vec<String> = stats
+        .iter()
+        .map(|(name, s)| {
+            format!(
+                "{name} {:.2} ({:.1} µs)",
+                s.calls as f64 / m.successes(),
+                s.usec as f64 / m.successes()
+            )
+        })
+        .collect();
+    format!(
+        "{} at {}: {}",
+        m.system.name(),
+        m.concurrency,
+        parts.join(", ")
+    )
+}
+
+/// The redcall/baseline ratios: throughput at the highest concurrency measured by both (512 by default),
+/// median latency at concurrency 1.
+pub struct Ratios {
+    /// (concurrency, redcall rps / baseline rps).
+    pub rps: Option<(usize, f64)>,
+    /// redcall p50 / baseline p50 at concurrency 1.
+    pub p50: Option<f64>,
+}
+
+impl Ratios {
+    /// Computes the ratios from the measurements of one run.
+    pub fn of(measurements: &[Measurement]) -> Self {
+        let find = |system: System, concurrency: usize| {
+            measurements
+                .iter()
+                .find(|m| m.system == system && m.concurrency == concurrency)
+        };
+        let rps = measurements
+            .iter()
+            .filter(|m| m.concurrency > 1)
+            .map(|m| m.concurrency)
+            .filter(|&c| find(System::Redcall, c).is_some() && find(System::Baseline, c).is_some())
+            .max()
+            .and_then(|c| {
+                let (r, b) = (find(System::Redcall, c)?, find(System::Baseline, c)?);
+                (b.rps() > 0.0).then(|| (c, r.rps() / b.rps()))
+            });
+        let p50 = match (find(System::Redcall, 1), find(System::Baseline, 1)) {
+            (Some(r), Some(b)) if b.latency_us(0.5) > 0 => {
+                Some(r.latency_us(0.5) as f64 / b.latency_us(0.5) as f64)
+            }
+            _ => None,
+        };
+        Ratios { rps, p50 }
+    }
+
+    /// The summary JSON object.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "kind": "summary",
+            "rps_ratio": self.rps.map(|(_, r)| round(r, 3)),
+            "rps_ratio_concurrency": self.rps.map(|(c, _)| c),
+            "rps_ratio_target": RPS_RATIO_TARGET,
+            "rps_ratio_met": self.rps.map(|(_, r)| r >= RPS_RATIO_TARGET),
+            "p50_ratio": self.p50.map(|r| round(r, 3)),
+            "p50_ratio_concurrency": 1,
+            "p50_ratio_target": P50_RATIO_TARGET,
+            "p50_ratio_met": self.p50.map(|r| r <= P50_RATIO_TARGET),
+        })
+    }
+
+    /// The summary for people.
+    pub fn to_text(&self) -> String {
+        let verdict = |met: bool| if met { "met" } else { "NOT met" };
+        let rps = match self.rps {
+            Some((c, r)) => format!(
+                "throughput redcall/baseline at concurrency {c}: {r:.2} (target ≥ {RPS_RATIO_TARGET}: {})",
+                verdict(r >= RPS_RATIO_TARGET)
+            ),
+            None => "throughput ratio: not measured (needs both systems at a concurrency above 1)"
+                .into(),
+        };
+        let p50 = match self.p50 {
+            Some(r) => format!(
+                "p50 latency redcall/baseline at concurrency 1: {r:.2} (target ≤ {P50_RATIO_TARGET}: {})",
+                verdict(r <= P50_RATIO_TARGET)
+            ),
+            None => "p50 ratio: not measured (needs both systems at concurrency 1)".into(),
+        };
+        format!("{rps}\n{p50}")
+    }
+}
+
+/// One sample of a soak run.
+#[derive(Debug, Clone, Copy)]
+pub struct SoakSample {
+    /// Seconds since the soak started.
+    pub t_s: f64,
+    /// Requests completed so far.
+    pub done: u64,
+    /// Redis `used_memory`, bytes.
+    pub used_memory: u64,
+    /// Length of the requests stream.
+    pub stream_len: u64,
+    /// Keys in the database.
+    pub keys: u64,
+    /// Requester RSS, kB.
+    pub requester_rss_kb: u64,
+    /// The requester client's requests in flight.
+    pub in_flight: u64,
+}
+
+impl SoakSample {
+    /// The JSON object of a sample.
+    pub fn to_json(self) -> Value {
+        json!({
+            "kind": "soak_sample",
+            "t_s": round(self.t_s, 1),
+            "done": self.done,
+            "redis_used_memory": self.used_memory,
+            "stream_len": self.stream_len,
+            "keys": self.keys,
+            "requester_rss_kb": self.requester_rss_kb,
+            "in_flight": self.in_flight,
+        })
+    }
+
+    /// The line for people.
+    pub fn to_text(self) -> String {
+        format!(
+            "t={:>6.1}s done={:>9} redis used_memory={:>7.1} MiB stream={:>9} keys={:>8} requester RSS={:>6.1} MiB in_flight={}",
+            self.t_s,
+            self.done,
+            self.used_memory as f64 / 1048576.0,
+            self.stream_len,
+            self.keys,
+            self.requester_rss_kb as f64 / 1024.0,
+            self.in_flight
+        )
+    }
+}
+
+/// Whether one soak series stayed flat: the mean of the last half of the steady samples against the first half.
+pub struct Flatness {
+    /// The series' name.
+    pub name: &'static str,
+    /// Mean of the first half of the steady samples.
+    pub first: f64,
+    /// Mean of the last half.
+    pub last: f64,
+    /// Allowed growth of `last` over `first`.
+    pub tolerance: f64,
+}
+
+impl Flatness {
+    /// last / first (1 when both are zero).
+    pub fn growth(&self) -> f64 {
+        if self.first > 0.0 {
+            self.last / self.first
+        } else if self.last > 0.0 {
+            f64::INFINITY
+        } else {
+            1.0
+        }
+    }
+
+    /// Whether the growth is within the tolerance.
+    pub fn flat(&self) -> bool {
+        self.growth() <= 1.0 + self.tolerance
+    }
+
+    /// Judges `values` (the steady samples, in order).
+    pub fn judge(name: &'static str, values: &[f64], tolerance: f64) -> Self {
+        let mean = |v: &[f64]| {
+            if v.is_empty() {
+                0.0
+            } else {
+                v.iter().sum::<f64>() / v.len() as f64
+            }
+        };
+        let (first, last) = values.split_at(values.len() / 2);
+        Flatness {
+            name,
+            first: mean(first),
+            last: mean(last),
+            tolerance,
+        }
+    }
+
+    /// The JSON object of a verdict.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "series": self.name,
+            "first_half_mean": round(self.first, 1),
+            "last_half_mean": round(self.last, 1),
+            "growth": if self.growth().is_finite() { json!(round(self.growth(), 3)) } else { Value::Null },
+            "flat": self.flat(),
+        })
+    }
+
+    /// The line for people.
+    pub fn to_text(&self) -> String {
+        format!(
+            "{:<22} first half {:>14.1}  last half {:>14.1}  growth {:>6.2}x  {}",
+            self.name,
+            self.first,
+            self.last,
+            self.growth(),
+            if self.flat() { "flat" } else { "GROWS" }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flatness_compares_halves() {
+        let flat = Flatness::judge("x", &[10.0, 11.0, 10.0, 10.5], 0.1);
+        assert!(flat.flat(), "{}", flat.to_text());
+        let grows = Flatness::judge("x", &[10.0, 20.0, 30.0, 40.0], 0.1);
+        assert!(!grows.flat());
+        assert!(Flatness::judge("x", &[0.0, 0.0], 0.1).flat());
+    }
+}

@@ -90,6 +90,9 @@ pub struct Args {
     /// Seconds of unmeasured calls before each measurement (connections, caches, scripts warmed up).
     #[arg(long, default_value_t = 1.0, value_name = "SECS")]
     pub warmup: f64,
+    /// Repeat every measurement this many times, interleaved; the ratios are the median over rounds.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub rounds: usize,
     /// Which systems to measure.
     #[arg(long, value_enum, default_value_t = Systems::Both)]
     pub system: Systems,
@@ -147,8 +150,10 @@ impl Args {
         if self.concurrency.is_empty() || self.concurrency.contains(&0) {
             return Err("--concurrency levels must be at least 1".into());
         }
-        if self.calls == 0 || self.requesters == 0 || self.responders == 0 {
-            return Err("--calls, --requesters and --responders must be at least 1".into());
+        if self.calls == 0 || self.requesters == 0 || self.responders == 0 || self.rounds == 0 {
+            return Err(
+                "--calls, --requesters, --responders and --rounds must be at least 1".into(),
+            );
         }
         if self.connections == 0 || self.readers == 0 || self.responder_concurrency == 0 {
             return Err(
@@ -315,17 +320,24 @@ impl Progress {
 /// The comparison: each concurrency level, redcall then the baseline, then the ratios.
 async fn compare(env: &Env<'_>) -> Result<(), String> {
     let args = env.args;
-    let plan: Vec<(usize, System)> = args
-        .concurrency
-        .iter()
-        .flat_map(|&c| args.systems().into_iter().map(move |s| (c, s)))
-        .collect();
+    // Round by round, level by level, the systems one after the other; the order of the systems alternates
+    // between rounds so that neither always runs on a warmer (or busier) machine.
+    let mut plan: Vec<(usize, usize, System)> = Vec::new();
+    for round in 1..=args.rounds {
+        for &c in &args.concurrency {
+            let mut systems = args.systems();
+            if round % 2 == 0 {
+                systems.reverse();
+            }
+            plan.extend(systems.into_iter().map(|s| (round, c, s)));
+        }
+    }
     let progress = Progress::new();
     if !env.json {
         progress.println(&report::table_header());
     }
     let mut measurements = Vec::new();
-    for (index, &(concurrency, system)) in plan.iter().enumerate() {
+    for (index, &(round, concurrency, system)) in plan.iter().enumerate() {
         let step = format!(
             "[{}/{}] {} at concurrency {concurrency}",
             index + 1,
@@ -333,7 +345,8 @@ async fn compare(env: &Env<'_>) -> Result<(), String> {
             system.name()
         );
         progress.step(format!("{step}: starting workers"));
-        let m = measure(env, system, concurrency, index, &step, &progress).await?;
+        let mut m = measure(env, system, concurrency, index, &step, &progress).await?;
+        m.round = round;
         if env.json {
             progress.println(&m.to_json().to_string());
         } else {
@@ -353,7 +366,7 @@ async fn compare(env: &Env<'_>) -> Result<(), String> {
         );
         for m in measurements
             .iter()
-            .filter(|m| m.concurrency == top || m.concurrency == 1)
+            .filter(|m| m.round == 1 && (m.concurrency == top || m.concurrency == 1))
         {
             println!("  {}", report::command_mix(m));
         }
@@ -532,6 +545,7 @@ async fn measure(
     let mut m = Measurement {
         system,
         concurrency,
+        round: 1,
         requests: 0,
         errors: 0,
         first_error: None,

@@ -30,6 +30,8 @@ pub struct Measurement {
     pub system: System,
     /// Calls in flight at once (across requester processes).
     pub concurrency: usize,
+    /// Which round of the run (from 1).
+    pub round: usize,
     /// Completed calls in the measured window (successful or not).
     pub requests: u64,
     /// Failed calls.
@@ -106,6 +108,7 @@ impl Measurement {
             "kind": "measurement",
             "system": self.system.name(),
             "concurrency": self.concurrency,
+            "round": self.round,
             "requests": self.requests,
             "errors": self.errors,
             "first_error": self.first_error,
@@ -221,75 +224,128 @@ pub fn command_mix(m: &Measurement) -> String {
 }
 
 /// The redcall/baseline ratios: throughput at the highest concurrency measured by both (512 by default),
-/// median latency at concurrency 1.
+/// median latency at concurrency 1. Each ratio compares measurements of the same round (taken minutes apart at
+/// most, so a shared machine's changing load hits both systems alike); with several rounds the median is used.
 pub struct Ratios {
-    /// (concurrency, redcall rps / baseline rps).
-    pub rps: Option<(usize, f64)>,
-    /// redcall p50 / baseline p50 at concurrency 1.
-    pub p50: Option<f64>,
+    /// (concurrency, redcall rps / baseline rps per round).
+    pub rps: Option<(usize, Vec<f64>)>,
+    /// redcall p50 / baseline p50 at concurrency 1, per round.
+    pub p50: Vec<f64>,
 }
 
 impl Ratios {
     /// Computes the ratios from the measurements of one run.
     pub fn of(measurements: &[Measurement]) -> Self {
-        let find = |system: System, concurrency: usize| {
+        let find = |system: System, concurrency: usize, round: usize| {
             measurements
                 .iter()
-                .find(|m| m.system == system && m.concurrency == concurrency)
+                .find(|m| m.system == system && m.concurrency == concurrency && m.round == round)
         };
-        let rps = measurements
+        let rounds: Vec<usize> = {
+            let mut r: Vec<usize> = measurements.iter().map(|m| m.round).collect();
+            r.dedup();
+            r
+        };
+        let both = |c: usize, round: usize| {
+            Some((
+                find(System::Redcall, c, round)?,
+                find(System::Baseline, c, round)?,
+            ))
+        };
+        let top = measurements
             .iter()
             .filter(|m| m.concurrency > 1)
             .map(|m| m.concurrency)
-            .filter(|&c| find(System::Redcall, c).is_some() && find(System::Baseline, c).is_some())
-            .max()
-            .and_then(|c| {
-                let (r, b) = (find(System::Redcall, c)?, find(System::Baseline, c)?);
-                (b.rps() > 0.0).then(|| (c, r.rps() / b.rps()))
-            });
-        let p50 = match (find(System::Redcall, 1), find(System::Baseline, 1)) {
-            (Some(r), Some(b)) if b.latency_us(0.5) > 0 => {
-                Some(r.latency_us(0.5) as f64 / b.latency_us(0.5) as f64)
-            }
-            _ => None,
-        };
+            .filter(|&c| rounds.iter().any(|&r| both(c, r).is_some()))
+            .max();
+        let rps = top.map(|c| {
+            let ratios = rounds
+                .iter()
+                .filter_map(|&r| both(c, r))
+                .filter(|(_, b)| b.rps() > 0.0)
+                .map(|(r, b)| r.rps() / b.rps())
+                .collect();
+            (c, ratios)
+        });
+        let p50 = rounds
+            .iter()
+            .filter_map(|&r| both(1, r))
+            .filter(|(_, b)| b.latency_us(0.5) > 0)
+            .map(|(r, b)| r.latency_us(0.5) as f64 / b.latency_us(0.5) as f64)
+            .collect();
         Ratios { rps, p50 }
+    }
+
+    /// The median throughput ratio and its concurrency.
+    pub fn rps_median(&self) -> Option<(usize, f64)> {
+        let (c, ratios) = self.rps.as_ref()?;
+        Some((*c, median(ratios)?))
+    }
+
+    /// The median p50 ratio.
+    pub fn p50_median(&self) -> Option<f64> {
+        median(&self.p50)
     }
 
     /// The summary JSON object.
     pub fn to_json(&self) -> Value {
+        let rps = self.rps_median();
+        let p50 = self.p50_median();
+        let all = |v: &[f64]| v.iter().map(|r| round(*r, 3)).collect::<Vec<f64>>();
         json!({
             "kind": "summary",
-            "rps_ratio": self.rps.map(|(_, r)| round(r, 3)),
-            "rps_ratio_concurrency": self.rps.map(|(c, _)| c),
+            "rps_ratio": rps.map(|(_, r)| round(r, 3)),
+            "rps_ratio_concurrency": rps.map(|(c, _)| c),
+            "rps_ratio_rounds": self.rps.as_ref().map(|(_, v)| all(v)),
             "rps_ratio_target": RPS_RATIO_TARGET,
-            "rps_ratio_met": self.rps.map(|(_, r)| r >= RPS_RATIO_TARGET),
-            "p50_ratio": self.p50.map(|r| round(r, 3)),
+            "rps_ratio_met": rps.map(|(_, r)| r >= RPS_RATIO_TARGET),
+            "p50_ratio": p50.map(|r| round(r, 3)),
             "p50_ratio_concurrency": 1,
+            "p50_ratio_rounds": all(&self.p50),
             "p50_ratio_target": P50_RATIO_TARGET,
-            "p50_ratio_met": self.p50.map(|r| r <= P50_RATIO_TARGET),
+            "p50_ratio_met": p50.map(|r| r <= P50_RATIO_TARGET),
         })
     }
 
     /// The summary for people.
     pub fn to_text(&self) -> String {
         let verdict = |met: bool| if met { "met" } else { "NOT met" };
-        let rps = match self.rps {
-            Some((c, r)) => format!(
-                "throughput redcall/baseline at concurrency {c}: {r:.2} (target ≥ {RPS_RATIO_TARGET}: {})",
+        let rounds = |v: &[f64]| {
+            if v.len() > 1 {
+                let list: Vec<String> = v.iter().map(|r| format!("{r:.2}")).collect();
+                format!(" [median of rounds: {}]", list.join(", "))
+            } else {
+                String::new()
+            }
+        };
+        let rps = match (self.rps_median(), &self.rps) {
+            (Some((c, r)), Some((_, all))) => format!(
+                "throughput redcall/baseline at concurrency {c}: {r:.2}{} (target ≥ {RPS_RATIO_TARGET}: {})",
+                rounds(all),
                 verdict(r >= RPS_RATIO_TARGET)
             ),
-            None => "throughput ratio: not measured (needs both systems at a concurrency above 1)"
+            _ => "throughput ratio: not measured (needs both systems at a concurrency above 1)"
                 .into(),
         };
-        let p50 = match self.p50 {
+        let p50 = match self.p50_median() {
             Some(r) => format!(
-                "p50 latency redcall/baseline at concurrency 1: {r:.2} (target ≤ {P50_RATIO_TARGET}: {})",
+                "p50 latency redcall/baseline at concurrency 1: {r:.2}{} (target ≤ {P50_RATIO_TARGET}: {})",
+                rounds(&self.p50),
                 verdict(r <= P50_RATIO_TARGET)
             ),
             None => "p50 ratio: not measured (needs both systems at concurrency 1)".into(),
         };
         format!("{rps}\n{p50}")
+    }
+}
+
+fn median(values: &[f64]) -> Option<f64> {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(v[n / 2]),
+        n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
     }
 }
 
@@ -424,5 +480,12 @@ mod tests {
         let grows = Flatness::judge("x", &[10.0, 20.0, 30.0, 40.0], 0.1);
         assert!(!grows.flat());
         assert!(Flatness::judge("x", &[0.0, 0.0], 0.1).flat());
+    }
+
+    #[test]
+    fn median_of_rounds() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
     }
 }

@@ -494,6 +494,7 @@ async fn measure(
     let mut con = env.con.clone();
     let before = stats::parse_commandstats(&stats::info(&mut con, "commandstats").await?);
     let cpu_before = cpu_snapshot(&mut con, &requesters, &responders).await?;
+    let machine_before = procs::machine_cpu().unwrap_or_default();
     for r in &mut requesters {
         r.send("go").await?;
     }
@@ -520,6 +521,9 @@ async fn measure(
     .await
     .map_err(|_| format!("{step}: no result within {limit:?}"))??;
     let cpu_after = cpu_snapshot(&mut con, &requesters, &responders).await?;
+    let machine = procs::machine_cpu()
+        .unwrap_or_default()
+        .since(&machine_before);
     let after = stats::parse_commandstats(&stats::info(&mut con, "commandstats").await?);
     let hwm = |ws: &[Worker]| {
         ws.iter()
@@ -561,6 +565,7 @@ async fn measure(
                 .map(|(a, b)| a.since(&b)),
         },
         peak_rss_kb,
+        machine,
     };
     for r in results {
         m.requests += r["done"].as_u64().unwrap_or(0);

@@ -59,6 +59,42 @@ pub fn cpu_time(pid: u32) -> Option<CpuTime> {
     })
 }
 
+/// The whole machine's CPU counters from `/proc/stat`, seconds summed over all cores.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MachineCpu {
+    /// Time not idle (user, nice, system, irq, softirq), all processes.
+    pub busy_s: f64,
+    /// Time the hypervisor gave to other guests while this one wanted to run.
+    pub steal_s: f64,
+}
+
+impl MachineCpu {
+    /// The counters used between `earlier` and `self`.
+    pub fn since(&self, earlier: &MachineCpu) -> MachineCpu {
+        MachineCpu {
+            busy_s: (self.busy_s - earlier.busy_s).max(0.0),
+            steal_s: (self.steal_s - earlier.steal_s).max(0.0),
+        }
+    }
+}
+
+/// Reads the aggregate `cpu` line of `/proc/stat`.
+pub fn machine_cpu() -> Option<MachineCpu> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let field = |i: usize| v.get(i).copied().unwrap_or(0.0);
+    Some(MachineCpu {
+        busy_s: (field(0) + field(1) + field(2) + field(5) + field(6)) / USER_HZ,
+        steal_s: field(7) / USER_HZ,
+    })
+}
+
 /// A `kB` field of `/proc/<pid>/status`, such as `VmHWM` (peak resident set) or `VmRSS`.
 pub fn status_kb(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -5,7 +5,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
 use super::System;
-use super::procs::CpuTime;
+use super::procs::{CpuTime, MachineCpu};
 use super::stats::CommandStats;
 
 /// Target: redcall's throughput at high concurrency is at least this share of the baseline's.
@@ -48,6 +48,8 @@ pub struct Measurement {
     pub cpu: PerProcess<CpuTime>,
     /// Peak resident memory (`VmHWM`, kB) at the end of the window; Redis's is over its whole life.
     pub peak_rss_kb: PerProcess<u64>,
+    /// The whole machine's CPU use during the window (to tell how much others used).
+    pub machine: MachineCpu,
 }
 
 impl Measurement {
@@ -81,6 +83,26 @@ impl Measurement {
 
     fn cpu_us_per_request(&self, cpu: CpuTime) -> f64 {
         cpu.total_s() * 1e6 / self.successes()
+    }
+
+    /// CPU time of every process (requesters, responders, Redis) per successful call, µs: what a request costs
+    /// the machine, steadier than throughput on a shared, saturated machine.
+    pub fn total_cpu_us_per_request(&self) -> f64 {
+        let redis = self.cpu.redis.map(|c| c.total_s()).unwrap_or(0.0);
+        (self.cpu.requesters.total_s() + self.cpu.responders.total_s() + redis) * 1e6
+            / self.successes()
+    }
+
+    /// Cores busy with processes other than this measurement's (and Redis), on average over the window: the
+    /// noise from a shared machine.
+    pub fn other_cores(&self) -> f64 {
+        if self.elapsed_s <= 0.0 {
+            return 0.0;
+        }
+        let ours = self.cpu.requesters.total_s()
+            + self.cpu.responders.total_s()
+            + self.cpu.redis.map(|c| c.total_s()).unwrap_or(0.0);
+        ((self.machine.busy_s - ours) / self.elapsed_s).max(0.0)
     }
 
     /// The latency at `quantile` in µs.
@@ -128,9 +150,15 @@ impl Measurement {
                 "redis": self.cpu.redis.map(cpu_ms),
             },
             "cpu_us_per_request": {
+                "total": round(self.total_cpu_us_per_request(), 1),
                 "requesters": per_request(self.cpu.requesters),
                 "responders": per_request(self.cpu.responders),
                 "redis": self.cpu.redis.map(per_request),
+            },
+            "machine": {
+                "busy_cores": round(self.machine.busy_s / self.elapsed_s.max(1e-9), 2),
+                "other_cores": round(self.other_cores(), 2),
+                "steal_cores": round(self.machine.steal_s / self.elapsed_s.max(1e-9), 2),
             },
             "peak_rss_kb": {
                 "requesters": self.peak_rss_kb.requesters,
@@ -149,7 +177,7 @@ fn round(x: f64, digits: i32) -> f64 {
 /// The table header for people.
 pub fn table_header() -> String {
     format!(
-        "{:<9} {:>5} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>8} {:>20} {:>14}",
+        "{:<9} {:>5} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>8} {:>20} {:>14} {:>6}",
         "system",
         "conc",
         "requests",
@@ -160,7 +188,8 @@ pub fn table_header() -> String {
         "cmd/req",
         "lua/req",
         "CPU µs/req req/rsp/redis",
-        "peak MiB req/rsp"
+        "peak MiB req/rsp",
+        "others"
     )
 }
 
@@ -169,7 +198,7 @@ pub fn table_row(m: &Measurement) -> String {
     let cpu = |c: CpuTime| format!("{:.0}", m.cpu_us_per_request(c));
     let redis_cpu = m.cpu.redis.map(cpu).unwrap_or_else(|| "-".into());
     let mut row = format!(
-        "{:<9} {:>5} {:>9} {:>9.0} {:>8} {:>8} {:>8} {:>7.2} {:>8.2} {:>20} {:>14}",
+        "{:<9} {:>5} {:>9} {:>9.0} {:>8} {:>8} {:>8} {:>7.2} {:>8.2} {:>20} {:>14} {:>6.2}",
         m.system.name(),
         m.concurrency,
         m.requests,
@@ -190,6 +219,7 @@ pub fn table_row(m: &Measurement) -> String {
             m.peak_rss_kb.requesters as f64 / 1024.0,
             m.peak_rss_kb.responders as f64 / 1024.0
         ),
+        m.other_cores(),
     );
     if m.errors > 0 {
         row.push_str(&format!(
@@ -231,6 +261,8 @@ pub struct Ratios {
     pub rps: Option<(usize, Vec<f64>)>,
     /// redcall p50 / baseline p50 at concurrency 1, per round.
     pub p50: Vec<f64>,
+    /// redcall / baseline CPU time of all processes per request, at the throughput ratio's concurrency, per round.
+    pub cpu: Vec<f64>,
 }
 
 impl Ratios {
@@ -267,13 +299,23 @@ impl Ratios {
                 .collect();
             (c, ratios)
         });
+        let cpu = top
+            .map(|c| {
+                rounds
+                    .iter()
+                    .filter_map(|&r| both(c, r))
+                    .filter(|(_, b)| b.total_cpu_us_per_request() > 0.0)
+                    .map(|(r, b)| r.total_cpu_us_per_request() / b.total_cpu_us_per_request())
+                    .collect()
+            })
+            .unwrap_or_default();
         let p50 = rounds
             .iter()
             .filter_map(|&r| both(1, r))
             .filter(|(_, b)| b.latency_us(0.5) > 0)
             .map(|(r, b)| r.latency_us(0.5) as f64 / b.latency_us(0.5) as f64)
             .collect();
-        Ratios { rps, p50 }
+        Ratios { rps, p50, cpu }
     }
 
     /// The median throughput ratio and its concurrency.
@@ -304,6 +346,8 @@ impl Ratios {
             "p50_ratio_rounds": all(&self.p50),
             "p50_ratio_target": P50_RATIO_TARGET,
             "p50_ratio_met": p50.map(|r| r <= P50_RATIO_TARGET),
+            "cpu_per_request_ratio": median(&self.cpu).map(|r| round(r, 3)),
+            "cpu_per_request_ratio_rounds": all(&self.cpu),
         })
     }
 
@@ -335,7 +379,15 @@ impl Ratios {
             ),
             None => "p50 ratio: not measured (needs both systems at concurrency 1)".into(),
         };
-        format!("{rps}\n{p50}")
+        let cpu = match (median(&self.cpu), self.rps.as_ref()) {
+            (Some(r), Some((c, _))) => format!(
+                "\nCPU time of all processes per request, redcall/baseline at concurrency {c}: {r:.2}{} (what \
+                 bounds the throughput ratio when the machine is saturated)",
+                rounds(&self.cpu)
+            ),
+            _ => String::new(),
+        };
+        format!("{rps}\n{p50}{cpu}")
     }
 }
 

@@ -1,8 +1,8 @@
 //! The load loop run inside a requester worker: `concurrency` tasks calling back to back until a count or a
 //! time is reached, each recording its latencies in its own HdrHistogram (merged at the end).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -78,15 +78,22 @@ pub async fn run_load(
 ) -> LoadResult {
     let started = Instant::now();
     let end = stop.duration.map(|d| started + d);
+    // One histogram for all tasks (a per-task one would make the requester's memory grow with the
+    // concurrency: ~200 kB each). The lock is never contended on a current-thread runtime.
+    let hist = Arc::new(Mutex::new(new_histogram()));
     let issued = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let mut tasks = JoinSet::new();
     for _ in 0..concurrency.max(1) {
-        let (caller, issued, done, failed) =
-            (caller.clone(), issued.clone(), done.clone(), failed.clone());
+        let (caller, hist, issued, done, failed) = (
+            caller.clone(),
+            hist.clone(),
+            issued.clone(),
+            done.clone(),
+            failed.clone(),
+        );
         tasks.spawn(async move {
-            let mut hist = new_histogram();
             let mut first_error = None;
             loop {
                 if end.is_some_and(|end| Instant::now() >= end) {
@@ -99,7 +106,10 @@ pub async fn run_load(
                 }
                 let t0 = Instant::now();
                 match caller.call().await {
-                    Ok(()) => hist.saturating_record(t0.elapsed().as_micros() as u64),
+                    Ok(()) => {
+                        let us = t0.elapsed().as_micros() as u64;
+                        lock(&hist).saturating_record(us);
+                    }
                     Err(err) => {
                         failed.fetch_add(1, Ordering::Relaxed);
                         first_error.get_or_insert(err);
@@ -107,31 +117,23 @@ pub async fn run_load(
                 }
                 done.fetch_add(1, Ordering::Relaxed);
             }
-            (hist, first_error)
+            first_error
         });
     }
-    let mut result = LoadResult {
-        hist: new_histogram(),
-        done: 0,
-        errors: 0,
-        first_error: None,
-        elapsed: Duration::ZERO,
-    };
+    let mut first_error = None;
     let mut tick =
         tokio::time::interval_at(tokio::time::Instant::now() + progress_every, progress_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             joined = tasks.join_next() => match joined {
-                Some(Ok((hist, first_error))) => {
-                    // Both histograms have the same bounds, so adding cannot fail.
-                    let _ = result.hist.add(&hist);
-                    if result.first_error.is_none() {
-                        result.first_error = first_error;
+                Some(Ok(error)) => {
+                    if first_error.is_none() {
+                        first_error = error;
                     }
                 }
                 Some(Err(err)) => {
-                    result.first_error.get_or_insert_with(|| format!("a load task failed: {err}"));
+                    first_error.get_or_insert_with(|| format!("a load task failed: {err}"));
                 }
                 None => break,
             },
@@ -142,10 +144,18 @@ pub async fn run_load(
             ),
         }
     }
-    result.elapsed = started.elapsed();
-    result.done = done.load(Ordering::Relaxed);
-    result.errors = failed.load(Ordering::Relaxed);
-    result
+    let hist = lock(&hist).clone();
+    LoadResult {
+        hist,
+        done: done.load(Ordering::Relaxed),
+        errors: failed.load(Ordering::Relaxed),
+        first_error,
+        elapsed: started.elapsed(),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A histogram as compressed HdrHistogram V2 bytes in hex, to travel inside a JSON line.

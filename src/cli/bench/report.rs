@@ -418,6 +418,8 @@ pub struct SoakSample {
     pub requester_rss_kb: u64,
     /// The requester client's requests in flight.
     pub in_flight: u64,
+    /// Requests per second since the previous sample.
+    pub rate: f64,
 }
 
 impl SoakSample {
@@ -432,15 +434,17 @@ impl SoakSample {
             "keys": self.keys,
             "requester_rss_kb": self.requester_rss_kb,
             "in_flight": self.in_flight,
+            "rps": round(self.rate, 0),
         })
     }
 
     /// The line for people.
     pub fn to_text(self) -> String {
         format!(
-            "t={:>6.1}s done={:>9} redis used_memory={:>7.1} MiB stream={:>9} keys={:>8} requester RSS={:>6.1} MiB in_flight={}",
+            "t={:>6.1}s done={:>9} ({:>6.0}/s) redis used_memory={:>7.1} MiB stream={:>9} keys={:>8} requester RSS={:>6.1} MiB in_flight={}",
             self.t_s,
             self.done,
+            self.rate,
             self.used_memory as f64 / 1048576.0,
             self.stream_len,
             self.keys,
@@ -450,7 +454,8 @@ impl SoakSample {
     }
 }
 
-/// Whether one soak series stayed flat: the mean of the last half of the steady samples against the first half.
+/// Whether one soak series stayed flat: the mean of the last half of the steady samples against the first half,
+/// and the least-squares slope against requests done (what each request leaves behind).
 pub struct Flatness {
     /// The series' name.
     pub name: &'static str,
@@ -458,6 +463,8 @@ pub struct Flatness {
     pub first: f64,
     /// Mean of the last half.
     pub last: f64,
+    /// Growth per 100,000 requests (least-squares slope).
+    pub per_100k: f64,
     /// Allowed growth of `last` over `first`.
     pub tolerance: f64,
 }
@@ -479,20 +486,21 @@ impl Flatness {
         self.growth() <= 1.0 + self.tolerance
     }
 
-    /// Judges `values` (the steady samples, in order).
-    pub fn judge(name: &'static str, values: &[f64], tolerance: f64) -> Self {
-        let mean = |v: &[f64]| {
+    /// Judges `points` (requests done, value) of the steady samples, in order.
+    pub fn judge(name: &'static str, points: &[(f64, f64)], tolerance: f64) -> Self {
+        let mean = |v: &[(f64, f64)]| {
             if v.is_empty() {
                 0.0
             } else {
-                v.iter().sum::<f64>() / v.len() as f64
+                v.iter().map(|p| p.1).sum::<f64>() / v.len() as f64
             }
         };
-        let (first, last) = values.split_at(values.len() / 2);
+        let (first, last) = points.split_at(points.len() / 2);
         Flatness {
             name,
             first: mean(first),
             last: mean(last),
+            per_100k: slope(points) * 100_000.0,
             tolerance,
         }
     }
@@ -504,6 +512,7 @@ impl Flatness {
             "first_half_mean": round(self.first, 1),
             "last_half_mean": round(self.last, 1),
             "growth": if self.growth().is_finite() { json!(round(self.growth(), 3)) } else { Value::Null },
+            "per_100k_requests": round(self.per_100k, 1),
             "flat": self.flat(),
         })
     }
@@ -511,14 +520,28 @@ impl Flatness {
     /// The line for people.
     pub fn to_text(&self) -> String {
         format!(
-            "{:<22} first half {:>14.1}  last half {:>14.1}  growth {:>6.2}x  {}",
+            "{:<26} first half {:>13.1}  last half {:>13.1}  growth {:>5.2}x  {:>+12.1} per 100k requests  {}",
             self.name,
             self.first,
             self.last,
             self.growth(),
+            self.per_100k,
             if self.flat() { "flat" } else { "GROWS" }
         )
     }
+}
+
+/// Least-squares slope of y over x (0 with fewer than two distinct x).
+fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    if points.len() < 2 {
+        return 0.0;
+    }
+    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    if sxx > 0.0 { sxy / sxx } else { 0.0 }
 }
 
 #[cfg(test)]
@@ -527,11 +550,20 @@ mod tests {
 
     #[test]
     fn flatness_compares_halves() {
-        let flat = Flatness::judge("x", &[10.0, 11.0, 10.0, 10.5], 0.1);
+        let flat = Flatness::judge(
+            "x",
+            &[(1.0, 10.0), (2.0, 11.0), (3.0, 10.0), (4.0, 10.5)],
+            0.1,
+        );
         assert!(flat.flat(), "{}", flat.to_text());
-        let grows = Flatness::judge("x", &[10.0, 20.0, 30.0, 40.0], 0.1);
+        let grows = Flatness::judge(
+            "x",
+            &[(1.0, 10.0), (2.0, 20.0), (3.0, 30.0), (4.0, 40.0)],
+            0.1,
+        );
         assert!(!grows.flat());
-        assert!(Flatness::judge("x", &[0.0, 0.0], 0.1).flat());
+        assert!((grows.per_100k - 1_000_000.0).abs() < 1e-6);
+        assert!(Flatness::judge("x", &[(1.0, 0.0), (2.0, 0.0)], 0.1).flat());
     }
 
     #[test]

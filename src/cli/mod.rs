@@ -1,6 +1,7 @@
 //! Subcommands of the `redcall` binary, one file each. People get JSON and plain text; the wire stays
 //! MessagePack.
 
+mod bench;
 mod call;
 mod demo;
 mod dlq;
@@ -80,6 +81,11 @@ pub enum Command {
     Dlq(dlq::Args),
     /// Re-queue a range of the requests stream under the original request ids.
     Replay(replay::Args),
+    /// Measure redcall against a bare-command baseline (latency, throughput, commands, CPU, memory).
+    Bench(bench::Args),
+    /// One worker process of `redcall bench` (started by it; not for people).
+    #[command(hide = true)]
+    BenchWorker(bench::WorkerArgs),
 }
 
 /// Sets up logging: `RUST_LOG` wins; otherwise `serve` and `reap` log lifecycle events, others only warnings.
@@ -122,6 +128,8 @@ pub async fn run(cli: Cli) -> ExitCode {
     };
     let ctx = Context { client, cli: &cli };
     let result = match &cli.command {
+        Command::Bench(args) => return bench::run(&ctx, args).await,
+        Command::BenchWorker(args) => return bench::run_worker(&ctx, args).await,
         Command::Call(args) => call::run(&ctx, args).await,
         Command::Info(args) => info::run(&ctx, args).await,
         Command::Reply(args) => reply::run(&ctx, args).await,

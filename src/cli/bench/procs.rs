@@ -1,0 +1,333 @@
+//! The processes a bench run owns: a throwaway `redis-server`, the worker processes, and what `/proc` says about
+//! their CPU time and memory.
+//!
+//! Everything started here is stopped by its own PID (`Child::kill`), never by name, and also on drop, so an
+//! early return or a Ctrl-C leaves nothing behind.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+/// Clock ticks per second of the times in `/proc/<pid>/stat` (`USER_HZ`, 100 on every Linux architecture
+/// mainstream enough to run this bench).
+const USER_HZ: f64 = 100.0;
+/// How long a spawned `redis-server` gets to answer `PING`.
+const REDIS_STARTUP: Duration = Duration::from_secs(10);
+/// Attempts to start `redis-server`, each on a new free port (another process may take a probed port).
+const REDIS_ATTEMPTS: usize = 5;
+
+/// CPU time a process has used so far, user and system.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuTime {
+    /// Seconds in user mode.
+    pub user_s: f64,
+    /// Seconds in kernel mode.
+    pub sys_s: f64,
+}
+
+impl CpuTime {
+    /// User plus system seconds.
+    pub fn total_s(&self) -> f64 {
+        self.user_s + self.sys_s
+    }
+
+    /// The CPU time used between `earlier` and `self`.
+    pub fn since(&self, earlier: &CpuTime) -> CpuTime {
+        CpuTime {
+            user_s: (self.user_s - earlier.user_s).max(0.0),
+            sys_s: (self.sys_s - earlier.sys_s).max(0.0),
+        }
+    }
+}
+
+/// Reads the user and system time of process `pid` from `/proc/<pid>/stat` (all threads included).
+pub fn cpu_time(pid: u32) -> Option<CpuTime> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may contain spaces: count fields after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3, so utime (field 14) and stime (field 15) are at 11 and 12 here.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some(CpuTime {
+        user_s: utime / USER_HZ,
+        sys_s: stime / USER_HZ,
+    })
+}
+
+/// The whole machine's CPU counters from `/proc/stat`, seconds summed over all cores.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MachineCpu {
+    /// Time not idle (user, nice, system, irq, softirq), all processes.
+    pub busy_s: f64,
+    /// Time the hypervisor gave to other guests while this one wanted to run.
+    pub steal_s: f64,
+}
+
+impl MachineCpu {
+    /// The counters used between `earlier` and `self`.
+    pub fn since(&self, earlier: &MachineCpu) -> MachineCpu {
+        MachineCpu {
+            busy_s: (self.busy_s - earlier.busy_s).max(0.0),
+            steal_s: (self.steal_s - earlier.steal_s).max(0.0),
+        }
+    }
+}
+
+/// Reads the aggregate `cpu` line of `/proc/stat`.
+pub fn machine_cpu() -> Option<MachineCpu> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let field = |i: usize| v.get(i).copied().unwrap_or(0.0);
+    Some(MachineCpu {
+        busy_s: (field(0) + field(1) + field(2) + field(5) + field(6)) / USER_HZ,
+        steal_s: field(7) / USER_HZ,
+    })
+}
+
+/// A `kB` field of `/proc/<pid>/status`, such as `VmHWM` (peak resident set) or `VmRSS`.
+pub fn status_kb(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        let value = line.strip_prefix(field)?.strip_prefix(':')?;
+        value.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// Whether `pid` is a `redis-server` visible in this machine's `/proc` (an external Redis reports its PID in
+/// `INFO server`, but it may live in another PID namespace).
+pub fn is_redis_server(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|comm| comm.trim().starts_with("redis-server"))
+        .unwrap_or(false)
+}
+
+/// A throwaway `redis-server` on a free loopback port in its own temporary directory: no persistence, killed by
+/// PID and its directory removed on [`RedisProcess::stop`] or drop.
+pub struct RedisProcess {
+    child: Option<std::process::Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl RedisProcess {
+    /// Starts `binary` (normally `redis-server`) and waits until it answers `PING`.
+    pub fn start(binary: &str) -> Result<Self, String> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let dir =
+            std::env::temp_dir().join(format!("redcall-bench-{}-{stamp}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let mut redis = RedisProcess {
+            child: None,
+            port: 0,
+            dir,
+        };
+        let mut last = String::new();
+        for _ in 0..REDIS_ATTEMPTS {
+            let port = free_port().map_err(|e| format!("cannot find a free port: {e}"))?;
+            match spawn_redis(binary, port, &redis.dir) {
+                Ok(child) => {
+                    redis.child = Some(child);
+                    redis.port = port;
+                    return Ok(redis);
+                }
+                Err(err) => last = err,
+            }
+        }
+        Err(format!(
+            "redis-server did not start after {REDIS_ATTEMPTS} attempts: {last}"
+        ))
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server by its PID, reaps it and removes its directory. Idempotent.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn spawn_redis(binary: &str, port: u16, dir: &Path) -> Result<std::process::Child, String> {
+    let mut child = std::process::Command::new(binary)
+        .arg("--port")
+        .arg(port.to_string())
+        .args(["--bind", "127.0.0.1", "--daemonize", "no", "--save", ""])
+        .args(["--appendonly", "no", "--protected-mode", "yes"])
+        .arg("--dir")
+        .arg(dir)
+        .arg("--logfile")
+        .arg(dir.join("redis.log"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run {binary:?} (is redis-server installed?): {e}"))?;
+    let deadline = Instant::now() + REDIS_STARTUP;
+    let failure = loop {
+        if ping(port) {
+            return Ok(child);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            break format!("redis-server exited early with {status} (port {port})");
+        }
+        if Instant::now() >= deadline {
+            break format!("redis-server did not answer PING within {REDIS_STARTUP:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(failure)
+}
+
+/// A raw inline `PING`; true when the answer is `+PONG`.
+fn ping(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    let n = stream.read(&mut buf).unwrap_or(0);
+    buf[..n].starts_with(b"+PONG")
+}
+
+/// One worker process (`redcall bench-worker ...`), talking JSON lines on stdout and taking `go` on stdin.
+/// Closing its stdin tells it to finish; dropping the handle kills it by PID.
+pub struct Worker {
+    /// What it is, for messages (`redcall requester 0`).
+    pub label: String,
+    child: Child,
+    pid: u32,
+    stdin: Option<ChildStdin>,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl Worker {
+    /// Spawns `current_exe` with `args`. Its stderr (warnings) goes to ours.
+    pub fn spawn(label: String, args: &[String]) -> Result<Self, String> {
+        let exe =
+            std::env::current_exe().map_err(|e| format!("cannot find the redcall binary: {e}"))?;
+        let mut child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start the {label}: {e}"))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| format!("the {label} exited at once"))?;
+        let stdin = child.stdin.take();
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| format!("no stdout from the {label}"))?;
+        Ok(Worker {
+            label,
+            child,
+            pid,
+            stdin,
+            stdout: BufReader::new(stdout).lines(),
+        })
+    }
+
+    /// The worker's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The next JSON event the worker printed; an error when it exited or printed something else.
+    pub async fn next_event(&mut self) -> Result<serde_json::Value, String> {
+        match self.stdout.next_line().await {
+            Ok(Some(line)) => serde_json::from_str(&line)
+                .map_err(|e| format!("the {} printed {line:?}: {e}", self.label)),
+            Ok(None) => Err(format!("the {} exited unexpectedly", self.label)),
+            Err(e) => Err(format!("reading from the {}: {e}", self.label)),
+        }
+    }
+
+    /// Waits for an event whose `event` field is `name`, skipping others; at most `limit`.
+    pub async fn expect(
+        &mut self,
+        name: &str,
+        limit: Duration,
+    ) -> Result<serde_json::Value, String> {
+        let label = self.label.clone();
+        let wait = async {
+            loop {
+                let event = self.next_event().await?;
+                if event["event"] == name {
+                    return Ok(event);
+                }
+            }
+        };
+        tokio::time::timeout(limit, wait)
+            .await
+            .map_err(|_| format!("the {label} did not report {name:?} within {limit:?}"))?
+    }
+
+    /// Sends one control line (`go`).
+    pub async fn send(&mut self, line: &str) -> Result<(), String> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| format!("the {} has no stdin", self.label))?;
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .map_err(|e| format!("writing to the {}: {e}", self.label))?;
+        stdin
+            .flush()
+            .await
+            .map_err(|e| format!("writing to the {}: {e}", self.label))
+    }
+
+    /// Closes stdin (the worker finishes and exits), waits up to `grace`, then kills it by PID.
+    pub async fn finish(mut self, grace: Duration) {
+        drop(self.stdin.take());
+        if tokio::time::timeout(grace, self.child.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(label = %self.label, pid = self.pid, "worker did not exit in time; killing it");
+            let _ = self.child.kill().await;
+        }
+    }
+}

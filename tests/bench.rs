@@ -1,0 +1,171 @@
+//! Smoke test of `redcall bench`: tiny settings against a harness Redis, checking that it reports both systems
+//! in parseable JSON. Not a timed assertion: the figures themselves are only checked to be positive.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{RedisServer, redcall_bin};
+use serde_json::Value;
+
+/// The longest a tiny bench may take before the test gives up (and kills it by PID).
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// Runs `redcall <args>` against `server`, killing it if it outlives [`DEADLINE`].
+fn run_redcall(server: &RedisServer, args: &[&str]) -> Output {
+    let mut child = Command::new(redcall_bin())
+        .args(["--url", &server.url()])
+        .args(args)
+        .env_remove("REDIS_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn redcall bench");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out = thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = stdout.read_to_end(&mut s);
+        s
+    });
+    let err = thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = stderr.read_to_end(&mut s);
+        s
+    });
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for redcall bench") {
+            break status;
+        }
+        if started.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("redcall {args:?} did not finish within {DEADLINE:?}");
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    Output {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
+}
+
+/// The JSON objects printed on stdout, one per line.
+fn json_lines(output: &Output) -> Vec<Value> {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"))
+        })
+        .collect()
+}
+
+#[test]
+fn bench_measures_both_systems_in_json() {
+    let server = RedisServer::start();
+    let output = run_redcall(
+        &server,
+        &[
+            "--json",
+            "bench",
+            "--external",
+            "--calls",
+            "50",
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+            "--concurrency",
+            "1,8",
+        ],
+    );
+    let lines = json_lines(&output);
+    let measurements: Vec<&Value> = lines
+        .iter()
+        .filter(|v| v["kind"] == "measurement")
+        .collect();
+    for system in ["redcall", "baseline"] {
+        for concurrency in [1, 8] {
+            let m = measurements
+                .iter()
+                .find(|m| m["system"] == system && m["concurrency"] == concurrency)
+                .unwrap_or_else(|| panic!("no {system} measurement at {concurrency}: {lines:#?}"));
+            assert!(m["rps"].as_f64().unwrap_or(0.0) > 0.0, "{m}");
+            assert!(m["p50_us"].as_u64().unwrap_or(0) > 0, "{m}");
+            assert!(m["p99_us"].as_u64().unwrap_or(0) > 0, "{m}");
+            assert_eq!(m["errors"], 0, "{m}");
+            assert!(
+                m["redis_commands_per_request"].as_f64().unwrap_or(0.0) > 0.0,
+                "{m}"
+            );
+        }
+    }
+    let at_one = measurements
+        .iter()
+        .find(|m| m["system"] == "redcall" && m["concurrency"] == 1)
+        .expect("redcall at 1");
+    assert_eq!(at_one["requests"], 50, "{at_one}");
+    let summary = lines
+        .iter()
+        .find(|v| v["kind"] == "summary")
+        .expect("a summary line");
+    assert!(
+        summary["rps_ratio"].as_f64().unwrap_or(0.0) > 0.0,
+        "{summary}"
+    );
+    assert!(
+        summary["p50_ratio"].as_f64().unwrap_or(0.0) > 0.0,
+        "{summary}"
+    );
+    // On an external Redis the bench removes the keys of its services and nothing else.
+    assert_eq!(server.cli(&["DBSIZE"]), "0");
+}
+
+#[test]
+fn soak_mode_samples_and_judges() {
+    let server = RedisServer::start();
+    let output = run_redcall(
+        &server,
+        &[
+            "--json",
+            "bench",
+            "--external",
+            "--soak",
+            "3000",
+            "--concurrency",
+            "32",
+            "--retention",
+            "0.2",
+            "--sample-every",
+            "0.1",
+        ],
+    );
+    let lines = json_lines(&output);
+    assert!(
+        lines.iter().any(|v| v["kind"] == "soak_sample"),
+        "{lines:#?}"
+    );
+    let summary = lines
+        .iter()
+        .find(|v| v["kind"] == "soak_summary")
+        .expect("a soak summary");
+    assert_eq!(summary["requests"], 3000, "{summary}");
+    assert_eq!(summary["errors"], 0, "{summary}");
+    assert!(
+        summary["series"].as_array().is_some_and(|s| s.len() == 5),
+        "{summary}"
+    );
+}

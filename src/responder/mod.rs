@@ -161,6 +161,7 @@ impl ResponderBuilder {
         tasks.close();
         // The keepalive outlives the loops: it must refresh claims while in-flight work drains at shutdown.
         let keepalive = tokio::spawn(worker::keepalive_loop(shared.clone()));
+        let finisher = tokio::spawn(worker::finish_loop(shared.clone()));
         tracing::info!(
             service = %self.service,
             consumer = %shared.settings.consumer,
@@ -171,6 +172,7 @@ impl ResponderBuilder {
             shared,
             tasks,
             keepalive,
+            finisher,
         })
     }
 }
@@ -181,6 +183,8 @@ pub struct Responder {
     /// The reader and the reaper.
     tasks: TaskTracker,
     keepalive: tokio::task::JoinHandle<()>,
+    /// Answers finished requests in batches; like the keepalive, it serves the drain at shutdown.
+    finisher: tokio::task::JoinHandle<()>,
 }
 
 impl Responder {
@@ -224,6 +228,7 @@ impl Responder {
         };
         self.shared.abort.cancel();
         let _ = (&mut self.keepalive).await;
+        let _ = (&mut self.finisher).await;
         tracing::info!(consumer = %self.shared.settings.consumer, "responder stopped");
         Ok(cut_off)
     }

@@ -9,7 +9,7 @@ use futures_util::FutureExt;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, Value};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -26,6 +26,20 @@ use crate::scripts;
 
 /// Longest pause between two attempts to store a finished request's reply while Redis is unreachable.
 const FINISH_MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Most replies answered by one `FINISH_MANY` call.
+const FINISH_BATCH: usize = 256;
+
+/// A finished request waiting to be answered by the finisher.
+pub(crate) struct Completion {
+    id: String,
+    entry_id: String,
+    reply: Vec<u8>,
+    /// Whether an earlier delivery may have left a last error to delete.
+    clear_error: bool,
+    /// Told once the answer went through (or was given up on; the entry then stays pending).
+    done: oneshot::Sender<()>,
+}
 
 /// State shared by a responder's tasks.
 pub(crate) struct Shared {
@@ -45,6 +59,9 @@ pub(crate) struct Shared {
     pub(crate) abort: CancellationToken,
     /// The request tasks.
     pub(crate) requests: TaskTracker,
+    /// Finished requests on their way to the finisher, which answers them in batches.
+    finished_tx: mpsc::UnboundedSender<Completion>,
+    finished_rx: Mutex<Option<mpsc::UnboundedReceiver<Completion>>>,
 }
 
 /// A stream entry as read, before anything is trusted about it.
@@ -91,7 +108,10 @@ impl Shared {
         handlers: HashMap<String, ErasedHandler>,
     ) -> Result<Self> {
         let con = connection::managed_connection(client.redis(), client.config()).await?;
+        let (finished_tx, finished_rx) = mpsc::unbounded_channel();
         Ok(Self {
+            finished_tx,
+            finished_rx: Mutex::new(Some(finished_rx)),
             keys: client.keys(service),
             permits: Arc::new(Semaphore::new(settings.concurrency)),
             client,
@@ -195,7 +215,7 @@ impl Shared {
                 codes::EXPIRED,
                 "deadline passed before start",
             );
-            self.finish(&id, &entry.entry_id, reply).await;
+            self.finish(&id, &entry.entry_id, delivery, reply).await;
             return;
         }
         let Some(handler) = self.handlers.get(&request.func_key).cloned() else {
@@ -236,11 +256,11 @@ impl Shared {
         match outcome {
             Ok(Outcome::Reply(data)) => {
                 let reply = ReplyEnvelope::ok(&id, data);
-                self.finish(&id, &entry.entry_id, reply).await;
+                self.finish(&id, &entry.entry_id, delivery, reply).await;
             }
             Ok(Outcome::Failed(HandlerError::Fail { code, message })) => {
                 let reply = ReplyEnvelope::failure(&id, ReplyStatus::Error, &code, message);
-                self.finish(&id, &entry.entry_id, reply).await;
+                self.finish(&id, &entry.entry_id, delivery, reply).await;
             }
             Ok(Outcome::Failed(HandlerError::Retry { reason })) => {
                 tracing::info!(%id, %reason, "handler asked for a retry; leaving the request pending");
@@ -304,9 +324,10 @@ impl Shared {
         Ok(envelope)
     }
 
-    /// Stores, publishes and acknowledges a reply in one script call, retrying while Redis is unreachable. A
-    /// reply that cannot be stored leaves the entry pending, so it is delivered again: never lost.
-    pub(crate) async fn finish(&self, id: &str, entry_id: &str, mut reply: ReplyEnvelope) {
+    /// Stores, publishes and acknowledges a reply, through the finisher (which answers many requests per script
+    /// call), and waits until that went through. A reply that cannot be stored leaves the entry pending, so it is
+    /// delivered again: never lost.
+    pub(crate) async fn finish(&self, id: &str, entry_id: &str, delivery: u64, mut reply: ReplyEnvelope) {
         let mut bytes = match protocol::encode(&reply) {
             Ok(b) => b,
             Err(err) => {
@@ -328,20 +349,42 @@ impl Shared {
                 Err(_) => return,
             };
         }
+        let (done, answered) = oneshot::channel();
+        let completion = Completion {
+            id: id.to_owned(),
+            entry_id: entry_id.to_owned(),
+            reply: bytes,
+            clear_error: delivery > 1,
+            done,
+        };
+        if self.finished_tx.send(completion).is_ok() {
+            // An error only means the finisher stopped (grace over): the entry stays pending.
+            let _ = answered.await;
+        }
+    }
+
+    /// Answers a batch of finished requests with one `FINISH_MANY` call, retrying like every answer.
+    async fn finish_batch(&self, batch: &mut Vec<Completion>) {
         let mut pipe = redis::pipe();
-        scripts::evalsha(&mut pipe, &scripts::FINISH)
-            .arg(4)
-            .arg(self.keys.reply(id))
-            .arg(self.keys.requests())
-            .arg(self.keys.last_error(id))
-            .arg(self.keys.record(id))
-            .arg(&bytes)
-            .arg(ttl_ms(self.client.config().reply_ttl))
-            .arg(self.keys.reply_channel(id))
-            .arg(&self.settings.group)
-            .arg(entry_id);
-        self.run_with_retries::<(i64,)>(&pipe, "answering a request")
+        let cmd = scripts::evalsha(&mut pipe, &scripts::FINISH_MANY)
+            .arg(1 + 2 * batch.len())
+            .arg(self.keys.requests());
+        for c in batch.iter() {
+            cmd.arg(self.keys.reply(&c.id)).arg(self.keys.last_error(&c.id));
+        }
+        cmd.arg(&self.settings.group)
+            .arg(ttl_ms(self.client.config().reply_ttl));
+        for c in batch.iter() {
+            cmd.arg(&c.reply)
+                .arg(self.keys.reply_channel(&c.id))
+                .arg(&c.entry_id)
+                .arg(if c.clear_error { "1" } else { "" });
+        }
+        self.run_with_retries::<(Vec<i64>,)>(&pipe, "answering requests")
             .await;
+        for c in batch.drain(..) {
+            let _ = c.done.send(());
+        }
     }
 
     /// Runs a script pipeline, retrying with backoff on connection errors until it succeeds, the visibility timeout
@@ -555,6 +598,34 @@ pub(crate) async fn read_loop(shared: Arc<Shared>) {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Answers finished requests in batches: whatever finished while the previous batch was on its way goes out in
+/// the next one, so one request alone is answered at once and many share a script call. Runs until the responder
+/// has fully stopped (after the grace period).
+pub(crate) async fn finish_loop(shared: Arc<Shared>) {
+    let Some(mut rx) = shared
+        .finished_rx
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    else {
+        return;
+    };
+    let mut batch = Vec::with_capacity(FINISH_BATCH);
+    loop {
+        let received = tokio::select! {
+            n = rx.recv_many(&mut batch, FINISH_BATCH) => n,
+            _ = shared.abort.cancelled() => return,
+        };
+        if received == 0 {
+            return;
+        }
+        tokio::select! {
+            _ = shared.finish_batch(&mut batch) => {}
+            _ = shared.abort.cancelled() => return,
         }
     }
 }

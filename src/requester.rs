@@ -95,8 +95,19 @@ impl Requester {
         P: Serialize + ?Sized,
         R: DeserializeOwned,
     {
+        self.submit(func_key, params, timeout).await?.wait().await
+    }
+
+    /// Like [`Requester::send`], with an id made by redcall (UUID v7); the handle's [`PendingReply::id`] tells it.
+    ///
+    /// A fresh UUID v7 cannot collide with an existing request, so the request is added with a plain
+    /// `MULTI`/`SET`/`XADD`/`EXEC` instead of the duplicate-checking script: the same durable work, cheaper.
+    pub async fn submit<P>(&self, func_key: &str, params: &P, timeout: Duration) -> Result<PendingReply>
+    where
+        P: Serialize + ?Sized,
+    {
         let id = new_request_id();
-        self.request(&id, func_key, params, timeout).await
+        self.add(&id, func_key, params, timeout, IdOrigin::Generated).await
     }
 
     /// Adds the request and returns as soon as Redis has accepted it, with a handle to await the reply later.
@@ -109,6 +120,22 @@ impl Requester {
         func_key: &str,
         params: &P,
         timeout: Duration,
+    ) -> Result<PendingReply>
+    where
+        P: Serialize + ?Sized,
+    {
+        self.add(id, func_key, params, timeout, IdOrigin::Caller).await
+    }
+
+    /// Adds a request: subscribe to its reply channel, then store record and stream entry atomically, in one
+    /// pipeline.
+    async fn add<P>(
+        &self,
+        id: &str,
+        func_key: &str,
+        params: &P,
+        timeout: Duration,
+        origin: IdOrigin,
     ) -> Result<PendingReply>
     where
         P: Serialize + ?Sized,
@@ -161,17 +188,44 @@ impl Requester {
         // SUBSCRIBE and the script go out as one pipeline on one connection: Redis runs them in order, so the
         // subscription is live before any responder can read the request.
         pipe.cmd("SUBSCRIBE").arg(pending.channel()).ignore();
-        scripts::evalsha(&mut pipe, &scripts::ADD_REQUEST)
-            .arg(4)
-            .arg(self.keys.record(id))
-            .arg(self.keys.requests())
-            .arg(&pending.reply_key)
-            .arg(self.keys.last_error(id))
-            .arg(id)
-            .arg(&bytes)
-            .arg(ttl_ms(timeout + config.record_retention));
-        let (entry,): (Option<String>,) = scripts::query_with_scripts(&pipe, &mut con)
-            .await
+        let record_ttl = ttl_ms(timeout + config.record_retention);
+        let added = match origin {
+            // A caller's id may exist already: the script refuses it, and clears what an expired namesake left.
+            IdOrigin::Caller => {
+                scripts::evalsha(&mut pipe, &scripts::ADD_REQUEST)
+                    .arg(4)
+                    .arg(self.keys.record(id))
+                    .arg(self.keys.requests())
+                    .arg(&pending.reply_key)
+                    .arg(self.keys.last_error(id))
+                    .arg(id)
+                    .arg(&bytes)
+                    .arg(record_ttl);
+                scripts::query_with_scripts::<(Option<String>,), _>(&pipe, &mut con).await
+            }
+            IdOrigin::Generated => {
+                pipe.cmd("MULTI").ignore();
+                pipe.cmd("SET")
+                    .arg(self.keys.record(id))
+                    .arg(&bytes)
+                    .arg("PX")
+                    .arg(record_ttl)
+                    .ignore();
+                pipe.cmd("XADD")
+                    .arg(self.keys.requests())
+                    .arg("*")
+                    .arg(protocol::FIELD_ID)
+                    .arg(id)
+                    .arg(protocol::FIELD_ENVELOPE)
+                    .arg(&bytes)
+                    .ignore();
+                pipe.cmd("EXEC");
+                pipe.query_async::<((String, Option<String>),)>(&mut con)
+                    .await
+                    .map(|((_, entry),)| (entry,))
+            }
+        };
+        let (entry,) = added
             .inspect_err(|e| router.report_broken(e))
             .map_err(Error::redis("adding the request"))?;
         match entry {
@@ -262,6 +316,15 @@ impl Requester {
             None => Ok(None),
         }
     }
+}
+
+/// Where a request id came from, which decides how the request is added.
+#[derive(Clone, Copy)]
+enum IdOrigin {
+    /// Given by the caller: may collide with an existing request.
+    Caller,
+    /// Made by redcall (UUID v7): unique.
+    Generated,
 }
 
 /// A request that Redis has accepted, whose reply can be awaited. Dropping it stops listening for the reply (the

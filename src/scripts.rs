@@ -69,40 +69,6 @@ return stored
     )
 });
 
-/// Answers a batch of requests in one call: for each, what [`FINISH`] does with an entry id (store the reply
-/// unless one is stored, publish the stored one, forget the last error where asked), then one `XACK` for all.
-///
-/// KEYS: requests stream, then per request: reply, last error. ARGV: group, reply TTL (ms), then per request:
-/// reply envelope, channel, entry id, '1' to delete the last error ('' to skip). Returns per request 1 when its
-/// reply was stored, 0 when an earlier one was kept.
-pub(crate) static FINISH_MANY: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(
-        r#"
-local n = (#KEYS - 1) / 2
-local ids = {}
-local stored = {}
-for i = 1, n do
-  local reply_key = KEYS[2 * i]
-  local a = 2 + 4 * (i - 1)
-  local reply = ARGV[a + 1]
-  if redis.call('SET', reply_key, reply, 'NX', 'PX', ARGV[2]) then
-    stored[i] = 1
-  else
-    reply = redis.call('GET', reply_key)
-    stored[i] = 0
-  end
-  redis.call('PUBLISH', ARGV[a + 2], reply)
-  if ARGV[a + 4] == '1' then
-    redis.call('DEL', KEYS[2 * i + 1])
-  end
-  ids[i] = ARGV[a + 3]
-end
-redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
-return stored
-"#,
-    )
-});
-
 /// For a redelivered request: when a reply is already stored, publish it again and acknowledge the entry, so the
 /// handler does not run twice.
 ///
@@ -288,11 +254,10 @@ return #head
 });
 
 /// Every script, for loading after a `NOSCRIPT` answer.
-pub(crate) fn all() -> [&'static Lua; 8] {
+pub(crate) fn all() -> [&'static Lua; 7] {
     [
         &ADD_REQUEST,
         &FINISH,
-        &FINISH_MANY,
         &ANSWER_FROM_STORED,
         &DEAD_LETTER,
         &REPLAY,

@@ -33,6 +33,8 @@ fn acl_rules(ns: &str, svc: &str) -> Vec<String> {
             "+ping",
             // scripts (requests, answers, dead letters) and what they call
             "+evalsha",
+            "+multi",
+            "+exec",
             "+script|load",
             "+get",
             "+set",

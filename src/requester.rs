@@ -102,12 +102,18 @@ impl Requester {
     ///
     /// A fresh UUID v7 cannot collide with an existing request, so the request is added with a plain
     /// `MULTI`/`SET`/`XADD`/`EXEC` instead of the duplicate-checking script: the same durable work, cheaper.
-    pub async fn submit<P>(&self, func_key: &str, params: &P, timeout: Duration) -> Result<PendingReply>
+    pub async fn submit<P>(
+        &self,
+        func_key: &str,
+        params: &P,
+        timeout: Duration,
+    ) -> Result<PendingReply>
     where
         P: Serialize + ?Sized,
     {
         let id = new_request_id();
-        self.add(&id, func_key, params, timeout, IdOrigin::Generated).await
+        self.add(&id, func_key, params, timeout, IdOrigin::Generated)
+            .await
     }
 
     /// Adds the request and returns as soon as Redis has accepted it, with a handle to await the reply later.
@@ -124,7 +130,8 @@ impl Requester {
     where
         P: Serialize + ?Sized,
     {
-        self.add(id, func_key, params, timeout, IdOrigin::Caller).await
+        self.add(id, func_key, params, timeout, IdOrigin::Caller)
+            .await
     }
 
     /// Adds a request: subscribe to its reply channel, then store record and stream entry atomically, in one

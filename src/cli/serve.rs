@@ -139,7 +139,9 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
 
 /// A plain self-reconnecting Redis connection for the demo handlers' own bookkeeping, from the client's own redis
 /// client (same URL, credentials and TLS settings).
-pub async fn connect_plain(client: &redcall::Client) -> redcall::Result<redis::aio::ConnectionManager> {
+pub async fn connect_plain(
+    client: &redcall::Client,
+) -> redcall::Result<redis::aio::ConnectionManager> {
     client
         .redis_client()
         .get_connection_manager()

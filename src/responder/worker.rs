@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
-use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
+use redis::streams::{StreamId, StreamReadOptions};
 use redis::{AsyncCommands, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -72,6 +72,68 @@ pub(crate) struct RawEntry {
 }
 
 impl RawEntry {
+    /// The entries of an `XREADGROUP` reply for one stream, read straight from the reply value (RESP2 arrays or
+    /// RESP3 maps) without building a map per entry. `None` when the read timed out (nil reply).
+    pub(crate) fn from_read_reply(reply: Value) -> Option<Vec<Self>> {
+        let streams = match reply {
+            Value::Nil => return None,
+            Value::Map(pairs) => pairs.into_iter().map(|(_, entries)| entries).collect(),
+            Value::Array(streams) => streams
+                .into_iter()
+                .filter_map(|s| match s {
+                    Value::Array(mut kv) if kv.len() == 2 => kv.pop(),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let mut out = Vec::new();
+        for entries in streams {
+            let Value::Array(entries) = entries else {
+                continue;
+            };
+            out.reserve(entries.len());
+            for entry in entries {
+                if let Some(raw) = Self::from_entry_value(entry) {
+                    out.push(raw);
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// One `[id, [field, value, ...]]` entry; fields other than `id` and `env` are ignored.
+    fn from_entry_value(entry: Value) -> Option<Self> {
+        let Value::Array(parts) = entry else {
+            return None;
+        };
+        let mut parts = parts.into_iter();
+        let entry_id = match parts.next()? {
+            Value::BulkString(b) => String::from_utf8(b).ok()?,
+            Value::SimpleString(s) => s,
+            _ => return None,
+        };
+        let (mut request_id, mut envelope) = (None, None);
+        if let Some(Value::Array(fields)) = parts.next() {
+            let mut fields = fields.into_iter();
+            while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+                let Value::BulkString(name) = name else {
+                    continue;
+                };
+                match (name.as_slice(), value) {
+                    (b"id", Value::BulkString(b)) => request_id = String::from_utf8(b).ok(),
+                    (b"env", Value::BulkString(b)) => envelope = Some(b),
+                    _ => {}
+                }
+            }
+        }
+        Some(Self {
+            entry_id,
+            request_id: request_id.filter(|id| !id.is_empty()),
+            envelope,
+        })
+    }
+
     pub(crate) fn from_stream_id(entry: StreamId) -> Self {
         let mut map = entry.map;
         let request_id = map.remove(FIELD_ID).and_then(|v| match v {
@@ -327,7 +389,13 @@ impl Shared {
     /// Stores, publishes and acknowledges a reply, through the finisher (which answers many requests per script
     /// call), and waits until that went through. A reply that cannot be stored leaves the entry pending, so it is
     /// delivered again: never lost.
-    pub(crate) async fn finish(&self, id: &str, entry_id: &str, delivery: u64, mut reply: ReplyEnvelope) {
+    pub(crate) async fn finish(
+        &self,
+        id: &str,
+        entry_id: &str,
+        delivery: u64,
+        mut reply: ReplyEnvelope,
+    ) {
         let mut bytes = match protocol::encode(&reply) {
             Ok(b) => b,
             Err(err) => {
@@ -588,16 +656,16 @@ pub(crate) async fn read_loop(shared: Arc<Shared>) {
             .group(&shared.settings.group, &shared.settings.consumer)
             .count(count)
             .block(block.as_millis() as usize);
-        let read: redis::RedisResult<Option<StreamReadReply>> = con
+        let read: redis::RedisResult<Value> = con
             .xread_options(&[shared.keys.requests()], &[">"], &opts)
             .await;
-        match read {
-            Ok(Some(reply)) => {
+        match read.map(RawEntry::from_read_reply) {
+            Ok(Some(entries)) => {
                 backoff = Duration::from_millis(50);
-                for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
+                for entry in entries {
                     // Taken before the next read, so the next read sees only truly free permits.
                     let permit = shared.permits.clone().acquire_owned().await.ok();
-                    shared.spawn_entry(RawEntry::from_stream_id(entry), 1, permit);
+                    shared.spawn_entry(entry, 1, permit);
                 }
             }
             Ok(None) => backoff = Duration::from_millis(50),
@@ -678,5 +746,45 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "non-string panic payload".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    fn entry(id: &str, fields: &[(&str, &str)]) -> Value {
+        let fields = fields
+            .iter()
+            .flat_map(|(k, v)| [bulk(k), bulk(v)])
+            .collect();
+        Value::Array(vec![bulk(id), Value::Array(fields)])
+    }
+
+    #[test]
+    fn read_reply_parses_resp2_and_resp3_shapes() {
+        let entries = Value::Array(vec![
+            entry("1-0", &[("id", "r1"), ("env", "E1")]),
+            entry("2-0", &[("other", "x"), ("id", "")]),
+        ]);
+        let resp3 = Value::Map(vec![(bulk("{redcall:s}:requests"), entries.clone())]);
+        let resp2 = Value::Array(vec![Value::Array(vec![
+            bulk("{redcall:s}:requests"),
+            entries,
+        ])]);
+        for reply in [resp3, resp2] {
+            let parsed = RawEntry::from_read_reply(reply).expect("entries");
+            assert_eq!(parsed.len(), 2);
+            assert_eq!(parsed[0].entry_id, "1-0");
+            assert_eq!(parsed[0].request_id.as_deref(), Some("r1"));
+            assert_eq!(parsed[0].envelope.as_deref(), Some(&b"E1"[..]));
+            assert_eq!(parsed[1].request_id, None, "an empty id counts as missing");
+            assert_eq!(parsed[1].envelope, None);
+        }
+        assert!(RawEntry::from_read_reply(Value::Nil).is_none());
     }
 }

@@ -57,15 +57,21 @@ impl RedcallCaller {
 }
 
 /// Starts a responder for `service` with an `echo` handler and `concurrency` handlers at most; everything else
-/// (reaper, keepalive, batch size) at the library's defaults.
+/// (reaper, keepalive, batch size) at the library's defaults, except in soak mode (`retention` given), where the
+/// requests stream keeps entries that long and is trimmed every second.
 pub async fn start_responder(
     client: &Client,
     service: &str,
     concurrency: usize,
+    retention: Option<Duration>,
 ) -> redcall::Result<Responder> {
-    client
-        .responder(service)
-        .concurrency(concurrency)
+    let mut builder = client.responder(service).concurrency(concurrency);
+    if let Some(age) = retention {
+        builder = builder
+            .retain_max_age(age)
+            .trim_interval(Duration::from_secs(1));
+    }
+    builder
         .handler("echo", |_ctx: RequestContext, text: String| async move {
             Ok::<_, HandlerError>(text)
         })

@@ -86,6 +86,7 @@ pub async fn run(ctx: &Context<'_>, args: &WorkerArgs) -> Result<(), String> {
                             &client,
                             &cli.service,
                             args.responder_concurrency,
+                            retention,
                         )
                         .await
                         .map_err(|e| e.to_string())?,

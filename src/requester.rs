@@ -289,17 +289,14 @@ impl Requester {
         let router = self.client.router().await?;
         let mut con = router.connection()?;
         let mut pipe = redis::pipe();
-        scripts::evalsha(&mut pipe, &scripts::FINISH)
-            .arg(4)
+        scripts::evalsha(&mut pipe, &scripts::PUBLISH_REPLY)
+            .arg(3)
             .arg(self.keys.reply(&reply.id))
-            .arg(self.keys.requests())
             .arg(self.keys.last_error(&reply.id))
             .arg(self.keys.record(&reply.id))
             .arg(&bytes)
             .arg(ttl_ms(config.reply_ttl))
-            .arg(self.keys.reply_channel(&reply.id))
-            .arg("")
-            .arg("");
+            .arg(self.keys.reply_channel(&reply.id));
         let (stored,): (i64,) = scripts::query_with_scripts(&pipe, &mut con)
             .await
             .inspect_err(|e| router.report_broken(e))

@@ -38,33 +38,24 @@ return redis.call('XADD', KEYS[2], '*', 'id', ARGV[1], 'env', ARGV[2])
     )
 });
 
-/// Answers a request: stores the reply unless one is stored already (the first reply wins) and publishes the
-/// stored one, forgets the last delivery error and, when an entry id is given, acknowledges the stream entry. A
-/// reply by hand (no entry id) is refused when the request record does not exist.
+/// Answers a request by hand (`publish_reply`): refuses an id without a request record, stores the reply unless
+/// one is stored already (the first reply wins), publishes it when stored, and forgets the last delivery error.
+/// The stream entry is not acknowledged: a responder that later reads it answers from the stored reply.
 ///
-/// KEYS: reply, requests stream, last error, record. ARGV: reply envelope, reply TTL (ms), channel, group, entry id
-/// ('' for a reply by hand). Returns 1 when this reply was stored, 0 when an earlier one was kept (and published
-/// again), -1 when a reply by hand names an unknown request.
-pub(crate) static FINISH: LazyLock<Lua> = LazyLock::new(|| {
+/// KEYS: reply, last error, record. ARGV: reply envelope, reply TTL (ms), channel.
+/// Returns 1 when this reply was stored, 0 when an earlier one was kept, -1 when the request is unknown.
+pub(crate) static PUBLISH_REPLY: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r#"
-if ARGV[5] == '' and redis.call('EXISTS', KEYS[4]) == 0 then
+if redis.call('EXISTS', KEYS[3]) == 0 then
   return -1
 end
-local stored = 1
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  stored = 0
+  return 0
 end
-if stored == 1 then
-  redis.call('PUBLISH', ARGV[3], ARGV[1])
-elseif ARGV[5] ~= '' then
-  redis.call('PUBLISH', ARGV[3], redis.call('GET', KEYS[1]))
-end
-redis.call('DEL', KEYS[3])
-if ARGV[5] ~= '' then
-  redis.call('XACK', KEYS[2], ARGV[4], ARGV[5])
-end
-return stored
+redis.call('PUBLISH', ARGV[3], ARGV[1])
+redis.call('DEL', KEYS[2])
+return 1
 "#,
     )
 });
@@ -257,7 +248,7 @@ return #head
 pub(crate) fn all() -> [&'static Lua; 7] {
     [
         &ADD_REQUEST,
-        &FINISH,
+        &PUBLISH_REPLY,
         &ANSWER_FROM_STORED,
         &DEAD_LETTER,
         &REPLAY,

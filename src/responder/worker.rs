@@ -27,7 +27,7 @@ use crate::scripts;
 /// Longest pause between two attempts to store a finished request's reply while Redis is unreachable.
 const FINISH_MAX_BACKOFF: Duration = Duration::from_secs(1);
 
-/// Most replies answered by one `FINISH_MANY` call.
+/// Most replies answered by one transaction (one `MULTI`...`EXEC`).
 const FINISH_BATCH: usize = 256;
 
 /// A finished request waiting to be answered by the finisher.

@@ -182,4 +182,13 @@ CALL_PID=""
 printf -- '--- waiting caller output (exit code %s) ---\n' "$code"
 cat "$TMP/call.out"
 
+# --- A request no one can handle ends in the dead-letter stream; replay it -------
+heading "call NoSuchFunction (expected to fail: unknown function key, dead-lettered)"
+show_cmd redcall --url "$URL" --service "$SERVICE" call NoSuchFunction '{"x":1}' --id lost_1
+code=0
+out="$(rc call NoSuchFunction '{"x":1}' --id lost_1 2>&1)" || code=$?
+printf '%s\nexit code: %s\n' "$out" "$code"
+demo dlq list
+demo stats
+
 heading "done"

@@ -149,8 +149,9 @@ pub async fn list_services(client: &Client) -> Result<Vec<String>> {
     Ok(services)
 }
 
-/// Escapes the characters `SCAN MATCH` treats as glob syntax.
-fn glob_escape(s: &str) -> String {
+/// Escapes the characters `SCAN MATCH` treats as glob syntax, so a key prefix (such as a service's hash tag) can be
+/// matched literally.
+pub fn glob_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\') {

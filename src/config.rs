@@ -46,6 +46,21 @@ impl Default for ClientConfig {
     }
 }
 
+impl ClientConfig {
+    /// Refuses an encoded `what` (`"request"`, `"reply"`) of `size` bytes over the payload limit.
+    pub fn check_payload(&self, what: &'static str, size: usize) -> crate::Result<()> {
+        if size > self.payload_limit {
+            Err(crate::Error::PayloadTooLarge {
+                what,
+                size,
+                limit: self.payload_limit,
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// Milliseconds of a duration, at least 1 (Redis refuses a TTL of 0).
 pub(crate) fn ttl_ms(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)

@@ -163,13 +163,7 @@ impl Requester {
             replay: None,
         };
         let bytes = protocol::encode(&envelope)?;
-        if bytes.len() > config.payload_limit {
-            return Err(Error::PayloadTooLarge {
-                what: "request",
-                size: bytes.len(),
-                limit: config.payload_limit,
-            });
-        }
+        config.check_payload("request", bytes.len())?;
 
         let router = self.client.router().await?;
         let channel = self.keys.reply_channel(id);
@@ -279,13 +273,7 @@ impl Requester {
     async fn publish_envelope(&self, reply: &ReplyEnvelope) -> Result<()> {
         let config = self.client.config();
         let bytes = protocol::encode(reply)?;
-        if bytes.len() > config.payload_limit {
-            return Err(Error::PayloadTooLarge {
-                what: "reply",
-                size: bytes.len(),
-                limit: config.payload_limit,
-            });
-        }
+        config.check_payload("reply", bytes.len())?;
         let router = self.client.router().await?;
         let mut con = router.connection()?;
         let mut pipe = redis::pipe();

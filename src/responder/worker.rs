@@ -365,16 +365,10 @@ impl Shared {
                 "entry lacks the `id` or `env` field".to_owned(),
             ));
         };
-        let limit = self.client.config().payload_limit;
-        if bytes.len() > limit {
-            return Err((
-                codes::PAYLOAD_TOO_LARGE,
-                format!(
-                    "request is {} bytes, over the payload limit of {limit} bytes",
-                    bytes.len()
-                ),
-            ));
-        }
+        self.client
+            .config()
+            .check_payload("request", bytes.len())
+            .map_err(|e| (codes::PAYLOAD_TOO_LARGE, e.to_string()))?;
         let envelope =
             protocol::decode_request(bytes).map_err(|e| (codes::MALFORMED, e.to_string()))?;
         if &envelope.id != id {
@@ -403,12 +397,8 @@ impl Shared {
                 return;
             }
         };
-        let limit = self.client.config().payload_limit;
-        if bytes.len() > limit {
-            let message = format!(
-                "reply is {} bytes, over the payload limit of {limit} bytes",
-                bytes.len()
-            );
+        if let Err(too_large) = self.client.config().check_payload("reply", bytes.len()) {
+            let message = too_large.to_string();
             tracing::warn!(%id, %message, "reply too large; answering with an error instead");
             reply =
                 ReplyEnvelope::failure(id, ReplyStatus::Error, codes::PAYLOAD_TOO_LARGE, message);

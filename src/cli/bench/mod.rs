@@ -624,7 +624,7 @@ async fn cleanup(env: &Env<'_>, service: &str) -> Result<(), String> {
             .map_err(|e| format!("FLUSHALL: {e}"));
     }
     let keys = redcall::protocol::ServiceKeys::new(&env.namespace, service);
-    let pattern = format!("{}:*", glob_escape(keys.tag()));
+    let pattern = format!("{}:*", redcall::admin::glob_escape(keys.tag()));
     let mut cursor = 0u64;
     for _ in 0..1_000_000 {
         let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -649,18 +649,6 @@ async fn cleanup(env: &Env<'_>, service: &str) -> Result<(), String> {
         cursor = next;
     }
     Ok(())
-}
-
-/// Escapes the glob characters of a literal key prefix for `SCAN MATCH`.
-fn glob_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// The memory-flatness run: `n` redcall requests at the highest concurrency with short retention.

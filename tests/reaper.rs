@@ -1,0 +1,194 @@
+//! The reaper's housekeeping: dead consumers are removed, entries deleted while pending are dropped, and exhausted
+//! entries are dead-lettered by a standalone reaper.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{RedisServer, wait_until};
+use redcall::{Client, ErrorKind, Reaper, ResponderSettings};
+use serde_json::{Value, json};
+
+const GROUP: &str = "workers";
+
+fn settings(vt_ms: u64) -> ResponderSettings {
+    ResponderSettings {
+        consumer: "reaper-under-test".into(),
+        visibility_timeout: Duration::from_millis(vt_ms),
+        dead_consumer_idle: Duration::from_millis(300),
+        max_deliveries: 2,
+        // Passes are driven by the test.
+        reap_interval: Some(Duration::from_secs(3600)),
+        ..ResponderSettings::default()
+    }
+}
+
+/// Reads the next new entry of the requests stream as consumer `consumer`, the way a responder that then dies
+/// would, leaving it pending.
+fn read_as(server: &RedisServer, stream: &str, consumer: &str) {
+    let out = server.cli(&[
+        "XREADGROUP",
+        "GROUP",
+        GROUP,
+        consumer,
+        "COUNT",
+        "1",
+        "STREAMS",
+        stream,
+        ">",
+    ]);
+    assert!(!out.trim().is_empty(), "nothing was read as {consumer}");
+}
+
+fn consumers(server: &RedisServer, stream: &str) -> String {
+    server.cli(&["XINFO", "CONSUMERS", stream, GROUP])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_consumers_holding_nothing_are_removed() {
+    let server = RedisServer::start();
+    let client = Client::open(&server.url()).expect("client");
+    let service = "reap-consumers";
+    let stream = client.keys(service).requests().to_owned();
+    let reaper = Reaper::start(client.clone(), service, settings(60_000))
+        .await
+        .expect("reaper");
+
+    // "ghost" read nothing and holds nothing; "holder" holds a pending request.
+    assert_eq!(
+        server.cli(&["XGROUP", "CREATECONSUMER", &stream, GROUP, "ghost"]),
+        "1"
+    );
+    let requester = client.requester(service);
+    let _pending = requester
+        .send("held-1", "echo", &json!(1), Duration::from_secs(30))
+        .await
+        .expect("send");
+    read_as(&server, &stream, "holder");
+    assert!(consumers(&server, &stream).contains("ghost"));
+
+    tokio::time::sleep(Duration::from_millis(400)).await; // past dead_consumer_idle for both
+    let report = reaper.pass().await.expect("pass");
+    assert_eq!(report.consumers_removed, 1, "{report:?}");
+    let left = consumers(&server, &stream);
+    assert!(
+        !left.contains("ghost"),
+        "the idle empty consumer is gone: {left}"
+    );
+    assert!(
+        left.contains("holder"),
+        "a consumer holding work is kept: {left}"
+    );
+    reaper.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_deleted_while_pending_are_dropped_and_serving_goes_on() {
+    let server = RedisServer::start();
+    let client = Client::open(&server.url()).expect("client");
+    let service = "reap-deleted";
+    let stream = client.keys(service).requests().to_owned();
+    let requester = client.requester(service);
+    // The group must exist before the dead consumer reads.
+    server.cli(&["XGROUP", "CREATE", &stream, GROUP, "0", "MKSTREAM"]);
+    let pending = requester
+        .send(
+            "deleted-1",
+            "echo",
+            &json!("gone"),
+            Duration::from_millis(1500),
+        )
+        .await
+        .expect("send");
+    read_as(&server, &stream, "dies");
+    let entry_id = server.cli(&["XRANGE", &stream, "-", "+"]);
+    let entry_id = entry_id
+        .lines()
+        .next()
+        .expect("one entry")
+        .trim()
+        .to_owned();
+    assert_eq!(server.cli(&["XDEL", &stream, &entry_id]), "1");
+
+    let responder = client
+        .responder(service)
+        .visibility_timeout(Duration::from_millis(200))
+        .handler("echo", |_ctx, v: Value| async move {
+            Ok::<_, redcall::HandlerError>(v)
+        })
+        .start()
+        .await
+        .expect("responder");
+    let dropped = wait_until(Duration::from_secs(10), || {
+        let server = &server;
+        let stream = stream.clone();
+        async move { server.cli(&["XPENDING", &stream, GROUP]).lines().next() == Some("0") }
+    })
+    .await;
+    assert!(
+        dropped,
+        "the deleted entry left the pending list: {}",
+        server.cli(&["XPENDING", &stream, GROUP])
+    );
+    let err = pending
+        .wait::<Value>()
+        .await
+        .expect_err("its request is gone");
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+
+    let reply: Value = requester
+        .request(
+            "after-delete",
+            "echo",
+            &json!("still serving"),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("serving goes on");
+    assert_eq!(reply, json!("still serving"));
+    responder.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_reaper_dead_letters_exhausted_entries_only() {
+    let server = RedisServer::start();
+    let client = Client::open(&server.url()).expect("client");
+    let service = "reap-standalone";
+    let stream = client.keys(service).requests().to_owned();
+    let requester = client.requester(service);
+    let reaper = Reaper::start(client.clone(), service, settings(100))
+        .await
+        .expect("reaper");
+
+    let exhausted = requester
+        .send("exhausted-1", "echo", &json!(1), Duration::from_secs(30))
+        .await
+        .expect("send");
+    let fresh = requester
+        .send("fresh-1", "echo", &json!(2), Duration::from_secs(30))
+        .await
+        .expect("send");
+    // Deliver the first twice (max_deliveries = 2) and the second once, each time to a consumer that dies.
+    read_as(&server, &stream, "dies-1");
+    let first = server.cli(&["XRANGE", &stream, "-", "+", "COUNT", "1"]);
+    let first = first.lines().next().expect("entry").trim().to_owned();
+    server.cli(&["XCLAIM", &stream, GROUP, "dies-2", "0", &first]);
+    read_as(&server, &stream, "dies-3");
+    tokio::time::sleep(Duration::from_millis(200)).await; // both idle past the visibility timeout
+
+    let report = reaper.pass().await.expect("pass");
+    assert_eq!(report.dead_lettered, 1, "{report:?}");
+    let err = exhausted.wait::<Value>().await.expect_err("dead-lettered");
+    assert_eq!(err.kind(), ErrorKind::DeadLettered, "{err}");
+    assert_eq!(
+        server.cli(&["XLEN", &client.keys(service).dead_letters().to_owned()]),
+        "1"
+    );
+    // The entry delivered once stays pending for a responder with a handler.
+    assert_eq!(
+        server.cli(&["XPENDING", &stream, GROUP]).lines().next(),
+        Some("1")
+    );
+    drop(fresh);
+    reaper.shutdown().await;
+}

@@ -181,7 +181,7 @@ async fn standalone_reaper_dead_letters_exhausted_entries_only() {
     let err = exhausted.wait::<Value>().await.expect_err("dead-lettered");
     assert_eq!(err.kind(), ErrorKind::DeadLettered, "{err}");
     assert_eq!(
-        server.cli(&["XLEN", &client.keys(service).dead_letters().to_owned()]),
+        server.cli(&["XLEN", client.keys(service).dead_letters()]),
         "1"
     );
     // The entry delivered once stays pending for a responder with a handler.

@@ -61,6 +61,36 @@ async fn pending(con: &mut redis::aio::MultiplexedConnection, service: &str) -> 
     reply.map(|r| r.count()).unwrap_or(0)
 }
 
+/// Waits (up to `deadline`) until the `workers` group has exactly `n` pending entries.
+async fn pending_becomes(
+    con: &redis::aio::MultiplexedConnection,
+    service: &str,
+    n: usize,
+    deadline: Duration,
+) -> bool {
+    wait_until(deadline, || {
+        let mut con = con.clone();
+        async move { pending(&mut con, service).await == n }
+    })
+    .await
+}
+
+/// A throwaway Redis, a client and a requester for `service`, and a plain connection for inspecting Redis.
+async fn setup(
+    service: &str,
+) -> (
+    RedisServer,
+    Client,
+    redcall::Requester,
+    redis::aio::MultiplexedConnection,
+) {
+    let server = RedisServer::start();
+    let client = Client::open(&server.url()).expect("client");
+    let requester = client.requester(service);
+    let con = redis_con(&server).await;
+    (server, client, requester, con)
+}
+
 /// How many times the `work` handler ran for each request id.
 async fn runs(con: &mut redis::aio::MultiplexedConnection, service: &str) -> HashMap<String, u64> {
     redis::cmd("HGETALL")
@@ -100,11 +130,8 @@ async fn dead_letters(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_responder_work_is_completed_by_another() {
-    let server = RedisServer::start();
     let service = "crash-kill";
-    let client = Client::open(&server.url()).expect("client");
-    let requester = client.requester(service);
-    let mut con = redis_con(&server).await;
+    let (server, _client, requester, mut con) = setup(service).await;
 
     let mut first = spawn_responder(&server, service, "first", &["--visibility-timeout", "1000"]);
     let mut waits = Vec::new();
@@ -121,11 +148,7 @@ async fn killed_responder_work_is_completed_by_another() {
         waits.push(pending);
     }
     assert!(
-        wait_until(Duration::from_secs(20), || {
-            let mut con = con.clone();
-            async move { pending(&mut con, service).await == 20 }
-        })
-        .await,
+        pending_becomes(&con, service, 20, Duration::from_secs(20)).await,
         "the first responder never held all 20 requests"
     );
     first.kill().expect("SIGKILL the first responder");
@@ -159,11 +182,8 @@ async fn killed_responder_work_is_completed_by_another() {
 async fn chaos_kills_lose_no_request() {
     const REQUESTS: usize = 2000;
     const RESPONDERS: usize = 3;
-    let server = RedisServer::start();
     let service = "crash-chaos";
-    let client = Client::open(&server.url()).expect("client");
-    let requester = client.requester(service);
-    let mut con = redis_con(&server).await;
+    let (server, _client, requester, mut con) = setup(service).await;
     let flags = ["--visibility-timeout", "800", "--concurrency", "32"];
     let mut responders: Vec<ChildGuard> = (0..RESPONDERS)
         .map(|i| spawn_responder(&server, service, &format!("chaos-{i}-0"), &flags))
@@ -231,11 +251,8 @@ async fn chaos_kills_lose_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_request_is_dead_lettered_and_requester_told() {
-    let server = RedisServer::start();
     let service = "crash-poison";
-    let client = Client::open(&server.url()).expect("client");
-    let requester = client.requester(service);
-    let mut con = redis_con(&server).await;
+    let (server, _client, requester, mut con) = setup(service).await;
     let _responder = spawn_responder(
         &server,
         service,
@@ -280,11 +297,8 @@ async fn poison_request_is_dead_lettered_and_requester_told() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_requests_come_back_then_dead_letter() {
-    let server = RedisServer::start();
     let service = "crash-retry";
-    let client = Client::open(&server.url()).expect("client");
-    let requester = client.requester(service);
-    let mut con = redis_con(&server).await;
+    let (server, _client, requester, mut con) = setup(service).await;
     let _responder = spawn_responder(
         &server,
         service,
@@ -306,11 +320,8 @@ async fn retry_requests_come_back_then_dead_letter() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_handler_is_not_stolen() {
-    let server = RedisServer::start();
     let service = "crash-long";
-    let client = Client::open(&server.url()).expect("client");
-    let requester = client.requester(service);
-    let mut con = redis_con(&server).await;
+    let (server, _client, requester, mut con) = setup(service).await;
     let flags = ["--visibility-timeout", "400"];
     let _a = spawn_responder(&server, service, "long-a", &flags);
     let _b = spawn_responder(&server, service, "long-b", &flags);
@@ -343,11 +354,8 @@ async fn long_handler_is_not_stolen() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_work() {
-    let server = RedisServer::start();
     let service = "crash-drain";
-    let client = Client::open(&server.url()).expect("client");
-    let requester = client.requester(service);
-    let mut con = redis_con(&server).await;
+    let (server, _client, requester, mut con) = setup(service).await;
     let mut responder = spawn_responder(&server, service, "drain", &["--grace", "10000"]);
 
     let mut waits = Vec::new();
@@ -364,13 +372,7 @@ async fn sigterm_drains_in_flight_work() {
                 .expect("send"),
         );
     }
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            let mut con = con.clone();
-            async move { pending(&mut con, service).await == 5 }
-        })
-        .await
-    );
+    assert!(pending_becomes(&con, service, 5, Duration::from_secs(20)).await);
     terminate(&responder);
     // Sent after the stop: must not be taken by the stopping responder.
     let late = requester
@@ -412,11 +414,8 @@ async fn sigterm_drains_in_flight_work() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grace_cut_off_leaves_work_pending_for_others() {
-    let server = RedisServer::start();
     let service = "crash-grace";
-    let client = Client::open(&server.url()).expect("client");
-    let requester = client.requester(service);
-    let mut con = redis_con(&server).await;
+    let (_server, client, requester, mut con) = setup(service).await;
     let slow = client
         .responder(service)
         .consumer("slow")
@@ -433,13 +432,7 @@ async fn grace_cut_off_leaves_work_pending_for_others() {
         .send("grace-1", "work", &5000u64, Duration::from_secs(30))
         .await
         .expect("send");
-    assert!(
-        wait_until(Duration::from_secs(10), || {
-            let mut con = con.clone();
-            async move { pending(&mut con, service).await == 1 }
-        })
-        .await
-    );
+    assert!(pending_becomes(&con, service, 1, Duration::from_secs(10)).await);
     let cut_off = slow.shutdown().await.expect("shutdown");
     assert_eq!(
         cut_off, 1,
@@ -468,11 +461,8 @@ async fn grace_cut_off_leaves_work_pending_for_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_request_is_not_started() {
-    let server = RedisServer::start();
     let service = "crash-expired";
-    let client = Client::open(&server.url()).expect("client");
-    let requester = client.requester(service);
-    let mut con = redis_con(&server).await;
+    let (server, _client, requester, mut con) = setup(service).await;
 
     let err = requester
         .request::<_, Value>(
@@ -508,11 +498,8 @@ async fn expired_request_is_not_started() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redelivered_request_with_stored_reply_is_not_run_again() {
-    let server = RedisServer::start();
     let service = "crash-once";
-    let client = Client::open(&server.url()).expect("client");
-    let requester = client.requester(service);
-    let mut con = redis_con(&server).await;
+    let (server, _client, requester, mut con) = setup(service).await;
 
     // A responder takes the request and dies without answering; meanwhile a reply is published by hand.
     let mut first = spawn_responder(&server, service, "dies", &["--visibility-timeout", "500"]);
@@ -525,13 +512,7 @@ async fn redelivered_request_with_stored_reply_is_not_run_again() {
         )
         .await
         .expect("send");
-    assert!(
-        wait_until(Duration::from_secs(10), || {
-            let mut con = con.clone();
-            async move { pending(&mut con, service).await == 1 }
-        })
-        .await
-    );
+    assert!(pending_becomes(&con, service, 1, Duration::from_secs(10)).await);
     first.kill().expect("SIGKILL");
     first.wait().expect("reap");
     requester
@@ -544,11 +525,7 @@ async fn redelivered_request_with_stored_reply_is_not_run_again() {
     // The next responder reclaims the entry, finds the stored reply and acks without running the handler.
     let _second = spawn_responder(&server, service, "second", &["--visibility-timeout", "500"]);
     assert!(
-        wait_until(Duration::from_secs(15), || {
-            let mut con = con.clone();
-            async move { pending(&mut con, service).await == 0 }
-        })
-        .await,
+        pending_becomes(&con, service, 0, Duration::from_secs(15)).await,
         "the redelivered entry was never acked"
     );
     assert!(

@@ -50,6 +50,13 @@ cleanup() {
         printf '\n--- responder log (tail) ---\n' >&2
         tail -n 20 "$TMP/serve.log" >&2
     fi
+    # On a Redis we did not start, remove the demo's streams (records and replies expire on their own).
+    if [[ -z "$REDIS_PID" && -n "$URL" ]] && command -v redis-cli >/dev/null 2>&1; then
+        local svc
+        for svc in "$SERVICE" "$MANUAL_SERVICE"; do
+            redis-cli -u "$URL" DEL "{redcall:$svc}:requests" "{redcall:$svc}:dead" "{redcall:$svc}:runs" >/dev/null 2>&1 || true
+        done
+    fi
     stop_pid "$REDIS_PID"
     rm -rf "$TMP"
     exit "$rc"

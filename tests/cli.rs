@@ -261,3 +261,25 @@ fn json_output_parses() {
     assert_exit(&missing, 5);
     assert!(stderr(&missing).contains("nope"), "{}", stderr(&missing));
 }
+
+#[test]
+fn demo_shows_the_three_operations_and_cleans_up() {
+    let server = RedisServer::start();
+    let out = run(redcall(&server, "unused", &["demo"]));
+    assert!(out.status.success(), "demo failed: {}", stderr(&out));
+    let text = stdout(&out);
+    for step in [
+        "1. request: echo {\"key1\":\"value1\"} -> {\"key1\":\"value1\"}",
+        "2. call info by id:",
+        "func_key \"SomeFunction\", params {\"a\":1}",
+        "3. publish reply:",
+        "<- {\"answer\":42}",
+        "handler failed [demo_failure]",
+        "no handler for function key \"NoSuchFunction\"",
+        "responder stopped cleanly",
+    ] {
+        assert!(text.contains(step), "missing {step:?} in:\n{text}");
+    }
+    let streams = server.cli(&["--scan", "--pattern", "*:requests"]);
+    assert_eq!(streams.trim(), "", "the demo left its streams behind");
+}

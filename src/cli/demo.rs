@@ -67,5 +67,20 @@ pub async fn run(ctx: &Context<'_>, _args: &Args) -> redcall::Result<()> {
 
     responder.shutdown().await?;
     println!("\nresponder stopped cleanly");
+
+    // Leave no streams behind in a Redis that may be shared (records and replies expire on their own).
+    let mut con = super::serve::connect_plain(&ctx.client).await?;
+    let mut streams = Vec::new();
+    for svc in [&service, &manual_service] {
+        let keys = ctx.client.keys(svc);
+        streams.push(keys.requests().to_owned());
+        streams.push(keys.dead_letters().to_owned());
+    }
+    let _: i64 = redis::AsyncCommands::del(&mut con, &streams)
+        .await
+        .map_err(|source| redcall::Error::Redis {
+            context: "removing the demo's streams",
+            source,
+        })?;
     Ok(())
 }

@@ -168,8 +168,9 @@ impl Requester {
         let router = self.client.router().await?;
         let channel = self.keys.reply_channel(id);
         let reply_key = self.keys.reply(id);
+        let record_key = self.keys.record(id);
         let rx = router
-            .register(&channel, reply_key.clone(), self.keys.record(id))
+            .register(&channel, reply_key.clone(), record_key.clone())
             .ok_or_else(|| Error::DuplicateId { id: id.to_owned() })?;
         // From here on, the guard releases the waiter and its subscription on every early return.
         let pending = PendingReply {
@@ -186,7 +187,7 @@ impl Requester {
         // come back before knowing that its request was not sent.
         let mut con = router.connection()?;
         let mut pipe = redis::pipe();
-        // SUBSCRIBE and the script go out as one pipeline on one connection: Redis runs them in order, so the
+        // SUBSCRIBE and the add go out as one pipeline on one connection: Redis runs them in order, so the
         // subscription is live before any responder can read the request.
         pipe.cmd("SUBSCRIBE").arg(pending.channel()).ignore();
         let record_ttl = ttl_ms(timeout + config.record_retention);
@@ -195,7 +196,7 @@ impl Requester {
             IdOrigin::Caller => {
                 scripts::evalsha(&mut pipe, &scripts::ADD_REQUEST)
                     .arg(4)
-                    .arg(self.keys.record(id))
+                    .arg(&record_key)
                     .arg(self.keys.requests())
                     .arg(&pending.reply_key)
                     .arg(self.keys.last_error(id))
@@ -207,7 +208,7 @@ impl Requester {
             IdOrigin::Generated => {
                 pipe.cmd("MULTI").ignore();
                 pipe.cmd("SET")
-                    .arg(self.keys.record(id))
+                    .arg(&record_key)
                     .arg(&bytes)
                     .arg("PX")
                     .arg(record_ttl)

@@ -73,6 +73,28 @@ async fn start_responder(client: &Client, service: &str) -> Responder {
         .expect("start responder")
 }
 
+/// Stores a reply envelope for `id` the way a responder would, but publishes nothing.
+async fn store_reply_silently(
+    server: &RedisServer,
+    requester: &redcall::Requester,
+    id: &str,
+    data: &str,
+) {
+    let reply = redcall::protocol::ReplyEnvelope::ok(id, redcall::protocol::encode(&data).unwrap());
+    let mut con = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::AsyncCommands::set(
+        &mut con,
+        requester.keys().reply(id),
+        redcall::protocol::encode(&reply).unwrap(),
+    )
+    .await
+    .unwrap();
+}
+
 /// Redis channels with at least one subscriber (the reply router's subscriptions).
 fn subscribed_channels(server: &RedisServer) -> String {
     server.cli(&["PUBSUB", "CHANNELS", "*"])
@@ -261,23 +283,7 @@ async fn timeout_looks_once_for_a_stored_reply() {
         .await
         .unwrap();
 
-    // Store a reply the way a responder would, but publish nothing.
-    let reply = redcall::protocol::ReplyEnvelope::ok(
-        "missed-1",
-        redcall::protocol::encode(&"from the store").unwrap(),
-    );
-    let mut con = redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let () = redis::AsyncCommands::set(
-        &mut con,
-        requester.keys().reply("missed-1"),
-        redcall::protocol::encode(&reply).unwrap(),
-    )
-    .await
-    .unwrap();
+    store_reply_silently(&server, &requester, "missed-1", "from the store").await;
 
     let got: String = pending
         .wait()
@@ -817,22 +823,7 @@ async fn a_fresh_request_does_not_see_a_stale_reply_of_its_id() {
     let server = RedisServer::start();
     let requester = connect(&server).requester("stale");
     // A reply left over from an earlier request with this id, whose record has expired.
-    let stale = redcall::protocol::ReplyEnvelope::ok(
-        "reused-1",
-        redcall::protocol::encode(&"stale").unwrap(),
-    );
-    let mut con = redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let () = redis::AsyncCommands::set(
-        &mut con,
-        requester.keys().reply("reused-1"),
-        redcall::protocol::encode(&stale).unwrap(),
-    )
-    .await
-    .unwrap();
+    store_reply_silently(&server, &requester, "reused-1", "stale").await;
 
     let pending = requester
         .send("reused-1", "SomeFunction", &1, GENEROUS)

@@ -838,3 +838,69 @@ async fn a_fresh_request_does_not_see_a_stale_reply_of_its_id() {
     let reply: String = pending.wait().await.unwrap();
     assert_eq!(reply, "fresh");
 }
+
+#[tokio::test]
+async fn a_reply_by_hand_during_the_handler_wins_over_the_handlers_reply() {
+    let server = RedisServer::start();
+    let client = connect(&server);
+    let service = "first-wins";
+    let started = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let responder = {
+        let (started, release) = (started.clone(), release.clone());
+        client
+            .responder(service)
+            .handler(
+                "slow",
+                move |_ctx: RequestContext, _v: serde_json::Value| {
+                    let (started, release) = (started.clone(), release.clone());
+                    async move {
+                        started.notify_one();
+                        release.notified().await;
+                        Ok::<_, HandlerError>("from the handler".to_owned())
+                    }
+                },
+            )
+            .start()
+            .await
+            .expect("start responder")
+    };
+    let requester = client.requester(service);
+    let pending = requester
+        .send("race-1", "slow", &1, GENEROUS)
+        .await
+        .unwrap();
+    started.notified().await;
+
+    // Answered by hand while the handler (first delivery) still runs.
+    connect(&server)
+        .requester(service)
+        .publish_reply("race-1", &"by hand")
+        .await
+        .expect("reply by hand");
+    let got: String = pending.wait().await.unwrap();
+    assert_eq!(got, "by hand");
+
+    // The handler finishes now; its answer must not replace the stored one, and the entry is acked.
+    release.notify_one();
+    let stream = requester.keys().requests().to_owned();
+    assert!(
+        wait_until(WAIT, || {
+            let server = &server;
+            let stream = stream.clone();
+            async move { server.cli(&["XPENDING", &stream, "workers"]).lines().next() == Some("0") }
+        })
+        .await,
+        "the handler's answer acked the entry"
+    );
+    assert_eq!(
+        requester
+            .stored_reply::<String>("race-1")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("by hand"),
+        "the first stored reply stays"
+    );
+    responder.shutdown().await.expect("shutdown");
+}

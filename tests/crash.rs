@@ -6,33 +6,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{ChildGuard, RedisServer, redcall_bin, wait_until};
+use common::{ChildGuard, RedisServer, redis_con, spawn_serve, wait_until};
 use redcall::{Client, ErrorKind};
 use serde_json::{Value, json};
-
-/// Starts `redcall serve` for `service` with extra flags; its log goes to a file in the server's directory.
-fn spawn_responder(server: &RedisServer, service: &str, name: &str, extra: &[&str]) -> ChildGuard {
-    let log = std::fs::File::create(server.dir().join(format!("{name}.log"))).expect("log file");
-    let mut cmd = Command::new(redcall_bin());
-    cmd.args([
-        "--url",
-        &server.url(),
-        "--service",
-        service,
-        "serve",
-        "--consumer",
-        name,
-    ])
-    .args(extra)
-    .env("RUST_LOG", "info")
-    .env("RUST_BACKTRACE", "0")
-    .stdout(Stdio::null())
-    .stderr(log);
-    ChildGuard::spawn(&mut cmd)
-}
 
 fn terminate(child: &ChildGuard) {
     let status = Command::new("kill")
@@ -40,14 +19,6 @@ fn terminate(child: &ChildGuard) {
         .status()
         .expect("run kill");
     assert!(status.success(), "kill -TERM failed");
-}
-
-async fn redis_con(server: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(server.url())
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect")
 }
 
 /// Number of pending entries of the `workers` group.
@@ -133,7 +104,13 @@ async fn killed_responder_work_is_completed_by_another() {
     let service = "crash-kill";
     let (server, _client, requester, mut con) = setup(service).await;
 
-    let mut first = spawn_responder(&server, service, "first", &["--visibility-timeout", "1000"]);
+    let mut first = spawn_serve(
+        &server,
+        service,
+        "first",
+        &[],
+        &["--visibility-timeout", "1000"],
+    );
     let mut waits = Vec::new();
     for i in 0..20 {
         let pending = requester
@@ -154,10 +131,11 @@ async fn killed_responder_work_is_completed_by_another() {
     first.kill().expect("SIGKILL the first responder");
     first.wait().expect("reap");
 
-    let _second = spawn_responder(
+    let _second = spawn_serve(
         &server,
         service,
         "second",
+        &[],
         &["--visibility-timeout", "1000"],
     );
     for pending in waits {
@@ -186,7 +164,7 @@ async fn chaos_kills_lose_no_request() {
     let (server, _client, requester, mut con) = setup(service).await;
     let flags = ["--visibility-timeout", "800", "--concurrency", "32"];
     let mut responders: Vec<ChildGuard> = (0..RESPONDERS)
-        .map(|i| spawn_responder(&server, service, &format!("chaos-{i}-0"), &flags))
+        .map(|i| spawn_serve(&server, service, &format!("chaos-{i}-0"), &[], &flags))
         .collect();
 
     // Requests go out 200 at a time while a killer SIGKILLs a random responder every 250 ms and restarts it.
@@ -232,8 +210,13 @@ async fn chaos_kills_lose_no_request() {
         responders[victim].kill().expect("SIGKILL");
         responders[victim].wait().expect("reap");
         kills += 1;
-        responders[victim] =
-            spawn_responder(&server, service, &format!("chaos-{victim}-{kills}"), &flags);
+        responders[victim] = spawn_serve(
+            &server,
+            service,
+            &format!("chaos-{victim}-{kills}"),
+            &[],
+            &flags,
+        );
     }
     let answered = tokio::time::timeout(Duration::from_secs(120), load)
         .await
@@ -253,10 +236,11 @@ async fn chaos_kills_lose_no_request() {
 async fn poison_request_is_dead_lettered_and_requester_told() {
     let service = "crash-poison";
     let (server, _client, requester, mut con) = setup(service).await;
-    let _responder = spawn_responder(
+    let _responder = spawn_serve(
         &server,
         service,
         "poison",
+        &[],
         &["--visibility-timeout", "300", "--max-deliveries", "3"],
     );
 
@@ -299,10 +283,11 @@ async fn poison_request_is_dead_lettered_and_requester_told() {
 async fn retry_requests_come_back_then_dead_letter() {
     let service = "crash-retry";
     let (server, _client, requester, mut con) = setup(service).await;
-    let _responder = spawn_responder(
+    let _responder = spawn_serve(
         &server,
         service,
         "retry",
+        &[],
         &["--visibility-timeout", "200", "--max-deliveries", "2"],
     );
     let err = requester
@@ -323,8 +308,8 @@ async fn long_handler_is_not_stolen() {
     let service = "crash-long";
     let (server, _client, requester, mut con) = setup(service).await;
     let flags = ["--visibility-timeout", "400"];
-    let _a = spawn_responder(&server, service, "long-a", &flags);
-    let _b = spawn_responder(&server, service, "long-b", &flags);
+    let _a = spawn_serve(&server, service, "long-a", &[], &flags);
+    let _b = spawn_serve(&server, service, "long-b", &[], &flags);
 
     let mut waits = Vec::new();
     for i in 0..4 {
@@ -356,7 +341,7 @@ async fn long_handler_is_not_stolen() {
 async fn sigterm_drains_in_flight_work() {
     let service = "crash-drain";
     let (server, _client, requester, mut con) = setup(service).await;
-    let mut responder = spawn_responder(&server, service, "drain", &["--grace", "10000"]);
+    let mut responder = spawn_serve(&server, service, "drain", &[], &["--grace", "10000"]);
 
     let mut waits = Vec::new();
     for i in 0..5 {
@@ -404,7 +389,7 @@ async fn sigterm_drains_in_flight_work() {
         "everything in flight was acked"
     );
 
-    let _next = spawn_responder(&server, service, "after-drain", &[]);
+    let _next = spawn_serve(&server, service, "after-drain", &[], &[]);
     let reply: Value = late
         .wait()
         .await
@@ -475,7 +460,7 @@ async fn expired_request_is_not_started() {
         .expect_err("no responder yet");
     assert_eq!(err.kind(), ErrorKind::Timeout);
 
-    let _responder = spawn_responder(&server, service, "late", &[]);
+    let _responder = spawn_serve(&server, service, "late", &[], &[]);
     assert!(
         wait_until(Duration::from_secs(10), || {
             let requester = requester.clone();
@@ -502,7 +487,13 @@ async fn redelivered_request_with_stored_reply_is_not_run_again() {
     let (server, _client, requester, mut con) = setup(service).await;
 
     // A responder takes the request and dies without answering; meanwhile a reply is published by hand.
-    let mut first = spawn_responder(&server, service, "dies", &["--visibility-timeout", "500"]);
+    let mut first = spawn_serve(
+        &server,
+        service,
+        "dies",
+        &[],
+        &["--visibility-timeout", "500"],
+    );
     let pending_reply = requester
         .send(
             "once-1",
@@ -523,7 +514,13 @@ async fn redelivered_request_with_stored_reply_is_not_run_again() {
     assert_eq!(reply, json!("by hand"));
 
     // The next responder reclaims the entry, finds the stored reply and acks without running the handler.
-    let _second = spawn_responder(&server, service, "second", &["--visibility-timeout", "500"]);
+    let _second = spawn_serve(
+        &server,
+        service,
+        "second",
+        &[],
+        &["--visibility-timeout", "500"],
+    );
     assert!(
         pending_becomes(&con, service, 0, Duration::from_secs(15)).await,
         "the redelivered entry was never acked"

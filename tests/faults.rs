@@ -7,12 +7,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{AofPolicy, ChildGuard, RedisOptions, RedisServer, redcall_bin, wait_until};
+use common::{AofPolicy, RedisOptions, RedisServer, redis_con, spawn_serve, wait_until};
 use redcall::protocol::{self, FORMAT_VERSION, ReplyEnvelope, ReplyStatus, RequestEnvelope};
 use redcall::{Client, Error, ErrorKind, Requester};
 use serde_json::{Value, json};
@@ -20,38 +19,8 @@ use serde_json::{Value, json};
 /// A send that fails while Redis is down must fail at least this fast (its timeout is far longer).
 const FAIL_FAST: Duration = Duration::from_secs(2);
 
-/// Starts `redcall serve` for `service`; `global` flags go before the subcommand, `extra` after it. Its log goes
-/// to a file in the server's directory.
-fn spawn_responder(
-    server: &RedisServer,
-    service: &str,
-    name: &str,
-    global: &[&str],
-    extra: &[&str],
-) -> ChildGuard {
-    let log = std::fs::File::create(server.dir().join(format!("{name}.log"))).expect("log file");
-    let mut cmd = Command::new(redcall_bin());
-    cmd.args(["--url", &server.url(), "--service", service])
-        .args(global)
-        .args(["serve", "--consumer", name])
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .env("RUST_BACKTRACE", "0")
-        .stdout(Stdio::null())
-        .stderr(log);
-    ChildGuard::spawn(&mut cmd)
-}
-
 fn responder_log(server: &RedisServer, name: &str) -> String {
     std::fs::read_to_string(server.dir().join(format!("{name}.log"))).unwrap_or_default()
-}
-
-async fn redis_con(server: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(server.url())
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect")
 }
 
 /// Sends `echo` until one succeeds (Redis and both sides may still be recovering), then checks the reply.
@@ -146,7 +115,7 @@ async fn restart_mid_load(policy: AofPolicy, service: &str) -> (RestartReport, V
     const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
     const RECOVERY_BOUND: Duration = Duration::from_secs(30);
     let mut server = RedisServer::start_with(RedisOptions::default().aof(policy));
-    let _responder = spawn_responder(
+    let _responder = spawn_serve(
         &server,
         service,
         "resp",
@@ -352,7 +321,7 @@ async fn restart_without_persistence_reports_lost_requests_and_recovers() {
     let service = "restart-volatile";
     let mut server = RedisServer::start();
     // One slot, taken by a slow request, so the others wait in the stream when Redis goes away.
-    let _responder = spawn_responder(
+    let _responder = spawn_serve(
         &server,
         service,
         "resp",
@@ -475,7 +444,7 @@ async fn both_sides_reconnect_after_a_long_outage() {
     let mut server = RedisServer::start_with(RedisOptions::default().aof(AofPolicy::Always));
     // The default visibility timeout (30 s): the in-flight request below must be answered by the run that was
     // under way when Redis went down, not by a redelivery.
-    let _responder = spawn_responder(&server, service, "resp", &[], &[]);
+    let _responder = spawn_serve(&server, service, "resp", &[], &[]);
     let client = Client::open(&server.url()).expect("client");
     let requester = client.requester(service);
     fresh_request_succeeds(&requester, service, Duration::from_secs(30)).await;
@@ -548,7 +517,7 @@ async fn both_sides_reconnect_after_a_long_outage() {
 async fn deleted_stream_is_recreated_by_the_responder() {
     let service = "nogroup";
     let server = RedisServer::start();
-    let _responder = spawn_responder(&server, service, "resp", &[], &[]);
+    let _responder = spawn_serve(&server, service, "resp", &[], &[]);
     let client = Client::open(&server.url()).expect("client");
     let requester = client.requester(service);
     fresh_request_succeeds(&requester, service, Duration::from_secs(30)).await;
@@ -628,7 +597,7 @@ async fn garbage_entries_are_dead_lettered_and_the_responder_keeps_serving() {
     const LIMIT: usize = 2048;
     let service = "garbage";
     let server = RedisServer::start();
-    let _responder = spawn_responder(
+    let _responder = spawn_serve(
         &server,
         service,
         "resp",

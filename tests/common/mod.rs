@@ -353,3 +353,34 @@ where
         tokio::time::sleep(POLL).await;
     }
 }
+
+/// Starts `redcall serve` for `service` as consumer `name`; `global` flags go before the subcommand, `extra` after
+/// it. Its log goes to `<name>.log` in the server's directory.
+pub fn spawn_serve(
+    server: &RedisServer,
+    service: &str,
+    name: &str,
+    global: &[&str],
+    extra: &[&str],
+) -> ChildGuard {
+    let log = fs::File::create(server.dir().join(format!("{name}.log"))).expect("log file");
+    let mut cmd = Command::new(redcall_bin());
+    cmd.args(["--url", &server.url(), "--service", service])
+        .args(global)
+        .args(["serve", "--consumer", name])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .env("RUST_BACKTRACE", "0")
+        .stdout(Stdio::null())
+        .stderr(log);
+    ChildGuard::spawn(&mut cmd)
+}
+
+/// A plain connection to the test server, for inspecting Redis directly.
+pub async fn redis_con(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect")
+}

@@ -41,6 +41,7 @@
 
 #![warn(missing_docs)]
 
+mod adder;
 pub mod admin;
 pub mod client;
 pub mod config;

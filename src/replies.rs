@@ -23,6 +23,7 @@ use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::adder::{self, AddJob, Queued};
 use crate::config::ClientConfig;
 use crate::error::{Error, Result};
 
@@ -80,6 +81,8 @@ pub(crate) struct Router {
     generation: Arc<AtomicU64>,
     reconnect: Arc<Notify>,
     unsubscribe_tx: mpsc::UnboundedSender<String>,
+    /// Requests with generated ids, on their way to the adder (see [`adder`]).
+    adds_tx: mpsc::UnboundedSender<Queued>,
     cancel: CancellationToken,
 }
 
@@ -91,6 +94,7 @@ impl Router {
         let reconnect = Arc::new(Notify::new());
         let first = connect(&client, &config, &waiters, &generation, &reconnect).await?;
         let (unsubscribe_tx, unsubscribe_rx) = mpsc::unbounded_channel();
+        let (adds_tx, adds_rx) = mpsc::unbounded_channel();
         let router = Arc::new(Self {
             client,
             config,
@@ -99,6 +103,7 @@ impl Router {
             generation,
             reconnect,
             unsubscribe_tx,
+            adds_tx,
             cancel: CancellationToken::new(),
         });
         tokio::spawn(reconnect_loop(
@@ -108,6 +113,12 @@ impl Router {
         tokio::spawn(unsubscribe_loop(
             router.connection.clone(),
             unsubscribe_rx,
+            router.cancel.clone(),
+        ));
+        tokio::spawn(adder::add_loop(
+            router.connection.clone(),
+            router.reconnect.clone(),
+            adds_rx,
             router.cancel.clone(),
         ));
         Ok(router)
@@ -122,6 +133,32 @@ impl Router {
             .ok_or(Error::Unavailable {
                 context: "reconnecting to Redis",
             })
+    }
+
+    /// Subscribes to a request's reply channel and adds the request (record and stream entry), batched with other
+    /// callers' requests. Returns the stream entry id. Fails at once with [`Error::Unavailable`] while reconnecting.
+    /// The waiter must be registered first.
+    pub(crate) async fn add(&self, job: AddJob) -> Result<String> {
+        // Checked here too, so a caller does not even queue while the router is reconnecting.
+        if self
+            .connection
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+        {
+            return Err(Error::Unavailable {
+                context: "reconnecting to Redis",
+            });
+        }
+        let (done, outcome) = oneshot::channel();
+        self.adds_tx
+            .send(Queued { job, done })
+            .map_err(|_| Error::Unavailable {
+                context: "the reply router has stopped",
+            })?;
+        outcome.await.unwrap_or(Err(Error::Unavailable {
+            context: "the reply router has stopped",
+        }))
     }
 
     /// Reports a connection failure seen by a caller, so the router reconnects without waiting for the driver.

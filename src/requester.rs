@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
+use crate::adder::AddJob;
 use crate::client::Client;
 use crate::config::ttl_ms;
 use crate::error::{Error, Result};
@@ -183,17 +184,17 @@ impl Requester {
             router: router.clone(),
         };
 
-        // While the router reconnects this fails at once with `Unavailable`: a caller never waits for Redis to
-        // come back before knowing that its request was not sent.
-        let mut con = router.connection()?;
-        let mut pipe = redis::pipe();
-        // SUBSCRIBE and the add go out as one pipeline on one connection: Redis runs them in order, so the
-        // subscription is live before any responder can read the request.
-        pipe.cmd("SUBSCRIBE").arg(pending.channel()).ignore();
         let record_ttl = ttl_ms(timeout + config.record_retention);
-        let added = match origin {
+        let entry = match origin {
             // A caller's id may exist already: the script refuses it, and clears what an expired namesake left.
             IdOrigin::Caller => {
+                // While the router reconnects this fails at once with `Unavailable`: a caller never waits for
+                // Redis to come back before knowing that its request was not sent.
+                let mut con = router.connection()?;
+                let mut pipe = redis::pipe();
+                // SUBSCRIBE and the add go out as one pipeline on one connection: Redis runs them in order, so the
+                // subscription is live before any responder can read the request.
+                pipe.cmd("SUBSCRIBE").arg(pending.channel()).ignore();
                 scripts::evalsha(&mut pipe, &scripts::ADD_REQUEST)
                     .arg(4)
                     .arg(&record_key)
@@ -203,33 +204,27 @@ impl Requester {
                     .arg(id)
                     .arg(&bytes)
                     .arg(record_ttl);
-                scripts::query_with_scripts::<(Option<String>,), _>(&pipe, &mut con).await
-            }
-            IdOrigin::Generated => {
-                pipe.cmd("MULTI").ignore();
-                pipe.cmd("SET")
-                    .arg(&record_key)
-                    .arg(&bytes)
-                    .arg("PX")
-                    .arg(record_ttl)
-                    .ignore();
-                pipe.cmd("XADD")
-                    .arg(self.keys.requests())
-                    .arg("*")
-                    .arg(protocol::FIELD_ID)
-                    .arg(id)
-                    .arg(protocol::FIELD_ENVELOPE)
-                    .arg(&bytes)
-                    .ignore();
-                pipe.cmd("EXEC");
-                pipe.query_async::<((String, Option<String>),)>(&mut con)
+                let (entry,) = scripts::query_with_scripts::<(Option<String>,), _>(&pipe, &mut con)
                     .await
-                    .map(|((_, entry),)| (entry,))
+                    .inspect_err(|e| router.report_broken(e))
+                    .map_err(Error::redis("adding the request"))?;
+                entry
             }
+            // A generated id cannot collide: it goes to the router's adder, which subscribes and adds many
+            // requests per transaction.
+            IdOrigin::Generated => Some(
+                router
+                    .add(AddJob {
+                        keys: self.keys.clone(),
+                        id: id.to_owned(),
+                        channel: pending.channel().to_owned(),
+                        record_key,
+                        envelope: bytes,
+                        record_ttl_ms: record_ttl,
+                    })
+                    .await?,
+            ),
         };
-        let (entry,) = added
-            .inspect_err(|e| router.report_broken(e))
-            .map_err(Error::redis("adding the request"))?;
         match entry {
             Some(entry_id) => {
                 tracing::debug!(id, func_key, entry_id, "request added");

@@ -105,7 +105,8 @@ struct RestartReport {
 
 /// Runs `REQUESTS` requests (`work`, 5 ms) with `CONCURRENCY` callers; SIGKILLs redis-server mid-load, keeps it
 /// down until a send has failed, then restarts it on the same port. A caller whose send fails retries under a new
-/// id (as an application would); every accepted request is awaited.
+/// id (as an application would); every accepted request is awaited. Half the callers give their own ids (`send`,
+/// added by a script), half let redcall make them (`submit`, added in batches), so both ways of adding are tested.
 async fn restart_mid_load(policy: AofPolicy, service: &str) -> (RestartReport, Vec<Outcome>) {
     const REQUESTS: usize = 500;
     const CONCURRENCY: usize = 50;
@@ -129,9 +130,10 @@ async fn restart_mid_load(policy: AofPolicy, service: &str) -> (RestartReport, V
     let log = Arc::new(LoadLog::default());
     let next = Arc::new(AtomicUsize::new(0));
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..CONCURRENCY {
+    for worker in 0..CONCURRENCY {
         let (requester, log, next) = (requester.clone(), log.clone(), next.clone());
         let service = service.to_owned();
+        let own_ids = worker % 2 == 0;
         workers.spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
@@ -140,12 +142,18 @@ async fn restart_mid_load(policy: AofPolicy, service: &str) -> (RestartReport, V
                 }
                 for attempt in 0.. {
                     assert!(attempt < 200, "request {i}: sends kept failing");
-                    let id = format!("{service}-{i}-{attempt}");
                     let started = Instant::now();
-                    let pending = match requester
-                        .send(&id, "work", &json!({"ms": 5}), REQUEST_TIMEOUT)
-                        .await
-                    {
+                    let sent = if own_ids {
+                        let id = format!("{service}-{i}-{attempt}");
+                        requester
+                            .send(&id, "work", &json!({"ms": 5}), REQUEST_TIMEOUT)
+                            .await
+                    } else {
+                        requester
+                            .submit("work", &json!({"ms": 5}), REQUEST_TIMEOUT)
+                            .await
+                    };
+                    let pending = match sent {
                         Ok(p) => p,
                         Err(error) => {
                             let took = started.elapsed();
@@ -159,6 +167,7 @@ async fn restart_mid_load(policy: AofPolicy, service: &str) -> (RestartReport, V
                         }
                     };
                     let accepted_at = Instant::now();
+                    let id = pending.id().to_owned();
                     let outcome = match pending.wait::<Value>().await {
                         Ok(reply) => {
                             assert_eq!(reply, json!({"slept_ms": 5}), "{id}");
@@ -190,16 +199,21 @@ async fn restart_mid_load(policy: AofPolicy, service: &str) -> (RestartReport, V
     let mut probe = 0;
     while killed_at.elapsed() < OUTAGE {
         let started = Instant::now();
-        let err = requester
-            .send(
-                &format!("{service}-probe-{probe}"),
-                "work",
-                &json!({"ms": 5}),
-                Duration::from_secs(30),
-            )
-            .await
-            .err()
-            .expect("Redis is down");
+        let sent = if probe % 2 == 0 {
+            requester
+                .send(
+                    &format!("{service}-probe-{probe}"),
+                    "work",
+                    &json!({"ms": 5}),
+                    Duration::from_secs(30),
+                )
+                .await
+        } else {
+            requester
+                .submit("work", &json!({"ms": 5}), Duration::from_secs(30))
+                .await
+        };
+        let err = sent.err().expect("Redis is down");
         log.send_failures.lock().unwrap().push(SendFailure {
             took: started.elapsed(),
             error: err,
@@ -404,17 +418,24 @@ async fn requests_fail_fast_while_redis_is_down() {
             never_connected.requester("down"),
         ),
     ] {
-        for attempt in 0..3 {
+        // Own ids (added by a script) and generated ids (added in batches) alike.
+        for attempt in 0..6 {
             let started = Instant::now();
-            let err = requester
-                .request::<_, Value>(
-                    &format!("down-{attempt}"),
-                    "echo",
-                    &json!(1),
-                    Duration::from_secs(10),
-                )
-                .await
-                .expect_err("Redis is down");
+            let err = if attempt % 2 == 0 {
+                requester
+                    .request::<_, Value>(
+                        &format!("down-{attempt}"),
+                        "echo",
+                        &json!(1),
+                        Duration::from_secs(10),
+                    )
+                    .await
+            } else {
+                requester
+                    .call::<_, Value>("echo", &json!(1), Duration::from_secs(10))
+                    .await
+            }
+            .expect_err("Redis is down");
             let took = started.elapsed();
             assert_eq!(err.kind(), ErrorKind::Redis, "{who}: {err}");
             assert!(took < FAIL_FAST, "{who}: failing took {took:?}: {err}");

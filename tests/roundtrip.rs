@@ -652,6 +652,82 @@ async fn a_thousand_concurrent_requests_each_get_their_own_reply() {
     assert!(unsubscribed, "reply channels still subscribed");
 }
 
+/// Calls of a Redis command so far, from `INFO commandstats`.
+fn command_calls(server: &RedisServer, command: &str) -> u64 {
+    let stats = server.cli(&["INFO", "commandstats"]);
+    let prefix = format!("cmdstat_{command}:calls=");
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().expect("a call count"))
+}
+
+/// Requests with generated ids are added in batches: concurrent callers share one transaction, and each request
+/// still gets its own record, stream entry and reply.
+#[tokio::test]
+async fn generated_ids_are_added_in_batches_each_with_its_own_record_and_reply() {
+    const N: u64 = 1000;
+    let server = RedisServer::start();
+    let client = connect(&server);
+    let requester = client.requester("batched");
+    // Connects the reply router, so the sends below start together.
+    let err = requester.call_info("nobody").await.expect_err("no such id");
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    let transactions_before = command_calls(&server, "exec");
+
+    let sends = (0..N).map(|i| {
+        let requester = requester.clone();
+        async move {
+            requester
+                .submit("echo_index", &i, GENEROUS)
+                .await
+                .unwrap_or_else(|e| panic!("submit {i}: {e}"))
+        }
+    });
+    let pending = futures_util::future::join_all(sends).await;
+    let transactions = command_calls(&server, "exec") - transactions_before;
+    assert!(
+        transactions * 4 <= N,
+        "{transactions} transactions for {N} requests: they were not batched"
+    );
+    let stream_len = server.cli(&["XLEN", requester.keys().requests()]);
+    assert_eq!(
+        stream_len.trim(),
+        N.to_string(),
+        "one stream entry per request"
+    );
+    for (i, p) in pending.iter().enumerate() {
+        let info = requester
+            .call_info(p.id())
+            .await
+            .expect("a record per request");
+        assert_eq!(info.func_key, "echo_index");
+        assert_eq!(
+            info.params::<u64>().expect("params"),
+            i as u64,
+            "{}",
+            p.id()
+        );
+    }
+
+    let _responder = client
+        .responder("batched")
+        .handler("echo_index", |ctx: RequestContext, i: u64| async move {
+            Ok::<_, HandlerError>((i, ctx.id))
+        })
+        .start()
+        .await
+        .unwrap();
+    for (i, p) in pending.into_iter().enumerate() {
+        let id = p.id().to_owned();
+        let (echoed, seen_id): (u64, String) = p.wait().await.expect("reply");
+        assert_eq!(echoed, i as u64, "request {i} got another request's reply");
+        assert_eq!(seen_id, id);
+    }
+    assert_eq!(client.in_flight(), 0, "waiters leaked");
+}
+
 /// A reply published by another program before `wait` is called is kept for the handle.
 #[tokio::test]
 async fn reply_published_before_wait_is_not_lost() {

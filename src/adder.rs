@@ -1,0 +1,156 @@
+//! Adds requests with generated ids in batches, on the reply router's connection.
+//!
+//! Whatever callers queued while the adder was busy goes out as one pipeline: a `SUBSCRIBE` for each request's
+//! reply channel, then one `MULTI` holding each request's record `SET` and stream `XADD`, then `EXEC`. Redis runs one
+//! connection's commands in order, so every subscription is live before any responder can read its request, and
+//! the transaction keeps each record and its stream entry together (all or nothing, for the whole batch).
+//!
+//! A transaction per request costs Redis and the client far more than the commands in it (measured with
+//! `redcall bench`); one per batch spreads that cost over every request in it. A caller alone is not delayed: the
+//! adder takes what is queued and sends it at once, without waiting for more.
+//!
+//! Caller-given ids do not come here: they need the duplicate check of the `ADD_REQUEST` script.
+
+use std::sync::{Arc, Mutex};
+
+use redis::aio::MultiplexedConnection;
+use redis::{ErrorKind, RedisError, RedisResult, Value};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::protocol::{self, ServiceKeys};
+
+/// What failed, in errors.
+const ADDING: &str = "adding the request";
+/// Most requests in one batch.
+const MAX_BATCH: usize = 256;
+/// A batch stops taking requests once their envelopes add up to this many bytes (it holds at least one).
+const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// One request to add.
+pub(crate) struct AddJob {
+    pub(crate) keys: Arc<ServiceKeys>,
+    pub(crate) id: String,
+    /// The reply channel to subscribe before the request is added.
+    pub(crate) channel: String,
+    pub(crate) record_key: String,
+    pub(crate) envelope: Vec<u8>,
+    pub(crate) record_ttl_ms: u64,
+}
+
+/// A job waiting in the adder's queue, with the way back to its caller.
+pub(crate) struct Queued {
+    pub(crate) job: AddJob,
+    /// Told the outcome: the stream entry id, or why the request was not added.
+    pub(crate) done: oneshot::Sender<Result<String>>,
+}
+
+/// Takes queued jobs in batches and sends each batch as one pipeline, until the router stops. A connection error
+/// is reported through `reconnect`, as callers do.
+pub(crate) async fn add_loop(
+    connection: Arc<Mutex<Option<MultiplexedConnection>>>,
+    reconnect: Arc<Notify>,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            _ = cancel.cancelled() => return,
+            job = rx.recv() => match job {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        let mut bytes = first.job.envelope.len();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(queued) => {
+                    bytes += queued.job.envelope.len();
+                    batch.push(queued);
+                }
+                Err(_) => break,
+            }
+        }
+        let con = connection.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(mut con) = con else {
+            // The router is reconnecting: nothing was sent, and callers fail fast as they do elsewhere.
+            for queued in batch {
+                let _ = queued.done.send(Err(Error::Unavailable {
+                    context: "reconnecting to Redis",
+                }));
+            }
+            continue;
+        };
+        let reconnect = reconnect.clone();
+        // Sent from its own task, so the next batch can go out while this one waits for its answer.
+        tokio::spawn(async move {
+            let pipe = batch_pipeline(&batch);
+            let answer = pipe.query_async::<(Vec<Value>,)>(&mut con).await;
+            if let Err(err) = &answer
+                && crate::connection::is_connection_error(err)
+            {
+                reconnect.notify_one();
+            }
+            deliver(batch, answer.map(|(results,)| results));
+        });
+    }
+}
+
+/// `SUBSCRIBE` per job, then `MULTI`, `SET` + `XADD` per job, `EXEC`. Only `EXEC`'s answer is kept.
+fn batch_pipeline(batch: &[Queued]) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    for Queued { job, .. } in batch {
+        pipe.cmd("SUBSCRIBE").arg(&job.channel).ignore();
+    }
+    pipe.cmd("MULTI").ignore();
+    for Queued { job, .. } in batch {
+        pipe.cmd("SET")
+            .arg(&job.record_key)
+            .arg(&job.envelope)
+            .arg("PX")
+            .arg(job.record_ttl_ms)
+            .ignore();
+        pipe.cmd("XADD")
+            .arg(job.keys.requests())
+            .arg("*")
+            .arg(protocol::FIELD_ID)
+            .arg(&job.id)
+            .arg(protocol::FIELD_ENVELOPE)
+            .arg(&job.envelope)
+            .ignore();
+    }
+    pipe.cmd("EXEC");
+    pipe
+}
+
+/// Hands each job its outcome from `EXEC`'s answer: `[OK, entry id]` per job, in order.
+fn deliver(batch: Vec<Queued>, answer: RedisResult<Vec<Value>>) {
+    let results = match answer {
+        Ok(results) => results,
+        Err(err) => {
+            for queued in batch {
+                let _ = queued.done.send(Err(Error::redis(ADDING)(err.clone())));
+            }
+            return;
+        }
+    };
+    let mut results = results.into_iter();
+    for queued in batch {
+        let outcome = match (results.next(), results.next()) {
+            (Some(Value::ServerError(err)), _) | (_, Some(Value::ServerError(err))) => {
+                Err(RedisError::from(err))
+            }
+            (Some(_), Some(Value::BulkString(entry))) => String::from_utf8(entry)
+                .map_err(|_| unexpected("a stream entry id that is not UTF-8")),
+            (Some(_), Some(Value::SimpleString(entry))) => Ok(entry),
+            _ => Err(unexpected("an EXEC answer of unexpected shape")),
+        };
+        let _ = queued.done.send(outcome.map_err(Error::redis(ADDING)));
+    }
+}
+
+fn unexpected(what: &'static str) -> RedisError {
+    RedisError::from((ErrorKind::UnexpectedReturnType, what))
+}

@@ -100,26 +100,31 @@ pub(crate) async fn add_loop(
 
 /// `SUBSCRIBE` per job, then `MULTI`, `SET` + `XADD` per job, `EXEC`. Only `EXEC`'s answer is kept.
 fn batch_pipeline(batch: &[Queued]) -> redis::Pipeline {
-    let mut pipe = redis::pipe();
+    let mut pipe = redis::Pipeline::with_capacity(3 * batch.len() + 2);
     for Queued { job, .. } in batch {
         pipe.cmd("SUBSCRIBE").arg(&job.channel).ignore();
     }
     pipe.cmd("MULTI").ignore();
     for Queued { job, .. } in batch {
-        pipe.cmd("SET")
+        // Sized up front: the envelope is the bulk of each command, and growing the buffer would copy it again.
+        let mut set = redis::Cmd::with_capacity(5, job.record_key.len() + job.envelope.len() + 32);
+        set.arg("SET")
             .arg(&job.record_key)
             .arg(&job.envelope)
             .arg("PX")
-            .arg(job.record_ttl_ms)
-            .ignore();
-        pipe.cmd("XADD")
-            .arg(job.keys.requests())
+            .arg(job.record_ttl_ms);
+        pipe.add_command(set).ignore();
+        let stream = job.keys.requests();
+        let mut xadd =
+            redis::Cmd::with_capacity(7, stream.len() + job.id.len() + job.envelope.len() + 16);
+        xadd.arg("XADD")
+            .arg(stream)
             .arg("*")
             .arg(protocol::FIELD_ID)
             .arg(&job.id)
             .arg(protocol::FIELD_ENVELOPE)
-            .arg(&job.envelope)
-            .ignore();
+            .arg(&job.envelope);
+        pipe.add_command(xadd).ignore();
     }
     pipe.cmd("EXEC");
     pipe

@@ -52,24 +52,33 @@ impl ServiceKeys {
         &self.dead_letters
     }
 
+    /// `<tag><infix><id>`, built without the formatting machinery: these keys are made several times per request.
+    fn per_id(&self, infix: &str, id: &str) -> String {
+        let mut key = String::with_capacity(self.tag.len() + infix.len() + id.len());
+        key.push_str(&self.tag);
+        key.push_str(infix);
+        key.push_str(id);
+        key
+    }
+
     /// The request record (the request envelope, for `call_info` and duplicate detection).
     pub fn record(&self, id: &str) -> String {
-        format!("{}:req:{id}", self.tag)
+        self.per_id(":req:", id)
     }
 
     /// The stored copy of the reply (a reply envelope, with a TTL).
     pub fn reply(&self, id: &str) -> String {
-        format!("{}:reply:{id}", self.tag)
+        self.per_id(":reply:", id)
     }
 
     /// The last error of a failed delivery (kept for the dead-letter record).
     pub fn last_error(&self, id: &str) -> String {
-        format!("{}:err:{id}", self.tag)
+        self.per_id(":err:", id)
     }
 
     /// The pub/sub channel the reply to `id` is published on.
     pub fn reply_channel(&self, id: &str) -> String {
-        format!("{}:chan:{id}", self.tag)
+        self.per_id(":chan:", id)
     }
 }
 

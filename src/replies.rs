@@ -50,14 +50,18 @@ struct Waiter {
     tx: oneshot::Sender<Delivery>,
 }
 
+/// Reply channel → waiting caller. Keys are long (the channel name) and hashed several times per request, so a
+/// fast seeded hasher is used instead of SipHash.
+type WaiterMap = HashMap<String, Waiter, foldhash::fast::RandomState>;
+
 /// The map from reply channel to waiting caller, shared with the push callback.
 #[derive(Default)]
 struct Waiters {
-    map: Mutex<HashMap<String, Waiter>>,
+    map: Mutex<WaiterMap>,
 }
 
 impl Waiters {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Waiter>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WaiterMap> {
         // A poisoned lock only means a panic elsewhere while holding it; the map itself stays consistent.
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -52,7 +52,7 @@ pub(crate) struct Shared {
     /// One permit per request being handled.
     pub(crate) permits: Arc<Semaphore>,
     /// Entry ids being handled, whose claims the keepalive refreshes.
-    in_flight: Mutex<HashSet<String>>,
+    in_flight: Mutex<HashSet<String, foldhash::fast::RandomState>>,
     /// Cancelled to stop reading and claiming.
     pub(crate) stop: CancellationToken,
     /// Cancelled when the grace period is over: running handlers are dropped, their entries stay pending.
@@ -180,7 +180,7 @@ impl Shared {
             settings,
             handlers,
             con,
-            in_flight: Mutex::new(HashSet::new()),
+            in_flight: Mutex::default(),
             stop: CancellationToken::new(),
             abort: CancellationToken::new(),
             requests: TaskTracker::new(),
@@ -430,20 +430,23 @@ impl Shared {
     /// which is the stored reply, since each store-and-publish runs atomically and in order.
     async fn finish_batch(&self, batch: &mut Vec<Completion>) {
         let ttl = ttl_ms(self.client.config().reply_ttl);
-        let mut pipe = redis::pipe();
+        let mut pipe = redis::Pipeline::with_capacity(2 * batch.len() + 3);
         pipe.cmd("MULTI").ignore();
         for c in batch.iter() {
-            pipe.cmd("SET")
-                .arg(self.keys.reply(&c.id))
+            // Sized up front: the reply is the bulk of each command, and growing the buffer would copy it again.
+            let reply_key = self.keys.reply(&c.id);
+            let mut set = redis::Cmd::with_capacity(6, reply_key.len() + c.reply.len() + 32);
+            set.arg("SET")
+                .arg(reply_key)
                 .arg(&c.reply)
                 .arg("NX")
                 .arg("PX")
-                .arg(ttl)
-                .ignore();
-            pipe.cmd("PUBLISH")
-                .arg(self.keys.reply_channel(&c.id))
-                .arg(&c.reply)
-                .ignore();
+                .arg(ttl);
+            pipe.add_command(set).ignore();
+            let channel = self.keys.reply_channel(&c.id);
+            let mut publish = redis::Cmd::with_capacity(3, channel.len() + c.reply.len() + 8);
+            publish.arg("PUBLISH").arg(channel).arg(&c.reply);
+            pipe.add_command(publish).ignore();
             if c.clear_error {
                 pipe.cmd("DEL").arg(self.keys.last_error(&c.id)).ignore();
             }

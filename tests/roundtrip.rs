@@ -652,6 +652,46 @@ async fn a_thousand_concurrent_requests_each_get_their_own_reply() {
     assert!(unsubscribed, "reply channels still subscribed");
 }
 
+/// A handler that panics before it even returns its future (in the handler function itself, not in the async
+/// block) leaves the request pending with the panic as its last error, and the responder keeps serving.
+#[tokio::test]
+async fn handler_panicking_before_its_future_leaves_the_request_pending() {
+    let server = RedisServer::start();
+    let client = connect(&server);
+    let _responder = client
+        .responder("sync-panic")
+        .handler("touchy", |_ctx: RequestContext, word: String| {
+            assert_ne!(word, "boom", "touchy handler panicked synchronously");
+            async move { Ok::<_, HandlerError>(word) }
+        })
+        .start()
+        .await
+        .unwrap();
+    let requester = client.requester("sync-panic");
+
+    let err = requester
+        .request::<_, String>("sync-boom", "touchy", &"boom", Duration::from_millis(700))
+        .await
+        .expect_err("a panicking handler never answers");
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    let last_error = server.cli(&["GET", &requester.keys().last_error("sync-boom")]);
+    assert!(
+        last_error.contains("handler panicked") && last_error.contains("synchronously"),
+        "last error: {last_error:?}"
+    );
+    let pending = server.cli(&["XPENDING", requester.keys().requests(), "workers"]);
+    assert!(
+        pending.starts_with('1'),
+        "the entry stays pending: {pending:?}"
+    );
+
+    let fine: String = requester
+        .request("sync-fine", "touchy", &"fine", GENEROUS)
+        .await
+        .expect("the responder still serves");
+    assert_eq!(fine, "fine");
+}
+
 /// Calls of a Redis command so far, from `INFO commandstats`.
 fn command_calls(server: &RedisServer, command: &str) -> u64 {
     let stats = server.cli(&["INFO", "commandstats"]);

@@ -1,6 +1,7 @@
 //! The responder's moving parts: the read loop, the keepalive loop, and what happens to one entry.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,6 +13,7 @@ use redis::{AsyncCommands, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::handler::{ErasedHandler, HandlerError, Outcome, RequestContext};
 use super::settings::ResponderSettings;
@@ -37,9 +39,36 @@ pub(crate) struct Completion {
     reply: Vec<u8>,
     /// Whether an earlier delivery may have left a last error to delete.
     clear_error: bool,
-    /// Told once the answer went through (or was given up on; the entry then stays pending).
-    done: oneshot::Sender<()>,
+    /// Who learns that the answer went through (or was given up on; the entry then stays pending).
+    after: AfterAnswer,
 }
+
+/// Who is waiting for an answer to go through.
+enum AfterAnswer {
+    /// A request task, which holds the permit and is tracked until then.
+    Task(oneshot::Sender<()>),
+    /// Nobody: the answer was made inline by the read loop, and holds what a task would have held.
+    Inline { _held: Held },
+}
+
+/// What an answer made inline holds until the finisher is done with it: the concurrency permit, and a token that
+/// makes the shutdown's wait for in-flight work wait for this answer too.
+pub(crate) struct Held {
+    _permit: OwnedSemaphorePermit,
+    _token: TaskTrackerToken,
+}
+
+impl Held {
+    fn new(shared: &Shared, permit: OwnedSemaphorePermit) -> Self {
+        Self {
+            _permit: permit,
+            _token: shared.requests.token(),
+        }
+    }
+}
+
+/// A handler's outcome, or the panic it raised.
+type HandlerResult = std::thread::Result<Outcome>;
 
 /// State shared by a responder's tasks.
 pub(crate) struct Shared {
@@ -243,10 +272,116 @@ impl Shared {
         });
     }
 
+    /// Starts a first delivery read by the read loop. A well-formed, unexpired request whose handler is done at its
+    /// first poll (most are) is run right here and its answer queued for the finisher, without a task, a claim to
+    /// keep alive or a wait; anything else goes to [`Shared::spawn_entry`], which handles every case.
+    pub(crate) fn start_entry(
+        self: &Arc<Self>,
+        entry: RawEntry,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
+        let Some(permit) = permit else {
+            return self.spawn_entry(entry, 1, None);
+        };
+        let Some((request, handler)) = self.admit_quickly(&entry) else {
+            return self.spawn_entry(entry, 1, Some(permit));
+        };
+        let ctx = self.context(&request, &entry, 1);
+        // The handler's own code runs inside both guards: building its future and its first poll may panic.
+        let built = std::panic::catch_unwind(AssertUnwindSafe(|| handler(ctx, &request.params)));
+        let mut run = match built {
+            Ok(future) => AssertUnwindSafe(future).catch_unwind(),
+            Err(panic) => {
+                let shared = self.clone();
+                self.requests.spawn(async move {
+                    let _permit = permit;
+                    shared.conclude(&entry, request, 1, Err(panic)).await;
+                });
+                return;
+            }
+        };
+        match (&mut run).now_or_never() {
+            Some(Ok(Outcome::Reply(data))) => {
+                let reply = ReplyEnvelope::ok(&request.id, data);
+                let held = AfterAnswer::Inline {
+                    _held: Held::new(self, permit),
+                };
+                self.queue_answer(request.id, entry.entry_id, 1, reply, held);
+            }
+            Some(Ok(Outcome::Failed(HandlerError::Fail { code, message }))) => {
+                let reply = ReplyEnvelope::failure(&request.id, ReplyStatus::Error, &code, message);
+                let held = AfterAnswer::Inline {
+                    _held: Held::new(self, permit),
+                };
+                self.queue_answer(request.id, entry.entry_id, 1, reply, held);
+            }
+            Some(outcome) => {
+                let shared = self.clone();
+                self.requests.spawn(async move {
+                    let _permit = permit;
+                    shared.conclude(&entry, request, 1, outcome).await;
+                });
+            }
+            None => {
+                // Still running: from here on it is an ordinary request task, whose claim is kept alive.
+                self.track(&entry.entry_id, true);
+                let shared = self.clone();
+                self.requests.spawn(async move {
+                    let _permit = permit;
+                    if let Some(outcome) = shared.run_until_abort(&request.id, run).await {
+                        shared.conclude(&entry, request, 1, outcome).await;
+                    }
+                    shared.track(&entry.entry_id, false);
+                });
+            }
+        }
+    }
+
+    /// The happy path's admission, without waiting for anything: a first delivery that is well-formed, unexpired and
+    /// has a handler. `None` for everything else, which [`Shared::handle_entry`] deals with.
+    fn admit_quickly(&self, entry: &RawEntry) -> Option<(RequestEnvelope, ErasedHandler)> {
+        let request = self.check_entry(entry).ok()?;
+        if request.is_expired(protocol::now_ms()) {
+            return None;
+        }
+        let handler = self.handlers.get(&request.func_key)?.clone();
+        Some((request, handler))
+    }
+
+    fn context(
+        &self,
+        request: &RequestEnvelope,
+        entry: &RawEntry,
+        delivery: u64,
+    ) -> RequestContext {
+        RequestContext {
+            id: request.id.clone(),
+            func_key: request.func_key.clone(),
+            entry_id: entry.entry_id.clone(),
+            delivery,
+            deadline: request.deadline(),
+        }
+    }
+
+    /// Awaits a running handler, unless the shutdown grace period ends first (`None`: the request stays pending).
+    async fn run_until_abort(
+        &self,
+        id: &str,
+        run: impl Future<Output = HandlerResult>,
+    ) -> Option<HandlerResult> {
+        tokio::select! {
+            outcome = run => Some(outcome),
+            _ = self.abort.cancelled() => {
+                tracing::warn!(%id, "shutdown grace over; leaving the request pending");
+                None
+            }
+        }
+    }
+
     /// Everything that happens to one delivered entry; never panics, never returns an error: every failure ends
     /// as a reply, a dead letter, or an entry left pending for redelivery.
     async fn handle_entry(self: &Arc<Self>, entry: RawEntry, delivery: u64) {
-        let request = match self.check_entry(&entry) {
+        let mut request = match self.check_entry(&entry) {
             Ok(request) => request,
             Err((code, message)) => {
                 let reply = entry.request_id.as_deref().map(|id| {
@@ -298,40 +433,43 @@ impl Shared {
             return;
         };
 
-        let ctx = RequestContext {
-            id: id.clone(),
-            func_key: request.func_key.clone(),
-            entry_id: entry.entry_id.clone(),
-            delivery,
-            deadline: request.deadline(),
-        };
+        let ctx = self.context(&request, &entry, delivery);
         // The handler call itself is inside the guarded future too: a panic while building the future must not
         // escape either.
-        let run = AssertUnwindSafe(async { handler(ctx, &request.params).await }).catch_unwind();
-        let outcome = tokio::select! {
-            outcome = run => outcome,
-            _ = self.abort.cancelled() => {
-                tracing::warn!(%id, "shutdown grace over; leaving the request pending");
-                return;
-            }
+        let params = std::mem::take(&mut request.params);
+        let run = AssertUnwindSafe(async move { handler(ctx, &params).await }).catch_unwind();
+        let Some(outcome) = self.run_until_abort(&id, run).await else {
+            return;
         };
+        self.conclude(&entry, request, delivery, outcome).await;
+    }
+
+    /// What follows a handler's outcome: an answer, a retry left pending, or a dead letter.
+    async fn conclude(
+        &self,
+        entry: &RawEntry,
+        request: RequestEnvelope,
+        delivery: u64,
+        outcome: HandlerResult,
+    ) {
+        let id = &request.id;
         match outcome {
             Ok(Outcome::Reply(data)) => {
-                let reply = ReplyEnvelope::ok(&id, data);
-                self.finish(&id, &entry.entry_id, delivery, reply).await;
+                let reply = ReplyEnvelope::ok(id, data);
+                self.finish(id, &entry.entry_id, delivery, reply).await;
             }
             Ok(Outcome::Failed(HandlerError::Fail { code, message })) => {
-                let reply = ReplyEnvelope::failure(&id, ReplyStatus::Error, &code, message);
-                self.finish(&id, &entry.entry_id, delivery, reply).await;
+                let reply = ReplyEnvelope::failure(id, ReplyStatus::Error, &code, message);
+                self.finish(id, &entry.entry_id, delivery, reply).await;
             }
             Ok(Outcome::Failed(HandlerError::Retry { reason })) => {
                 tracing::info!(%id, %reason, "handler asked for a retry; leaving the request pending");
-                self.remember_error(&id, &format!("retry requested: {reason}"))
+                self.remember_error(id, &format!("retry requested: {reason}"))
                     .await;
             }
             Ok(Outcome::InvalidParams(message)) => {
                 let reply = ReplyEnvelope::failure(
-                    &id,
+                    id,
                     ReplyStatus::Error,
                     codes::INVALID_PARAMS,
                     message.clone(),
@@ -342,12 +480,12 @@ impl Shared {
                     deliveries: delivery,
                     reply: Some(reply),
                 };
-                self.dead_letter(&entry, Some(&request), letter).await;
+                self.dead_letter(entry, Some(&request), letter).await;
             }
             Err(panic) => {
                 let message = panic_message(panic.as_ref());
                 tracing::error!(%id, %message, "handler panicked; the request stays pending for redelivery");
-                self.remember_error(&id, &format!("handler panicked: {message}"))
+                self.remember_error(id, &format!("handler panicked: {message}"))
                     .await;
             }
         }
@@ -380,45 +518,65 @@ impl Shared {
         Ok(envelope)
     }
 
-    /// Stores, publishes and acknowledges a reply, through the finisher (which answers many requests per script
-    /// call), and waits until that went through. A reply that cannot be stored leaves the entry pending, so it is
-    /// delivered again: never lost.
+    /// Stores, publishes and acknowledges a reply, through the finisher (which answers many requests per
+    /// transaction), and waits until that went through. A reply that cannot be stored leaves the entry pending, so
+    /// it is delivered again: never lost.
     pub(crate) async fn finish(
         &self,
         id: &str,
         entry_id: &str,
         delivery: u64,
-        mut reply: ReplyEnvelope,
+        reply: ReplyEnvelope,
     ) {
+        let (done, answered) = oneshot::channel();
+        let queued = self.queue_answer(
+            id.to_owned(),
+            entry_id.to_owned(),
+            delivery,
+            reply,
+            AfterAnswer::Task(done),
+        );
+        if queued {
+            // An error only means the finisher stopped (grace over): the entry stays pending.
+            let _ = answered.await;
+        }
+    }
+
+    /// Encodes a reply (an error reply instead when it is too large) and queues it for the finisher. False when it
+    /// could not be queued; the entry then stays pending.
+    fn queue_answer(
+        &self,
+        id: String,
+        entry_id: String,
+        delivery: u64,
+        mut reply: ReplyEnvelope,
+        after: AfterAnswer,
+    ) -> bool {
         let mut bytes = match protocol::encode(&reply) {
             Ok(b) => b,
             Err(err) => {
                 tracing::error!(%id, error = %err, "could not encode the reply");
-                return;
+                return false;
             }
         };
         if let Err(too_large) = self.client.config().check_payload("reply", bytes.len()) {
             let message = too_large.to_string();
             tracing::warn!(%id, %message, "reply too large; answering with an error instead");
             reply =
-                ReplyEnvelope::failure(id, ReplyStatus::Error, codes::PAYLOAD_TOO_LARGE, message);
+                ReplyEnvelope::failure(&id, ReplyStatus::Error, codes::PAYLOAD_TOO_LARGE, message);
             bytes = match protocol::encode(&reply) {
                 Ok(b) => b,
-                Err(_) => return,
+                Err(_) => return false,
             };
         }
-        let (done, answered) = oneshot::channel();
         let completion = Completion {
-            id: id.to_owned(),
-            entry_id: entry_id.to_owned(),
+            id,
+            entry_id,
             reply: bytes,
             clear_error: delivery > 1,
-            done,
+            after,
         };
-        if self.finished_tx.send(completion).is_ok() {
-            // An error only means the finisher stopped (grace over): the entry stays pending.
-            let _ = answered.await;
-        }
+        self.finished_tx.send(completion).is_ok()
     }
 
     /// Answers a batch of finished requests in one transaction: for each, `SET reply NX PX` (the first reply
@@ -463,7 +621,9 @@ impl Shared {
         self.run_with_retries::<(Value,)>(&pipe, "answering requests")
             .await;
         for c in batch.drain(..) {
-            let _ = c.done.send(());
+            if let AfterAnswer::Task(done) = c.after {
+                let _ = done.send(());
+            }
         }
     }
 
@@ -658,7 +818,7 @@ pub(crate) async fn read_loop(shared: Arc<Shared>) {
                 for entry in entries {
                     // Taken before the next read, so the next read sees only truly free permits.
                     let permit = shared.permits.clone().acquire_owned().await.ok();
-                    shared.spawn_entry(entry, 1, permit);
+                    shared.start_entry(entry, permit);
                 }
             }
             Ok(None) => backoff = Duration::from_millis(50),

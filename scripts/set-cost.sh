@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# What one `SET key value PX ttl` costs Redis, by the size of the keyspace it lands in: the figure behind
+# "where the time goes" in docs/performance.md. redcall writes two such keys per request (the request record and
+# the stored reply); the bench's baseline writes none.
+#
+# Starts a throwaway redis-server on a free loopback port in a temp dir (no persistence), runs redis-benchmark
+# three times with keys shaped like redcall's (hash tag, prefix, 36-character id) and 150-byte values, and prints
+# Redis's own `usec_per_call` for SET each time:
+#   1. a small keyspace (1,000 keys, overwritten over and over);
+#   2. a growing keyspace (every key new, up to ~400,000: what the bench's measurements do);
+#   3. a large stable keyspace (~400,000 keys, overwritten).
+# The server is stopped by PID on exit. Takes about 15 s.
+set -euo pipefail
+
+command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null || {
+    echo "needs redis-server and redis-benchmark (Debian package redis-server)" >&2
+    exit 1
+}
+
+TMP="$(mktemp -d -t redcall-setcost.XXXXXX)"
+PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+REDIS_PID=""
+cleanup() {
+    if [[ -n "$REDIS_PID" ]]; then
+        kill "$REDIS_PID" 2>/dev/null || true
+        wait "$REDIS_PID" 2>/dev/null || true
+    fi
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+redis-server --port "$PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$TMP" >"$TMP/redis.log" 2>&1 &
+REDIS_PID=$!
+for _ in $(seq 50); do
+    redis-cli -p "$PORT" ping >/dev/null 2>&1 && break
+    sleep 0.1
+done
+
+KEY='{redcall:orders}:req:__rand_int__-0000-7000-8000-000000000000'
+VALUE="$(head -c 150 /dev/zero | tr '\0' 'x')"
+
+set_cost() { # $1: label, $2: key range (-r), $3: requests (-n)
+    redis-cli -p "$PORT" config resetstat >/dev/null
+    redis-benchmark -p "$PORT" -q -P 64 -r "$2" -n "$3" SET "$KEY" "$VALUE" PX 3600000 >/dev/null 2>&1
+    local per_call keys
+    per_call="$(redis-cli -p "$PORT" info commandstats | sed -n 's/^cmdstat_set:.*usec_per_call=\([0-9.]*\).*/\1/p')"
+    keys="$(redis-cli -p "$PORT" dbsize)"
+    printf '%-44s %6s µs per SET   (%s keys at the end)\n' "$1" "$per_call" "$keys"
+}
+
+set_cost "small keyspace (1,000 keys, overwritten)" 1000 400000
+redis-cli -p "$PORT" flushall >/dev/null
+set_cost "growing keyspace (every key new)" 100000000 400000
+redis-cli -p "$PORT" flushall >/dev/null
+redis-benchmark -p "$PORT" -q -P 64 -r 400000 -n 3000000 SET "$KEY" "$VALUE" PX 3600000 >/dev/null 2>&1
+set_cost "large stable keyspace (~400,000, overwritten)" 400000 400000

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use redis::AsyncCommands;
 use redis::streams::{
@@ -42,23 +43,62 @@ pub struct ReapReport {
 
 /// The reaper loop that runs inside a responder.
 pub(crate) async fn responder_reaper_loop(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(shared.settings.reap_every());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut clock = ReaperClock::new(&shared);
     let mut trims = TrimSchedule::new();
     loop {
         tokio::select! {
             _ = shared.stop.cancelled() => return,
-            _ = tick.tick() => {}
+            _ = clock.tick.tick() => {}
         }
-        match reclaim(&shared).await {
-            Ok(report) if report != ReapReport::default() => tracing::info!(?report, "reaper pass"),
-            Ok(_) => {}
-            Err(err) => tracing::warn!(error = %err, "reaper pass failed"),
-        }
-        if let Err(err) = remove_dead_consumers(&shared).await {
-            tracing::debug!(error = %err, "consumer cleanup failed");
+        if clock.reap_due() {
+            match reclaim(&shared).await {
+                Ok(report) if report != ReapReport::default() => {
+                    tracing::info!(?report, "reaper pass")
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "reaper pass failed"),
+            }
+            if let Err(err) = remove_dead_consumers(&shared).await {
+                tracing::debug!(error = %err, "consumer cleanup failed");
+            }
         }
         trims.run(&shared).await;
+    }
+}
+
+/// When a reaper loop wakes: often enough for both its reap interval and its trim interval, which may be shorter.
+struct ReaperClock {
+    tick: tokio::time::Interval,
+    reap_every: Duration,
+    next_reap: tokio::time::Instant,
+}
+
+impl ReaperClock {
+    fn new(shared: &Shared) -> Self {
+        let reap_every = shared.settings.reap_every();
+        let retention = &shared.settings.retention;
+        let step = if retention.enabled {
+            reap_every.min(retention.interval.max(Duration::from_millis(20)))
+        } else {
+            reap_every
+        };
+        let mut tick = tokio::time::interval(step);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            tick,
+            reap_every,
+            next_reap: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Whether a reap pass is due now; if so, the next one is scheduled.
+    fn reap_due(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        if now < self.next_reap {
+            return false;
+        }
+        self.next_reap = now + self.reap_every;
+        true
     }
 }
 
@@ -237,17 +277,21 @@ impl Reaper {
 }
 
 async fn standalone_loop(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(shared.settings.reap_every());
+    let mut clock = ReaperClock::new(&shared);
     let mut trims = TrimSchedule::new();
     loop {
         tokio::select! {
             _ = shared.stop.cancelled() => return,
-            _ = tick.tick() => {}
+            _ = clock.tick.tick() => {}
         }
-        match standalone_pass(&shared).await {
-            Ok(report) if report != ReapReport::default() => tracing::info!(?report, "reaper pass"),
-            Ok(_) => {}
-            Err(err) => tracing::warn!(error = %err, "reaper pass failed"),
+        if clock.reap_due() {
+            match standalone_pass(&shared).await {
+                Ok(report) if report != ReapReport::default() => {
+                    tracing::info!(?report, "reaper pass")
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "reaper pass failed"),
+            }
         }
         trims.run(&shared).await;
     }

@@ -661,3 +661,45 @@ async fn measure_memory_per_request() {
         );
     }
 }
+
+/// A trim interval shorter than the reap interval is honoured: the responder's reaper wakes for trims too, instead
+/// of trimming only on its (here 7.5 s) reap ticks.
+#[tokio::test]
+async fn trim_interval_shorter_than_the_reap_interval_is_honoured() {
+    const REQUESTS: u64 = 50;
+    let server = RedisServer::start();
+    let client = Client::open(&server.url()).expect("client");
+    let service = "trim-often";
+    let _responder = client
+        .responder(service)
+        .retain_max_age(Duration::from_millis(200))
+        .trim_interval(Duration::from_millis(100))
+        .handler("fast", |_ctx: RequestContext, n: u64| async move {
+            Ok::<_, HandlerError>(n)
+        })
+        .start()
+        .await
+        .expect("responder");
+    let requester = client.requester(service);
+    let replies = join_all((0..REQUESTS).map(|n| {
+        let requester = requester.clone();
+        async move { requester.call::<_, u64>("fast", &n, LONG).await }
+    }))
+    .await;
+    assert!(replies.iter().all(|r| r.is_ok()), "{replies:?}");
+
+    let key = requester.keys().requests().to_owned();
+    let mut con = connect(&server).await;
+    // The default visibility timeout (30 s) makes the reap interval 7.5 s; trims must come far sooner.
+    let trimmed = wait_until(Duration::from_secs(3), || {
+        let (mut con, key) = (con.clone(), key.clone());
+        // The last delivered entry is the safe bound, which the trim keeps.
+        async move { con.xlen::<_, u64>(&key).await.is_ok_and(|len| len <= 1) }
+    })
+    .await;
+    let left: u64 = con.xlen(&key).await.expect("xlen");
+    assert!(
+        trimmed,
+        "{left} of {REQUESTS} entries still in the stream after 3 s"
+    );
+}

@@ -164,8 +164,23 @@ fn soak_mode_samples_and_judges() {
         .expect("a soak summary");
     assert_eq!(summary["requests"], 3000, "{summary}");
     assert_eq!(summary["errors"], 0, "{summary}");
-    assert!(
-        summary["series"].as_array().is_some_and(|s| s.len() == 5),
+    let series = summary["series"].as_array().expect("series");
+    assert_eq!(series.len(), 7, "{summary}");
+    // The series that follow the request rate are shown, not judged; the others carry a verdict.
+    let judged: Vec<&str> = series
+        .iter()
+        .filter(|s| s["flat"].is_boolean())
+        .filter_map(|s| s["series"].as_str())
+        .collect();
+    assert_eq!(
+        judged,
+        [
+            "redis memory ÷ keys (B)",
+            "keys ÷ request rate (s)",
+            "stream ÷ request rate (s)",
+            "requester RSS (kB)",
+            "requester in_flight"
+        ],
         "{summary}"
     );
 }

@@ -465,8 +465,9 @@ pub struct Flatness {
     pub last: f64,
     /// Growth per 100,000 requests (least-squares slope).
     pub per_100k: f64,
-    /// Allowed growth of `last` over `first`.
-    pub tolerance: f64,
+    /// Allowed growth of `last` over `first`; `None` for a series shown but not judged (it follows the request
+    /// rate, which a shared machine makes wander).
+    pub tolerance: Option<f64>,
 }
 
 impl Flatness {
@@ -483,11 +484,11 @@ impl Flatness {
 
     /// Whether the growth is within the tolerance.
     pub fn flat(&self) -> bool {
-        self.growth() <= 1.0 + self.tolerance
+        self.tolerance.is_none_or(|t| self.growth() <= 1.0 + t)
     }
 
     /// Judges `points` (requests done, value) of the steady samples, in order.
-    pub fn judge(name: &'static str, points: &[(f64, f64)], tolerance: f64) -> Self {
+    pub fn judge(name: &'static str, points: &[(f64, f64)], tolerance: Option<f64>) -> Self {
         let mean = |v: &[(f64, f64)]| {
             if v.is_empty() {
                 0.0
@@ -513,7 +514,7 @@ impl Flatness {
             "last_half_mean": round(self.last, 1),
             "growth": if self.growth().is_finite() { json!(round(self.growth(), 3)) } else { Value::Null },
             "per_100k_requests": round(self.per_100k, 1),
-            "flat": self.flat(),
+            "flat": if self.tolerance.is_some() { json!(self.flat()) } else { Value::Null },
         })
     }
 
@@ -526,7 +527,11 @@ impl Flatness {
             self.last,
             self.growth(),
             self.per_100k,
-            if self.flat() { "flat" } else { "GROWS" }
+            match (self.tolerance, self.flat()) {
+                (None, _) => "(follows the rate; not judged)",
+                (Some(_), true) => "flat",
+                (Some(_), false) => "GROWS",
+            }
         )
     }
 }
@@ -553,17 +558,25 @@ mod tests {
         let flat = Flatness::judge(
             "x",
             &[(1.0, 10.0), (2.0, 11.0), (3.0, 10.0), (4.0, 10.5)],
-            0.1,
+            Some(0.1),
         );
         assert!(flat.flat(), "{}", flat.to_text());
         let grows = Flatness::judge(
             "x",
             &[(1.0, 10.0), (2.0, 20.0), (3.0, 30.0), (4.0, 40.0)],
-            0.1,
+            Some(0.1),
         );
         assert!(!grows.flat());
+        assert!(grows.to_text().ends_with("GROWS"), "{}", grows.to_text());
+        let shown = Flatness::judge("x", &[(1.0, 10.0), (2.0, 40.0)], None);
+        assert!(shown.flat(), "a series that is not judged never fails");
+        assert!(
+            shown.to_text().contains("not judged"),
+            "{}",
+            shown.to_text()
+        );
         assert!((grows.per_100k - 1_000_000.0).abs() < 1e-6);
-        assert!(Flatness::judge("x", &[(1.0, 0.0), (2.0, 0.0)], 0.1).flat());
+        assert!(Flatness::judge("x", &[(1.0, 0.0), (2.0, 0.0)], Some(0.1)).flat());
     }
 
     #[test]

@@ -41,8 +41,17 @@ pub struct ReapReport {
     pub consumers_removed: usize,
 }
 
-/// The reaper loop that runs inside a responder.
-pub(crate) async fn responder_reaper_loop(shared: Arc<Shared>) {
+/// Where a reaper loop runs, which decides what one pass does.
+#[derive(Clone, Copy)]
+pub(crate) enum ReaperKind {
+    /// Inside a responder: claims stale entries for its own handlers, then removes dead consumers.
+    InResponder,
+    /// On its own ([`Reaper`]): dead-letters entries that used up their deliveries, removes dead consumers.
+    Standalone,
+}
+
+/// A reaper loop: a pass every reap interval and a trim every retention interval, until stopped.
+pub(crate) async fn reaper_loop(shared: Arc<Shared>, kind: ReaperKind) {
     let mut clock = ReaperClock::new(&shared);
     let mut trims = TrimSchedule::new();
     loop {
@@ -51,19 +60,29 @@ pub(crate) async fn responder_reaper_loop(shared: Arc<Shared>) {
             _ = clock.tick.tick() => {}
         }
         if clock.reap_due() {
-            match reclaim(&shared).await {
+            let pass = match kind {
+                ReaperKind::InResponder => responder_pass(&shared).await,
+                ReaperKind::Standalone => standalone_pass(&shared).await,
+            };
+            match pass {
                 Ok(report) if report != ReapReport::default() => {
                     tracing::info!(?report, "reaper pass")
                 }
                 Ok(_) => {}
                 Err(err) => tracing::warn!(error = %err, "reaper pass failed"),
             }
-            if let Err(err) = remove_dead_consumers(&shared).await {
-                tracing::debug!(error = %err, "consumer cleanup failed");
-            }
         }
         trims.run(&shared).await;
     }
+}
+
+/// A responder's reaper pass: claims stale entries, then removes dead consumers (even when claiming failed).
+async fn responder_pass(shared: &Arc<Shared>) -> Result<ReapReport> {
+    let reclaimed = reclaim(shared).await;
+    if let Err(err) = remove_dead_consumers(shared).await {
+        tracing::debug!(error = %err, "consumer cleanup failed");
+    }
+    reclaimed
 }
 
 /// When a reaper loop wakes: often enough for both its reap interval and its trim interval, which may be shorter.
@@ -252,7 +271,7 @@ impl Reaper {
         let shared = Arc::new(Shared::connect(client, service, settings, HashMap::new()).await?);
         shared.ensure_group().await?;
         let tasks = TaskTracker::new();
-        tasks.spawn(standalone_loop(shared.clone()));
+        tasks.spawn(reaper_loop(shared.clone(), ReaperKind::Standalone));
         tasks.close();
         Ok(Self { shared, tasks })
     }
@@ -273,27 +292,6 @@ impl Reaper {
     pub async fn shutdown(self) {
         self.shared.stop.cancel();
         self.tasks.wait().await;
-    }
-}
-
-async fn standalone_loop(shared: Arc<Shared>) {
-    let mut clock = ReaperClock::new(&shared);
-    let mut trims = TrimSchedule::new();
-    loop {
-        tokio::select! {
-            _ = shared.stop.cancelled() => return,
-            _ = clock.tick.tick() => {}
-        }
-        if clock.reap_due() {
-            match standalone_pass(&shared).await {
-                Ok(report) if report != ReapReport::default() => {
-                    tracing::info!(?report, "reaper pass")
-                }
-                Ok(_) => {}
-                Err(err) => tracing::warn!(error = %err, "reaper pass failed"),
-            }
-        }
-        trims.run(&shared).await;
     }
 }
 

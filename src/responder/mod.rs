@@ -156,7 +156,10 @@ impl ResponderBuilder {
         let tasks = TaskTracker::new();
         tasks.spawn(worker::read_loop(shared.clone()));
         if shared.settings.run_reaper {
-            tasks.spawn(crate::reaper::responder_reaper_loop(shared.clone()));
+            tasks.spawn(crate::reaper::reaper_loop(
+                shared.clone(),
+                crate::reaper::ReaperKind::InResponder,
+            ));
         }
         tasks.close();
         // The keepalive outlives the loops: it must refresh claims while in-flight work drains at shutdown.

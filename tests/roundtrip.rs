@@ -692,6 +692,49 @@ async fn handler_panicking_before_its_future_leaves_the_request_pending() {
     assert_eq!(fine, "fine");
 }
 
+/// On a multi-thread runtime, handlers that compute without awaiting still run in parallel: each waits (on a
+/// plain condition variable, blocking its thread) until both have started. Run one after the other, the first would
+/// give up waiting after 10 s and answer "alone".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blocking_handlers_run_in_parallel_on_a_multi_thread_runtime() {
+    let server = RedisServer::start();
+    let client = connect(&server);
+    let requester = client.requester("parallel");
+    // Both requests are queued before the responder starts, so one read delivers them together.
+    let (first, second) = (
+        requester
+            .submit("meet", &1u8, GENEROUS)
+            .await
+            .expect("submit"),
+        requester
+            .submit("meet", &2u8, GENEROUS)
+            .await
+            .expect("submit"),
+    );
+    let arrivals = Arc::new((Mutex::new(0usize), std::sync::Condvar::new()));
+    let _responder = client
+        .responder("parallel")
+        .concurrency(4)
+        .handler("meet", move |_ctx: RequestContext, _n: u8| {
+            let (count, arrived) = &*arrivals;
+            let mut count = count.lock().unwrap();
+            *count += 1;
+            arrived.notify_all();
+            let (count, _) = arrived
+                .wait_timeout_while(count, Duration::from_secs(10), |n| *n < 2)
+                .unwrap();
+            let met = if *count >= 2 { "together" } else { "alone" };
+            async move { Ok::<_, HandlerError>(met.to_owned()) }
+        })
+        .start()
+        .await
+        .unwrap();
+    for pending in [first, second] {
+        let met: String = pending.wait().await.expect("reply");
+        assert_eq!(met, "together", "the handlers ran one after the other");
+    }
+}
+
 /// Calls of a Redis command so far, from `INFO commandstats`.
 fn command_calls(server: &RedisServer, command: &str) -> u64 {
     let stats = server.cli(&["INFO", "commandstats"]);

@@ -88,6 +88,10 @@ pub(crate) struct Shared {
     pub(crate) abort: CancellationToken,
     /// The request tasks.
     pub(crate) requests: TaskTracker,
+    /// Whether the read loop may run a handler's first poll itself (see [`Shared::start_entry`]): only on a
+    /// current-thread runtime, where every task shares one thread anyway. On a multi-thread runtime each request
+    /// gets its own task, so handlers that compute without awaiting still run in parallel.
+    inline_first_poll: bool,
     /// Finished requests on their way to the finisher, which answers them in batches.
     finished_tx: mpsc::UnboundedSender<Completion>,
     finished_rx: Mutex<Option<mpsc::UnboundedReceiver<Completion>>>,
@@ -200,7 +204,12 @@ impl Shared {
     ) -> Result<Self> {
         let con = connection::managed_connection(client.redis(), client.config()).await?;
         let (finished_tx, finished_rx) = mpsc::unbounded_channel();
+        let inline_first_poll = matches!(
+            tokio::runtime::Handle::current().runtime_flavor(),
+            tokio::runtime::RuntimeFlavor::CurrentThread
+        );
         Ok(Self {
+            inline_first_poll,
             finished_tx,
             finished_rx: Mutex::new(Some(finished_rx)),
             keys: client.keys(service),
@@ -272,14 +281,18 @@ impl Shared {
         });
     }
 
-    /// Starts a first delivery read by the read loop. A well-formed, unexpired request whose handler is done at its
-    /// first poll (most are) is run right here and its answer queued for the finisher, without a task, a claim to
-    /// keep alive or a wait; anything else goes to [`Shared::spawn_entry`], which handles every case.
+    /// Starts a first delivery read by the read loop. On a current-thread runtime, a well-formed, unexpired request
+    /// whose handler is done at its first poll (most are) is run right here and its answer queued for the finisher,
+    /// without a task, a claim to keep alive or a wait; anything else goes to [`Shared::spawn_entry`], which
+    /// handles every case.
     pub(crate) fn start_entry(
         self: &Arc<Self>,
         entry: RawEntry,
         permit: Option<OwnedSemaphorePermit>,
     ) {
+        if !self.inline_first_poll {
+            return self.spawn_entry(entry, 1, permit);
+        }
         let Some(permit) = permit else {
             return self.spawn_entry(entry, 1, None);
         };

@@ -11,15 +11,15 @@
 //!
 //! Caller-given ids do not come here: they need the duplicate check of the `ADD_REQUEST` script.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Weak};
 
-use redis::aio::MultiplexedConnection;
 use redis::{ErrorKind, RedisError, RedisResult, Value};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::protocol::{self, ServiceKeys};
+use crate::replies::Router;
 
 /// What failed, in errors.
 const ADDING: &str = "adding the request";
@@ -46,11 +46,12 @@ pub(crate) struct Queued {
     pub(crate) done: oneshot::Sender<Result<String>>,
 }
 
-/// Takes queued jobs in batches and sends each batch as one pipeline, until the router stops. A connection error
-/// is reported through `reconnect`, as callers do.
+/// Takes queued jobs in batches and sends each batch as one pipeline, until the router stops. Jobs whose caller
+/// has given up before their batch is sent are left out. Every job is reported back to the router
+/// ([`Router::added`]) once the adder is done with it, so that a caller who gave up meanwhile is unsubscribed only
+/// after its `SUBSCRIBE`.
 pub(crate) async fn add_loop(
-    connection: Arc<Mutex<Option<MultiplexedConnection>>>,
-    reconnect: Arc<Notify>,
+    router: Weak<Router>,
     mut rx: mpsc::UnboundedReceiver<Queued>,
     cancel: CancellationToken,
 ) {
@@ -73,27 +74,45 @@ pub(crate) async fn add_loop(
                 Err(_) => break,
             }
         }
-        let con = connection.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let Some(mut con) = con else {
-            // The router is reconnecting: nothing was sent, and callers fail fast as they do elsewhere.
-            for queued in batch {
-                let _ = queued.done.send(Err(Error::Unavailable {
-                    context: "reconnecting to Redis",
-                }));
-            }
-            continue;
+        let Some(strong) = router.upgrade() else {
+            return;
         };
-        let reconnect = reconnect.clone();
+        batch.retain(|queued| {
+            let gave_up = queued.done.is_closed();
+            if gave_up {
+                strong.added(&queued.job.channel, false);
+            }
+            !gave_up
+        });
+        if batch.is_empty() {
+            continue;
+        }
+        let mut con = match strong.connection() {
+            Ok(con) => con,
+            // The router is reconnecting: nothing is sent, and callers fail fast as they do elsewhere.
+            Err(_) => {
+                for Queued { job, done } in batch {
+                    strong.added(&job.channel, false);
+                    let _ = done.send(Err(Error::Unavailable {
+                        context: "reconnecting to Redis",
+                    }));
+                }
+                continue;
+            }
+        };
+        drop(strong);
+        let router = router.clone();
         // Sent from its own task, so the next batch can go out while this one waits for its answer.
         tokio::spawn(async move {
             let pipe = batch_pipeline(&batch);
             let answer = pipe.query_async::<(Vec<Value>,)>(&mut con).await;
-            if let Err(err) = &answer
-                && crate::connection::is_connection_error(err)
-            {
-                reconnect.notify_one();
+            let Some(router) = router.upgrade() else {
+                return;
+            };
+            if let Err(err) = &answer {
+                router.report_broken(err);
             }
-            deliver(batch, answer.map(|(results,)| results));
+            deliver(&router, batch, answer.map(|(results,)| results));
         });
     }
 }
@@ -130,29 +149,28 @@ fn batch_pipeline(batch: &[Queued]) -> redis::Pipeline {
     pipe
 }
 
-/// Hands each job its outcome from `EXEC`'s answer: `[OK, entry id]` per job, in order.
-fn deliver(batch: Vec<Queued>, answer: RedisResult<Vec<Value>>) {
-    let results = match answer {
-        Ok(results) => results,
-        Err(err) => {
-            for queued in batch {
-                let _ = queued.done.send(Err(Error::redis(ADDING)(err.clone())));
-            }
-            return;
-        }
+/// Hands each job its outcome from `EXEC`'s answer (`[OK, entry id]` per job, in order), after telling the router
+/// the adder is done with it.
+fn deliver(router: &Router, batch: Vec<Queued>, answer: RedisResult<Vec<Value>>) {
+    let mut results = match answer {
+        Ok(results) => Ok(results.into_iter()),
+        Err(err) => Err(err),
     };
-    let mut results = results.into_iter();
-    for queued in batch {
-        let outcome = match (results.next(), results.next()) {
-            (Some(Value::ServerError(err)), _) | (_, Some(Value::ServerError(err))) => {
-                Err(RedisError::from(err))
-            }
-            (Some(_), Some(Value::BulkString(entry))) => String::from_utf8(entry)
-                .map_err(|_| unexpected("a stream entry id that is not UTF-8")),
-            (Some(_), Some(Value::SimpleString(entry))) => Ok(entry),
-            _ => Err(unexpected("an EXEC answer of unexpected shape")),
+    for Queued { job, done } in batch {
+        let outcome = match &mut results {
+            Err(err) => Err(err.clone()),
+            Ok(results) => match (results.next(), results.next()) {
+                (Some(Value::ServerError(err)), _) | (_, Some(Value::ServerError(err))) => {
+                    Err(RedisError::from(err))
+                }
+                (Some(_), Some(Value::BulkString(entry))) => String::from_utf8(entry)
+                    .map_err(|_| unexpected("a stream entry id that is not UTF-8")),
+                (Some(_), Some(Value::SimpleString(entry))) => Ok(entry),
+                _ => Err(unexpected("an EXEC answer of unexpected shape")),
+            },
         };
-        let _ = queued.done.send(outcome.map_err(Error::redis(ADDING)));
+        router.added(&job.channel, true);
+        let _ = done.send(outcome.map_err(Error::redis(ADDING)));
     }
 }
 

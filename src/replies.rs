@@ -13,7 +13,7 @@
 //! While the router is reconnecting it has no connection, and every caller fails at once with
 //! [`Error::Unavailable`]: nothing waits for Redis to come back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,6 +47,8 @@ struct Waiter {
     record_key: String,
     /// Set once Redis has accepted the request: only then does a missing record mean the request was lost.
     accepted: bool,
+    /// Set while the adder has the request (see [`crate::adder`]): its `SUBSCRIBE` may not have reached Redis yet.
+    adding: bool,
     tx: oneshot::Sender<Delivery>,
 }
 
@@ -58,12 +60,20 @@ type WaiterMap = HashMap<String, Waiter, foldhash::fast::RandomState>;
 #[derive(Default)]
 struct Waiters {
     map: Mutex<WaiterMap>,
+    /// Channels released by callers that gave up while the adder had their request. They are unsubscribed only
+    /// once the adder's batch is answered: an `UNSUBSCRIBE` sent earlier could reach Redis before the batch's
+    /// `SUBSCRIBE` and leave the channel subscribed for good. Locked after `map`, never before.
+    orphans: Mutex<HashSet<String, foldhash::fast::RandomState>>,
 }
 
 impl Waiters {
     fn lock(&self) -> std::sync::MutexGuard<'_, WaiterMap> {
         // A poisoned lock only means a panic elsewhere while holding it; the map itself stays consistent.
         self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn orphans(&self) -> std::sync::MutexGuard<'_, HashSet<String, foldhash::fast::RandomState>> {
+        self.orphans.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Completes the waiter of `channel` with `delivery`; false when nobody waits (already answered or gone).
@@ -120,8 +130,7 @@ impl Router {
             router.cancel.clone(),
         ));
         tokio::spawn(adder::add_loop(
-            router.connection.clone(),
-            router.reconnect.clone(),
+            Arc::downgrade(&router),
             adds_rx,
             router.cancel.clone(),
         ));
@@ -143,6 +152,9 @@ impl Router {
     /// callers' requests. Returns the stream entry id. Fails at once with [`Error::Unavailable`] while reconnecting.
     /// The waiter must be registered first.
     pub(crate) async fn add(&self, job: AddJob) -> Result<String> {
+        const STOPPED: Error = Error::Unavailable {
+            context: "the reply router has stopped",
+        };
         // Checked here too, so a caller does not even queue while the router is reconnecting.
         if self
             .connection
@@ -150,19 +162,17 @@ impl Router {
             .unwrap_or_else(|p| p.into_inner())
             .is_none()
         {
+            self.added(&job.channel, false);
             return Err(Error::Unavailable {
                 context: "reconnecting to Redis",
             });
         }
         let (done, outcome) = oneshot::channel();
-        self.adds_tx
-            .send(Queued { job, done })
-            .map_err(|_| Error::Unavailable {
-                context: "the reply router has stopped",
-            })?;
-        outcome.await.unwrap_or(Err(Error::Unavailable {
-            context: "the reply router has stopped",
-        }))
+        if let Err(mpsc::error::SendError(queued)) = self.adds_tx.send(Queued { job, done }) {
+            self.added(&queued.job.channel, false);
+            return Err(STOPPED);
+        }
+        outcome.await.unwrap_or(Err(STOPPED))
     }
 
     /// Reports a connection failure seen by a caller, so the router reconnects without waiting for the driver.
@@ -172,13 +182,14 @@ impl Router {
         }
     }
 
-    /// Registers a waiter for `channel`. Returns `None` when one is already registered (the same id in flight in
-    /// this process).
+    /// Registers a waiter for `channel`; `adding` when its request goes to the adder. Returns `None` when one is
+    /// already registered (the same id in flight in this process).
     pub(crate) fn register(
         &self,
         channel: &str,
         reply_key: String,
         record_key: String,
+        adding: bool,
     ) -> Option<oneshot::Receiver<Delivery>> {
         let mut map = self.waiters.lock();
         if map.contains_key(channel) {
@@ -191,6 +202,7 @@ impl Router {
                 reply_key,
                 record_key,
                 accepted: false,
+                adding,
                 tx,
             },
         );
@@ -204,9 +216,37 @@ impl Router {
         }
     }
 
-    /// Forgets the waiter of `channel` (if still there) and unsubscribes from it, batched with others.
+    /// Forgets the waiter of `channel` (if still there) and unsubscribes from it, batched with others. While the
+    /// adder has the request, the unsubscribe waits for the adder (see [`Router::added`]).
     pub(crate) fn release(&self, channel: String) {
-        self.waiters.lock().remove(&channel);
+        let mut map = self.waiters.lock();
+        if let Some(waiter) = map.remove(&channel)
+            && waiter.adding
+        {
+            self.waiters.orphans().insert(channel);
+            return;
+        }
+        drop(map);
+        self.unsubscribe(channel);
+    }
+
+    /// Called by the adder when it is done with a request: `sent` when its `SUBSCRIBE` went out (and, the batch
+    /// being answered or failed, has been run or never will be). A channel whose caller gave up meanwhile is
+    /// unsubscribed now, after its `SUBSCRIBE`; a waiting caller's channel is from now on released as usual.
+    pub(crate) fn added(&self, channel: &str, sent: bool) {
+        let mut map = self.waiters.lock();
+        if let Some(waiter) = map.get_mut(channel) {
+            waiter.adding = false;
+            return;
+        }
+        let orphan = self.waiters.orphans().remove(channel);
+        drop(map);
+        if orphan && sent {
+            self.unsubscribe(channel.to_owned());
+        }
+    }
+
+    fn unsubscribe(&self, channel: String) {
         // The loop only ends when the router is dropped, and then there is nothing left to unsubscribe.
         let _ = self.unsubscribe_tx.send(channel);
     }

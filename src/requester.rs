@@ -171,7 +171,12 @@ impl Requester {
         let reply_key = self.keys.reply(id);
         let record_key = self.keys.record(id);
         let rx = router
-            .register(&channel, reply_key.clone(), record_key.clone())
+            .register(
+                &channel,
+                reply_key.clone(),
+                record_key.clone(),
+                matches!(origin, IdOrigin::Generated),
+            )
             .ok_or_else(|| Error::DuplicateId { id: id.to_owned() })?;
         // From here on, the guard releases the waiter and its subscription on every early return.
         let pending = PendingReply {

@@ -735,6 +735,66 @@ async fn blocking_handlers_run_in_parallel_on_a_multi_thread_runtime() {
     }
 }
 
+/// A caller that gives up (its future dropped) after its request was queued for the adder, but before the batch
+/// went out, sends nothing and leaves no waiter or subscription behind.
+#[tokio::test]
+async fn callers_giving_up_before_their_batch_is_sent_send_nothing() {
+    let server = RedisServer::start();
+    let client = connect(&server);
+    let requester = client.requester("gave-up-early");
+    let err = requester.call_info("nobody").await.expect_err("no such id");
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+
+    // One poll each, then dropped: the request is queued, and on this single-threaded runtime the adder cannot run
+    // before the drop.
+    for i in 0..100u64 {
+        let call = requester.call::<_, u64>("echo", &i, GENEROUS);
+        let polled_once = futures_util::FutureExt::now_or_never(call);
+        assert!(polled_once.is_none(), "call {i} cannot have been answered");
+    }
+    assert_eq!(client.in_flight(), 0, "waiters of callers that gave up");
+    // A round trip on the router connection, after which the adder has seen the queue.
+    let err = requester.call_info("nobody").await.expect_err("no such id");
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    let stream_len = server.cli(&["XLEN", requester.keys().requests()]);
+    assert_eq!(
+        stream_len.trim(),
+        "0",
+        "requests of callers that gave up were sent"
+    );
+    assert_eq!(subscribed_channels(&server), "", "channels subscribed");
+}
+
+/// Callers that give up at any point while their request is being added leave no waiter and no subscription. On a
+/// multi-thread runtime a caller can give up while its batch is on its way; an `UNSUBSCRIBE` sent at once could
+/// then reach Redis before the batch's `SUBSCRIBE` and leave the channel subscribed for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_giving_up_while_adding_leave_no_waiter_or_subscription() {
+    let server = RedisServer::start();
+    let client = connect(&server);
+    let requester = client.requester("gave-up");
+    let err = requester.call_info("nobody").await.expect_err("no such id");
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+
+    // Dropped at all sorts of points: before, during or after their batch's round trip.
+    let calls = (0..400u64).map(|i| {
+        let requester = requester.clone();
+        async move {
+            let call = requester.call::<_, u64>("echo", &i, GENEROUS);
+            let _ = tokio::time::timeout(Duration::from_micros(25 * (i % 40)), call).await;
+        }
+    });
+    futures_util::future::join_all(calls).await;
+    assert_eq!(client.in_flight(), 0, "waiters leaked");
+    let unsubscribed = wait_until(WAIT, || async { subscribed_channels(&server).is_empty() }).await;
+    let left = subscribed_channels(&server);
+    assert!(
+        unsubscribed,
+        "{} channels still subscribed",
+        left.lines().count()
+    );
+}
+
 /// Calls of a Redis command so far, from `INFO commandstats`.
 fn command_calls(server: &RedisServer, command: &str) -> u64 {
     let stats = server.cli(&["INFO", "commandstats"]);

@@ -341,9 +341,21 @@ async fn reconnect_loop(router: std::sync::Weak<Router>, cancel: CancellationTok
             .await
             {
                 Ok(mut con) => match restore(&r.waiters, &mut con).await {
-                    Ok(()) => {
+                    Ok(restored) => {
                         *r.connection.lock().unwrap_or_else(|p| p.into_inner()) = Some(con);
                         tracing::info!("reply router reconnected");
+                        // Callers released while the connection was being restored (those told that Redis lost
+                        // their request, for one) were unsubscribed from nothing: there was no connection yet.
+                        let stale: Vec<String> = {
+                            let map = r.waiters.lock();
+                            restored
+                                .into_iter()
+                                .filter(|channel| !map.contains_key(channel))
+                                .collect()
+                        };
+                        for channel in stale {
+                            r.unsubscribe(channel);
+                        }
                         break;
                     }
                     Err(err) => {
@@ -363,8 +375,12 @@ async fn reconnect_loop(router: std::sync::Weak<Router>, cancel: CancellationTok
 
 /// Subscribes every waited-on channel on a fresh connection, then reads the stored replies of those channels and
 /// completes the waiters whose reply was published while no one was subscribed. A waiter whose request was
-/// accepted but whose record is gone (and that has no reply) learns that Redis lost its request.
-async fn restore(waiters: &Waiters, con: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+/// accepted but whose record is gone (and that has no reply) learns that Redis lost its request. Returns the
+/// channels subscribed.
+async fn restore(
+    waiters: &Waiters,
+    con: &mut MultiplexedConnection,
+) -> redis::RedisResult<Vec<String>> {
     struct Snapshot {
         channel: String,
         reply_key: String,
@@ -415,7 +431,7 @@ async fn restore(waiters: &Waiters, con: &mut MultiplexedConnection) -> redis::R
              lost its last writes); their callers were told"
         );
     }
-    Ok(())
+    Ok(pending.into_iter().map(|w| w.channel).collect())
 }
 
 /// Sends UNSUBSCRIBE for released channels, many per command.

@@ -382,6 +382,18 @@ async fn restart_without_persistence_reports_lost_requests_and_recovers() {
     );
     // The responder recreates its group (the stream is gone: NOGROUP) and serves again.
     let took = fresh_request_succeeds(&requester, service, Duration::from_secs(30)).await;
+    // The lost requests' callers were told during the reconnect, before the new connection was in place; their
+    // channels are unsubscribed all the same.
+    let unsubscribed = wait_until(Duration::from_secs(10), || async {
+        server.cli(&["PUBSUB", "CHANNELS", "*"]).trim().is_empty()
+    })
+    .await;
+    assert!(
+        unsubscribed,
+        "still subscribed after the reconnect: {}",
+        server.cli(&["PUBSUB", "CHANNELS", "*"])
+    );
+    assert_eq!(client.in_flight(), 0, "waiters left");
     eprintln!(
         "no persistence: 6 in-flight requests reported lost {told_within:?} after the restart; serving again after {took:?}"
     );
@@ -885,4 +897,55 @@ mod fuzz {
             prop_assert!(err.to_string().contains(&format!("version {v}")), "{}", err);
         }
     }
+}
+
+/// Callers that give up while the reply router is restoring its subscriptions after a reconnect (their timeouts run
+/// out then) are unsubscribed all the same. Their release finds no connection yet; the router unsubscribes such
+/// channels once the new connection is in place. Thousands of callers with timeouts spread over two seconds around
+/// a Redis restart make sure some give up in that window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_giving_up_during_a_reconnect_leave_no_subscription() {
+    const CALLERS: u64 = 20_000;
+    let mut server = RedisServer::start_with(RedisOptions::default().aof(AofPolicy::Always));
+    let client = Client::open(&server.url()).expect("client");
+    let requester = client.requester("restore-release");
+    let err = requester.call_info("nobody").await.expect_err("no such id");
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+
+    // No responder: every caller waits until its timeout, 1 to 3 s after its send.
+    let sends = (0..CALLERS).map(|i| {
+        let requester = requester.clone();
+        async move {
+            let timeout = Duration::from_millis(1000 + (i * 2000) / CALLERS);
+            requester.submit("echo", &i, timeout).await.expect("send")
+        }
+    });
+    let pending = futures_util::future::join_all(sends).await;
+    let waits = tokio::spawn(futures_util::future::join_all(
+        pending.into_iter().map(|p| p.wait::<Value>()),
+    ));
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    kill(&mut server);
+    restart(&mut server);
+    let outcomes = waits.await.expect("waits");
+    let timeouts = outcomes
+        .iter()
+        .filter(|o| matches!(o, Err(e) if e.kind() == ErrorKind::Timeout))
+        .count();
+    assert_eq!(
+        timeouts as u64, CALLERS,
+        "every caller timed out (nothing lost with AOF always)"
+    );
+
+    assert_eq!(client.in_flight(), 0, "waiters left");
+    let unsubscribed = wait_until(Duration::from_secs(10), || async {
+        server.cli(&["PUBSUB", "CHANNELS", "*"]).trim().is_empty()
+    })
+    .await;
+    let left = server.cli(&["PUBSUB", "CHANNELS", "*"]);
+    assert!(
+        unsubscribed,
+        "{} channels still subscribed",
+        left.lines().count()
+    );
 }

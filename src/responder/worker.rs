@@ -449,6 +449,7 @@ impl Shared {
         let ctx = self.context(&request, &entry, delivery);
         // The handler call itself is inside the guarded future too: a panic while building the future must not
         // escape either.
+        // The future owns the params; what follows needs only the rest (a dead letter keeps the entry's raw envelope).
         let params = std::mem::take(&mut request.params);
         let run = AssertUnwindSafe(async move { handler(ctx, &params).await }).catch_unwind();
         let Some(outcome) = self.run_until_abort(&id, run).await else {

@@ -641,7 +641,7 @@ impl Shared {
         }
     }
 
-    /// Runs a script pipeline, retrying with backoff on connection errors until it succeeds, the visibility timeout
+    /// Runs a pipeline (reloading scripts Redis forgot), retrying with backoff on connection errors until it succeeds, the visibility timeout
     /// has passed, or the grace period ends. `None` when it never went through.
     ///
     /// Retrying for as long as the visibility timeout means a reply made while Redis is away (a restart, an
@@ -857,7 +857,7 @@ pub(crate) async fn read_loop(shared: Arc<Shared>) {
 }
 
 /// Answers finished requests in batches: whatever finished while the previous batch was on its way goes out in
-/// the next one, so one request alone is answered at once and many share a script call. Runs until the responder
+/// the next one, so one request alone is answered at once and many share a transaction. Runs until the responder
 /// has fully stopped (after the grace period).
 pub(crate) async fn finish_loop(shared: Arc<Shared>) {
     let Some(mut rx) = shared

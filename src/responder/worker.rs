@@ -641,8 +641,8 @@ impl Shared {
         }
     }
 
-    /// Runs a pipeline (reloading scripts Redis forgot), retrying with backoff on connection errors until it succeeds, the visibility timeout
-    /// has passed, or the grace period ends. `None` when it never went through.
+    /// Runs a pipeline (reloading scripts Redis forgot), retrying with backoff on connection errors until it
+    /// succeeds, the visibility timeout has passed, or the grace period ends. `None` when it never went through.
     ///
     /// Retrying for as long as the visibility timeout means a reply made while Redis is away (a restart, an
     /// outage shorter than the visibility timeout) is stored once Redis is back, instead of the handler running

@@ -10,6 +10,8 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/redis-lib.sh
+source scripts/redis-lib.sh
 
 REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 BIN=target/release/redcall
@@ -34,14 +36,6 @@ show_cmd() {
     printf '%s\n' "$out"
 }
 
-# Send SIGTERM to a PID we started and reap it.
-stop_pid() {
-    local pid="$1"
-    [[ -n "$pid" ]] || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
 cleanup() {
     local rc=$?
     stop_pid "$CALL_PID"
@@ -63,62 +57,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-as_root() {
-    if [[ "$(id -u)" -eq 0 ]]; then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo "$@"
-    else
-        die "need root (or sudo) to run: $*"
-    fi
-}
-
-ensure_redis_installed() {
-    command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 && return 0
-    log "redis-server/redis-cli not found; installing redis-server with apt-get"
-    export DEBIAN_FRONTEND=noninteractive
-    if ! as_root apt-get install -y redis-server; then
-        as_root apt-get update
-        as_root apt-get install -y redis-server
-    fi
-}
-
-# True if the Redis at URL $1 answers PONG.
-redis_answers() {
-    command -v redis-cli >/dev/null 2>&1 || return 1
-    [[ "$(timeout 5 redis-cli --no-auth-warning -u "$1" ping 2>/dev/null)" == PONG ]]
-}
-
-# True if something already listens on 127.0.0.1:$1.
-port_in_use() {
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
-# Start a throwaway redis-server on a free port; sets URL and REDIS_PID.
-start_throwaway_redis() {
-    local dir="$TMP/redis" port attempt i
-    mkdir -p "$dir"
-    for attempt in 1 2 3 4 5 6 7 8 9 10; do
-        port=$((20000 + RANDOM % 40000))
-        port_in_use "$port" && continue
-        redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
-            --daemonize no --dir "$dir" --logfile "$dir/redis.log" >/dev/null 2>&1 &
-        REDIS_PID=$!
-        for i in $(seq 100); do
-            kill -0 "$REDIS_PID" 2>/dev/null || break # exited: port taken, try another
-            if redis_answers "redis://127.0.0.1:$port"; then
-                URL="redis://127.0.0.1:$port"
-                log "started throwaway redis-server (pid $REDIS_PID) at $URL"
-                return 0
-            fi
-            sleep 0.05
-        done
-        stop_pid "$REDIS_PID"
-        REDIS_PID=""
-    done
-    die "could not start a throwaway redis-server (log: $(tail -n 5 "$dir/redis.log" 2>/dev/null))"
-}
-
 # redcall against the demo service / the manual-reply service.
 rc() { "$BIN" --url "$URL" --service "$SERVICE" "$@"; }
 rcm() { "$BIN" --url "$URL" --service "$MANUAL_SERVICE" "$@"; }
@@ -136,8 +74,9 @@ if redis_answers "$REDIS_URL"; then
     log "using Redis at $URL"
 else
     log "no Redis answering at $REDIS_URL; starting a throwaway one"
-    ensure_redis_installed
-    start_throwaway_redis
+    ensure_redis
+    start_throwaway_redis "$TMP/redis" || die "no throwaway redis-server"
+    log "started throwaway redis-server (pid $REDIS_PID) at $URL"
 fi
 
 # --- Build & responder -----------------------------------------------------

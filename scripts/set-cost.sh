@@ -3,38 +3,30 @@
 # "where the time goes" in docs/performance.md. redcall writes two such keys per request (the request record and
 # the stored reply); the bench's baseline writes none.
 #
-# Starts a throwaway redis-server on a free loopback port in a temp dir (no persistence), runs redis-benchmark
-# three times with keys shaped like redcall's (hash tag, prefix, 36-character id) and 150-byte values, and prints
-# Redis's own `usec_per_call` for SET each time:
+# Installs redis-server if missing, starts a throwaway one on a free loopback port in a temp dir (no persistence),
+# runs redis-benchmark three times with keys shaped like redcall's (hash tag, prefix, 36-character id) and 150-byte
+# values, and prints Redis's own `usec_per_call` for SET each time:
 #   1. a small keyspace (1,000 keys, overwritten over and over);
 #   2. a growing keyspace (every key new, up to ~400,000: what the bench's measurements do);
 #   3. a large stable keyspace (~400,000 keys, overwritten).
 # The server is stopped by PID on exit. Takes about 15 s.
 set -euo pipefail
 
-command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null || {
-    echo "needs redis-server and redis-benchmark (Debian package redis-server)" >&2
-    exit 1
-}
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/redis-lib.sh
+source scripts/redis-lib.sh
 
 TMP="$(mktemp -d -t redcall-setcost.XXXXXX)"
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 REDIS_PID=""
 cleanup() {
-    if [[ -n "$REDIS_PID" ]]; then
-        kill "$REDIS_PID" 2>/dev/null || true
-        wait "$REDIS_PID" 2>/dev/null || true
-    fi
+    stop_pid "$REDIS_PID"
     rm -rf "$TMP"
 }
 trap cleanup EXIT
 
-redis-server --port "$PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$TMP" >"$TMP/redis.log" 2>&1 &
-REDIS_PID=$!
-for _ in $(seq 50); do
-    redis-cli -p "$PORT" ping >/dev/null 2>&1 && break
-    sleep 0.1
-done
+ensure_redis
+start_throwaway_redis "$TMP/redis"
+PORT="$REDIS_PORT"
 
 KEY='{redcall:orders}:req:__rand_int__-0000-7000-8000-000000000000'
 VALUE="$(head -c 150 /dev/zero | tr '\0' 'x')"

@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::{RedisServer, wait_until};
 use redcall::{Client, Error, ErrorKind, HandlerError, RequestContext, Responder};
@@ -792,6 +792,130 @@ async fn callers_giving_up_while_adding_leave_no_waiter_or_subscription() {
         unsubscribed,
         "{} channels still subscribed",
         left.lines().count()
+    );
+}
+
+/// A handler sees its request's deadline (the requester's send time plus the timeout), the time left until it, and
+/// which delivery it is running.
+#[tokio::test]
+async fn handlers_see_their_deadline_and_delivery() {
+    let server = RedisServer::start();
+    let client = connect(&server);
+    let _responder = client
+        .responder("deadline")
+        .handler("when", |ctx: RequestContext, _: ()| async move {
+            let deadline_ms = ctx
+                .deadline
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64;
+            Ok::<_, HandlerError>((
+                ctx.delivery,
+                deadline_ms,
+                ctx.remaining().as_millis() as u64,
+            ))
+        })
+        .start()
+        .await
+        .unwrap();
+    let requester = client.requester("deadline");
+    let timeout = Duration::from_secs(5);
+    let since_epoch = || {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let before = since_epoch();
+    let (delivery, deadline_ms, remaining_ms): (u64, u64, u64) =
+        requester.call("when", &(), timeout).await.expect("reply");
+    let after = since_epoch();
+    assert_eq!(delivery, 1);
+    let timeout_ms = timeout.as_millis() as u64;
+    assert!(
+        (before + timeout_ms..=after + timeout_ms).contains(&deadline_ms),
+        "deadline {deadline_ms} not send time + {timeout_ms} ms (sent between {before} and {after})"
+    );
+    assert!(
+        remaining_ms > 0 && remaining_ms <= timeout_ms,
+        "time left {remaining_ms} ms"
+    );
+}
+
+/// Namespaces keep deployments apart in one Redis: a responder in one namespace does not see requests made to the
+/// same service in another, and their keys differ.
+#[tokio::test]
+async fn namespaces_keep_deployments_apart() {
+    let server = RedisServer::start();
+    let blue = Client::builder(&server.url())
+        .namespace("blue")
+        .build()
+        .unwrap();
+    let green = Client::builder(&server.url())
+        .namespace("green")
+        .build()
+        .unwrap();
+    let _blue_responder = start_responder(&blue, "shared-name").await;
+    let (blue_requester, green_requester) = (
+        blue.requester("shared-name"),
+        green.requester("shared-name"),
+    );
+    assert_ne!(
+        blue_requester.keys().requests(),
+        green_requester.keys().requests()
+    );
+
+    let echoed: serde_json::Value = blue_requester
+        .call("echo", &"blue", GENEROUS)
+        .await
+        .expect("served in its own namespace");
+    assert_eq!(echoed, "blue");
+    let err = green_requester
+        .call::<_, serde_json::Value>("echo", &"green", Duration::from_millis(700))
+        .await
+        .expect_err("no responder in this namespace");
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    let green_pending = server.cli(&["XLEN", green_requester.keys().requests()]);
+    assert_eq!(
+        green_pending.trim(),
+        "1",
+        "the other namespace's request is still queued, untouched"
+    );
+}
+
+/// When only the reply router's connection drops (Redis stays up), the router reconnects, subscribes again and
+/// reads the stored replies: a reply stored while it was away reaches its caller long before the timeout.
+#[tokio::test]
+async fn router_reconnect_delivers_a_reply_stored_meanwhile() {
+    let server = RedisServer::start();
+    let client = connect(&server);
+    let requester = client.requester("router-drop");
+    let pending = requester
+        .send("router-drop-1", "echo", &"x", Duration::from_secs(60))
+        .await
+        .expect("send");
+    // The router's connection is the one subscribed to the reply channel.
+    let clients = server.cli(&["CLIENT", "LIST"]);
+    let router_ids: Vec<&str> = clients
+        .lines()
+        .filter(|line| {
+            line.split(' ')
+                .any(|field| field.starts_with("sub=") && field != "sub=0")
+        })
+        .filter_map(|line| line.split(' ').find_map(|field| field.strip_prefix("id=")))
+        .collect();
+    assert_eq!(router_ids.len(), 1, "one subscribed connection: {clients}");
+    // Stored without a message, then the connection is cut: only the reconnect's look at stored replies finds it.
+    store_reply_silently(&server, &requester, "router-drop-1", "stored meanwhile").await;
+    server.cli(&["CLIENT", "KILL", "ID", router_ids[0]]);
+
+    let started = Instant::now();
+    let reply: String = pending.wait().await.expect("the stored reply");
+    assert_eq!(reply, "stored meanwhile");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the reply came only after {:?}: found at the timeout's last look, not by the reconnect",
+        started.elapsed()
     );
 }
 

@@ -70,6 +70,47 @@ impl Held {
 /// A handler's outcome, or the panic it raised.
 type HandlerResult = std::thread::Result<Outcome>;
 
+/// What a handler's outcome calls for.
+enum Next {
+    /// Answer the requester: the result, or an error reply.
+    Answer(ReplyEnvelope),
+    /// The handler asked for a retry (why): leave the entry pending.
+    Retry(String),
+    /// The handler panicked (its message): leave the entry pending.
+    Panicked(String),
+    /// The params did not decode (why): dead-letter, with an error reply.
+    InvalidParams(String),
+}
+
+/// Sorts a handler's outcome for request `id` into what it calls for.
+fn next_step(id: &str, outcome: HandlerResult) -> Next {
+    match outcome {
+        Ok(Outcome::Reply(data)) => Next::Answer(ReplyEnvelope::ok(id, data)),
+        Ok(Outcome::Failed(HandlerError::Fail { code, message })) => Next::Answer(
+            ReplyEnvelope::failure(id, ReplyStatus::Error, &code, message),
+        ),
+        Ok(Outcome::Failed(HandlerError::Retry { reason })) => Next::Retry(reason),
+        Ok(Outcome::InvalidParams(message)) => Next::InvalidParams(message),
+        Err(panic) => Next::Panicked(panic_message(panic.as_ref())),
+    }
+}
+
+/// An entry counted in [`Shared::in_flight`] while this lives (see [`Shared::track`]).
+struct InFlight {
+    shared: Arc<Shared>,
+    entry_id: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.shared
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.entry_id);
+    }
+}
+
 /// State shared by a responder's tasks.
 pub(crate) struct Shared {
     pub(crate) client: Client,
@@ -246,12 +287,16 @@ impl Shared {
             .len()
     }
 
-    fn track(&self, entry_id: &str, running: bool) {
-        let mut set = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        if running {
-            set.insert(entry_id.to_owned());
-        } else {
-            set.remove(entry_id);
+    /// Counts an entry as in flight (the keepalive refreshes its claim) until the returned guard is dropped, however
+    /// the task holding it ends.
+    fn track(self: &Arc<Self>, entry_id: &str) -> InFlight {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(entry_id.to_owned());
+        InFlight {
+            shared: self.clone(),
+            entry_id: entry_id.to_owned(),
         }
     }
 
@@ -263,10 +308,10 @@ impl Shared {
         delivery: u64,
         permit: Option<OwnedSemaphorePermit>,
     ) {
-        self.track(&entry.entry_id, true);
+        let tracked = self.track(&entry.entry_id);
         let shared = self.clone();
         self.requests.spawn(async move {
-            let entry_id = entry.entry_id.clone();
+            let _tracked = tracked;
             let permit = match permit {
                 Some(p) => Some(p),
                 None => tokio::select! {
@@ -277,7 +322,6 @@ impl Shared {
             if permit.is_some() {
                 shared.handle_entry(entry, delivery).await;
             }
-            shared.track(&entry_id, false);
         });
     }
 
@@ -301,50 +345,38 @@ impl Shared {
         };
         let ctx = self.context(&request, &entry, 1);
         // The handler's own code runs inside both guards: building its future and its first poll may panic.
-        let built = std::panic::catch_unwind(AssertUnwindSafe(|| handler(ctx, &request.params)));
-        let mut run = match built {
-            Ok(future) => AssertUnwindSafe(future).catch_unwind(),
-            Err(panic) => {
-                let shared = self.clone();
-                self.requests.spawn(async move {
-                    let _permit = permit;
-                    shared.conclude(&entry, request, 1, Err(panic)).await;
-                });
-                return;
-            }
-        };
-        match (&mut run).now_or_never() {
-            Some(Ok(Outcome::Reply(data))) => {
-                let reply = ReplyEnvelope::ok(&request.id, data);
-                let held = AfterAnswer::Inline {
-                    _held: Held::new(self, permit),
-                };
-                self.queue_answer(request.id, entry.entry_id, 1, reply, held);
-            }
-            Some(Ok(Outcome::Failed(HandlerError::Fail { code, message }))) => {
-                let reply = ReplyEnvelope::failure(&request.id, ReplyStatus::Error, &code, message);
-                let held = AfterAnswer::Inline {
-                    _held: Held::new(self, permit),
-                };
-                self.queue_answer(request.id, entry.entry_id, 1, reply, held);
-            }
-            Some(outcome) => {
-                let shared = self.clone();
-                self.requests.spawn(async move {
-                    let _permit = permit;
-                    shared.conclude(&entry, request, 1, outcome).await;
-                });
-            }
-            None => {
-                // Still running: from here on it is an ordinary request task, whose claim is kept alive.
-                self.track(&entry.entry_id, true);
-                let shared = self.clone();
-                self.requests.spawn(async move {
-                    let _permit = permit;
-                    if let Some(outcome) = shared.run_until_abort(&request.id, run).await {
-                        shared.conclude(&entry, request, 1, outcome).await;
+        let first_poll =
+            match std::panic::catch_unwind(AssertUnwindSafe(|| handler(ctx, &request.params))) {
+                Err(panic) => Err(panic),
+                Ok(future) => {
+                    let mut run = AssertUnwindSafe(future).catch_unwind();
+                    match (&mut run).now_or_never() {
+                        Some(outcome) => outcome,
+                        None => {
+                            // Still running: from here on it is an ordinary request task, whose claim is kept alive.
+                            let tracked = self.track(&entry.entry_id);
+                            let shared = self.clone();
+                            self.requests.spawn(async move {
+                                let (_permit, _tracked) = (permit, tracked);
+                                shared.run_and_conclude(&entry, request, 1, run).await;
+                            });
+                            return;
+                        }
                     }
-                    shared.track(&entry.entry_id, false);
+                }
+            };
+        match next_step(&request.id, first_poll) {
+            Next::Answer(reply) => {
+                let held = AfterAnswer::Inline {
+                    _held: Held::new(self, permit),
+                };
+                self.queue_answer(request.id, entry.entry_id, 1, reply, held);
+            }
+            next => {
+                let shared = self.clone();
+                self.requests.spawn(async move {
+                    let _permit = permit;
+                    shared.conclude(&entry, request, 1, next).await;
                 });
             }
         }
@@ -376,19 +408,24 @@ impl Shared {
         }
     }
 
-    /// Awaits a running handler, unless the shutdown grace period ends first (`None`: the request stays pending).
-    async fn run_until_abort(
+    /// Awaits a running handler, then does what its outcome calls for; unless the shutdown grace period ends first,
+    /// which leaves the request pending.
+    async fn run_and_conclude(
         &self,
-        id: &str,
+        entry: &RawEntry,
+        request: RequestEnvelope,
+        delivery: u64,
         run: impl Future<Output = HandlerResult>,
-    ) -> Option<HandlerResult> {
-        tokio::select! {
-            outcome = run => Some(outcome),
+    ) {
+        let outcome = tokio::select! {
+            outcome = run => outcome,
             _ = self.abort.cancelled() => {
-                tracing::warn!(%id, "shutdown grace over; leaving the request pending");
-                None
+                tracing::warn!(id = %request.id, "shutdown grace over; leaving the request pending");
+                return;
             }
-        }
+        };
+        let next = next_step(&request.id, outcome);
+        self.conclude(entry, request, delivery, next).await;
     }
 
     /// Everything that happens to one delivered entry; never panics, never returns an error: every failure ends
@@ -452,36 +489,31 @@ impl Shared {
         // The future owns the params; what follows needs only the rest (a dead letter keeps the entry's raw envelope).
         let params = std::mem::take(&mut request.params);
         let run = AssertUnwindSafe(async move { handler(ctx, &params).await }).catch_unwind();
-        let Some(outcome) = self.run_until_abort(&id, run).await else {
-            return;
-        };
-        self.conclude(&entry, request, delivery, outcome).await;
+        self.run_and_conclude(&entry, request, delivery, run).await;
     }
 
-    /// What follows a handler's outcome: an answer, a retry left pending, or a dead letter.
+    /// Does what a handler's outcome calls for: an answer, a retry left pending, or a dead letter.
     async fn conclude(
         &self,
         entry: &RawEntry,
         request: RequestEnvelope,
         delivery: u64,
-        outcome: HandlerResult,
+        next: Next,
     ) {
         let id = &request.id;
-        match outcome {
-            Ok(Outcome::Reply(data)) => {
-                let reply = ReplyEnvelope::ok(id, data);
-                self.finish(id, &entry.entry_id, delivery, reply).await;
-            }
-            Ok(Outcome::Failed(HandlerError::Fail { code, message })) => {
-                let reply = ReplyEnvelope::failure(id, ReplyStatus::Error, &code, message);
-                self.finish(id, &entry.entry_id, delivery, reply).await;
-            }
-            Ok(Outcome::Failed(HandlerError::Retry { reason })) => {
+        match next {
+            Next::Answer(reply) => self.finish(id, &entry.entry_id, delivery, reply).await,
+            Next::Retry(reason) => {
                 tracing::info!(%id, %reason, "handler asked for a retry; leaving the request pending");
                 self.remember_error(id, &format!("retry requested: {reason}"))
                     .await;
             }
-            Ok(Outcome::InvalidParams(message)) => {
+            Next::Panicked(message) => {
+                tracing::error!(%id, %message, "handler panicked; the request stays pending for redelivery");
+                self.remember_error(id, &format!("handler panicked: {message}"))
+                    .await;
+            }
+            Next::InvalidParams(message) => {
                 let reply = ReplyEnvelope::failure(
                     id,
                     ReplyStatus::Error,
@@ -495,12 +527,6 @@ impl Shared {
                     reply: Some(reply),
                 };
                 self.dead_letter(entry, Some(&request), letter).await;
-            }
-            Err(panic) => {
-                let message = panic_message(panic.as_ref());
-                tracing::error!(%id, %message, "handler panicked; the request stays pending for redelivery");
-                self.remember_error(id, &format!("handler panicked: {message}"))
-                    .await;
             }
         }
     }

@@ -89,7 +89,7 @@ impl Admin {
     pub(crate) async fn con(&self) -> Result<ConnectionManager> {
         self.con
             .get_or_try_init(|| {
-                connection::managed_connection(self.client.redis(), self.client.config())
+                connection::managed_connection(self.client.redis_client(), self.client.config())
             })
             .await
             .cloned()
@@ -119,7 +119,7 @@ pub async fn list_services(client: &Client) -> Result<Vec<String>> {
     let prefix = format!("{{{namespace}:");
     let suffix = "}:requests";
     let pattern = format!("{}*{suffix}", glob_escape(&prefix));
-    let mut con = connection::managed_connection(client.redis(), client.config()).await?;
+    let mut con = connection::managed_connection(client.redis_client(), client.config()).await?;
     let mut services = Vec::new();
     let mut cursor = 0u64;
     loop {

@@ -86,10 +86,6 @@ impl Client {
         &self.inner.redis
     }
 
-    pub(crate) fn redis(&self) -> &redis::Client {
-        &self.inner.redis
-    }
-
     /// The reply router, connected on first use.
     pub(crate) async fn router(&self) -> Result<Arc<Router>> {
         self.inner

@@ -243,7 +243,7 @@ impl Shared {
         settings: ResponderSettings,
         handlers: HashMap<String, ErasedHandler>,
     ) -> Result<Self> {
-        let con = connection::managed_connection(client.redis(), client.config()).await?;
+        let con = connection::managed_connection(client.redis_client(), client.config()).await?;
         let (finished_tx, finished_rx) = mpsc::unbounded_channel();
         let inline_first_poll = matches!(
             tokio::runtime::Handle::current().runtime_flavor(),
@@ -833,7 +833,9 @@ pub(crate) async fn read_loop(shared: Arc<Shared>) {
         let con = match reader.as_mut() {
             Some(con) => con,
             None => {
-                match connection::blocking_connection(shared.client.redis(), &config, block).await {
+                match connection::blocking_connection(shared.client.redis_client(), &config, block)
+                    .await
+                {
                     Ok(con) => reader.insert(con),
                     Err(err) => {
                         tracing::warn!(error = %err, "reader cannot connect; retrying");

@@ -80,7 +80,7 @@ pub(crate) async fn add_loop(
         batch.retain(|queued| {
             let gave_up = queued.done.is_closed();
             if gave_up {
-                strong.added(&queued.job.channel, false);
+                strong.added(&queued.job.channel, false, false);
             }
             !gave_up
         });
@@ -92,7 +92,7 @@ pub(crate) async fn add_loop(
             // The router is reconnecting: nothing is sent, and callers fail fast as they do elsewhere.
             Err(_) => {
                 for Queued { job, done } in batch {
-                    strong.added(&job.channel, false);
+                    strong.added(&job.channel, false, false);
                     let _ = done.send(Err(Error::Unavailable {
                         context: "reconnecting to Redis",
                     }));
@@ -169,7 +169,7 @@ fn deliver(router: &Router, batch: Vec<Queued>, answer: RedisResult<Vec<Value>>)
                 _ => Err(unexpected("an EXEC answer of unexpected shape")),
             },
         };
-        router.added(&job.channel, true);
+        router.added(&job.channel, true, outcome.is_ok());
         let _ = done.send(outcome.map_err(Error::redis(ADDING)));
     }
 }

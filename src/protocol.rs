@@ -80,6 +80,13 @@ impl ServiceKeys {
     pub fn reply_channel(&self, id: &str) -> String {
         self.per_id(":chan:", id)
     }
+
+    /// The request id a reply channel of this service belongs to (the inverse of [`ServiceKeys::reply_channel`]).
+    pub(crate) fn id_of_reply_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel
+            .strip_prefix(self.tag.as_str())?
+            .strip_prefix(":chan:")
+    }
 }
 
 /// A request as it travels in the stream and is kept in the request record.

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::adder::{self, AddJob, Queued};
 use crate::config::ClientConfig;
 use crate::error::{Error, Result};
+use crate::protocol::ServiceKeys;
 
 /// Largest number of channels or keys sent in one command when resubscribing or unsubscribing in bulk.
 const BULK_CHUNK: usize = 1000;
@@ -43,8 +44,8 @@ pub(crate) enum Delivery {
 
 /// A caller waiting for the reply published on one channel.
 struct Waiter {
-    reply_key: String,
-    record_key: String,
+    /// The keys of the request's service, from which the reconnect derives its reply and record keys.
+    keys: Arc<ServiceKeys>,
     /// Set once Redis has accepted the request: only then does a missing record mean the request was lost.
     accepted: bool,
     /// Set while the adder has the request (see [`crate::adder`]): its `SUBSCRIBE` may not have reached Redis yet.
@@ -162,14 +163,14 @@ impl Router {
             .unwrap_or_else(|p| p.into_inner())
             .is_none()
         {
-            self.added(&job.channel, false);
+            self.added(&job.channel, false, false);
             return Err(Error::Unavailable {
                 context: "reconnecting to Redis",
             });
         }
         let (done, outcome) = oneshot::channel();
         if let Err(mpsc::error::SendError(queued)) = self.adds_tx.send(Queued { job, done }) {
-            self.added(&queued.job.channel, false);
+            self.added(&queued.job.channel, false, false);
             return Err(STOPPED);
         }
         outcome.await.unwrap_or(Err(STOPPED))
@@ -187,8 +188,7 @@ impl Router {
     pub(crate) fn register(
         &self,
         channel: &str,
-        reply_key: String,
-        record_key: String,
+        keys: Arc<ServiceKeys>,
         adding: bool,
     ) -> Option<oneshot::Receiver<Delivery>> {
         let mut map = self.waiters.lock();
@@ -199,8 +199,7 @@ impl Router {
         map.insert(
             channel.to_owned(),
             Waiter {
-                reply_key,
-                record_key,
+                keys,
                 accepted: false,
                 adding,
                 tx,
@@ -231,12 +230,14 @@ impl Router {
     }
 
     /// Called by the adder when it is done with a request: `sent` when its `SUBSCRIBE` went out (and, the batch
-    /// being answered or failed, has been run or never will be). A channel whose caller gave up meanwhile is
-    /// unsubscribed now, after its `SUBSCRIBE`; a waiting caller's channel is from now on released as usual.
-    pub(crate) fn added(&self, channel: &str, sent: bool) {
+    /// being answered or failed, has been run or never will be), `accepted` when Redis added the request (as
+    /// [`Router::accepted`]). A channel whose caller gave up meanwhile is unsubscribed now, after its `SUBSCRIBE`; a
+    /// waiting caller's channel is from now on released as usual.
+    pub(crate) fn added(&self, channel: &str, sent: bool, accepted: bool) {
         let mut map = self.waiters.lock();
         if let Some(waiter) = map.get_mut(channel) {
             waiter.adding = false;
+            waiter.accepted = accepted;
             return;
         }
         let orphan = self.waiters.orphans().remove(channel);
@@ -390,11 +391,14 @@ async fn restore(
     let pending: Vec<Snapshot> = waiters
         .lock()
         .iter()
-        .map(|(channel, w)| Snapshot {
-            channel: channel.clone(),
-            reply_key: w.reply_key.clone(),
-            record_key: w.record_key.clone(),
-            accepted: w.accepted,
+        .filter_map(|(channel, w)| {
+            let id = w.keys.id_of_reply_channel(channel)?;
+            Some(Snapshot {
+                channel: channel.clone(),
+                reply_key: w.keys.reply(id),
+                record_key: w.keys.record(id),
+                accepted: w.accepted,
+            })
         })
         .collect();
     for chunk in pending.chunks(BULK_CHUNK) {

@@ -168,13 +168,10 @@ impl Requester {
 
         let router = self.client.router().await?;
         let channel = self.keys.reply_channel(id);
-        let reply_key = self.keys.reply(id);
-        let record_key = self.keys.record(id);
         let rx = router
             .register(
                 &channel,
-                reply_key.clone(),
-                record_key.clone(),
+                self.keys.clone(),
                 matches!(origin, IdOrigin::Generated),
             )
             .ok_or_else(|| Error::DuplicateId { id: id.to_owned() })?;
@@ -182,7 +179,7 @@ impl Requester {
         let pending = PendingReply {
             id: id.to_owned(),
             channel: Some(channel),
-            reply_key,
+            keys: self.keys.clone(),
             rx: Some(rx),
             deadline: started + timeout,
             timeout,
@@ -202,9 +199,9 @@ impl Requester {
                 pipe.cmd("SUBSCRIBE").arg(pending.channel()).ignore();
                 scripts::evalsha(&mut pipe, &scripts::ADD_REQUEST)
                     .arg(4)
-                    .arg(&record_key)
+                    .arg(self.keys.record(id))
                     .arg(self.keys.requests())
-                    .arg(&pending.reply_key)
+                    .arg(self.keys.reply(id))
                     .arg(self.keys.last_error(id))
                     .arg(id)
                     .arg(&bytes)
@@ -213,17 +210,20 @@ impl Requester {
                     .await
                     .inspect_err(|e| router.report_broken(e))
                     .map_err(Error::redis("adding the request"))?;
+                if entry.is_some() {
+                    router.accepted(pending.channel());
+                }
                 entry
             }
             // A generated id cannot collide: it goes to the router's adder, which subscribes and adds many
-            // requests per transaction.
+            // requests per transaction, and marks the waiter accepted.
             IdOrigin::Generated => Some(
                 router
                     .add(AddJob {
                         keys: self.keys.clone(),
                         id: id.to_owned(),
                         channel: pending.channel().to_owned(),
-                        record_key,
+                        record_key: self.keys.record(id),
                         envelope: bytes,
                         record_ttl_ms: record_ttl,
                     })
@@ -233,7 +233,6 @@ impl Requester {
         match entry {
             Some(entry_id) => {
                 tracing::debug!(id, func_key, entry_id, "request added");
-                router.accepted(pending.channel());
                 Ok(pending)
             }
             None => Err(Error::DuplicateId { id: id.to_owned() }),
@@ -244,12 +243,8 @@ impl Requester {
     /// pending and for the record retention period after its deadline; [`Error::NotFound`] otherwise.
     pub async fn call_info(&self, id: &str) -> Result<CallInfo> {
         let router = self.client.router().await?;
-        let mut con = router.connection()?;
-        let record: Option<Vec<u8>> = con
-            .get(self.keys.record(id))
-            .await
-            .inspect_err(|e| router.report_broken(e))
-            .map_err(Error::redis("reading the request record"))?;
+        let record =
+            get_bytes(&router, &self.keys.record(id), "reading the request record").await?;
         let record = record.ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
         Ok(CallInfo::from_envelope(protocol::decode_request(&record)?))
     }
@@ -325,7 +320,7 @@ enum IdOrigin {
 pub struct PendingReply {
     id: String,
     channel: Option<String>,
-    reply_key: String,
+    keys: Arc<ServiceKeys>,
     rx: Option<oneshot::Receiver<Delivery>>,
     deadline: Instant,
     timeout: Duration,
@@ -365,7 +360,7 @@ impl PendingReply {
             // The waiter was dropped without a reply (router shut down) or the time is up: last look. When Redis
             // is unreachable right then, the answer is still a timeout: the request was sent and may be handled
             // later, which an "unavailable, nothing was sent" error would deny.
-            _ => match fetch_stored(&self.router, &self.reply_key).await {
+            _ => match fetch_stored(&self.router, &self.keys.reply(&self.id)).await {
                 Ok(Some(bytes)) => bytes,
                 Ok(None) => return Err(self.timed_out()),
                 Err(err) => {
@@ -386,12 +381,17 @@ impl Drop for PendingReply {
     }
 }
 
-async fn fetch_stored(router: &Router, reply_key: &str) -> Result<Option<Vec<u8>>> {
+/// `GET key` on the router's connection; `context` says what for, in errors.
+async fn get_bytes(router: &Router, key: &str, context: &'static str) -> Result<Option<Vec<u8>>> {
     let mut con = router.connection()?;
-    con.get(reply_key)
+    con.get(key)
         .await
         .inspect_err(|e| router.report_broken(e))
-        .map_err(Error::redis("reading a stored reply"))
+        .map_err(Error::redis(context))
+}
+
+async fn fetch_stored(router: &Router, reply_key: &str) -> Result<Option<Vec<u8>>> {
+    get_bytes(router, reply_key, "reading a stored reply").await
 }
 
 /// Turns a reply envelope into the caller's result.

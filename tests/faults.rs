@@ -11,7 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{AofPolicy, RedisOptions, RedisServer, redis_con, spawn_serve, wait_until};
+use common::{
+    AofPolicy, RedisOptions, RedisServer, connect_router, redis_con, spawn_serve,
+    subscribed_channels, wait_until,
+};
 use redcall::protocol::{self, FORMAT_VERSION, ReplyEnvelope, ReplyStatus, RequestEnvelope};
 use redcall::{Client, Error, ErrorKind, Requester};
 use serde_json::{Value, json};
@@ -394,13 +397,13 @@ async fn restart_without_persistence_reports_lost_requests_and_recovers() {
     // The lost requests' callers were told during the reconnect, before the new connection was in place; their
     // channels are unsubscribed all the same.
     let unsubscribed = wait_until(Duration::from_secs(10), || async {
-        server.cli(&["PUBSUB", "CHANNELS", "*"]).trim().is_empty()
+        subscribed_channels(&server).trim().is_empty()
     })
     .await;
     assert!(
         unsubscribed,
         "still subscribed after the reconnect: {}",
-        server.cli(&["PUBSUB", "CHANNELS", "*"])
+        subscribed_channels(&server)
     );
     assert_eq!(client.in_flight(), 0, "waiters left");
     eprintln!(
@@ -418,9 +421,7 @@ async fn requests_fail_fast_while_redis_is_down() {
     let url = server.url();
     let connected = Client::open(&url).expect("client");
     let requester = connected.requester("down");
-    // Connects the reply router.
-    let err = requester.call_info("nobody").await.expect_err("no such id");
-    assert_eq!(err.kind(), ErrorKind::NotFound);
+    connect_router(&requester).await;
     // Accepted before the outage (no responder): still a timeout, not "nothing was sent", when Redis is away at
     // the deadline.
     let accepted_timeout = Duration::from_millis(1500);
@@ -918,8 +919,7 @@ async fn callers_giving_up_during_a_reconnect_leave_no_subscription() {
     let mut server = RedisServer::start_with(RedisOptions::default().aof(AofPolicy::Always));
     let client = Client::open(&server.url()).expect("client");
     let requester = client.requester("restore-release");
-    let err = requester.call_info("nobody").await.expect_err("no such id");
-    assert_eq!(err.kind(), ErrorKind::NotFound);
+    connect_router(&requester).await;
 
     // No responder: every caller waits until its timeout, 1 to 3 s after its send.
     let sends = (0..CALLERS).map(|i| {
@@ -948,10 +948,10 @@ async fn callers_giving_up_during_a_reconnect_leave_no_subscription() {
 
     assert_eq!(client.in_flight(), 0, "waiters left");
     let unsubscribed = wait_until(Duration::from_secs(10), || async {
-        server.cli(&["PUBSUB", "CHANNELS", "*"]).trim().is_empty()
+        subscribed_channels(&server).trim().is_empty()
     })
     .await;
-    let left = server.cli(&["PUBSUB", "CHANNELS", "*"]);
+    let left = subscribed_channels(&server);
     assert!(
         unsubscribed,
         "{} channels still subscribed",

@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{ChildGuard, RedisServer, redcall_bin, wait_until};
+use common::{ChildGuard, RedisServer, redcall_bin, redis_con, wait_until};
 use futures_util::future::join_all;
 use redcall::admin::{ReplayOptions, SkipReason};
 use redcall::protocol::ReplaySource;
@@ -64,11 +64,7 @@ async fn counting_responder(
 
 /// (entry id, request id) of every entry of the requests stream, in stream order.
 async fn stream_entries(server: &RedisServer, service: &str) -> Vec<(String, String)> {
-    let redis = redis::Client::open(server.url()).expect("redis client");
-    let mut con = redis
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let mut con = redis_con(server).await;
     let key = format!("{{redcall:{service}}}:requests");
     let all: StreamRangeReply = con.xrange_all(&key).await.expect("XRANGE");
     all.ids

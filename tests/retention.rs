@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{ChildGuard, RedisServer, redcall_bin, wait_until};
+use common::{ChildGuard, RedisServer, redcall_bin, redis_con, wait_until};
 use futures_util::future::join_all;
 use redcall::{
     Client, ErrorKind, HandlerError, RequestContext, ResponderSettings, RetentionPolicy,
@@ -20,14 +20,6 @@ use tokio::sync::watch;
 
 const LONG: Duration = Duration::from_secs(60);
 const WAIT: Duration = Duration::from_secs(30);
-
-async fn connect(server: &RedisServer) -> MultiplexedConnection {
-    redis::Client::open(server.url())
-        .expect("redis client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect")
-}
 
 async fn entry_ids(con: &mut MultiplexedConnection, key: &str) -> Vec<String> {
     let all: StreamRangeReply = con.xrange_all(key).await.expect("XRANGE");
@@ -78,7 +70,7 @@ async fn trim_stops_at_the_least_advanced_group_and_the_oldest_pending_entry() {
     let admin = client.admin("groups");
     let requester = client.requester("groups");
     let key = admin.keys().requests().to_owned();
-    let mut con = connect(&server).await;
+    let mut con = redis_con(&server).await;
     for i in 0..100 {
         drop(
             requester
@@ -259,7 +251,7 @@ async fn trimming_under_load_never_removes_a_pending_entry() {
     let trimmer = {
         let (admin, stop, key) = (admin.clone(), stop.clone(), key.clone());
         let (trims, checked, missing) = (trims.clone(), checked.clone(), missing.clone());
-        let mut con = connect(&server).await;
+        let mut con = redis_con(&server).await;
         let script = redis::Script::new(MISSING_PENDING);
         tokio::spawn(async move {
             while !stop.load(Ordering::SeqCst) {
@@ -305,7 +297,7 @@ async fn trimming_under_load_never_removes_a_pending_entry() {
             .expect("every fast request is answered");
         assert_eq!(v, (n % FAST_PER_PHASE) as i64);
     }
-    let mut con = connect(&server).await;
+    let mut con = redis_con(&server).await;
     let all_started = wait_until(WAIT, || async {
         slow_entries.lock().unwrap_or_else(|p| p.into_inner()).len() == SLOW
     })
@@ -383,7 +375,7 @@ async fn serve_and_reap_trim_by_their_flags() {
     let service = "flags";
     let requester = client.requester(service);
     let key = client.keys(service).requests().to_owned();
-    let mut con = connect(&server).await;
+    let mut con = redis_con(&server).await;
 
     // A responder that does not trim; then `reap --once` trims by its flags.
     let serve = ChildGuard::spawn(
@@ -689,7 +681,7 @@ async fn trim_interval_shorter_than_the_reap_interval_is_honoured() {
     assert!(replies.iter().all(|r| r.is_ok()), "{replies:?}");
 
     let key = requester.keys().requests().to_owned();
-    let mut con = connect(&server).await;
+    let mut con = redis_con(&server).await;
     // The default visibility timeout (30 s) makes the reap interval 7.5 s; trims must come far sooner.
     let trimmed = wait_until(Duration::from_secs(3), || {
         let (mut con, key) = (con.clone(), key.clone());

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{RedisServer, wait_until};
+use common::{RedisServer, connect_router, redis_con, subscribed_channels, wait_until};
 use redcall::{Client, Error, ErrorKind, HandlerError, RequestContext, Responder};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, oneshot};
@@ -81,11 +81,7 @@ async fn store_reply_silently(
     data: &str,
 ) {
     let reply = redcall::protocol::ReplyEnvelope::ok(id, redcall::protocol::encode(&data).unwrap());
-    let mut con = redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut con = redis_con(server).await;
     let () = redis::AsyncCommands::set(
         &mut con,
         requester.keys().reply(id),
@@ -93,11 +89,6 @@ async fn store_reply_silently(
     )
     .await
     .unwrap();
-}
-
-/// Redis channels with at least one subscriber (the reply router's subscriptions).
-fn subscribed_channels(server: &RedisServer) -> String {
-    server.cli(&["PUBSUB", "CHANNELS", "*"])
 }
 
 fn is_uuid_v7(id: &str) -> bool {
@@ -146,11 +137,7 @@ async fn call_generates_uuid_v7_ids() {
     assert_eq!(reply, serde_json::json!({"n": 7}));
 
     // The id the request went out with is in the stream entry's `id` field.
-    let mut con = redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut con = redis_con(&server).await;
     let range: redis::streams::StreamRangeReply =
         redis::AsyncCommands::xrange_all(&mut con, requester.keys().requests())
             .await
@@ -742,8 +729,7 @@ async fn callers_giving_up_before_their_batch_is_sent_send_nothing() {
     let server = RedisServer::start();
     let client = connect(&server);
     let requester = client.requester("gave-up-early");
-    let err = requester.call_info("nobody").await.expect_err("no such id");
-    assert_eq!(err.kind(), ErrorKind::NotFound);
+    connect_router(&requester).await;
 
     // One poll each, then dropped: the request is queued, and on this single-threaded runtime the adder cannot run
     // before the drop.
@@ -754,8 +740,7 @@ async fn callers_giving_up_before_their_batch_is_sent_send_nothing() {
     }
     assert_eq!(client.in_flight(), 0, "waiters of callers that gave up");
     // A round trip on the router connection, after which the adder has seen the queue.
-    let err = requester.call_info("nobody").await.expect_err("no such id");
-    assert_eq!(err.kind(), ErrorKind::NotFound);
+    connect_router(&requester).await;
     let stream_len = server.cli(&["XLEN", requester.keys().requests()]);
     assert_eq!(
         stream_len.trim(),
@@ -773,8 +758,7 @@ async fn callers_giving_up_while_adding_leave_no_waiter_or_subscription() {
     let server = RedisServer::start();
     let client = connect(&server);
     let requester = client.requester("gave-up");
-    let err = requester.call_info("nobody").await.expect_err("no such id");
-    assert_eq!(err.kind(), ErrorKind::NotFound);
+    connect_router(&requester).await;
 
     // Dropped at all sorts of points: before, during or after their batch's round trip.
     let calls = (0..400u64).map(|i| {
@@ -939,8 +923,7 @@ async fn generated_ids_are_added_in_batches_each_with_its_own_record_and_reply()
     let client = connect(&server);
     let requester = client.requester("batched");
     // Connects the reply router, so the sends below start together.
-    let err = requester.call_info("nobody").await.expect_err("no such id");
-    assert_eq!(err.kind(), ErrorKind::NotFound);
+    connect_router(&requester).await;
     let transactions_before = command_calls(&server, "exec");
 
     let sends = (0..N).map(|i| {

@@ -384,3 +384,15 @@ pub async fn redis_con(server: &RedisServer) -> redis::aio::MultiplexedConnectio
         .await
         .expect("connect")
 }
+
+/// Redis channels with at least one subscriber (the reply routers' subscriptions), one per line; empty when none.
+pub fn subscribed_channels(server: &RedisServer) -> String {
+    server.cli(&["PUBSUB", "CHANNELS", "*"])
+}
+
+/// Connects a requester's reply router by looking up an id that does not exist, so that what a test does next
+/// starts on a live connection.
+pub async fn connect_router(requester: &redcall::Requester) {
+    let err = requester.call_info("nobody").await.expect_err("no such id");
+    assert_eq!(err.kind(), redcall::ErrorKind::NotFound, "{err}");
+}

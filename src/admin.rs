@@ -17,6 +17,7 @@
 //! Long operations take a `progress` callback that receives the number of entries processed so far.
 
 mod dead_letters;
+mod pager;
 mod replay;
 mod stats;
 

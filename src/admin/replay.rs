@@ -8,12 +8,16 @@ use redis::aio::ConnectionManager;
 use redis::streams::{StreamInfoGroupsReply, StreamPendingCountReply, StreamRangeReply};
 use serde::Serialize;
 
+use super::pager::Pager;
 use super::{Admin, DeadLetterEntry, PAGE, check_entry_id, parse_entry_id};
 use crate::config::ttl_ms;
 use crate::error::{Error, Result};
 use crate::protocol::{self, ReplayInfo, ReplaySource, RequestEnvelope};
 use crate::responder::RawEntry;
 use crate::scripts;
+
+/// What paging through a stream reports in errors.
+const READING_PAGE: &str = "reading a stream page";
 
 /// Deadline a replayed request gets by default, counted from the replay: nobody waits on a replay with the
 /// original (usually short) timeout, and a replay that expires in the queue would be wasted.
@@ -209,18 +213,12 @@ impl Admin {
         let total = self.dead_letter_count().await?;
         let mut con = self.con().await?;
         let mut seen = HashSet::new();
-        let mut start = "-".to_owned();
         let mut done = 0;
-        // Bounded: the cursor moves forward by a page each time and stops at `bound`.
-        for _ in 0..=total / PAGE as u64 + 1 {
-            let page = self
-                .read_page(&mut con, self.keys.dead_letters(), &start, &bound)
-                .await?;
-            let Some(last) = page.ids.last() else { break };
-            start = format!("({}", last.id);
-            let n = page.ids.len();
-            let candidates = page
-                .ids
+        let stream = self.keys.dead_letters();
+        let mut pager = Pager::new(stream, "-", &bound, total, READING_PAGE);
+        while let Some(ids) = pager.next(&mut con).await? {
+            let n = ids.len();
+            let candidates = ids
                 .into_iter()
                 .map(|e| DeadLetterEntry::from_stream_id(e).into())
                 .collect();
@@ -228,9 +226,6 @@ impl Admin {
                 .await?;
             done += n as u64;
             progress(done);
-            if n < PAGE {
-                break;
-            }
         }
         Ok(report)
     }
@@ -270,16 +265,11 @@ impl Admin {
             .await
             .map_err(Error::redis("measuring the requests stream"))?;
         let mut seen = HashSet::new();
-        let mut start = from.to_owned();
         let mut done = 0;
-        // Bounded: the cursor moves forward by a page each time and stops at `bound`.
-        for _ in 0..=total / PAGE as u64 + 1 {
-            let page = self.read_page(&mut con, requests, &start, &bound).await?;
-            let Some(last) = page.ids.last() else { break };
-            start = format!("({}", last.id);
-            let n = page.ids.len();
-            let entries: Vec<RawEntry> =
-                page.ids.into_iter().map(RawEntry::from_stream_id).collect();
+        let mut pager = Pager::new(requests, from, &bound, total, READING_PAGE);
+        while let Some(ids) = pager.next(&mut con).await? {
+            let n = ids.len();
+            let entries: Vec<RawEntry> = ids.into_iter().map(RawEntry::from_stream_id).collect();
             let in_flight = if opts.include_in_flight {
                 HashSet::new()
             } else {
@@ -301,30 +291,8 @@ impl Admin {
                 .await?;
             done += n as u64;
             progress(done);
-            if n < PAGE {
-                break;
-            }
         }
         Ok(report)
-    }
-
-    /// One page of a stream, `start` (inclusive, or `(id` exclusive) to `end`.
-    async fn read_page(
-        &self,
-        con: &mut ConnectionManager,
-        stream: &str,
-        start: &str,
-        end: &str,
-    ) -> Result<StreamRangeReply> {
-        redis::cmd("XRANGE")
-            .arg(stream)
-            .arg(start)
-            .arg(end)
-            .arg("COUNT")
-            .arg(PAGE)
-            .query_async(con)
-            .await
-            .map_err(Error::redis("reading a stream page"))
     }
 
     /// The entry ids among `entries` that some group has not read yet or holds pending. With no group at all,

@@ -8,7 +8,8 @@ use redis::streams::{
 };
 use serde::Serialize;
 
-use super::{Admin, PAGE, parse_entry_id};
+use super::pager::Pager;
+use super::{Admin, parse_entry_id};
 use crate::error::{Error, Result};
 
 /// A snapshot of one service, as `redcall stats` shows it. Taken with a few round trips, so the numbers of
@@ -206,28 +207,12 @@ impl Admin {
     async fn dead_letters_by_group(&self, total: u64) -> Result<HashMap<String, u64>> {
         let mut con = self.con().await?;
         let mut counts = HashMap::new();
-        let mut start = "-".to_owned();
-        // Bounded: the stream had `total` entries; a few more may arrive meanwhile.
-        let pages = total / PAGE as u64 + 2;
-        for _ in 0..pages {
-            let page: StreamRangeReply = redis::cmd("XRANGE")
-                .arg(self.keys.dead_letters())
-                .arg(&start)
-                .arg("+")
-                .arg("COUNT")
-                .arg(PAGE)
-                .query_async(&mut con)
-                .await
-                .map_err(Error::redis("counting dead letters per group"))?;
-            let Some(last) = page.ids.last() else { break };
-            start = format!("({}", last.id);
-            let full = page.ids.len() == PAGE;
+        let stream = self.keys.dead_letters();
+        let mut pager = Pager::new(stream, "-", "+", total, "counting dead letters per group");
+        while let Some(ids) = pager.next(&mut con).await? {
             // A dead letter without a `group` field stays unattributed.
-            for group in page.ids.iter().filter_map(|e| e.get::<String>("group")) {
+            for group in ids.iter().filter_map(|e| e.get::<String>("group")) {
                 *counts.entry(group).or_insert(0) += 1;
-            }
-            if !full {
-                break;
             }
         }
         Ok(counts)

@@ -9,6 +9,9 @@ use redis::streams::{
 use serde::Serialize;
 
 use super::pager::Pager;
+
+/// What reading the groups' details reports in errors.
+const READING_GROUPS: &str = "reading group stats";
 use super::{Admin, parse_entry_id};
 use crate::error::{Error, Result};
 
@@ -115,15 +118,42 @@ impl Admin {
         let server_time_ms = secs * 1000 + micros / 1000;
 
         let mut groups = Vec::new();
-        if exists {
-            let info: StreamInfoGroupsReply = redis::cmd("XINFO")
+        let info: StreamInfoGroupsReply = if exists {
+            redis::cmd("XINFO")
                 .arg("GROUPS")
                 .arg(requests)
                 .query_async(&mut con)
                 .await
-                .map_err(Error::redis("listing consumer groups"))?;
+                .map_err(Error::redis("listing consumer groups"))?
+        } else {
+            StreamInfoGroupsReply::default()
+        };
+        if !info.groups.is_empty() {
+            // One round trip for every group's pending summary, oldest pending entry and consumers.
+            let mut pipe = redis::pipe();
+            for group in &info.groups {
+                pipe.xpending(requests, &group.name)
+                    .xpending_count(requests, &group.name, "-", "+", 1)
+                    .xinfo_consumers(requests, &group.name);
+            }
+            let replies: Vec<redis::Value> = pipe
+                .query_async(&mut con)
+                .await
+                .map_err(Error::redis(READING_GROUPS))?;
+            let mut replies = replies.into_iter();
             for group in info.groups {
-                groups.push(self.group_stats(group, server_time_ms).await?);
+                let (summary, oldest, consumers) = (
+                    parse_reply(replies.next())?,
+                    parse_reply(replies.next())?,
+                    parse_reply(replies.next())?,
+                );
+                groups.push(group_stats(
+                    group,
+                    server_time_ms,
+                    summary,
+                    oldest,
+                    consumers,
+                ));
             }
         }
         groups.sort_by(|a, b| a.name.cmp(&b.name));
@@ -152,56 +182,54 @@ impl Admin {
             server_time_ms,
         })
     }
+}
 
-    async fn group_stats(
-        &self,
-        group: redis::streams::StreamInfoGroup,
-        server_time_ms: u64,
-    ) -> Result<GroupStats> {
-        let mut con = self.con().await?;
-        let requests = self.keys.requests();
-        let (summary, oldest, consumers): (
-            StreamPendingReply,
-            StreamPendingCountReply,
-            StreamInfoConsumersReply,
-        ) = redis::pipe()
-            .xpending(requests, &group.name)
-            .xpending_count(requests, &group.name, "-", "+", 1)
-            .xinfo_consumers(requests, &group.name)
-            .query_async(&mut con)
-            .await
-            .map_err(Error::redis("reading group stats"))?;
-        let oldest_pending = oldest.ids.into_iter().next().map(|p| {
-            let added_ms = parse_entry_id(&p.id).map_or(server_time_ms, |(ms, _)| ms);
-            OldestPending {
-                age_ms: server_time_ms.saturating_sub(added_ms),
-                idle_ms: p.last_delivered_ms as u64,
-                deliveries: p.times_delivered as u64,
-                consumer: p.consumer,
-                entry_id: p.id,
-            }
-        });
-        let mut consumers: Vec<ConsumerStats> = consumers
-            .consumers
-            .into_iter()
-            .map(|c| ConsumerStats {
-                name: c.name,
-                pending: c.pending as u64,
-                idle_ms: c.idle as u64,
-            })
-            .collect();
-        consumers.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(GroupStats {
-            pending: summary.count() as u64,
-            lag: group.lag.map(|l| l as u64),
-            last_delivered_id: group.last_delivered_id,
-            oldest_pending,
-            consumers,
-            dead_letters: 0,
-            name: group.name,
+/// One reply of the groups' pipeline, as `T` (a missing reply is refused like a malformed one).
+fn parse_reply<T: redis::FromRedisValue>(reply: Option<redis::Value>) -> Result<T> {
+    redis::from_redis_value(reply.unwrap_or(redis::Value::Nil))
+        .map_err(|e| Error::redis(READING_GROUPS)(e.into()))
+}
+
+/// What `stats` reports of one group, from its `XINFO GROUPS` entry and the replies read for it.
+fn group_stats(
+    group: redis::streams::StreamInfoGroup,
+    server_time_ms: u64,
+    summary: StreamPendingReply,
+    oldest: StreamPendingCountReply,
+    consumers: StreamInfoConsumersReply,
+) -> GroupStats {
+    let oldest_pending = oldest.ids.into_iter().next().map(|p| {
+        let added_ms = parse_entry_id(&p.id).map_or(server_time_ms, |(ms, _)| ms);
+        OldestPending {
+            age_ms: server_time_ms.saturating_sub(added_ms),
+            idle_ms: p.last_delivered_ms as u64,
+            deliveries: p.times_delivered as u64,
+            consumer: p.consumer,
+            entry_id: p.id,
+        }
+    });
+    let mut consumers: Vec<ConsumerStats> = consumers
+        .consumers
+        .into_iter()
+        .map(|c| ConsumerStats {
+            name: c.name,
+            pending: c.pending as u64,
+            idle_ms: c.idle as u64,
         })
+        .collect();
+    consumers.sort_by(|a, b| a.name.cmp(&b.name));
+    GroupStats {
+        pending: summary.count() as u64,
+        lag: group.lag.map(|l| l as u64),
+        last_delivered_id: group.last_delivered_id,
+        oldest_pending,
+        consumers,
+        dead_letters: 0,
+        name: group.name,
     }
+}
 
+impl Admin {
     /// Counts dead letters per group by reading the dead-letter stream (its `group` field), a page at a time. Only
     /// needed when a service has several groups.
     async fn dead_letters_by_group(&self, total: u64) -> Result<HashMap<String, u64>> {

@@ -98,6 +98,19 @@ pub enum SkipReason {
     },
 }
 
+impl SkipReason {
+    /// Its code, as in JSON (`reason`): `not_found`, `malformed`, `in_flight`, `duplicate_id`, `payload_too_large`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SkipReason::NotFound => "not_found",
+            SkipReason::Malformed { .. } => "malformed",
+            SkipReason::InFlight => "in_flight",
+            SkipReason::DuplicateId => "duplicate_id",
+            SkipReason::PayloadTooLarge { .. } => "payload_too_large",
+        }
+    }
+}
+
 /// An entry a replay left alone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Skipped {
@@ -498,6 +511,23 @@ fn replay_envelope(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skip_reason_codes_are_the_json_tags() {
+        let reasons = [
+            SkipReason::NotFound,
+            SkipReason::Malformed {
+                message: "m".into(),
+            },
+            SkipReason::InFlight,
+            SkipReason::DuplicateId,
+            SkipReason::PayloadTooLarge { size: 1 },
+        ];
+        for reason in reasons {
+            let json = serde_json::to_value(&reason).unwrap();
+            assert_eq!(json["reason"], reason.code(), "{reason:?}");
+        }
+    }
     use crate::protocol::FORMAT_VERSION;
 
     #[test]

@@ -189,10 +189,7 @@ pub fn print_replay_report(ctx: &Context<'_>, report: &ReplayReport, what: &str)
     );
     const SHOWN: usize = 20;
     for s in report.skipped.iter().take(SHOWN) {
-        let reason = serde_json::to_value(&s.reason)
-            .ok()
-            .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_owned))
-            .unwrap_or_default();
+        let reason = s.reason.code();
         println!(
             "  skipped {} (request {}): {reason}",
             s.from,

@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 use redcall::protocol::{self, FORMAT_VERSION, ReplyEnvelope, RequestEnvelope, ServiceKeys};
 
+use super::load::lock;
+
 /// Entries read per `XREADGROUP`.
 const READ_COUNT: usize = 128;
 /// How long one `XREADGROUP` blocks.
@@ -179,7 +181,7 @@ impl BaselineCaller {
 
 impl Inner {
     fn lock_waiters(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Vec<u8>>>> {
-        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.waiters)
     }
 }
 
@@ -190,10 +192,7 @@ fn route(waiters: &Waiters, data: Vec<Value>) {
         (parts.next(), parts.next())
         && let Ok(channel) = std::str::from_utf8(&channel)
     {
-        let waiter = waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(channel);
+        let waiter = lock(waiters).remove(channel);
         if let Some(tx) = waiter {
             let _ = tx.send(payload);
         }

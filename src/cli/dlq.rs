@@ -53,12 +53,33 @@ pub struct ReplayArgs {
     /// Every dead letter present when the replay starts.
     #[arg(long)]
     pub all: bool,
-    /// Only dead letters for this function key.
+    #[command(flatten)]
+    pub flags: ReplayFlags,
+}
+
+/// The flags of every replay (`dlq replay` and `replay`).
+#[derive(Debug, clap::Args)]
+pub struct ReplayFlags {
+    /// Only requests for this function key.
     #[arg(long, value_name = "KEY")]
     pub func: Option<String>,
     /// Seconds the replayed requests get before their deadline [default: 600].
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub timeout: Option<Duration>,
+}
+
+impl ReplayFlags {
+    /// The replay options these flags ask for.
+    pub fn options(&self) -> ReplayOptions {
+        let mut opts = ReplayOptions::default();
+        if let Some(timeout) = self.timeout {
+            opts = opts.timeout(timeout);
+        }
+        if let Some(func) = &self.func {
+            opts = opts.func_key(func.clone());
+        }
+        opts
+    }
 }
 
 /// Runs a `dlq` subcommand.
@@ -121,13 +142,7 @@ async fn list(
 }
 
 async fn run_replay(ctx: &Context<'_>, admin: &Admin, args: &ReplayArgs) -> redcall::Result<()> {
-    let mut opts = ReplayOptions::default();
-    if let Some(timeout) = args.timeout {
-        opts = opts.timeout(timeout);
-    }
-    if let Some(func) = &args.func {
-        opts = opts.func_key(func.clone());
-    }
+    let opts = args.flags.options();
     let report = if args.all {
         let total = admin.dead_letter_count().await?;
         let bar = progress_bar(Some(total), "replaying dead letters");

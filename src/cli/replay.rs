@@ -1,11 +1,8 @@
 //! `redcall replay --from ID --to ID [--func KEY]`: re-run a range of the requests stream (history after a bug
 //! fix), each request under its original id.
 
-use std::time::Duration;
-
-use redcall::admin::ReplayOptions;
-
-use super::{Context, parse_secs, progress_bar};
+use super::dlq::ReplayFlags;
+use super::{Context, progress_bar};
 
 /// Arguments of `redcall replay`.
 #[derive(Debug, clap::Args)]
@@ -17,12 +14,8 @@ pub struct Args {
     /// timestamp is allowed).
     #[arg(long, value_name = "STREAM_ID")]
     pub to: String,
-    /// Only requests for this function key.
-    #[arg(long, value_name = "KEY")]
-    pub func: Option<String>,
-    /// Seconds the replayed requests get before their deadline [default: 600].
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
-    pub timeout: Option<Duration>,
+    #[command(flatten)]
+    pub flags: ReplayFlags,
     /// Also replay entries still pending or not yet delivered to every group (they would then run twice).
     #[arg(long)]
     pub include_in_flight: bool,
@@ -31,13 +24,10 @@ pub struct Args {
 /// Replays the range and prints what was done.
 pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
     let admin = ctx.client.admin(&ctx.cli.service);
-    let mut opts = ReplayOptions::default().include_in_flight(args.include_in_flight);
-    if let Some(timeout) = args.timeout {
-        opts = opts.timeout(timeout);
-    }
-    if let Some(func) = &args.func {
-        opts = opts.func_key(func.clone());
-    }
+    let opts = args
+        .flags
+        .options()
+        .include_in_flight(args.include_in_flight);
     let bar = progress_bar(None, "replaying entries");
     let report = admin
         .replay_range(&args.from, &args.to, &opts, |n| bar.set_position(n))

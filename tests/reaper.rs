@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{RedisServer, wait_until};
+use common::{RedisServer, pending_count, wait_until};
 use redcall::{Client, ErrorKind, Reaper, ResponderSettings};
 use serde_json::{Value, json};
 
@@ -122,7 +122,7 @@ async fn entries_deleted_while_pending_are_dropped_and_serving_goes_on() {
     let dropped = wait_until(Duration::from_secs(10), || {
         let server = &server;
         let stream = stream.clone();
-        async move { server.cli(&["XPENDING", &stream, GROUP]).lines().next() == Some("0") }
+        async move { pending_count(server, &stream, GROUP) == 0 }
     })
     .await;
     assert!(
@@ -185,10 +185,7 @@ async fn standalone_reaper_dead_letters_exhausted_entries_only() {
         "1"
     );
     // The entry delivered once stays pending for a responder with a handler.
-    assert_eq!(
-        server.cli(&["XPENDING", &stream, GROUP]).lines().next(),
-        Some("1")
-    );
+    assert_eq!(pending_count(&server, &stream, GROUP), 1);
     drop(fresh);
     reaper.shutdown().await;
 }

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{RedisServer, connect_router, redis_con, subscribed_channels, wait_until};
+use common::{
+    RedisServer, connect_router, pending_count, redis_con, subscribed_channels, wait_until,
+};
 use redcall::{Client, Error, ErrorKind, HandlerError, RequestContext, Responder};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, oneshot};
@@ -391,9 +393,7 @@ async fn timeout_then_responder_stores_an_expired_reply() {
     );
     // Acknowledged: nothing pending in the group.
     let acked = wait_until(WAIT, || async {
-        server
-            .cli(&["XPENDING", requester.keys().requests(), "workers"])
-            .starts_with('0')
+        pending_count(&server, requester.keys().requests(), "workers") == 0
     })
     .await;
     assert!(acked, "entry still pending");
@@ -501,9 +501,7 @@ async fn handler_error_carries_code_and_message() {
     assert!(err.to_string().contains("err-1"), "{err}");
     // The entry is acknowledged: nothing pending.
     let acked = wait_until(WAIT, || async {
-        server
-            .cli(&["XPENDING", requester.keys().requests(), "workers"])
-            .starts_with('0')
+        pending_count(&server, requester.keys().requests(), "workers") == 0
     })
     .await;
     assert!(acked, "failed request left pending");
@@ -666,11 +664,8 @@ async fn handler_panicking_before_its_future_leaves_the_request_pending() {
         last_error.contains("handler panicked") && last_error.contains("synchronously"),
         "last error: {last_error:?}"
     );
-    let pending = server.cli(&["XPENDING", requester.keys().requests(), "workers"]);
-    assert!(
-        pending.starts_with('1'),
-        "the entry stays pending: {pending:?}"
-    );
+    let pending = pending_count(&server, requester.keys().requests(), "workers");
+    assert_eq!(pending, 1, "the entry stays pending");
 
     let fine: String = requester
         .request("sync-fine", "touchy", &"fine", GENEROUS)
@@ -1214,7 +1209,7 @@ async fn a_reply_by_hand_during_the_handler_wins_over_the_handlers_reply() {
         wait_until(WAIT, || {
             let server = &server;
             let stream = stream.clone();
-            async move { server.cli(&["XPENDING", &stream, "workers"]).lines().next() == Some("0") }
+            async move { pending_count(server, &stream, "workers") == 0 }
         })
         .await,
         "the handler's answer acked the entry"

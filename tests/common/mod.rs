@@ -396,3 +396,13 @@ pub async fn connect_router(requester: &redcall::Requester) {
     let err = requester.call_info("nobody").await.expect_err("no such id");
     assert_eq!(err.kind(), redcall::ErrorKind::NotFound, "{err}");
 }
+
+/// How many entries `group` holds pending on `stream` (the count of `XPENDING <stream> <group>`).
+pub fn pending_count(server: &RedisServer, stream: &str, group: &str) -> u64 {
+    let summary = server.cli(&["XPENDING", stream, group]);
+    summary
+        .lines()
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("XPENDING {stream} {group}: {summary:?}"))
+}

@@ -3,11 +3,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{ChildGuard, RedisServer, redcall_bin, redis_con, wait_until};
+use common::{ChildGuard, RedisServer, redcall_bin, redis_con, run_cli, wait_until};
 use futures_util::future::join_all;
 use redcall::admin::{ReplayOptions, SkipReason};
 use redcall::protocol::ReplaySource;
@@ -108,14 +108,6 @@ async fn kill_responder(server: &RedisServer, responder: ChildGuard) {
     })
     .await;
     assert!(released, "a client is still blocked reading");
-}
-
-fn run_cli(server: &RedisServer, service: &str, args: &[&str]) -> Output {
-    Command::new(redcall_bin())
-        .args(["--url", &server.url(), "--service", service])
-        .args(args)
-        .output()
-        .expect("run redcall")
 }
 
 fn cli_json(server: &RedisServer, service: &str, args: &[&str]) -> serde_json::Value {

@@ -3,12 +3,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{ChildGuard, RedisServer, redcall_bin, redis_con, wait_until};
+use common::{ChildGuard, RedisServer, redcall_bin, redis_con, run_cli, wait_until};
 use futures_util::future::join_all;
 use redcall::{
     Client, ErrorKind, HandlerError, RequestContext, ResponderSettings, RetentionPolicy,
@@ -358,14 +358,6 @@ async fn trimming_under_load_never_removes_a_pending_entry() {
         0,
         "a pending entry was missing from the stream"
     );
-}
-
-fn run_cli(server: &RedisServer, service: &str, args: &[&str]) -> Output {
-    Command::new(redcall_bin())
-        .args(["--url", &server.url(), "--service", service])
-        .args(args)
-        .output()
-        .expect("run redcall")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

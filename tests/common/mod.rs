@@ -406,3 +406,12 @@ pub fn pending_count(server: &RedisServer, stream: &str, group: &str) -> u64 {
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or_else(|| panic!("XPENDING {stream} {group}: {summary:?}"))
 }
+
+/// Runs `redcall --url <server> --service <service> <args>` to completion and returns its output.
+pub fn run_cli(server: &RedisServer, service: &str, args: &[&str]) -> std::process::Output {
+    Command::new(redcall_bin())
+        .args(["--url", &server.url(), "--service", service])
+        .args(args)
+        .output()
+        .expect("run redcall")
+}

@@ -265,13 +265,28 @@ pub struct Reaper {
 
 impl Reaper {
     /// Starts a standalone reaper for `service` with `settings` (group, visibility timeout, max deliveries,
-    /// reap interval, dead consumer idle time are used).
+    /// reap interval, dead consumer idle time and retention are used): a pass every reap interval, a trim every
+    /// retention interval.
     pub async fn start(client: Client, service: &str, settings: ResponderSettings) -> Result<Self> {
+        let reaper = Self::connect(client, service, settings).await?;
+        reaper
+            .tasks
+            .spawn(reaper_loop(reaper.shared.clone(), ReaperKind::Standalone));
+        reaper.tasks.close();
+        Ok(reaper)
+    }
+
+    /// A standalone reaper for `service` that runs nothing by itself: only the passes and trims asked for with
+    /// [`Reaper::pass`] and [`Reaper::trim`] (`redcall reap --once`).
+    pub async fn connect(
+        client: Client,
+        service: &str,
+        settings: ResponderSettings,
+    ) -> Result<Self> {
         settings.validate()?;
         let shared = Arc::new(Shared::connect(client, service, settings, HashMap::new()).await?);
         shared.ensure_group().await?;
         let tasks = TaskTracker::new();
-        tasks.spawn(reaper_loop(shared.clone(), ReaperKind::Standalone));
         tasks.close();
         Ok(Self { shared, tasks })
     }
@@ -281,8 +296,7 @@ impl Reaper {
         standalone_pass(&self.shared).await
     }
 
-    /// One trim by the retention policy of the reaper's settings, now, even when the policy is disabled for the
-    /// loop (which trims every `retention.interval` when it is enabled).
+    /// One trim by the retention policy of the reaper's settings, now.
     pub async fn trim(&self) -> Result<TrimReport> {
         let mut con = self.shared.con.clone();
         retention::trim(&mut con, &self.shared.keys, &self.shared.settings.retention).await

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{RedisServer, pending_count, wait_until};
+use common::{RedisServer, pending_count, run_cli, wait_until};
 use redcall::{Client, ErrorKind, Reaper, ResponderSettings};
 use serde_json::{Value, json};
 
@@ -188,4 +188,44 @@ async fn standalone_reaper_dead_letters_exhausted_entries_only() {
     assert_eq!(pending_count(&server, &stream, GROUP), 1);
     drop(fresh);
     reaper.shutdown().await;
+}
+
+/// `redcall reap --once` reports what its one pass did: no loop of its own runs beside it and takes the work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reap_once_reports_what_its_pass_did() {
+    let server = RedisServer::start();
+    let client = Client::open(&server.url()).expect("client");
+    let service = "reap-once";
+    let stream = client.keys(service).requests().to_owned();
+    server.cli(&["XGROUP", "CREATE", &stream, GROUP, "0", "MKSTREAM"]);
+    let requester = client.requester(service);
+    let tired = requester
+        .send("tired-1", "echo", &json!(1), Duration::from_secs(30))
+        .await
+        .expect("send");
+    read_as(&server, &stream, "dies-1");
+    tokio::time::sleep(Duration::from_millis(250)).await; // idle past the visibility timeout below
+
+    let out = run_cli(
+        &server,
+        service,
+        &[
+            "--json",
+            "reap",
+            "--once",
+            "--max-deliveries",
+            "1",
+            "--visibility-timeout",
+            "100",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(report["dead_lettered"], 1, "{report}");
+    let err = tired.wait::<Value>().await.expect_err("dead-lettered");
+    assert_eq!(err.kind(), ErrorKind::DeadLettered, "{err}");
 }

@@ -40,13 +40,10 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
     }
     settings.consumer = format!("reaper-{}", settings.consumer);
     settings.retention = args.retention.policy();
-    // With --once the trim is done (and reported) below, not by the reaper's loop.
     let trim_policy_enabled = settings.retention.enabled;
     if args.once {
-        settings.retention.enabled = false;
-    }
-    let reaper = Reaper::start(ctx.client.clone(), &ctx.cli.service, settings).await?;
-    if args.once {
+        // No loop: the one pass and the one trim below are all that runs, and all that is reported.
+        let reaper = Reaper::connect(ctx.client.clone(), &ctx.cli.service, settings).await?;
         let report = reaper.pass().await?;
         let trim = if trim_policy_enabled {
             reaper.trim().await?
@@ -78,9 +75,10 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
             );
         }
     } else {
+        let reaper = Reaper::start(ctx.client.clone(), &ctx.cli.service, settings).await?;
         eprintln!("reaping {:?}; Ctrl-C to stop", ctx.cli.service);
         super::serve::wait_for_signal().await;
+        reaper.shutdown().await;
     }
-    reaper.shutdown().await;
     Ok(())
 }

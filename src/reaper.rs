@@ -31,7 +31,7 @@ pub const REASON_MAX_DELIVERIES: &str = "max_deliveries_exceeded";
 /// What one reaper pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ReapReport {
-    /// Entries claimed from other consumers to be run again.
+    /// Entries claimed from other consumers: run again, or (used up) answered from their stored reply.
     pub reclaimed: usize,
     /// Entries moved to the dead-letter stream.
     pub dead_lettered: usize,
@@ -154,8 +154,11 @@ async fn reclaim(shared: &Arc<Shared>) -> Result<ReapReport> {
         let deliveries = counts.get(&entry.id).copied().unwrap_or(1);
         let raw = RawEntry::from_stream_id(entry);
         if deliveries > settings.max_deliveries {
-            dead_letter_exhausted(shared, &raw, deliveries).await;
-            report.dead_lettered += 1;
+            if settle_exhausted(shared, &raw, deliveries).await {
+                report.dead_lettered += 1;
+            } else {
+                report.reclaimed += 1;
+            }
             continue;
         }
         report.reclaimed += 1;
@@ -191,6 +194,20 @@ async fn delivery_counts<'a>(
         .flat_map(|r| r.ids)
         .map(|p| (p.id, p.times_delivered as u64))
         .collect())
+}
+
+/// Settles an entry that used up its deliveries: answered from its stored reply when it has one (a reply by hand,
+/// or an answer whose ack was lost: answered once, never dead-lettered after the fact), dead-lettered otherwise.
+/// True when dead-lettered.
+async fn settle_exhausted(shared: &Shared, entry: &RawEntry, deliveries: u64) -> bool {
+    if let Some(id) = entry.request_id.as_deref()
+        && shared.answer_from_stored(id, &entry.entry_id).await
+    {
+        tracing::debug!(%id, "exhausted entry answered from its stored reply");
+        return false;
+    }
+    dead_letter_exhausted(shared, entry, deliveries).await;
+    true
 }
 
 /// Dead-letters an entry that used up its deliveries, with the last error its handler left.
@@ -354,8 +371,11 @@ async fn standalone_pass(shared: &Shared) -> Result<ReapReport> {
                 .get(entry.id.as_str())
                 .copied()
                 .unwrap_or(settings.max_deliveries + 1);
-            dead_letter_exhausted(shared, &RawEntry::from_stream_id(entry), deliveries).await;
-            report.dead_lettered += 1;
+            if settle_exhausted(shared, &RawEntry::from_stream_id(entry), deliveries).await {
+                report.dead_lettered += 1;
+            } else {
+                report.reclaimed += 1;
+            }
         }
     }
     report.consumers_removed = remove_dead_consumers(shared).await?;

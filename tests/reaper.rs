@@ -229,3 +229,42 @@ async fn reap_once_reports_what_its_pass_did() {
     let err = tired.wait::<Value>().await.expect_err("dead-lettered");
     assert_eq!(err.kind(), ErrorKind::DeadLettered, "{err}");
 }
+
+/// Answered once: an entry that used up its deliveries but was answered by hand meanwhile (a stored reply, the
+/// entry not acknowledged) is answered from that reply and acknowledged by the reaper, not dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_entry_with_a_stored_reply_is_not_dead_lettered() {
+    let server = RedisServer::start();
+    let client = Client::open(&server.url()).expect("client");
+    let service = "reap-answered";
+    let stream = client.keys(service).requests().to_owned();
+    let requester = client.requester(service);
+    let reaper = Reaper::connect(client.clone(), service, settings(100))
+        .await
+        .expect("reaper");
+    let pending = requester
+        .send("answered-1", "echo", &json!(1), Duration::from_secs(30))
+        .await
+        .expect("send");
+    // Delivered twice (max_deliveries = 2), each time to a consumer that dies.
+    read_as(&server, &stream, "dies-1");
+    let entry = server.cli(&["XRANGE", &stream, "-", "+", "COUNT", "1"]);
+    let entry = entry.lines().next().expect("entry").trim().to_owned();
+    server.cli(&["XCLAIM", &stream, GROUP, "dies-2", "0", &entry]);
+    requester
+        .publish_reply("answered-1", &"by hand")
+        .await
+        .expect("reply by hand");
+    let reply: String = pending.wait().await.expect("the reply by hand");
+    assert_eq!(reply, "by hand");
+    tokio::time::sleep(Duration::from_millis(200)).await; // idle past the visibility timeout
+
+    let report = reaper.pass().await.expect("pass");
+    assert_eq!(report.dead_lettered, 0, "{report:?}");
+    assert_eq!(report.reclaimed, 1, "{report:?}");
+    assert_eq!(
+        server.cli(&["XLEN", client.keys(service).dead_letters()]),
+        "0"
+    );
+    assert_eq!(pending_count(&server, &stream, GROUP), 0, "acknowledged");
+}

@@ -715,7 +715,7 @@ impl Shared {
     }
 
     /// For a redelivered request: answers from the stored reply if there is one. True when answered.
-    async fn answer_from_stored(&self, id: &str, entry_id: &str) -> bool {
+    pub(crate) async fn answer_from_stored(&self, id: &str, entry_id: &str) -> bool {
         let mut pipe = redis::pipe();
         scripts::evalsha(&mut pipe, &scripts::ANSWER_FROM_STORED)
             .arg(2)

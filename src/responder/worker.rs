@@ -858,8 +858,11 @@ pub(crate) async fn read_loop(shared: Arc<Shared>) {
             Ok(Some(entries)) => {
                 backoff = Duration::from_millis(50);
                 for entry in entries {
-                    // Taken before the next read, so the next read sees only truly free permits.
-                    let permit = shared.permits.clone().acquire_owned().await.ok();
+                    // Taken before the next read, so the next read sees only truly free permits. The reaper may
+                    // have taken some while this read blocked: an entry without one waits for it in its own
+                    // tracked task (claim kept fresh, given up when the grace period ends), not here, where it
+                    // would hold up the loop and a shutdown.
+                    let permit = shared.permits.clone().try_acquire_owned().ok();
                     shared.start_entry(entry, permit);
                 }
             }

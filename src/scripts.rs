@@ -293,3 +293,21 @@ where
         other => other,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{FIELD_ENVELOPE, FIELD_ID};
+
+    /// The scripts that add stream entries spell the entry's field names out in Lua; they must be the ones the
+    /// rest of the crate reads and writes.
+    #[test]
+    fn scripts_use_the_protocols_field_names() {
+        let fields = format!("'{FIELD_ID}', ARGV[1], '{FIELD_ENVELOPE}', ARGV[2]");
+        assert!(ADD_REQUEST.code.contains(&fields), "ADD_REQUEST");
+        let fields = format!("'{FIELD_ID}', ARGV[2], '{FIELD_ENVELOPE}', ARGV[3]");
+        assert!(REPLAY.code.contains(&fields), "REPLAY");
+        let fields = format!("'{FIELD_ID}', ARGV[3], '{FIELD_ENVELOPE}', ARGV[4]");
+        assert!(DEAD_LETTER.code.contains(&fields), "DEAD_LETTER");
+    }
+}

@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::protocol::{ReplyEnvelope, ReplyStatus};
+use crate::protocol::ReplyStatus;
 use crate::responder::{DeadLetter, RawEntry, ResponderSettings, Shared};
 use crate::retention::{self, TrimReport, TrimSchedule};
 
@@ -227,20 +227,14 @@ async fn dead_letter_exhausted(shared: &Shared, entry: &RawEntry, deliveries: u6
         .envelope
         .as_deref()
         .and_then(|b| crate::protocol::decode_request(b).ok());
-    let reply = entry.request_id.as_deref().map(|id| {
-        ReplyEnvelope::failure(
-            id,
-            ReplyStatus::DeadLettered,
-            REASON_MAX_DELIVERIES,
-            reason.clone(),
-        )
-    });
-    let letter = DeadLetter {
-        reason: REASON_MAX_DELIVERIES,
-        error: last_error,
+    let letter = DeadLetter::replying(
+        entry,
+        ReplyStatus::DeadLettered,
+        REASON_MAX_DELIVERIES,
+        reason,
+        last_error,
         deliveries,
-        reply,
-    };
+    );
     shared.dead_letter(entry, request.as_ref(), letter).await;
 }
 

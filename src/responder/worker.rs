@@ -236,6 +236,31 @@ pub(crate) struct DeadLetter<'a> {
     pub(crate) reply: Option<ReplyEnvelope>,
 }
 
+impl<'a> DeadLetter<'a> {
+    /// A dead letter of `entry` for `reason`, with the failure reply (status `status`, code `reason`,
+    /// `reply_message`) its requester gets when the entry's request id is known. `error` is what the dead-letter
+    /// record keeps.
+    pub(crate) fn replying(
+        entry: &RawEntry,
+        status: ReplyStatus,
+        reason: &'a str,
+        reply_message: String,
+        error: String,
+        deliveries: u64,
+    ) -> Self {
+        let reply = entry
+            .request_id
+            .as_deref()
+            .map(|id| ReplyEnvelope::failure(id, status, reason, reply_message));
+        Self {
+            reason,
+            error,
+            deliveries,
+            reply,
+        }
+    }
+}
+
 impl Shared {
     pub(crate) async fn connect(
         client: Client,
@@ -434,15 +459,14 @@ impl Shared {
         let mut request = match self.check_entry(&entry) {
             Ok(request) => request,
             Err((code, message)) => {
-                let reply = entry.request_id.as_deref().map(|id| {
-                    ReplyEnvelope::failure(id, ReplyStatus::Error, code, message.clone())
-                });
-                let letter = DeadLetter {
-                    reason: code,
-                    error: message,
-                    deliveries: delivery,
-                    reply,
-                };
+                let letter = DeadLetter::replying(
+                    &entry,
+                    ReplyStatus::Error,
+                    code,
+                    message.clone(),
+                    message,
+                    delivery,
+                );
                 self.dead_letter(&entry, None, letter).await;
                 return;
             }
@@ -467,18 +491,14 @@ impl Shared {
         }
         let Some(handler) = self.handlers.get(&request.func_key).cloned() else {
             tracing::warn!(%id, func_key = %request.func_key, "no handler for this function key");
-            let reply = ReplyEnvelope::failure(
-                &id,
+            let letter = DeadLetter::replying(
+                &entry,
                 ReplyStatus::Error,
                 codes::UNKNOWN_FUNCTION,
                 request.func_key.clone(),
+                format!("no handler for function key {:?}", request.func_key),
+                delivery,
             );
-            let letter = DeadLetter {
-                reason: codes::UNKNOWN_FUNCTION,
-                error: format!("no handler for function key {:?}", request.func_key),
-                deliveries: delivery,
-                reply: Some(reply),
-            };
             self.dead_letter(&entry, Some(&request), letter).await;
             return;
         };
@@ -514,18 +534,14 @@ impl Shared {
                     .await;
             }
             Next::InvalidParams(message) => {
-                let reply = ReplyEnvelope::failure(
-                    id,
+                let letter = DeadLetter::replying(
+                    entry,
                     ReplyStatus::Error,
                     codes::INVALID_PARAMS,
                     message.clone(),
+                    message,
+                    delivery,
                 );
-                let letter = DeadLetter {
-                    reason: codes::INVALID_PARAMS,
-                    error: message,
-                    deliveries: delivery,
-                    reply: Some(reply),
-                };
                 self.dead_letter(entry, Some(&request), letter).await;
             }
         }

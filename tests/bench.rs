@@ -56,16 +56,21 @@ fn run_redcall(server: &RedisServer, args: &[&str]) -> Output {
     }
 }
 
-/// The JSON objects printed on stdout, one per line.
+/// The JSON objects printed on stdout, one per line, from a run that succeeded.
 fn json_lines(output: &Output) -> Vec<Value> {
-    let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
-        "bench failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
+        "bench failed ({}):\nstdout:\n{}\nstderr:\n{}",
         output.status,
+        String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    stdout
+    parse_json_lines(output)
+}
+
+/// The JSON objects printed on stdout, one per line, whatever the exit status.
+fn parse_json_lines(output: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&output.stdout)
         .lines()
         .map(|line| {
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"))
@@ -153,7 +158,7 @@ fn soak_mode_samples_and_judges() {
             "0.1",
         ],
     );
-    let lines = json_lines(&output);
+    let lines = parse_json_lines(&output);
     assert!(
         lines.iter().any(|v| v["kind"] == "soak_sample"),
         "{lines:#?}"
@@ -183,4 +188,29 @@ fn soak_mode_samples_and_judges() {
         ],
         "{summary}"
     );
+    // The exit status is the verdict: success exactly when every call succeeded, none was left waiting, there
+    // were enough steady samples to judge, and every judged series stayed flat. (This short run usually has too
+    // few steady samples to judge, and then must fail; the unit tests of the verdict cover the other cases.)
+    // `flat` is null for a series shown but not judged.
+    let judged_flat = series.iter().all(|s| s["flat"] != false);
+    let expected_ok = summary["judged"] == true
+        && summary["errors"] == 0
+        && summary["in_flight_at_end"] == 0
+        && judged_flat;
+    assert_eq!(summary["ok"], expected_ok, "{summary}");
+    assert_eq!(
+        output.status.success(),
+        expected_ok,
+        "exit status {} for {summary}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if !expected_ok {
+        assert!(summary["failure"].is_string(), "{summary}");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("soak:"),
+            "the reason is printed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }

@@ -372,7 +372,15 @@ async fn compare(env: &Env<'_>) -> Result<(), String> {
         }
         println!("\n{}", ratios.to_text());
     }
-    Ok(())
+    // Failed calls are a finding, not noise: the run is reported in full, then fails.
+    if ratios.no_errors() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} redcall and {} baseline calls failed during the run",
+            ratios.errors.0, ratios.errors.1
+        ))
+    }
 }
 
 /// The worker command line shared by every worker of a measurement.
@@ -537,14 +545,17 @@ async fn measure(
     };
 
     progress.update(format!("{step}: stopping workers"));
-    join_all(
+    let exited = join_all(
         requesters
             .into_iter()
             .chain(responders)
             .map(|w| w.finish(EXIT_GRACE)),
     )
-    .await;
+    .await
+    .into_iter()
+    .collect::<Result<Vec<()>, String>>();
     cleanup(env, &service).await?;
+    exited?;
 
     let mut m = Measurement {
         system,
@@ -716,12 +727,14 @@ async fn soak(env: &Env<'_>, n: u64) -> Result<(), String> {
         }
     };
     let elapsed = started.elapsed().as_secs_f64();
-    join_all(
+    let exited = join_all(
         std::iter::once(requester)
             .chain(responders.drain(..))
             .map(|w| w.finish(EXIT_GRACE)),
     )
-    .await;
+    .await
+    .into_iter()
+    .collect::<Result<Vec<()>, String>>();
 
     // Steady state: once the longest-lived key (a request record lives for the call timeout plus the retention)
     // has turned over with some margin for Redis's lazy expiry, and a tenth of the requests are done.
@@ -786,6 +799,8 @@ async fn soak(env: &Env<'_>, n: u64) -> Result<(), String> {
     let rps =
         (requests - errors) as f64 / result["elapsed_s"].as_f64().unwrap_or(elapsed).max(1e-9);
     let enough = steady.len() >= 4;
+    let in_flight_at_end = result["in_flight"].as_u64().unwrap_or(0);
+    let outcome = report::soak_outcome(errors, in_flight_at_end, enough, &verdicts);
     if env.json {
         println!(
             "{}",
@@ -801,6 +816,8 @@ async fn soak(env: &Env<'_>, n: u64) -> Result<(), String> {
                 "steady_samples": steady.len(),
                 "judged": enough,
                 "series": verdicts.iter().map(Flatness::to_json).collect::<Vec<_>>(),
+                "ok": outcome.is_ok(),
+                "failure": outcome.as_ref().err(),
             })
         );
     } else {
@@ -818,8 +835,13 @@ async fn soak(env: &Env<'_>, n: u64) -> Result<(), String> {
         for v in &verdicts {
             println!("  {}", v.to_text());
         }
+        if outcome.is_ok() {
+            println!("soak: every judged series stayed flat");
+        }
     }
-    cleanup(env, &service).await
+    cleanup(env, &service).await?;
+    exited?;
+    outcome
 }
 
 async fn soak_sample(

@@ -319,15 +319,21 @@ impl Worker {
             .map_err(|e| format!("writing to the {}: {e}", self.label))
     }
 
-    /// Closes stdin (the worker finishes and exits), waits up to `grace`, then kills it by PID.
-    pub async fn finish(mut self, grace: Duration) {
+    /// Closes stdin (the worker finishes and exits), waits up to `grace`, then kills it by PID. Fails when the
+    /// worker had to be killed or exited with an error (its message is on the bench's stderr, which it shares).
+    pub async fn finish(mut self, grace: Duration) -> Result<(), String> {
         drop(self.stdin.take());
-        if tokio::time::timeout(grace, self.child.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(label = %self.label, pid = self.pid, "worker did not exit in time; killing it");
-            let _ = self.child.kill().await;
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(Ok(status)) if status.success() => Ok(()),
+            Ok(Ok(status)) => Err(format!("the {} exited with {status}", self.label)),
+            Ok(Err(e)) => Err(format!("waiting for the {}: {e}", self.label)),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                Err(format!(
+                    "the {} did not exit within {grace:?} and was killed",
+                    self.label
+                ))
+            }
         }
     }
 }

@@ -263,6 +263,9 @@ pub struct Ratios {
     pub p50: Vec<f64>,
     /// redcall / baseline CPU time of all processes per request, at the throughput ratio's concurrency, per round.
     pub cpu: Vec<f64>,
+    /// Failed calls in the whole run, per system (redcall, baseline). The ratios count successful calls only, so
+    /// with any failure no target counts as met.
+    pub errors: (u64, u64),
 }
 
 impl Ratios {
@@ -315,7 +318,34 @@ impl Ratios {
             .filter(|(_, b)| b.latency_us(0.5) > 0)
             .map(|(r, b)| r.latency_us(0.5) as f64 / b.latency_us(0.5) as f64)
             .collect();
-        Ratios { rps, p50, cpu }
+        let errors_of = |system: System| {
+            measurements
+                .iter()
+                .filter(|m| m.system == system)
+                .map(|m| m.errors)
+                .sum()
+        };
+        Ratios {
+            rps,
+            p50,
+            cpu,
+            errors: (errors_of(System::Redcall), errors_of(System::Baseline)),
+        }
+    }
+
+    /// Whether every call of the run succeeded; a target is met only then.
+    pub fn no_errors(&self) -> bool {
+        self.errors == (0, 0)
+    }
+
+    /// Whether the throughput target is met (false when not measured).
+    pub fn rps_met(&self) -> bool {
+        self.no_errors() && self.rps_median().is_some_and(|(_, r)| r >= RPS_RATIO_TARGET)
+    }
+
+    /// Whether the latency target is met (false when not measured).
+    pub fn p50_met(&self) -> bool {
+        self.no_errors() && self.p50_median().is_some_and(|r| r <= P50_RATIO_TARGET)
     }
 
     /// The median throughput ratio and its concurrency.
@@ -340,12 +370,13 @@ impl Ratios {
             "rps_ratio_concurrency": rps.map(|(c, _)| c),
             "rps_ratio_rounds": self.rps.as_ref().map(|(_, v)| all(v)),
             "rps_ratio_target": RPS_RATIO_TARGET,
-            "rps_ratio_met": rps.map(|(_, r)| r >= RPS_RATIO_TARGET),
+            "rps_ratio_met": rps.map(|_| self.rps_met()),
             "p50_ratio": p50.map(|r| round(r, 3)),
             "p50_ratio_concurrency": 1,
             "p50_ratio_rounds": all(&self.p50),
             "p50_ratio_target": P50_RATIO_TARGET,
-            "p50_ratio_met": p50.map(|r| r <= P50_RATIO_TARGET),
+            "p50_ratio_met": p50.map(|_| self.p50_met()),
+            "errors": { "redcall": self.errors.0, "baseline": self.errors.1 },
             "cpu_per_request_ratio": median(&self.cpu).map(|r| round(r, 3)),
             "cpu_per_request_ratio_rounds": all(&self.cpu),
         })
@@ -353,7 +384,11 @@ impl Ratios {
 
     /// The summary for people.
     pub fn to_text(&self) -> String {
-        let verdict = |met: bool| if met { "met" } else { "NOT met" };
+        let verdict = |met: bool| match (met, self.no_errors()) {
+            (true, _) => "met",
+            (false, true) => "NOT met",
+            (false, false) => "NOT met: calls failed",
+        };
         let rounds = |v: &[f64]| {
             if v.len() > 1 {
                 let list: Vec<String> = v.iter().map(|r| format!("{r:.2}")).collect();
@@ -366,7 +401,7 @@ impl Ratios {
             (Some((c, r)), Some((_, all))) => format!(
                 "throughput redcall/baseline at concurrency {c}: {r:.2}{} (target ≥ {RPS_RATIO_TARGET}: {})",
                 rounds(all),
-                verdict(r >= RPS_RATIO_TARGET)
+                verdict(self.rps_met())
             ),
             _ => "throughput ratio: not measured (needs both systems at a concurrency above 1)"
                 .into(),
@@ -375,7 +410,7 @@ impl Ratios {
             Some(r) => format!(
                 "p50 latency redcall/baseline at concurrency 1: {r:.2}{} (target ≤ {P50_RATIO_TARGET}: {})",
                 rounds(&self.p50),
-                verdict(r <= P50_RATIO_TARGET)
+                verdict(self.p50_met())
             ),
             None => "p50 ratio: not measured (needs both systems at concurrency 1)".into(),
         };
@@ -387,7 +422,16 @@ impl Ratios {
             ),
             _ => String::new(),
         };
-        format!("{rps}\n{p50}{cpu}")
+        let failed = if self.no_errors() {
+            String::new()
+        } else {
+            format!(
+                "\n{} redcall and {} baseline calls FAILED (see the rows above); the figures count successful calls \
+                 only, so no target counts as met",
+                self.errors.0, self.errors.1
+            )
+        };
+        format!("{rps}\n{p50}{cpu}{failed}")
     }
 }
 
@@ -536,6 +580,36 @@ impl Flatness {
     }
 }
 
+/// What a soak run found, as the bench's outcome: `Ok` only when every call succeeded, none was left waiting,
+/// there were enough steady samples to judge, and every judged series stayed flat; otherwise each reason why not.
+pub fn soak_outcome(
+    errors: u64,
+    in_flight_at_end: u64,
+    judged: bool,
+    series: &[Flatness],
+) -> Result<(), String> {
+    let mut reasons = Vec::new();
+    if errors > 0 {
+        reasons.push(format!("{errors} calls failed"));
+    }
+    if in_flight_at_end > 0 {
+        reasons.push(format!("{in_flight_at_end} calls still waited for a reply at the end"));
+    }
+    if !judged {
+        reasons.push("too few steady samples to judge flatness (use a larger N)".to_owned());
+    } else {
+        let grown: Vec<&str> = series.iter().filter(|s| !s.flat()).map(|s| s.name).collect();
+        if !grown.is_empty() {
+            reasons.push(format!("grows: {}", grown.join(", ")));
+        }
+    }
+    if reasons.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("soak: {}", reasons.join("; ")))
+    }
+}
+
 /// Least-squares slope of y over x (0 with fewer than two distinct x).
 fn slope(points: &[(f64, f64)]) -> f64 {
     let n = points.len() as f64;
@@ -577,6 +651,79 @@ mod tests {
         );
         assert!((grows.per_100k - 1_000_000.0).abs() < 1e-6);
         assert!(Flatness::judge("x", &[(1.0, 0.0), (2.0, 0.0)], Some(0.1)).flat());
+    }
+
+    #[test]
+    fn soak_outcome_fails_on_growth_errors_leftovers_and_too_few_samples() {
+        let flat = Flatness::judge("rss", &[(1.0, 10.0), (2.0, 10.0)], Some(0.1));
+        let grows = Flatness::judge("waiters", &[(1.0, 10.0), (2.0, 30.0)], Some(0.1));
+        let shown = Flatness::judge("memory", &[(1.0, 10.0), (2.0, 30.0)], None);
+        assert_eq!(soak_outcome(0, 0, true, &[flat, shown]), Ok(()));
+
+        let flat = || Flatness::judge("rss", &[(1.0, 10.0), (2.0, 10.0)], Some(0.1));
+        let err = soak_outcome(0, 0, true, &[flat(), grows]).expect_err("growth fails");
+        assert!(err.contains("grows: waiters"), "{err}");
+        let err = soak_outcome(3, 0, true, &[flat()]).expect_err("errors fail");
+        assert!(err.contains("3 calls failed"), "{err}");
+        let err = soak_outcome(0, 7, true, &[flat()]).expect_err("leftovers fail");
+        assert!(err.contains("7 calls still waited"), "{err}");
+        let err = soak_outcome(0, 0, false, &[flat()]).expect_err("unjudged fails");
+        assert!(err.contains("too few steady samples"), "{err}");
+    }
+
+    /// A measurement of `system` at `concurrency` with `calls` calls of `latency_us` each over one second.
+    fn measured(system: System, concurrency: usize, calls: u64, latency_us: u64, errors: u64) -> Measurement {
+        let mut hist = Histogram::new(3).expect("histogram");
+        hist.record_n(latency_us, calls - errors).expect("record");
+        Measurement {
+            system,
+            concurrency,
+            round: 1,
+            requests: calls,
+            errors,
+            first_error: (errors > 0).then(|| "timed out".to_owned()),
+            elapsed_s: 1.0,
+            hist,
+            commands: Default::default(),
+            cpu: Default::default(),
+            peak_rss_kb: Default::default(),
+            machine: Default::default(),
+        }
+    }
+
+    #[test]
+    fn ratios_meet_targets_only_without_failed_calls() {
+        let clean = [
+            measured(System::Redcall, 512, 700, 1000, 0),
+            measured(System::Baseline, 512, 1000, 1000, 0),
+            measured(System::Redcall, 1, 100, 120, 0),
+            measured(System::Baseline, 1, 100, 100, 0),
+        ];
+        let ratios = Ratios::of(&clean);
+        assert_eq!(ratios.rps_median(), Some((512, 0.7)));
+        assert_eq!(ratios.p50_median(), Some(1.2));
+        assert!(ratios.rps_met() && ratios.p50_met(), "{}", ratios.to_text());
+        assert!(!ratios.to_text().contains("NOT met"), "{}", ratios.to_text());
+        assert_eq!(ratios.to_json()["rps_ratio_met"], true);
+
+        // The same figures, but some redcall calls failed: the ratios stand, the targets do not.
+        let failing = [
+            measured(System::Redcall, 512, 710, 1000, 10),
+            measured(System::Baseline, 512, 1000, 1000, 0),
+            measured(System::Redcall, 1, 100, 120, 0),
+            measured(System::Baseline, 1, 100, 100, 0),
+        ];
+        let ratios = Ratios::of(&failing);
+        assert_eq!(ratios.rps_median(), Some((512, 0.7)));
+        assert_eq!(ratios.errors, (10, 0));
+        assert!(!ratios.rps_met() && !ratios.p50_met());
+        let text = ratios.to_text();
+        assert!(text.contains("NOT met: calls failed"), "{text}");
+        assert!(text.contains("10 redcall and 0 baseline calls FAILED"), "{text}");
+        let json = ratios.to_json();
+        assert_eq!(json["rps_ratio_met"], false, "{json}");
+        assert_eq!(json["p50_ratio_met"], false, "{json}");
+        assert_eq!(json["errors"]["redcall"], 10, "{json}");
     }
 
     #[test]

@@ -102,10 +102,14 @@ pub async fn run(ctx: &Context<'_>, args: &WorkerArgs) -> Result<(), String> {
             // Serve until the bench closes our stdin (or goes away).
             while let Ok(Some(_)) = stdin.next_line().await {}
             match responder {
-                // Dropped, not `shutdown()`: nothing is in flight once the requesters are done, and
-                // `Responder::shutdown` currently waits on a task tracker that is never closed (it sits out
-                // the whole grace period, then never returns).
-                Running::Redcall(r) => drop(r),
+                // Shut down as an application would; nothing should be in flight once the requesters are done.
+                Running::Redcall(r) => match r.shutdown().await {
+                    Ok(0) => {}
+                    Ok(cut_off) => {
+                        return Err(format!("{cut_off} requests were cut off by the grace period"));
+                    }
+                    Err(err) => return Err(format!("responder shutdown: {err}")),
+                },
                 Running::Baseline(r) => r.stop().await,
             }
             Ok(())

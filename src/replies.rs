@@ -127,6 +127,7 @@ impl Router {
         ));
         tokio::spawn(unsubscribe_loop(
             router.connection.clone(),
+            router.waiters.clone(),
             unsubscribe_rx,
             router.cancel.clone(),
         ));
@@ -439,8 +440,16 @@ async fn restore(
 }
 
 /// Sends UNSUBSCRIBE for released channels, many per command.
+///
+/// A channel can be waited on again before its `UNSUBSCRIBE` goes out: a caller reusing an id (after its record
+/// expired, or after Redis lost the request) registers and subscribes while the old caller's `UNSUBSCRIBE` is still
+/// queued here, and that `UNSUBSCRIBE` then ends the new caller's subscription. So once an `UNSUBSCRIBE` is done,
+/// the channels of it that are waited on again are subscribed again and their stored replies read (see
+/// [`resubscribe_waited`]). Everything this loop sends goes out in order, so a caller released meanwhile is
+/// unsubscribed after that `SUBSCRIBE`, in a later round.
 async fn unsubscribe_loop(
     connection: Arc<Mutex<Option<MultiplexedConnection>>>,
+    waiters: Arc<Waiters>,
     mut rx: mpsc::UnboundedReceiver<String>,
     cancel: CancellationToken,
 ) {
@@ -455,11 +464,60 @@ async fn unsubscribe_loop(
         }
         let con = connection.lock().unwrap_or_else(|p| p.into_inner()).clone();
         // Without a connection there is nothing to unsubscribe: a reconnect subscribes only live waiters.
-        if let Some(mut con) = con
-            && let Err(err) = con.unsubscribe(&batch).await
-        {
-            tracing::debug!(error = %err, "unsubscribe failed");
+        if let Some(mut con) = con {
+            match con.unsubscribe(&batch).await {
+                Ok(()) => {
+                    if let Err(err) = resubscribe_waited(&waiters, &mut con, &batch).await {
+                        tracing::debug!(error = %err, "resubscribing reused channels failed");
+                    }
+                }
+                Err(err) => tracing::debug!(error = %err, "unsubscribe failed"),
+            }
         }
         batch.clear();
     }
+}
+
+/// Subscribes again those of `unsubscribed` that a caller waits on now, then hands each of them its stored reply,
+/// if one was stored while the channel was not subscribed. Nothing to do, and no round trip, in the usual case.
+async fn resubscribe_waited(
+    waiters: &Waiters,
+    con: &mut MultiplexedConnection,
+    unsubscribed: &[String],
+) -> redis::RedisResult<()> {
+    let waited: Vec<(&str, String)> = {
+        let map = waiters.lock();
+        unsubscribed
+            .iter()
+            .filter_map(|channel| {
+                let keys = &map.get(channel)?.keys;
+                Some((
+                    channel.as_str(),
+                    keys.reply(keys.id_of_reply_channel(channel)?),
+                ))
+            })
+            .collect()
+    };
+    if waited.is_empty() {
+        return Ok(());
+    }
+    tracing::debug!(
+        channels = waited.len(),
+        "channels waited on again after their unsubscribe; subscribing again"
+    );
+    let channels: Vec<&str> = waited.iter().map(|(channel, _)| *channel).collect();
+    con.subscribe(&channels).await?;
+    // Subscribed first, read second, as in `restore`: a reply published in between arrives as a message, one
+    // published before is found here, and `complete` hands each waiter at most one of them.
+    let mut pipe = redis::pipe();
+    for (_, reply_key) in &waited {
+        pipe.get(reply_key);
+    }
+    let replies: Vec<Option<Vec<u8>>> = pipe.query_async(con).await?;
+    for ((channel, _), reply) in waited.iter().zip(replies) {
+        if let Some(reply) = reply {
+            waiters.complete(channel, Delivery::Reply(reply));
+        }
+    }
+    Ok(())
 }

@@ -1225,3 +1225,70 @@ async fn a_reply_by_hand_during_the_handler_wins_over_the_handlers_reply() {
     );
     responder.shutdown().await.expect("shutdown");
 }
+
+/// An id used again while the old caller's `UNSUBSCRIBE` is still queued (here: a caller retrying an id whose
+/// record is gone) must not lose its subscription to that late `UNSUBSCRIBE`: the reply comes at once, not at the
+/// timeout's last look.
+#[tokio::test]
+async fn an_id_reused_before_its_unsubscribe_went_out_still_gets_its_reply() {
+    let server = RedisServer::start();
+    let client = connect(&server);
+    let requester = client.requester("reuse");
+    connect_router(&requester).await;
+    let id = "retried-1";
+
+    // The first caller gives up; meanwhile its record goes away, so the id may be used again.
+    let record_key = requester.keys().record(id);
+    let first = requester.request::<_, String>(id, "echo", &"first", Duration::from_millis(300));
+    let remove_record = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let () = redis::AsyncCommands::del(&mut redis_con(&server).await, &record_key)
+            .await
+            .unwrap();
+    };
+    let (first, ()) = tokio::join!(first, remove_record);
+    assert_eq!(
+        first.expect_err("nobody answers").kind(),
+        ErrorKind::Timeout
+    );
+
+    // Without yielding, so the router has not sent the first caller's UNSUBSCRIBE yet: the second caller's
+    // SUBSCRIBE goes out before it.
+    let second = requester.request::<_, String>(id, "echo", &"second", GENEROUS);
+    tokio::pin!(second);
+    assert!(futures_util::poll!(&mut second).is_pending());
+
+    // Once the first caller's UNSUBSCRIBE has been run, the reply is published.
+    let unsubscribes = || {
+        let stats = server.cli(&["INFO", "commandstats"]);
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_unsubscribe:calls="))
+            .and_then(|rest| rest.split(',').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let answer = async {
+        assert!(
+            wait_until(WAIT, || async { unsubscribes() >= 1 }).await,
+            "the first caller was never unsubscribed"
+        );
+        requester
+            .publish_reply(id, &"answered")
+            .await
+            .expect("publish the reply");
+    };
+    let started = Instant::now();
+    let (got, ()) = tokio::join!(&mut second, answer);
+    assert_eq!(got.expect("the second caller's reply"), "answered");
+    assert!(
+        started.elapsed() < GENEROUS / 2,
+        "the reply came only at the timeout's last look, after {:?}",
+        started.elapsed()
+    );
+    // Nothing stays subscribed once the second caller has its reply.
+    assert!(
+        wait_until(WAIT, || async { subscribed_channels(&server).is_empty() }).await,
+        "still subscribed: {}",
+        subscribed_channels(&server)
+    );
+}

@@ -340,7 +340,10 @@ impl Ratios {
 
     /// Whether the throughput target is met (false when not measured).
     pub fn rps_met(&self) -> bool {
-        self.no_errors() && self.rps_median().is_some_and(|(_, r)| r >= RPS_RATIO_TARGET)
+        self.no_errors()
+            && self
+                .rps_median()
+                .is_some_and(|(_, r)| r >= RPS_RATIO_TARGET)
     }
 
     /// Whether the latency target is met (false when not measured).
@@ -593,12 +596,18 @@ pub fn soak_outcome(
         reasons.push(format!("{errors} calls failed"));
     }
     if in_flight_at_end > 0 {
-        reasons.push(format!("{in_flight_at_end} calls still waited for a reply at the end"));
+        reasons.push(format!(
+            "{in_flight_at_end} calls still waited for a reply at the end"
+        ));
     }
     if !judged {
         reasons.push("too few steady samples to judge flatness (use a larger N)".to_owned());
     } else {
-        let grown: Vec<&str> = series.iter().filter(|s| !s.flat()).map(|s| s.name).collect();
+        let grown: Vec<&str> = series
+            .iter()
+            .filter(|s| !s.flat())
+            .map(|s| s.name)
+            .collect();
         if !grown.is_empty() {
             reasons.push(format!("grows: {}", grown.join(", ")));
         }
@@ -672,7 +681,13 @@ mod tests {
     }
 
     /// A measurement of `system` at `concurrency` with `calls` calls of `latency_us` each over one second.
-    fn measured(system: System, concurrency: usize, calls: u64, latency_us: u64, errors: u64) -> Measurement {
+    fn measured(
+        system: System,
+        concurrency: usize,
+        calls: u64,
+        latency_us: u64,
+        errors: u64,
+    ) -> Measurement {
         let mut hist = Histogram::new(3).expect("histogram");
         hist.record_n(latency_us, calls - errors).expect("record");
         Measurement {
@@ -703,7 +718,11 @@ mod tests {
         assert_eq!(ratios.rps_median(), Some((512, 0.7)));
         assert_eq!(ratios.p50_median(), Some(1.2));
         assert!(ratios.rps_met() && ratios.p50_met(), "{}", ratios.to_text());
-        assert!(!ratios.to_text().contains("NOT met"), "{}", ratios.to_text());
+        assert!(
+            !ratios.to_text().contains("NOT met"),
+            "{}",
+            ratios.to_text()
+        );
         assert_eq!(ratios.to_json()["rps_ratio_met"], true);
 
         // The same figures, but some redcall calls failed: the ratios stand, the targets do not.
@@ -719,7 +738,10 @@ mod tests {
         assert!(!ratios.rps_met() && !ratios.p50_met());
         let text = ratios.to_text();
         assert!(text.contains("NOT met: calls failed"), "{text}");
-        assert!(text.contains("10 redcall and 0 baseline calls FAILED"), "{text}");
+        assert!(
+            text.contains("10 redcall and 0 baseline calls FAILED"),
+            "{text}"
+        );
         let json = ratios.to_json();
         assert_eq!(json["rps_ratio_met"], false, "{json}");
         assert_eq!(json["p50_ratio_met"], false, "{json}");

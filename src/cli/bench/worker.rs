@@ -106,7 +106,9 @@ pub async fn run(ctx: &Context<'_>, args: &WorkerArgs) -> Result<(), String> {
                 Running::Redcall(r) => match r.shutdown().await {
                     Ok(0) => {}
                     Ok(cut_off) => {
-                        return Err(format!("{cut_off} requests were cut off by the grace period"));
+                        return Err(format!(
+                            "{cut_off} requests were cut off by the grace period"
+                        ));
                     }
                     Err(err) => return Err(format!("responder shutdown: {err}")),
                 },

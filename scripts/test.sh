@@ -2,7 +2,7 @@
 # Run the full redcall test suite (unit, integration and doc tests).
 #
 # Integration tests start their own throwaway redis-server processes, so
-# redis-server must be installed; it is installed via apt-get if missing.
+# redis-server must be installed; it is installed via apt-get if missing, as is openssl (for the TLS tests).
 # Any arguments are passed through to `cargo test`.
 set -euo pipefail
 
@@ -12,8 +12,14 @@ source scripts/redis-lib.sh
 
 log() { printf '==> %s\n' "$*"; }
 
-log "redcall tests: ensure redis-server, then cargo test (unit + integration + doc tests)"
+log "redcall tests: ensure redis-server and openssl, then cargo test (unit + integration + doc tests)"
 ensure_redis
+# The TLS tests make their certificates with the openssl CLI (and would skip without it).
+if ! command -v openssl >/dev/null 2>&1; then
+    log "openssl not found; installing it with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    as_root apt-get install -y openssl || { as_root apt-get update && as_root apt-get install -y openssl; }
+fi
 if ! command -v cargo >/dev/null 2>&1; then
     echo "error: cargo not found; install Rust from https://rustup.rs" >&2
     exit 1

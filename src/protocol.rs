@@ -356,6 +356,64 @@ mod tests {
         assert_eq!(decode_request(&bytes).expect("decode"), env);
     }
 
+    /// Decodes a hex fixture.
+    fn hex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex fixture"))
+            .collect()
+    }
+
+    /// The envelopes as bytes, made by another MessagePack implementation (Python's `msgpack.packb` of the maps
+    /// documented in docs/protocol.md): what a program in another language sends and expects. A change here is a
+    /// change of the wire format.
+    #[test]
+    fn envelopes_match_the_documented_wire_format() {
+        // {"key1": "value1"}
+        let params = hex("81a46b657931a676616c756531");
+        let request = RequestEnvelope {
+            v: FORMAT_VERSION,
+            id: "request_123".into(),
+            func_key: "SomeFunction".into(),
+            params,
+            deadline_ms: 1_764_500_000_000,
+            created_ms: 1_764_499_990_000,
+            replay: None,
+        };
+        let request_bytes = hex(concat!(
+            "86a17601a26964ab726571756573745f313233a2666eac536f6d6546756e6374696f6ea6706172616d73c40d81a46b",
+            "657931a676616c756531ab646561646c696e655f6d73cf0000019ad4654d00aa637265617465645f6d73cf000001",
+            "9ad46525f0"
+        ));
+        assert_eq!(encode(&request).unwrap(), request_bytes);
+        assert_eq!(decode_request(&request_bytes).unwrap(), request);
+
+        // {"total_cents": 500}
+        let mut ok = ReplyEnvelope::ok("request_123", hex("81ab746f74616c5f63656e7473cd01f4"));
+        ok.ts_ms = 1_764_499_995_000;
+        let ok_bytes = hex(concat!(
+            "87a17601a26964ab726571756573745f313233a6737461747573a26f6ba464617461c41081ab746f74616c5f6365",
+            "6e7473cd01f4a4636f6465c0a76d657373616765c0a574735f6d73cf0000019ad4653978"
+        ));
+        assert_eq!(encode(&ok).unwrap(), ok_bytes);
+        assert_eq!(decode_reply(&ok_bytes).unwrap(), ok);
+
+        let mut failed = ReplyEnvelope::failure(
+            "request_123",
+            ReplyStatus::Error,
+            "out_of_stock",
+            "no widgets left",
+        );
+        failed.ts_ms = 1_764_499_995_000;
+        let failed_bytes = hex(concat!(
+            "87a17601a26964ab726571756573745f313233a6737461747573a56572726f72a464617461c0a4636f6465ac6f75",
+            "745f6f665f73746f636ba76d657373616765af6e6f2077696467657473206c656674a574735f6d73cf0000019ad4",
+            "653978"
+        ));
+        assert_eq!(encode(&failed).unwrap(), failed_bytes);
+        assert_eq!(decode_reply(&failed_bytes).unwrap(), failed);
+    }
+
     #[test]
     fn unknown_version_is_refused() {
         let mut reply = ReplyEnvelope::ok("x", vec![0xc0]);

@@ -114,9 +114,10 @@ pub struct Args {
     /// redcall responder: most requests handled at once per process.
     #[arg(long, default_value_t = 512, value_name = "N")]
     pub responder_concurrency: usize,
-    /// Seconds a call may wait for its reply.
-    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
-    pub timeout: f64,
+    /// Seconds a call may wait for its reply [default: 10; 3 in soak mode, where a request record lives for the
+    /// call timeout plus --retention, and the soak judges only once records have turned over].
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
     /// Memory-flatness mode: N redcall requests at the highest --concurrency with short retention, sampling
     /// Redis memory, stream length, the requester's RSS and in-flight count.
     #[arg(long, value_name = "N")]
@@ -125,7 +126,7 @@ pub struct Args {
     #[arg(long, default_value_t = 5.0, value_name = "SECS")]
     pub retention: f64,
     /// Soak: seconds between samples.
-    #[arg(long, default_value_t = 2.0, value_name = "SECS")]
+    #[arg(long, default_value_t = 1.0, value_name = "SECS")]
     pub sample_every: f64,
     /// Soak: give up after this many seconds.
     #[arg(long, default_value_t = 3600.0, value_name = "SECS")]
@@ -136,7 +137,7 @@ impl Args {
     fn check(&self) -> Result<(), String> {
         let positive = [
             ("--duration", self.duration),
-            ("--timeout", self.timeout),
+            ("--timeout", self.call_timeout()),
             ("--retention", self.retention),
             ("--sample-every", self.sample_every),
             ("--soak-timeout", self.soak_timeout),
@@ -164,6 +165,12 @@ impl Args {
             return Err("--soak needs at least 1 request".into());
         }
         Ok(())
+    }
+
+    /// Seconds a call may wait for its reply: `--timeout`, or its default for the mode.
+    fn call_timeout(&self) -> f64 {
+        self.timeout
+            .unwrap_or(if self.soak.is_some() { 3.0 } else { 10.0 })
     }
 
     fn systems(&self) -> Vec<System> {
@@ -401,7 +408,7 @@ fn worker_args(env: &Env<'_>, service: &str, system: System, role: &str) -> Vec<
         "--payload-size".into(),
         a.payload_size.to_string(),
         "--timeout".into(),
-        a.timeout.to_string(),
+        a.call_timeout().to_string(),
         "--connections".into(),
         a.connections.to_string(),
         "--readers".into(),
@@ -511,7 +518,7 @@ async fn measure(
         COUNT_RUN_CAP
     } else {
         Duration::from_secs_f64(args.duration)
-    } + Duration::from_secs_f64(args.timeout)
+    } + Duration::from_secs_f64(args.call_timeout())
         + READY_LIMIT;
     let results = tokio::time::timeout(
         limit,
@@ -738,7 +745,7 @@ async fn soak(env: &Env<'_>, n: u64) -> Result<(), String> {
 
     // Steady state: once the longest-lived key (a request record lives for the call timeout plus the retention)
     // has turned over with some margin for Redis's lazy expiry, and a tenth of the requests are done.
-    let settle_s = 1.5 * (args.timeout + args.retention);
+    let settle_s = 1.5 * (args.call_timeout() + args.retention);
     let steady: Vec<&SoakSample> = samples
         .iter()
         .filter(|s| s.t_s >= settle_s && s.done >= n / 10)

@@ -7,11 +7,13 @@ mod common;
 
 use std::collections::HashMap;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{ChildGuard, RedisServer, redis_con, spawn_serve, wait_until};
 use redcall::{Client, ErrorKind};
 use serde_json::{Value, json};
+use tokio::sync::Semaphore;
 
 fn terminate(child: &ChildGuard) {
     let status = Command::new("kill")
@@ -395,6 +397,98 @@ async fn sigterm_drains_in_flight_work() {
         .await
         .expect("the late request is served by the next responder");
     assert_eq!(reply, json!("late"));
+}
+
+/// Redis's count of clients blocked in a command (here: a responder's `XREADGROUP ... BLOCK`).
+fn blocked_clients(server: &RedisServer) -> u64 {
+    server
+        .cli(&["INFO", "clients"])
+        .lines()
+        .find_map(|l| l.strip_prefix("blocked_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("blocked_clients in INFO clients")
+}
+
+/// Once a stopping responder's last blocking read is over, it reads nothing more: a request added then waits for
+/// another responder, while the in-flight one is still finished and answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_responder_takes_no_new_entry() {
+    let service = "crash-stop-reading";
+    let (server, client, requester, mut con) = setup(service).await;
+    let gate = Arc::new(Semaphore::new(0));
+    let handler_gate = gate.clone();
+    let stopping = client
+        .responder(service)
+        .consumer("stopping")
+        .grace(Duration::from_secs(30))
+        .handler("hold", move |_ctx, text: String| {
+            let gate = handler_gate.clone();
+            async move {
+                let _pass = gate.acquire().await;
+                Ok::<_, redcall::HandlerError>(text)
+            }
+        })
+        .start()
+        .await
+        .expect("start");
+    let held = requester
+        .send("held-1", "hold", "held", Duration::from_secs(60))
+        .await
+        .expect("send");
+    assert!(pending_becomes(&con, service, 1, Duration::from_secs(10)).await);
+
+    let shutdown = tokio::spawn(stopping.shutdown());
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            blocked_clients(&server) == 0
+        })
+        .await,
+        "the stopping responder's reader still blocks in XREADGROUP"
+    );
+    let late = requester
+        .send("late-1", "hold", "late", Duration::from_secs(60))
+        .await
+        .expect("send late");
+    // Longer than a blocking read (1 s): a reader still looping would have taken the late request by now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        pending(&mut con, service).await,
+        1,
+        "only the held request is pending: the late one was not read"
+    );
+
+    gate.add_permits(1);
+    assert_eq!(
+        held.wait::<String>().await.expect("held request answered"),
+        "held"
+    );
+    let cut_off = shutdown.await.expect("join").expect("shutdown");
+    assert_eq!(
+        cut_off, 0,
+        "the held request finished within the grace period"
+    );
+    assert_eq!(
+        pending(&mut con, service).await,
+        0,
+        "the held request was acked"
+    );
+
+    let next = client
+        .responder(service)
+        .consumer("next")
+        .handler("hold", |_ctx, text: String| async move {
+            Ok::<_, redcall::HandlerError>(text)
+        })
+        .start()
+        .await
+        .expect("start the next responder");
+    assert_eq!(
+        late.wait::<String>()
+            .await
+            .expect("the late request is served by the next responder"),
+        "late"
+    );
+    next.shutdown().await.expect("shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -469,6 +469,7 @@ async fn records_and_replies_expire() {
         .await
         .expect("start responder");
 
+    let started = std::time::Instant::now();
     let v: i64 = requester
         .request("short", "echo", &5, Duration::from_secs(1))
         .await
@@ -486,9 +487,12 @@ async fn records_and_replies_expire() {
         .cli(&["PTTL", &keys.record("short")])
         .parse()
         .expect("PTTL");
+    // Set when the request was added (after `started`) to the deadline plus the retention: 1.5 s then, less only
+    // by the time gone since.
+    let since_start = started.elapsed().as_millis() as i64;
     assert!(
-        (1..=1500).contains(&record_ttl),
-        "record TTL {record_ttl} ms: timeout 1 s + retention 0.5 s"
+        (1500 - since_start..=1500).contains(&record_ttl),
+        "record TTL {record_ttl} ms, {since_start} ms after the request began: timeout 1 s + retention 0.5 s"
     );
     let reply_ttl: i64 = server
         .cli(&["PTTL", &keys.reply("short")])

@@ -212,9 +212,20 @@ async fn call_info_while_pending_and_not_found() {
         span >= GENEROUS - Duration::from_millis(5) && span <= GENEROUS + Duration::from_millis(5),
         "deadline - created = {span:?}"
     );
-    // From another client too (the record is in Redis, not in this process).
+    // From another client too (the record is in Redis, not in this process), in O(1): one GET of the record, no
+    // read of the stream.
     let other = connect(&server).requester("info");
+    connect_router(&other).await;
+    server.cli(&["CONFIG", "RESETSTAT"]);
     assert_eq!(other.call_info("request_123").await.unwrap(), info);
+    let commands: Vec<String> = server
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .filter_map(|l| l.strip_prefix("cmdstat_"))
+        .filter(|l| !l.starts_with("info:") && !l.starts_with("config|resetstat:"))
+        .map(|l| l.split(',').next().unwrap_or(l).to_owned())
+        .collect();
+    assert_eq!(commands, ["get:calls=1"], "call_info ran more than one GET");
 
     let err = requester
         .call_info("no_such_id")
@@ -1291,4 +1302,78 @@ async fn an_id_reused_before_its_unsubscribe_went_out_still_gets_its_reply() {
         "still subscribed: {}",
         subscribed_channels(&server)
     );
+}
+
+/// Redis runs each request's `SUBSCRIBE` before the `XADD` that makes the request visible to responders, for
+/// generated ids (the adder's batches) and caller-given ids (the script) alike: read off `MONITOR`, which lists
+/// commands in the order Redis ran them (those of a transaction or script when they run).
+#[tokio::test]
+async fn every_subscription_is_live_before_its_request_is_added() {
+    let server = RedisServer::start();
+    let client = connect(&server);
+    let requester = client.requester("ordered");
+    connect_router(&requester).await;
+    let log_path = server.dir().join("monitor.log");
+    let log = std::fs::File::create(&log_path).expect("monitor log");
+    let _monitor = common::ChildGuard::spawn(
+        std::process::Command::new("redis-cli")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &server.port().to_string(),
+                "MONITOR",
+            ])
+            .stdout(log),
+    );
+    let monitor_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(
+        wait_until(WAIT, || async { monitor_log().starts_with("OK") }).await,
+        "MONITOR did not start"
+    );
+
+    // Concurrent, so that the adder batches them.
+    let generated = (0..20).map(|_| requester.submit("echo", &1, GENEROUS));
+    let given_ids: Vec<String> = (0..20).map(|i| format!("given-{i}")).collect();
+    let given = given_ids
+        .iter()
+        .map(|id| requester.send(id, "echo", &1, GENEROUS));
+    let (generated, given) = tokio::join!(
+        futures_util::future::join_all(generated),
+        futures_util::future::join_all(given)
+    );
+    let pending: Vec<redcall::PendingReply> = generated
+        .into_iter()
+        .chain(given)
+        .map(|p| p.expect("request added"))
+        .collect();
+    let ids: Vec<String> = pending.iter().map(|p| p.id().to_owned()).collect();
+    let added = |log: &str, id: &str| {
+        log.lines()
+            .position(|l| l.contains("\"XADD\"") && l.contains(&format!("\"{id}\"")))
+    };
+    assert!(
+        wait_until(WAIT, || async {
+            let log = monitor_log();
+            ids.iter().all(|id| added(&log, id).is_some())
+        })
+        .await,
+        "MONITOR never showed every XADD:\n{}",
+        monitor_log()
+    );
+
+    let log = monitor_log();
+    for id in &ids {
+        let channel = requester.keys().reply_channel(id);
+        let subscribed = log
+            .lines()
+            .position(|l| l.contains("\"SUBSCRIBE\"") && l.contains(&format!("\"{channel}\"")))
+            .unwrap_or_else(|| panic!("no SUBSCRIBE for {id}:\n{log}"));
+        let added = added(&log, id).expect("seen above");
+        assert!(
+            subscribed < added,
+            "{id}: XADD (line {added}) ran before SUBSCRIBE (line {subscribed}):\n{log}"
+        );
+    }
+    drop(pending);
 }

@@ -414,6 +414,35 @@ async fn dlq_commands_of_the_binary() {
     let text = run_cli(&server, service, &["dlq", "list"]);
     assert!(String::from_utf8_lossy(&text.stdout).contains("unknown_function"));
 
+    // `--func` replays only dead letters of that function key: none of these is for `other`.
+    let filtered = cli_json(
+        &server,
+        service,
+        &["dlq", "replay", "--all", "--func", "other"],
+    );
+    assert_eq!(
+        filtered["replayed"].as_array().map(Vec::len),
+        Some(0),
+        "{filtered}"
+    );
+    assert_eq!(filtered["not_matching"], 6, "{filtered}");
+    // A request over the payload limit is not replayed; it stays dead-lettered.
+    let too_large = cli_json(
+        &server,
+        service,
+        &["--payload-limit", "20", "dlq", "replay", &dead[4]],
+    );
+    assert_eq!(
+        too_large["replayed"].as_array().map(Vec::len),
+        Some(0),
+        "{too_large}"
+    );
+    assert_eq!(
+        too_large["skipped"][0]["reason"], "payload_too_large",
+        "{too_large}"
+    );
+    assert_eq!(admin.dead_letter_count().await.expect("count"), 6);
+
     // Replay two by id; the second replay of the same id finds nothing.
     let runs = Runs::default();
     let responder = counting_responder(&client, service, &runs, 8).await;

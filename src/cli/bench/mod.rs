@@ -510,6 +510,12 @@ async fn measure(
     let before = stats::parse_commandstats(&stats::info(&mut con, "commandstats").await?);
     let cpu_before = cpu_snapshot(&mut con, &requesters, &responders).await?;
     let machine_before = procs::machine_cpu().unwrap_or_default();
+    // Peak memory is read at the end of the window: reset it now, so it is the window's. Redis's only when the
+    // server is ours (an external one is only read), and only reported when the reset worked.
+    for w in requesters.iter().chain(&responders) {
+        procs::reset_peak_rss(w.pid());
+    }
+    let redis_peak_reset = env.owned && env.redis_pid.is_some_and(procs::reset_peak_rss);
     for r in &mut requesters {
         r.send("go").await?;
     }
@@ -548,7 +554,10 @@ async fn measure(
     let peak_rss_kb = PerProcess {
         requesters: hwm(&requesters),
         responders: hwm(&responders),
-        redis: env.redis_pid.and_then(|pid| procs::status_kb(pid, "VmHWM")),
+        redis: env
+            .redis_pid
+            .filter(|_| redis_peak_reset)
+            .and_then(|pid| procs::status_kb(pid, "VmHWM")),
     };
 
     progress.update(format!("{step}: stopping workers"));

@@ -104,6 +104,13 @@ pub fn status_kb(pid: u32, field: &str) -> Option<u64> {
     })
 }
 
+/// Resets the peak resident memory (`VmHWM`) of `pid` to its current resident memory, so that a later reading
+/// is the peak since now (writing `5` to `/proc/<pid>/clear_refs`; Linux 4.0 and later). False when that failed
+/// (not our process, an older kernel): the peak then covers the process's whole life.
+pub fn reset_peak_rss(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
 /// Whether `pid` is a `redis-server` visible in this machine's `/proc` (an external Redis reports its PID in
 /// `INFO server`, but it may live in another PID namespace).
 pub fn is_redis_server(pid: u32) -> bool {
@@ -335,5 +342,45 @@ impl Worker {
                 ))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::alloc::{GlobalAlloc, Layout, System};
+
+    /// Makes 64 MiB resident and gives it back to the kernel (the system allocator maps a block this large on
+    /// its own and unmaps it when freed), so the peak stands well above what stays resident.
+    fn touch_and_release_64_mib() {
+        let layout = Layout::from_size_align(64 << 20, 4096).expect("layout");
+        // SAFETY: the layout is non-zero; the block is written within its bounds, then freed with the same layout.
+        unsafe {
+            let block = System.alloc(layout);
+            assert!(!block.is_null(), "64 MiB allocation failed");
+            for offset in (0..layout.size()).step_by(4096) {
+                block.add(offset).write_volatile(1);
+            }
+            System.dealloc(block, layout);
+        }
+    }
+
+    #[test]
+    fn peak_memory_resets_to_the_current_memory() {
+        let me = std::process::id();
+        touch_and_release_64_mib();
+        let peak_before = status_kb(me, "VmHWM").expect("VmHWM");
+        let resident_before = status_kb(me, "VmRSS").expect("VmRSS");
+        assert!(
+            peak_before > resident_before + 32 * 1024,
+            "the test's own premise: peak {peak_before} kB, resident {resident_before} kB"
+        );
+        assert!(reset_peak_rss(me), "clear_refs refused for our own process");
+        let peak = status_kb(me, "VmHWM").expect("VmHWM");
+        let resident = status_kb(me, "VmRSS").expect("VmRSS");
+        assert!(
+            peak <= resident + 8 * 1024,
+            "peak {peak} kB after the reset, resident {resident} kB (before: {peak_before} kB)"
+        );
     }
 }

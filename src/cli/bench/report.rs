@@ -46,7 +46,8 @@ pub struct Measurement {
     pub commands: CommandStats,
     /// CPU time used during the window (Redis's from `INFO cpu`).
     pub cpu: PerProcess<CpuTime>,
-    /// Peak resident memory (`VmHWM`, kB) at the end of the window; Redis's is over its whole life.
+    /// Peak resident memory (`VmHWM`, kB) during the window (reset when it began); Redis's only when the bench
+    /// started the server itself.
     pub peak_rss_kb: PerProcess<u64>,
     /// The whole machine's CPU use during the window (to tell how much others used).
     pub machine: MachineCpu,

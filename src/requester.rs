@@ -327,6 +327,16 @@ pub struct PendingReply {
     router: Arc<Router>,
 }
 
+impl std::fmt::Debug for PendingReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingReply")
+            .field("id", &self.id)
+            .field("service", &self.keys.tag())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
 impl PendingReply {
     /// The request id.
     pub fn id(&self) -> &str {

@@ -20,20 +20,24 @@ impl Lua {
     }
 }
 
-/// Adds a request: the record (`SET NX`, so an existing id is refused) and the stream entry, in one step. A fresh
-/// id starts clean: a stored reply or error left by an earlier request with the same id (whose record expired) is
-/// removed, so it cannot answer this one.
+/// Adds a request: the stream entry and the record, in one step, unless a record exists (an existing id is
+/// refused). The entry is written first: a script is not rolled back when a command in it fails, so a request
+/// Redis refuses to add (say, the stream key holds another type) leaves no record behind that would answer
+/// `call_info` or refuse the id later. A fresh id starts clean: a stored reply or error left by an earlier request
+/// with the same id (whose record expired) is removed, so it cannot answer this one.
 ///
 /// KEYS: record, requests stream, reply, last error. ARGV: id, envelope, record TTL (ms).
 /// Returns the stream entry id, or nil when the id already exists.
 pub(crate) static ADD_REQUEST: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r#"
-if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[3]) then
+if redis.call('EXISTS', KEYS[1]) == 1 then
   return false
 end
+local entry = redis.call('XADD', KEYS[2], '*', 'id', ARGV[1], 'env', ARGV[2])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('DEL', KEYS[3], KEYS[4])
-return redis.call('XADD', KEYS[2], '*', 'id', ARGV[1], 'env', ARGV[2])
+return entry
 "#,
     )
 });

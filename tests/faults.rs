@@ -958,3 +958,41 @@ async fn callers_giving_up_during_a_reconnect_leave_no_subscription() {
         left.lines().count()
     );
 }
+
+/// A request Redis refuses to add (here the requests stream key holds a string, a broken deployment) leaves
+/// nothing behind: no record to answer `call_info` with, nothing that would refuse the same id once the key is
+/// fixed.
+#[tokio::test]
+async fn a_request_redis_refuses_to_add_leaves_nothing_behind() {
+    let server = RedisServer::start();
+    let client = Client::open(&server.url()).expect("client");
+    let requester = client.requester("broken");
+    server.cli(&["SET", requester.keys().requests(), "not a stream"]);
+
+    let err = requester
+        .send("refused-1", "echo", &1, Duration::from_secs(5))
+        .await
+        .expect_err("XADD onto a string fails");
+    assert_eq!(err.kind(), ErrorKind::Redis, "{err}");
+    assert!(err.to_string().contains("WRONGTYPE"), "{err}");
+    let err = requester
+        .call_info("refused-1")
+        .await
+        .expect_err("no record of a request that was not added");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+
+    server.cli(&["DEL", requester.keys().requests()]);
+    let pending = requester
+        .send("refused-1", "echo", &1, Duration::from_secs(5))
+        .await
+        .expect("the same id is accepted once the stream is fixed");
+    assert_eq!(
+        requester
+            .call_info("refused-1")
+            .await
+            .expect("record")
+            .func_key,
+        "echo"
+    );
+    drop(pending);
+}

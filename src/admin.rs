@@ -52,6 +52,14 @@ pub struct Admin {
     con: Arc<OnceCell<ConnectionManager>>,
 }
 
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin")
+            .field("service", &self.service)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Admin {
     pub(crate) fn new(client: Client, service: &str) -> Self {
         let keys = Arc::new(client.keys(service));

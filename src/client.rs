@@ -34,6 +34,16 @@ struct Inner {
     router: OnceCell<Arc<Router>>,
 }
 
+// By hand: the Redis URL may carry a password, so only the settings are shown.
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("config", &self.inner.config)
+            .field("connected", &self.inner.router.initialized())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Client {
     /// A client for `url` (`redis://` or `rediss://`, with user name and password where needed) with default
     /// settings. Connections are opened on first use.

@@ -39,7 +39,7 @@
 //!
 //! See `docs/protocol.md` for the wire format and `docs/guarantees.md` for what happens on each failure.
 
-#![warn(missing_docs)]
+#![warn(missing_debug_implementations, missing_docs)]
 
 mod adder;
 pub mod admin;

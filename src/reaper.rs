@@ -274,6 +274,15 @@ pub struct Reaper {
     tasks: TaskTracker,
 }
 
+impl std::fmt::Debug for Reaper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reaper")
+            .field("service", &self.shared.keys.tag())
+            .field("settings", &self.shared.settings)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Reaper {
     /// Starts a standalone reaper for `service` with `settings` (group, visibility timeout, max deliveries,
     /// reap interval, dead consumer idle time and retention are used): a pass every reap interval, a trim every

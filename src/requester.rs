@@ -26,6 +26,14 @@ pub struct Requester {
     keys: Arc<ServiceKeys>,
 }
 
+impl std::fmt::Debug for Requester {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Requester")
+            .field("service", &self.keys.tag())
+            .finish_non_exhaustive()
+    }
+}
+
 /// What a request asked for, as returned by [`Requester::call_info`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct CallInfo {

@@ -216,7 +216,7 @@ async fn restart_mid_load(policy: AofPolicy, service: &str) -> (RestartReport, V
                 .submit("work", &json!({"ms": 5}), Duration::from_secs(30))
                 .await
         };
-        let err = sent.err().expect("Redis is down");
+        let err = sent.expect_err("Redis is down");
         log.send_failures.lock().unwrap().push(SendFailure {
             took: started.elapsed(),
             error: err,
@@ -515,8 +515,7 @@ async fn both_sides_reconnect_after_a_long_outage() {
                 Duration::from_secs(10),
             )
             .await
-            .err()
-            .expect("Redis is down");
+            .expect_err("Redis is down");
         assert_eq!(err.kind(), ErrorKind::Redis, "{err}");
         assert!(
             started.elapsed() < FAIL_FAST,

@@ -425,8 +425,7 @@ async fn duplicate_id_in_flight_is_refused() {
     let err = requester
         .send("dup-1", "echo", &"second", GENEROUS)
         .await
-        .err()
-        .expect("same-process duplicate refused");
+        .expect_err("same-process duplicate refused");
     assert_eq!(err.kind(), ErrorKind::DuplicateId, "{err}");
     assert!(err.to_string().contains("dup-1"), "{err}");
     assert_eq!(
@@ -441,8 +440,7 @@ async fn duplicate_id_in_flight_is_refused() {
         .requester("dup")
         .send("dup-1", "echo", &"third", GENEROUS)
         .await
-        .err()
-        .expect("cross-client duplicate refused");
+        .expect_err("cross-client duplicate refused");
     assert_eq!(err.kind(), ErrorKind::DuplicateId, "{err}");
     assert_eq!(other.in_flight(), 0, "refused request left a waiter behind");
 
@@ -554,8 +552,7 @@ async fn payload_too_large_is_refused_before_sending() {
     let err = requester
         .send("big-1", "echo", &big, GENEROUS)
         .await
-        .err()
-        .expect("too large");
+        .expect_err("too large");
     assert_eq!(err.kind(), ErrorKind::PayloadTooLarge, "{err}");
     assert!(
         matches!(err, Error::PayloadTooLarge { what: "request", size, limit: 1024 } if size > 2000),

@@ -479,8 +479,17 @@ fn tls_certificates_need_a_rediss_url() {
     let err = Client::builder("redis://127.0.0.1:1")
         .tls_ca_cert_pem(b"not used".to_vec())
         .build()
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(err.kind(), ErrorKind::Config);
     assert!(err.to_string().contains("rediss://"), "{err}");
+}
+
+/// Handles print for logs and panics without the password of the URL they were made from.
+#[test]
+fn debug_output_never_shows_the_password() {
+    let client = Client::open("redis://orders-app:s3cret-pw@127.0.0.1:1/").expect("client");
+    let requester = client.requester("orders");
+    let shown = format!("{client:?} {requester:?} {:?}", client.admin("orders"));
+    assert!(shown.contains("{redcall:orders}"), "{shown}");
+    assert!(!shown.contains("s3cret-pw"), "{shown}");
 }

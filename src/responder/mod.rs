@@ -36,6 +36,18 @@ pub struct ResponderBuilder {
     handlers: HashMap<String, ErasedHandler>,
 }
 
+impl std::fmt::Debug for ResponderBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut functions: Vec<&str> = self.handlers.keys().map(String::as_str).collect();
+        functions.sort_unstable();
+        f.debug_struct("ResponderBuilder")
+            .field("service", &self.service)
+            .field("settings", &self.settings)
+            .field("functions", &functions)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ResponderBuilder {
     pub(crate) fn new(client: Client, service: &str) -> Self {
         Self {
@@ -188,6 +200,16 @@ pub struct Responder {
     keepalive: tokio::task::JoinHandle<()>,
     /// Answers finished requests in batches; like the keepalive, it serves the drain at shutdown.
     finisher: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Responder")
+            .field("service", &self.shared.keys.tag())
+            .field("consumer", &self.shared.settings.consumer)
+            .field("in_flight", &self.in_flight())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Responder {

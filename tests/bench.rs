@@ -170,7 +170,7 @@ fn soak_mode_samples_and_judges() {
     assert_eq!(summary["requests"], 3000, "{summary}");
     assert_eq!(summary["errors"], 0, "{summary}");
     let series = summary["series"].as_array().expect("series");
-    assert_eq!(series.len(), 7, "{summary}");
+    assert_eq!(series.len(), 8, "{summary}");
     // The series that follow the request rate are shown, not judged; the others carry a verdict.
     let judged: Vec<&str> = series
         .iter()
@@ -184,7 +184,8 @@ fn soak_mode_samples_and_judges() {
             "keys ÷ request rate (s)",
             "stream ÷ request rate (s)",
             "requester RSS (kB)",
-            "requester in_flight"
+            "requester in_flight",
+            "subscribed reply channels"
         ],
         "{summary}"
     );
@@ -193,6 +194,8 @@ fn soak_mode_samples_and_judges() {
     // few steady samples to judge, and then must fail; the unit tests of the verdict cover the other cases.)
     // `flat` is null for a series shown but not judged.
     let judged_flat = series.iter().all(|s| s["flat"] != false);
+    // Every reply channel is unsubscribed once the calls are done (the requester still runs then).
+    assert_eq!(summary["channels_subscribed_at_end"], 0, "{summary}");
     let expected_ok = summary["judged"] == true
         && summary["errors"] == 0
         && summary["in_flight_at_end"] == 0

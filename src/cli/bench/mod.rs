@@ -36,6 +36,8 @@ const COUNT_RUN_CAP: Duration = Duration::from_secs(300);
 const READY_LIMIT: Duration = Duration::from_secs(60);
 /// Time a worker gets to exit after its stdin is closed, before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(15);
+/// Time the soak's requester gets, once every call is done, to have unsubscribed every reply channel.
+const CHANNELS_DRAIN: Duration = Duration::from_secs(5);
 
 /// The two systems compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -743,6 +745,9 @@ async fn soak(env: &Env<'_>, n: u64) -> Result<(), String> {
         }
     };
     let elapsed = started.elapsed().as_secs_f64();
+    // Every call is done, and the requester still runs: its batched unsubscribes should leave no channel
+    // subscribed (once it exits, Redis would drop them anyway).
+    let channels_left = channels_after_drain(&mut con, &keys, CHANNELS_DRAIN).await?;
     let exited = join_all(
         std::iter::once(requester)
             .chain(responders.drain(..))
@@ -809,6 +814,13 @@ async fn soak(env: &Env<'_>, n: u64) -> Result<(), String> {
             &series(|s| s.in_flight as f64),
             Some(0.10),
         ),
+        // Bounded by the calls in flight (and unsubscribes on their way); a subscription left behind per
+        // thousand calls would more than double it over 1,000,000 requests.
+        Flatness::judge(
+            "subscribed reply channels",
+            &series(|s| s.pubsub_channels as f64),
+            Some(0.25),
+        ),
     ];
     let requests = result["done"].as_u64().unwrap_or(0);
     let errors = result["errors"].as_u64().unwrap_or(0);
@@ -816,7 +828,7 @@ async fn soak(env: &Env<'_>, n: u64) -> Result<(), String> {
         (requests - errors) as f64 / result["elapsed_s"].as_f64().unwrap_or(elapsed).max(1e-9);
     let enough = steady.len() >= 4;
     let in_flight_at_end = result["in_flight"].as_u64().unwrap_or(0);
-    let outcome = report::soak_outcome(errors, in_flight_at_end, enough, &verdicts);
+    let outcome = report::soak_outcome(errors, in_flight_at_end, channels_left, enough, &verdicts);
     if env.json {
         println!(
             "{}",
@@ -829,6 +841,7 @@ async fn soak(env: &Env<'_>, n: u64) -> Result<(), String> {
                 "first_error": result["first_error"],
                 "rps": rps.round(),
                 "in_flight_at_end": result["in_flight"],
+                "channels_subscribed_at_end": channels_left,
                 "steady_samples": steady.len(),
                 "judged": enough,
                 "series": verdicts.iter().map(Flatness::to_json).collect::<Vec<_>>(),
@@ -838,7 +851,8 @@ async fn soak(env: &Env<'_>, n: u64) -> Result<(), String> {
         );
     } else {
         println!(
-            "soak: {requests} requests ({errors} errors) in {elapsed:.1} s, {rps:.0} req/s; in flight at the end: {}",
+            "soak: {requests} requests ({errors} errors) in {elapsed:.1} s, {rps:.0} req/s; in flight at the end: {}, \
+             channels still subscribed: {channels_left}",
             result["in_flight"]
         );
         if !enough {
@@ -860,6 +874,38 @@ async fn soak(env: &Env<'_>, n: u64) -> Result<(), String> {
     outcome
 }
 
+/// How many reply channels of the service have a subscriber (`PUBSUB CHANNELS`; only the service's, so other
+/// clients of an external Redis do not count).
+async fn reply_channels(
+    con: &mut MultiplexedConnection,
+    keys: &redcall::protocol::ServiceKeys,
+) -> Result<u64, String> {
+    let pattern = format!("{}:chan:*", redcall::admin::glob_escape(keys.tag()));
+    let channels: Vec<Vec<u8>> = redis::cmd("PUBSUB")
+        .arg("CHANNELS")
+        .arg(pattern)
+        .query_async(con)
+        .await
+        .map_err(|e| format!("PUBSUB CHANNELS: {e}"))?;
+    Ok(channels.len() as u64)
+}
+
+/// The service's subscribed reply channels once they reach 0, or after `limit` however many there are.
+async fn channels_after_drain(
+    con: &mut MultiplexedConnection,
+    keys: &redcall::protocol::ServiceKeys,
+    limit: Duration,
+) -> Result<u64, String> {
+    let give_up = Instant::now() + limit;
+    loop {
+        let channels = reply_channels(con, keys).await?;
+        if channels == 0 || Instant::now() >= give_up {
+            return Ok(channels);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn soak_sample(
     con: &mut MultiplexedConnection,
     keys: &redcall::protocol::ServiceKeys,
@@ -869,6 +915,7 @@ async fn soak_sample(
     requester_pid: u32,
 ) -> Result<SoakSample, String> {
     let memory = stats::info(con, "memory").await?;
+    let pubsub_channels = reply_channels(con, keys).await?;
     let (stream_len, keys_count): (u64, u64) = redis::pipe()
         .cmd("XLEN")
         .arg(keys.requests())
@@ -884,6 +931,7 @@ async fn soak_sample(
         keys: keys_count,
         requester_rss_kb: procs::status_kb(requester_pid, "VmRSS").unwrap_or(0),
         in_flight,
+        pubsub_channels,
         rate: 0.0,
     })
 }

@@ -466,6 +466,9 @@ pub struct SoakSample {
     pub requester_rss_kb: u64,
     /// The requester client's requests in flight.
     pub in_flight: u64,
+    /// The service's reply channels with a subscriber in Redis: those of calls in flight, and any a leak left
+    /// subscribed.
+    pub pubsub_channels: u64,
     /// Requests per second since the previous sample.
     pub rate: f64,
 }
@@ -482,6 +485,7 @@ impl SoakSample {
             "keys": self.keys,
             "requester_rss_kb": self.requester_rss_kb,
             "in_flight": self.in_flight,
+            "pubsub_channels": self.pubsub_channels,
             "rps": round(self.rate, 0),
         })
     }
@@ -489,13 +493,14 @@ impl SoakSample {
     /// The line for people.
     pub fn to_text(self) -> String {
         format!(
-            "t={:>6.1}s done={:>9} ({:>6.0}/s) redis used_memory={:>7.1} MiB stream={:>9} keys={:>8} requester RSS={:>6.1} MiB in_flight={}",
+            "t={:>6.1}s done={:>9} ({:>6.0}/s) redis used_memory={:>7.1} MiB stream={:>9} keys={:>8} channels={:>6} requester RSS={:>6.1} MiB in_flight={}",
             self.t_s,
             self.done,
             self.rate,
             self.used_memory as f64 / 1048576.0,
             self.stream_len,
             self.keys,
+            self.pubsub_channels,
             self.requester_rss_kb as f64 / 1024.0,
             self.in_flight
         )
@@ -584,11 +589,13 @@ impl Flatness {
     }
 }
 
-/// What a soak run found, as the bench's outcome: `Ok` only when every call succeeded, none was left waiting,
-/// there were enough steady samples to judge, and every judged series stayed flat; otherwise each reason why not.
+/// What a soak run found, as the bench's outcome: `Ok` only when every call succeeded, none was left waiting, no
+/// reply channel stayed subscribed, there were enough steady samples to judge, and every judged series stayed flat;
+/// otherwise each reason why not.
 pub fn soak_outcome(
     errors: u64,
     in_flight_at_end: u64,
+    channels_left: u64,
     judged: bool,
     series: &[Flatness],
 ) -> Result<(), String> {
@@ -599,6 +606,11 @@ pub fn soak_outcome(
     if in_flight_at_end > 0 {
         reasons.push(format!(
             "{in_flight_at_end} calls still waited for a reply at the end"
+        ));
+    }
+    if channels_left > 0 {
+        reasons.push(format!(
+            "{channels_left} reply channels still subscribed after every call was done"
         ));
     }
     if !judged {
@@ -668,16 +680,18 @@ mod tests {
         let flat = Flatness::judge("rss", &[(1.0, 10.0), (2.0, 10.0)], Some(0.1));
         let grows = Flatness::judge("waiters", &[(1.0, 10.0), (2.0, 30.0)], Some(0.1));
         let shown = Flatness::judge("memory", &[(1.0, 10.0), (2.0, 30.0)], None);
-        assert_eq!(soak_outcome(0, 0, true, &[flat, shown]), Ok(()));
+        assert_eq!(soak_outcome(0, 0, 0, true, &[flat, shown]), Ok(()));
 
         let flat = || Flatness::judge("rss", &[(1.0, 10.0), (2.0, 10.0)], Some(0.1));
-        let err = soak_outcome(0, 0, true, &[flat(), grows]).expect_err("growth fails");
+        let err = soak_outcome(0, 0, 0, true, &[flat(), grows]).expect_err("growth fails");
         assert!(err.contains("grows: waiters"), "{err}");
-        let err = soak_outcome(3, 0, true, &[flat()]).expect_err("errors fail");
+        let err = soak_outcome(3, 0, 0, true, &[flat()]).expect_err("errors fail");
         assert!(err.contains("3 calls failed"), "{err}");
-        let err = soak_outcome(0, 7, true, &[flat()]).expect_err("leftovers fail");
+        let err = soak_outcome(0, 7, 0, true, &[flat()]).expect_err("leftovers fail");
         assert!(err.contains("7 calls still waited"), "{err}");
-        let err = soak_outcome(0, 0, false, &[flat()]).expect_err("unjudged fails");
+        let err = soak_outcome(0, 0, 5, true, &[flat()]).expect_err("subscriptions left fail");
+        assert!(err.contains("5 reply channels still subscribed"), "{err}");
+        let err = soak_outcome(0, 0, 0, false, &[flat()]).expect_err("unjudged fails");
         assert!(err.contains("too few steady samples"), "{err}");
     }
 

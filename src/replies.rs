@@ -342,28 +342,30 @@ async fn reconnect_loop(router: std::sync::Weak<Router>, cancel: CancellationTok
             )
             .await
             {
-                Ok(mut con) => match restore(&r.waiters, &mut con).await {
-                    Ok(restored) => {
-                        *r.connection.lock().unwrap_or_else(|p| p.into_inner()) = Some(con);
-                        tracing::info!("reply router reconnected");
-                        // Callers released while the connection was being restored (those told that Redis lost
-                        // their request, for one) were unsubscribed from nothing: there was no connection yet.
-                        let stale: Vec<String> = {
-                            let map = r.waiters.lock();
-                            restored
-                                .into_iter()
-                                .filter(|channel| !map.contains_key(channel))
-                                .collect()
-                        };
-                        for channel in stale {
-                            r.unsubscribe(channel);
+                Ok(mut con) => {
+                    match resubscribe(&r.waiters, &mut con, snapshot_all(&r.waiters)).await {
+                        Ok(restored) => {
+                            *r.connection.lock().unwrap_or_else(|p| p.into_inner()) = Some(con);
+                            tracing::info!("reply router reconnected");
+                            // Callers released while the connection was being restored (those told that Redis lost
+                            // their request, for one) were unsubscribed from nothing: there was no connection yet.
+                            let stale: Vec<String> = {
+                                let map = r.waiters.lock();
+                                restored
+                                    .into_iter()
+                                    .filter(|channel| !map.contains_key(channel))
+                                    .collect()
+                            };
+                            for channel in stale {
+                                r.unsubscribe(channel);
+                            }
+                            break;
                         }
-                        break;
+                        Err(err) => {
+                            tracing::warn!(error = %err, "restoring subscriptions failed; retrying")
+                        }
                     }
-                    Err(err) => {
-                        tracing::warn!(error = %err, "restoring subscriptions failed; retrying")
-                    }
-                },
+                }
                 Err(err) => tracing::debug!(error = %err, "reconnect attempt failed"),
             }
             tokio::select! {
@@ -375,33 +377,52 @@ async fn reconnect_loop(router: std::sync::Weak<Router>, cancel: CancellationTok
     }
 }
 
-/// Subscribes every waited-on channel on a fresh connection, then reads the stored replies of those channels and
-/// completes the waiters whose reply was published while no one was subscribed. A waiter whose request was
-/// accepted but whose record is gone (and that has no reply) learns that Redis lost its request. Returns the
-/// channels subscribed.
-async fn restore(
-    waiters: &Waiters,
-    con: &mut MultiplexedConnection,
-) -> redis::RedisResult<Vec<String>> {
-    struct Snapshot {
-        channel: String,
-        reply_key: String,
-        record_key: String,
-        accepted: bool,
+/// What [`resubscribe`] needs of one waiter, taken under the lock.
+struct Snapshot {
+    channel: String,
+    reply_key: String,
+    record_key: String,
+    accepted: bool,
+}
+
+impl Snapshot {
+    fn of(channel: &str, waiter: &Waiter) -> Option<Self> {
+        let id = waiter.keys.id_of_reply_channel(channel)?;
+        Some(Self {
+            channel: channel.to_owned(),
+            reply_key: waiter.keys.reply(id),
+            record_key: waiter.keys.record(id),
+            accepted: waiter.accepted,
+        })
     }
-    let pending: Vec<Snapshot> = waiters
+}
+
+/// Every waiter, as a reconnect restores them.
+fn snapshot_all(waiters: &Waiters) -> Vec<Snapshot> {
+    waiters
         .lock()
         .iter()
-        .filter_map(|(channel, w)| {
-            let id = w.keys.id_of_reply_channel(channel)?;
-            Some(Snapshot {
-                channel: channel.clone(),
-                reply_key: w.keys.reply(id),
-                record_key: w.keys.record(id),
-                accepted: w.accepted,
-            })
-        })
-        .collect();
+        .filter_map(|(channel, w)| Snapshot::of(channel, w))
+        .collect()
+}
+
+/// The waiters of those of `channels` that are waited on.
+fn snapshot_of(waiters: &Waiters, channels: &[String]) -> Vec<Snapshot> {
+    let map = waiters.lock();
+    channels
+        .iter()
+        .filter_map(|channel| Snapshot::of(channel, map.get(channel)?))
+        .collect()
+}
+
+/// Subscribes the channels of `pending`, then reads their stored replies and completes the waiters whose reply was
+/// published while no one was subscribed. A waiter whose request was accepted but whose record is gone (and that
+/// has no reply) learns that Redis lost its request. Returns the channels subscribed.
+async fn resubscribe(
+    waiters: &Waiters,
+    con: &mut MultiplexedConnection,
+    pending: Vec<Snapshot>,
+) -> redis::RedisResult<Vec<String>> {
     for chunk in pending.chunks(BULK_CHUNK) {
         let channels: Vec<&str> = chunk.iter().map(|w| w.channel.as_str()).collect();
         con.subscribe(&channels).await?;
@@ -432,7 +453,7 @@ async fn restore(
     if lost > 0 {
         tracing::error!(
             lost,
-            "requests accepted before the reconnect are gone from Redis (restarted without persistence, or it \
+            "requests Redis had accepted are gone from it (restarted without persistence, or it \
              lost its last writes); their callers were told"
         );
     }
@@ -444,8 +465,8 @@ async fn restore(
 /// A channel can be waited on again before its `UNSUBSCRIBE` goes out: a caller reusing an id (after its record
 /// expired, or after Redis lost the request) registers and subscribes while the old caller's `UNSUBSCRIBE` is still
 /// queued here, and that `UNSUBSCRIBE` then ends the new caller's subscription. So once an `UNSUBSCRIBE` is done,
-/// the channels of it that are waited on again are subscribed again and their stored replies read (see
-/// [`resubscribe_waited`]). Everything this loop sends goes out in order, so a caller released meanwhile is
+/// the channels of it that are waited on again are subscribed again and their stored replies read, as after a
+/// reconnect ([`resubscribe`]). Everything this loop sends goes out in order, so a caller released meanwhile is
 /// unsubscribed after that `SUBSCRIBE`, in a later round.
 async fn unsubscribe_loop(
     connection: Arc<Mutex<Option<MultiplexedConnection>>>,
@@ -467,8 +488,16 @@ async fn unsubscribe_loop(
         if let Some(mut con) = con {
             match con.unsubscribe(&batch).await {
                 Ok(()) => {
-                    if let Err(err) = resubscribe_waited(&waiters, &mut con, &batch).await {
-                        tracing::debug!(error = %err, "resubscribing reused channels failed");
+                    // Nothing to do, and no round trip, in the usual case.
+                    let waited = snapshot_of(&waiters, &batch);
+                    if !waited.is_empty() {
+                        tracing::debug!(
+                            channels = waited.len(),
+                            "channels waited on again after their unsubscribe; subscribing again"
+                        );
+                        if let Err(err) = resubscribe(&waiters, &mut con, waited).await {
+                            tracing::debug!(error = %err, "resubscribing reused channels failed");
+                        }
                     }
                 }
                 Err(err) => tracing::debug!(error = %err, "unsubscribe failed"),
@@ -476,48 +505,4 @@ async fn unsubscribe_loop(
         }
         batch.clear();
     }
-}
-
-/// Subscribes again those of `unsubscribed` that a caller waits on now, then hands each of them its stored reply,
-/// if one was stored while the channel was not subscribed. Nothing to do, and no round trip, in the usual case.
-async fn resubscribe_waited(
-    waiters: &Waiters,
-    con: &mut MultiplexedConnection,
-    unsubscribed: &[String],
-) -> redis::RedisResult<()> {
-    let waited: Vec<(&str, String)> = {
-        let map = waiters.lock();
-        unsubscribed
-            .iter()
-            .filter_map(|channel| {
-                let keys = &map.get(channel)?.keys;
-                Some((
-                    channel.as_str(),
-                    keys.reply(keys.id_of_reply_channel(channel)?),
-                ))
-            })
-            .collect()
-    };
-    if waited.is_empty() {
-        return Ok(());
-    }
-    tracing::debug!(
-        channels = waited.len(),
-        "channels waited on again after their unsubscribe; subscribing again"
-    );
-    let channels: Vec<&str> = waited.iter().map(|(channel, _)| *channel).collect();
-    con.subscribe(&channels).await?;
-    // Subscribed first, read second, as in `restore`: a reply published in between arrives as a message, one
-    // published before is found here, and `complete` hands each waiter at most one of them.
-    let mut pipe = redis::pipe();
-    for (_, reply_key) in &waited {
-        pipe.get(reply_key);
-    }
-    let replies: Vec<Option<Vec<u8>>> = pipe.query_async(con).await?;
-    for ((channel, _), reply) in waited.iter().zip(replies) {
-        if let Some(reply) = reply {
-            waiters.complete(channel, Delivery::Reply(reply));
-        }
-    }
-    Ok(())
 }

@@ -563,15 +563,7 @@ async fn measure(
     };
 
     progress.update(format!("{step}: stopping workers"));
-    let exited = join_all(
-        requesters
-            .into_iter()
-            .chain(responders)
-            .map(|w| w.finish(EXIT_GRACE)),
-    )
-    .await
-    .into_iter()
-    .collect::<Result<Vec<()>, String>>();
+    let exited = finish_all(requesters.into_iter().chain(responders)).await;
     cleanup(env, &service).await?;
     exited?;
 
@@ -640,6 +632,14 @@ async fn collect_results(
         }
     }
     Ok(results.into_iter().flatten().collect())
+}
+
+/// Stops `workers` together ([`Worker::finish`]); the first failure, if any.
+async fn finish_all(workers: impl Iterator<Item = Worker>) -> Result<(), String> {
+    join_all(workers.map(|w| w.finish(EXIT_GRACE)))
+        .await
+        .into_iter()
+        .collect()
 }
 
 /// Removes what a measurement left in Redis: everything, when the Redis is ours; otherwise the keys of the
@@ -748,14 +748,7 @@ async fn soak(env: &Env<'_>, n: u64) -> Result<(), String> {
     // Every call is done, and the requester still runs: its batched unsubscribes should leave no channel
     // subscribed (once it exits, Redis would drop them anyway).
     let channels_left = channels_after_drain(&mut con, &keys, CHANNELS_DRAIN).await?;
-    let exited = join_all(
-        std::iter::once(requester)
-            .chain(responders.drain(..))
-            .map(|w| w.finish(EXIT_GRACE)),
-    )
-    .await
-    .into_iter()
-    .collect::<Result<Vec<()>, String>>();
+    let exited = finish_all(std::iter::once(requester).chain(responders.drain(..))).await;
 
     // Steady state: once the longest-lived key (a request record lives for the call timeout plus the retention)
     // has turned over with some margin for Redis's lazy expiry, and a tenth of the requests are done.
@@ -818,7 +811,7 @@ async fn soak(env: &Env<'_>, n: u64) -> Result<(), String> {
         // thousand calls would more than double it over 1,000,000 requests.
         Flatness::judge(
             "subscribed reply channels",
-            &series(|s| s.pubsub_channels as f64),
+            &series(|s| s.reply_channels as f64),
             Some(0.25),
         ),
     ];
@@ -874,16 +867,20 @@ async fn soak(env: &Env<'_>, n: u64) -> Result<(), String> {
     outcome
 }
 
-/// How many reply channels of the service have a subscriber (`PUBSUB CHANNELS`; only the service's, so other
-/// clients of an external Redis do not count).
+/// The `PUBSUB CHANNELS` pattern of the service's reply channels (only the service's, so other clients of an
+/// external Redis do not count).
+fn reply_channel_pattern(keys: &redcall::protocol::ServiceKeys) -> String {
+    format!("{}:chan:*", redcall::admin::glob_escape(keys.tag()))
+}
+
+/// How many reply channels of the service have a subscriber.
 async fn reply_channels(
     con: &mut MultiplexedConnection,
     keys: &redcall::protocol::ServiceKeys,
 ) -> Result<u64, String> {
-    let pattern = format!("{}:chan:*", redcall::admin::glob_escape(keys.tag()));
     let channels: Vec<Vec<u8>> = redis::cmd("PUBSUB")
         .arg("CHANNELS")
-        .arg(pattern)
+        .arg(reply_channel_pattern(keys))
         .query_async(con)
         .await
         .map_err(|e| format!("PUBSUB CHANNELS: {e}"))?;
@@ -915,11 +912,13 @@ async fn soak_sample(
     requester_pid: u32,
 ) -> Result<SoakSample, String> {
     let memory = stats::info(con, "memory").await?;
-    let pubsub_channels = reply_channels(con, keys).await?;
-    let (stream_len, keys_count): (u64, u64) = redis::pipe()
+    let (stream_len, keys_count, channels): (u64, u64, Vec<Vec<u8>>) = redis::pipe()
         .cmd("XLEN")
         .arg(keys.requests())
         .cmd("DBSIZE")
+        .cmd("PUBSUB")
+        .arg("CHANNELS")
+        .arg(reply_channel_pattern(keys))
         .query_async(con)
         .await
         .map_err(|e| format!("sampling Redis: {e}"))?;
@@ -931,7 +930,7 @@ async fn soak_sample(
         keys: keys_count,
         requester_rss_kb: procs::status_kb(requester_pid, "VmRSS").unwrap_or(0),
         in_flight,
-        pubsub_channels,
+        reply_channels: channels.len() as u64,
         rate: 0.0,
     })
 }

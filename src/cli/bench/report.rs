@@ -468,7 +468,7 @@ pub struct SoakSample {
     pub in_flight: u64,
     /// The service's reply channels with a subscriber in Redis: those of calls in flight, and any a leak left
     /// subscribed.
-    pub pubsub_channels: u64,
+    pub reply_channels: u64,
     /// Requests per second since the previous sample.
     pub rate: f64,
 }
@@ -485,7 +485,7 @@ impl SoakSample {
             "keys": self.keys,
             "requester_rss_kb": self.requester_rss_kb,
             "in_flight": self.in_flight,
-            "pubsub_channels": self.pubsub_channels,
+            "reply_channels": self.reply_channels,
             "rps": round(self.rate, 0),
         })
     }
@@ -500,7 +500,7 @@ impl SoakSample {
             self.used_memory as f64 / 1048576.0,
             self.stream_len,
             self.keys,
-            self.pubsub_channels,
+            self.reply_channels,
             self.requester_rss_kb as f64 / 1024.0,
             self.in_flight
         )

@@ -171,42 +171,9 @@ pub fn glob_escape(s: &str) -> String {
     out
 }
 
-/// A stream entry id, `<ms>-<seq>`, parsed for comparisons.
-pub(crate) fn parse_entry_id(id: &str) -> Option<(u64, u64)> {
-    let (ms, seq) = id.split_once('-')?;
-    Some((ms.parse().ok()?, seq.parse().ok()?))
-}
-
-/// Checks a user-given stream entry id (`-` and `+` allowed where `ends` is true), so a typo is a clear
-/// configuration error instead of a Redis one.
-pub(crate) fn check_entry_id(id: &str, ends: bool) -> Result<()> {
-    if (ends && (id == "-" || id == "+")) || parse_entry_id(id).is_some() {
-        Ok(())
-    } else {
-        Err(Error::Config(format!(
-            "{id:?} is not a stream entry id (expected <ms>-<seq>{})",
-            if ends { ", - or +" } else { "" }
-        )))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn entry_ids_parse_and_check() {
-        assert_eq!(
-            parse_entry_id("1700000000000-3"),
-            Some((1_700_000_000_000, 3))
-        );
-        assert_eq!(parse_entry_id("17"), None);
-        assert_eq!(parse_entry_id("a-1"), None);
-        assert!(check_entry_id("-", true).is_ok());
-        assert!(check_entry_id("+", false).is_err());
-        assert!(check_entry_id("1-0", false).is_ok());
-        assert!(check_entry_id("nope", true).is_err());
-    }
 
     #[test]
     fn scan_patterns_are_escaped() {

@@ -11,9 +11,9 @@ use crate::config::ClientConfig;
 use crate::connection::{self, TlsSettings};
 use crate::error::{Error, Result};
 use crate::protocol::ServiceKeys;
-use crate::replies::Router;
 use crate::requester::Requester;
 use crate::responder::ResponderBuilder;
+use crate::router::Router;
 
 /// A handle to one Redis deployment of redcall. Cheap to clone; clones share one reply connection.
 ///

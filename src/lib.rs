@@ -41,25 +41,24 @@
 
 #![warn(missing_debug_implementations, missing_docs)]
 
-mod adder;
 pub mod admin;
+mod backoff;
 pub mod client;
 pub mod config;
 mod connection;
 pub mod error;
 pub mod protocol;
-pub mod reaper;
-mod replies;
 pub mod requester;
 pub mod responder;
 pub mod retention;
+mod router;
 mod scripts;
 
 pub use admin::Admin;
 pub use client::{Client, ClientBuilder};
 pub use error::{Error, ErrorKind, Result};
-pub use reaper::{ReapReport, Reaper};
 pub use requester::{CallInfo, PendingReply, Requester, new_request_id};
+pub use responder::reaper::{ReapReport, Reaper};
 pub use responder::{HandlerError, RequestContext, Responder, ResponderBuilder, ResponderSettings};
 pub use retention::{RetentionPolicy, TrimReport};
 

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::protocol::ServiceKeys;
-use crate::responder::Shared;
 use crate::scripts;
 
 /// Default maximum age of a requests stream entry: one day, long enough to replay yesterday's traffic.
@@ -148,14 +147,18 @@ impl TrimSchedule {
     }
 
     /// Trims when the policy is enabled and a trim is due; logs the outcome, never fails the reaper.
-    pub(crate) async fn run(&mut self, shared: &Shared) {
-        let policy = &shared.settings.retention;
+    pub(crate) async fn run(
+        &mut self,
+        con: &redis::aio::ConnectionManager,
+        keys: &ServiceKeys,
+        policy: &RetentionPolicy,
+    ) {
         if !policy.enabled || Instant::now() < self.next {
             return;
         }
         self.next = Instant::now() + policy.interval;
-        let mut con = shared.con.clone();
-        match trim(&mut con, &shared.keys, policy).await {
+        let mut con = con.clone();
+        match trim(&mut con, keys, policy).await {
             Ok(report) if report.trimmed > 0 || report.dead_letters_trimmed > 0 => {
                 tracing::info!(?report, "trimmed by the retention policy")
             }

@@ -4,8 +4,9 @@ use redis::Value;
 use redis::streams::{StreamId, StreamRangeReply};
 use serde::Serialize;
 
-use super::{Admin, check_entry_id};
+use super::Admin;
 use crate::error::{Error, Result};
+use crate::protocol::entry::check_entry_id;
 use crate::protocol::{self, FIELD_ENVELOPE, FIELD_ID, RequestEnvelope};
 use crate::scripts;
 

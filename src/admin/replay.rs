@@ -9,11 +9,11 @@ use redis::streams::{StreamInfoGroupsReply, StreamPendingCountReply, StreamRange
 use serde::Serialize;
 
 use super::pager::Pager;
-use super::{Admin, DeadLetterEntry, PAGE, check_entry_id, parse_entry_id};
+use super::{Admin, DeadLetterEntry, PAGE};
 use crate::config::ttl_ms;
 use crate::error::{Error, Result};
+use crate::protocol::entry::{RawEntry, check_entry_id, parse_entry_id};
 use crate::protocol::{self, ReplayInfo, ReplaySource, RequestEnvelope};
-use crate::responder::RawEntry;
 use crate::scripts;
 
 /// What paging through a stream reports in errors.

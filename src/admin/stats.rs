@@ -12,8 +12,9 @@ use super::pager::Pager;
 
 /// What reading the groups' details reports in errors.
 const READING_GROUPS: &str = "reading group stats";
-use super::{Admin, parse_entry_id};
+use super::Admin;
 use crate::error::{Error, Result};
+use crate::protocol::entry::parse_entry_id;
 
 /// A snapshot of one service, as `redcall stats` shows it. Taken with a few round trips, so the numbers of
 /// different groups may be a few milliseconds apart.

@@ -2,13 +2,20 @@
 //! with bounded concurrency, and answer (store reply, publish, acknowledge) in one atomic step after the handler
 //! finished.
 //!
-//! A running responder is four tasks owned by a [`Responder`] handle: the reader (blocking `XREADGROUP` on its own
-//! connection), the keepalive (refreshes the claim of entries being worked on), the reaper (claims entries left
-//! idle by dead consumers) and the request tasks themselves.
+//! A running responder is five kinds of task owned by a [`Responder`] handle: the reader ([`reader`]: blocking
+//! `XREADGROUP` on its own connection), the request tasks themselves ([`dispatch`]), the finisher that answers and
+//! acknowledges them in batches ([`ack`]), the keepalive ([`keepalive`]: refreshes the claim of entries being
+//! worked on) and the reaper ([`reaper`]: claims entries left idle by dead consumers). They share one [`state`].
 
+mod ack;
+mod dead_letter;
+mod dispatch;
 mod handler;
+mod keepalive;
+mod reader;
+pub(crate) mod reaper;
 mod settings;
-mod worker;
+mod state;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -26,7 +33,7 @@ pub use settings::ResponderSettings;
 use crate::client::Client;
 use crate::error::Result;
 use handler::ErasedHandler;
-pub(crate) use worker::{DeadLetter, RawEntry, Shared};
+use state::Shared;
 
 /// Configures and starts a responder. Made by [`Client::responder`].
 pub struct ResponderBuilder {
@@ -166,17 +173,17 @@ impl ResponderBuilder {
         );
         shared.ensure_group().await?;
         let tasks = TaskTracker::new();
-        tasks.spawn(worker::read_loop(shared.clone()));
+        tasks.spawn(reader::read_loop(shared.clone()));
         if shared.settings.run_reaper {
-            tasks.spawn(crate::reaper::reaper_loop(
+            tasks.spawn(reaper::reaper_loop(
                 shared.clone(),
-                crate::reaper::ReaperKind::InResponder,
+                reaper::ReaperKind::InResponder,
             ));
         }
         tasks.close();
         // The keepalive outlives the loops: it must refresh claims while in-flight work drains at shutdown.
-        let keepalive = tokio::spawn(worker::keepalive_loop(shared.clone()));
-        let finisher = tokio::spawn(worker::finish_loop(shared.clone()));
+        let keepalive = tokio::spawn(keepalive::keepalive_loop(shared.clone()));
+        let finisher = tokio::spawn(ack::finish_loop(shared.clone()));
         tracing::info!(
             service = %self.service,
             consumer = %shared.settings.consumer,

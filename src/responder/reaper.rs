@@ -17,10 +17,13 @@ use redis::streams::{
 };
 use tokio_util::task::TaskTracker;
 
+use super::dead_letter::DeadLetter;
+use super::settings::ResponderSettings;
+use super::state::Shared;
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::protocol::ReplyStatus;
-use crate::responder::{DeadLetter, RawEntry, ResponderSettings, Shared};
+use crate::protocol::entry::RawEntry;
 use crate::retention::{self, TrimReport, TrimSchedule};
 
 /// Most entries looked at per reaper pass.
@@ -72,7 +75,9 @@ pub(crate) async fn reaper_loop(shared: Arc<Shared>, kind: ReaperKind) {
                 Err(err) => tracing::warn!(error = %err, "reaper pass failed"),
             }
         }
-        trims.run(&shared).await;
+        trims
+            .run(&shared.con, &shared.keys, &shared.settings.retention)
+            .await;
     }
 }
 

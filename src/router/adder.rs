@@ -17,9 +17,9 @@ use redis::{ErrorKind, RedisError, RedisResult, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::{RECONNECTING, Router};
 use crate::error::{Error, Result};
 use crate::protocol::{self, ServiceKeys};
-use crate::replies::Router;
 
 /// What failed, in errors.
 const ADDING: &str = "adding the request";
@@ -40,7 +40,7 @@ pub(crate) struct AddJob {
 }
 
 /// A job waiting in the adder's queue, with the way back to its caller.
-pub(crate) struct Queued {
+pub(super) struct Queued {
     pub(crate) job: AddJob,
     /// Told the outcome: the stream entry id, or why the request was not added.
     pub(crate) done: oneshot::Sender<Result<String>>,
@@ -50,7 +50,7 @@ pub(crate) struct Queued {
 /// has given up before their batch is sent are left out. Every job is reported back to the router
 /// ([`Router::added`]) once the adder is done with it, so that a caller who gave up meanwhile is unsubscribed only
 /// after its `SUBSCRIBE`.
-pub(crate) async fn add_loop(
+pub(super) async fn add_loop(
     router: Weak<Router>,
     mut rx: mpsc::UnboundedReceiver<Queued>,
     cancel: CancellationToken,
@@ -93,9 +93,7 @@ pub(crate) async fn add_loop(
             Err(_) => {
                 for Queued { job, done } in batch {
                     strong.added(&job.channel, false, false);
-                    let _ = done.send(Err(Error::Unavailable {
-                        context: "reconnecting to Redis",
-                    }));
+                    let _ = done.send(Err(RECONNECTING));
                 }
                 continue;
             }

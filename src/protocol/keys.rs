@@ -1,0 +1,93 @@
+//! The key layout of a service: every key and channel shares one hash tag.
+
+/// The keys and channels of one service, all sharing the hash tag `{<namespace>:<service>}` so that a Redis
+/// Cluster places the whole service on one shard and multi-key scripts stay legal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceKeys {
+    tag: String,
+    requests: String,
+    dead_letters: String,
+}
+
+impl ServiceKeys {
+    /// Builds the key layout of `service` inside `namespace`.
+    pub fn new(namespace: &str, service: &str) -> Self {
+        let tag = format!("{{{namespace}:{service}}}");
+        Self {
+            requests: format!("{tag}:requests"),
+            dead_letters: format!("{tag}:dead"),
+            tag,
+        }
+    }
+
+    /// The hash tag shared by every key of the service, braces included.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// The requests stream.
+    pub fn requests(&self) -> &str {
+        &self.requests
+    }
+
+    /// The dead-letter stream.
+    pub fn dead_letters(&self) -> &str {
+        &self.dead_letters
+    }
+
+    /// `<tag><infix><id>`, built without the formatting machinery: these keys are made several times per request.
+    fn per_id(&self, infix: &str, id: &str) -> String {
+        let mut key = String::with_capacity(self.tag.len() + infix.len() + id.len());
+        key.push_str(&self.tag);
+        key.push_str(infix);
+        key.push_str(id);
+        key
+    }
+
+    /// The request record (the request envelope, for `call_info` and duplicate detection).
+    pub fn record(&self, id: &str) -> String {
+        self.per_id(":req:", id)
+    }
+
+    /// The stored copy of the reply (a reply envelope, with a TTL).
+    pub fn reply(&self, id: &str) -> String {
+        self.per_id(":reply:", id)
+    }
+
+    /// The last error of a failed delivery (kept for the dead-letter record).
+    pub fn last_error(&self, id: &str) -> String {
+        self.per_id(":err:", id)
+    }
+
+    /// The pub/sub channel the reply to `id` is published on.
+    pub fn reply_channel(&self, id: &str) -> String {
+        self.per_id(":chan:", id)
+    }
+
+    /// The request id a reply channel of this service belongs to (the inverse of [`ServiceKeys::reply_channel`]).
+    pub(crate) fn id_of_reply_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel
+            .strip_prefix(self.tag.as_str())?
+            .strip_prefix(":chan:")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_one_hash_tag() {
+        let keys = ServiceKeys::new("redcall", "orders");
+        for key in [
+            keys.requests().to_owned(),
+            keys.dead_letters().to_owned(),
+            keys.record("r1"),
+            keys.reply("r1"),
+            keys.last_error("r1"),
+            keys.reply_channel("r1"),
+        ] {
+            assert!(key.starts_with("{redcall:orders}:"), "{key}");
+        }
+    }
+}

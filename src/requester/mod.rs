@@ -1,0 +1,66 @@
+//! The requesting side, one file per operation: [`request`] (add a request durably, wait for its reply),
+//! [`call_info`] (look a request up by id), [`publish_reply`] (answer one by hand), and [`pending`] (the handle of
+//! a request sent, whose reply is awaited later).
+
+mod call_info;
+mod pending;
+mod publish_reply;
+mod request;
+
+use std::sync::Arc;
+
+use redis::AsyncCommands;
+
+pub use call_info::CallInfo;
+pub use pending::PendingReply;
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::protocol::ServiceKeys;
+use crate::router::Router;
+
+/// Makes requests to one service and answers them by hand. Cheap to clone; every clone shares the client's one
+/// reply connection.
+#[derive(Clone)]
+pub struct Requester {
+    client: Client,
+    keys: Arc<ServiceKeys>,
+}
+
+impl std::fmt::Debug for Requester {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Requester")
+            .field("service", &self.keys.tag())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Requester {
+    pub(crate) fn new(client: Client, service: &str) -> Self {
+        let keys = Arc::new(client.keys(service));
+        Self { client, keys }
+    }
+
+    /// The service's key layout.
+    pub fn keys(&self) -> &ServiceKeys {
+        &self.keys
+    }
+}
+
+/// `GET key` on the router's connection; `context` says what for, in errors.
+async fn get_bytes(router: &Router, key: &str, context: &'static str) -> Result<Option<Vec<u8>>> {
+    let mut con = router.connection()?;
+    con.get(key)
+        .await
+        .inspect_err(|e| router.report_broken(e))
+        .map_err(Error::redis(context))
+}
+
+async fn fetch_stored(router: &Router, reply_key: &str) -> Result<Option<Vec<u8>>> {
+    get_bytes(router, reply_key, "reading a stored reply").await
+}
+
+/// A fresh request id: a UUID v7, unique and sortable by creation time.
+pub fn new_request_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}

@@ -1,0 +1,119 @@
+//! The handle of a request Redis has accepted: wait for its reply (or the stored one on timeout); dropping it
+//! releases the waiter and its subscription however the caller's task ends.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
+
+use super::fetch_stored;
+use crate::error::{Error, Result};
+use crate::protocol::{self, ReplyStatus, ServiceKeys, codes};
+use crate::router::{Delivery, Router};
+
+/// A request that Redis has accepted, whose reply can be awaited. Dropping it stops listening for the reply (the
+/// request itself stays queued).
+pub struct PendingReply {
+    pub(super) id: String,
+    pub(super) channel: Option<String>,
+    pub(super) keys: Arc<ServiceKeys>,
+    pub(super) rx: Option<oneshot::Receiver<Delivery>>,
+    pub(super) deadline: Instant,
+    pub(super) timeout: Duration,
+    pub(super) router: Arc<Router>,
+}
+
+impl std::fmt::Debug for PendingReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingReply")
+            .field("id", &self.id)
+            .field("service", &self.keys.tag())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingReply {
+    /// The request id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub(super) fn channel(&self) -> &str {
+        self.channel.as_deref().unwrap_or_default()
+    }
+
+    fn timed_out(&self) -> Error {
+        Error::Timeout {
+            id: self.id.clone(),
+            timeout: self.timeout,
+        }
+    }
+
+    /// Waits for the reply until the request's timeout (counted from `send`). On timeout, looks once for a
+    /// stored reply before returning [`Error::Timeout`].
+    pub async fn wait<R: DeserializeOwned>(mut self) -> Result<R> {
+        let Some(rx) = self.rx.take() else {
+            return Err(self.timed_out());
+        };
+        let bytes = match tokio::time::timeout_at(self.deadline.into(), rx).await {
+            Ok(Ok(Delivery::Reply(bytes))) => bytes,
+            Ok(Ok(Delivery::Lost)) => {
+                return Err(Error::Lost {
+                    id: self.id.clone(),
+                });
+            }
+            // The waiter was dropped without a reply (router shut down) or the time is up: last look. When Redis
+            // is unreachable right then, the answer is still a timeout: the request was sent and may be handled
+            // later, which an "unavailable, nothing was sent" error would deny.
+            _ => match fetch_stored(&self.router, &self.keys.reply(&self.id)).await {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => return Err(self.timed_out()),
+                Err(err) => {
+                    tracing::debug!(id = %self.id, error = %err, "no last look at the stored reply");
+                    return Err(self.timed_out());
+                }
+            },
+        };
+        interpret_reply(&self.id, &bytes)
+    }
+}
+
+impl Drop for PendingReply {
+    fn drop(&mut self) {
+        if let Some(channel) = self.channel.take() {
+            self.router.release(channel);
+        }
+    }
+}
+
+/// Turns a reply envelope into the caller's result.
+pub(super) fn interpret_reply<R: DeserializeOwned>(id: &str, bytes: &[u8]) -> Result<R> {
+    let reply = protocol::decode_reply(bytes)?;
+    let message = reply.message.unwrap_or_default();
+    let code = reply.code.unwrap_or_default();
+    match reply.status {
+        ReplyStatus::Ok => protocol::decode(reply.data.as_deref().unwrap_or(&[0xc0]), "reply data"),
+        ReplyStatus::DeadLettered => Err(Error::DeadLettered {
+            id: id.to_owned(),
+            reason: message,
+        }),
+        ReplyStatus::Expired => Err(Error::Expired { id: id.to_owned() }),
+        ReplyStatus::Error => Err(match code.as_str() {
+            codes::UNKNOWN_FUNCTION => Error::UnknownFunction {
+                id: id.to_owned(),
+                func_key: message,
+            },
+            codes::MALFORMED => Error::Malformed {
+                id: id.to_owned(),
+                message,
+            },
+            _ => Error::Handler {
+                id: id.to_owned(),
+                code,
+                message,
+            },
+        }),
+    }
+}

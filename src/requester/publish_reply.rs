@@ -1,0 +1,69 @@
+//! Publish reply: answer a request by id, by hand, as a responder would; and read a stored reply.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::pending::interpret_reply;
+use super::{Requester, fetch_stored};
+use crate::config::ttl_ms;
+use crate::error::{Error, Result};
+use crate::protocol::{self, ReplyEnvelope, ReplyStatus};
+use crate::scripts;
+
+impl Requester {
+    /// Answers request `id` with `data`: stores the reply (with the reply TTL) and publishes it to whoever waits.
+    ///
+    /// The request must exist ([`Error::NotFound`] otherwise, so a mistyped id cannot leave a reply waiting for a
+    /// future request). The first reply stored for an id wins; a later one is refused with
+    /// [`Error::AlreadyAnswered`]. A responder that
+    /// later picks the request up answers from this reply without running its handler.
+    pub async fn publish_reply<T: Serialize + ?Sized>(&self, id: &str, data: &T) -> Result<()> {
+        let reply = ReplyEnvelope::ok(id, protocol::encode(data)?);
+        self.publish_envelope(&reply).await
+    }
+
+    /// Answers request `id` with an error reply, as a handler's error would.
+    pub async fn publish_error(&self, id: &str, code: &str, message: &str) -> Result<()> {
+        let reply = ReplyEnvelope::failure(id, ReplyStatus::Error, code, message);
+        self.publish_envelope(&reply).await
+    }
+
+    async fn publish_envelope(&self, reply: &ReplyEnvelope) -> Result<()> {
+        let config = self.client.config();
+        let bytes = protocol::encode(reply)?;
+        config.check_payload("reply", bytes.len())?;
+        let router = self.client.router().await?;
+        let mut con = router.connection()?;
+        let mut pipe = redis::pipe();
+        scripts::evalsha(&mut pipe, &scripts::PUBLISH_REPLY)
+            .arg(3)
+            .arg(self.keys.reply(&reply.id))
+            .arg(self.keys.last_error(&reply.id))
+            .arg(self.keys.record(&reply.id))
+            .arg(&bytes)
+            .arg(ttl_ms(config.reply_ttl))
+            .arg(self.keys.reply_channel(&reply.id));
+        let (stored,): (i64,) = scripts::query_with_scripts(&pipe, &mut con)
+            .await
+            .inspect_err(|e| router.report_broken(e))
+            .map_err(Error::redis("publishing a reply"))?;
+        match stored {
+            1 => Ok(()),
+            -1 => Err(Error::NotFound {
+                id: reply.id.clone(),
+            }),
+            _ => Err(Error::AlreadyAnswered {
+                id: reply.id.clone(),
+            }),
+        }
+    }
+
+    /// The stored reply of request `id`, if one is stored (decoded like a waited-for reply).
+    pub async fn stored_reply<R: DeserializeOwned>(&self, id: &str) -> Result<Option<R>> {
+        let router = self.client.router().await?;
+        match fetch_stored(&router, &self.keys.reply(id)).await? {
+            Some(bytes) => interpret_reply(id, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+}

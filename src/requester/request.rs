@@ -1,0 +1,192 @@
+//! `request(id, func_key, params, timeout)` and its forms: subscribe to the reply channel, then add the request
+//! (record and stream entry, atomically) in the same pipeline, then wait.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{PendingReply, Requester, new_request_id};
+use crate::config::ttl_ms;
+use crate::error::{Error, Result};
+use crate::protocol::{self, FORMAT_VERSION, RequestEnvelope};
+use crate::router::AddJob;
+use crate::scripts;
+
+impl Requester {
+    /// Sends a request with the given id and waits for its reply, at most `timeout`.
+    ///
+    /// The request is stored durably before this waits: if no responder answers in time, the error is
+    /// [`Error::Timeout`], and the request may still be handled later (its reply is then stored under the id).
+    pub async fn request<P, R>(
+        &self,
+        id: &str,
+        func_key: &str,
+        params: &P,
+        timeout: Duration,
+    ) -> Result<R>
+    where
+        P: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        self.send(id, func_key, params, timeout).await?.wait().await
+    }
+
+    /// Like [`Requester::request`], with an id made by redcall (UUID v7, so ids sort by time).
+    pub async fn call<P, R>(&self, func_key: &str, params: &P, timeout: Duration) -> Result<R>
+    where
+        P: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        self.submit(func_key, params, timeout).await?.wait().await
+    }
+
+    /// Like [`Requester::send`], with an id made by redcall (UUID v7); the handle's [`PendingReply::id`] tells it.
+    ///
+    /// A fresh UUID v7 cannot collide with an existing request, so the request is added with a plain
+    /// `MULTI`/`SET`/`XADD`/`EXEC` instead of the duplicate-checking script: the same durable work, cheaper.
+    pub async fn submit<P>(
+        &self,
+        func_key: &str,
+        params: &P,
+        timeout: Duration,
+    ) -> Result<PendingReply>
+    where
+        P: Serialize + ?Sized,
+    {
+        let id = new_request_id();
+        self.add(&id, func_key, params, timeout, IdOrigin::Generated)
+            .await
+    }
+
+    /// Adds the request and returns as soon as Redis has accepted it, with a handle to await the reply later.
+    ///
+    /// When this returns `Ok`, the request is stored (record and stream entry); the caller can do other work and
+    /// call [`PendingReply::wait`] later. A reply that arrives meanwhile is kept for the handle.
+    pub async fn send<P>(
+        &self,
+        id: &str,
+        func_key: &str,
+        params: &P,
+        timeout: Duration,
+    ) -> Result<PendingReply>
+    where
+        P: Serialize + ?Sized,
+    {
+        self.add(id, func_key, params, timeout, IdOrigin::Caller)
+            .await
+    }
+
+    /// Adds a request: subscribe to its reply channel, then store record and stream entry atomically, in one
+    /// pipeline.
+    async fn add<P>(
+        &self,
+        id: &str,
+        func_key: &str,
+        params: &P,
+        timeout: Duration,
+        origin: IdOrigin,
+    ) -> Result<PendingReply>
+    where
+        P: Serialize + ?Sized,
+    {
+        if id.is_empty() {
+            return Err(Error::Config("a request id must not be empty".into()));
+        }
+        let started = Instant::now();
+        let config = self.client.config();
+        let now = protocol::now_ms();
+        let envelope = RequestEnvelope {
+            v: FORMAT_VERSION,
+            id: id.to_owned(),
+            func_key: func_key.to_owned(),
+            params: protocol::encode(params)?,
+            deadline_ms: now + timeout.as_millis() as u64,
+            created_ms: now,
+            replay: None,
+        };
+        let bytes = protocol::encode(&envelope)?;
+        config.check_payload("request", bytes.len())?;
+
+        let router = self.client.router().await?;
+        let channel = self.keys.reply_channel(id);
+        let rx = router
+            .register(
+                &channel,
+                self.keys.clone(),
+                matches!(origin, IdOrigin::Generated),
+            )
+            .ok_or_else(|| Error::DuplicateId { id: id.to_owned() })?;
+        // From here on, the guard releases the waiter and its subscription on every early return.
+        let pending = PendingReply {
+            id: id.to_owned(),
+            channel: Some(channel),
+            keys: self.keys.clone(),
+            rx: Some(rx),
+            deadline: started + timeout,
+            timeout,
+            router: router.clone(),
+        };
+
+        let record_ttl = ttl_ms(timeout + config.record_retention);
+        let entry = match origin {
+            // A caller's id may exist already: the script refuses it, and clears what an expired namesake left.
+            IdOrigin::Caller => {
+                // While the router reconnects this fails at once with `Unavailable`: a caller never waits for
+                // Redis to come back before knowing that its request was not sent.
+                let mut con = router.connection()?;
+                let mut pipe = redis::pipe();
+                // SUBSCRIBE and the add go out as one pipeline on one connection: Redis runs them in order, so the
+                // subscription is live before any responder can read the request.
+                pipe.cmd("SUBSCRIBE").arg(pending.channel()).ignore();
+                scripts::evalsha(&mut pipe, &scripts::ADD_REQUEST)
+                    .arg(4)
+                    .arg(self.keys.record(id))
+                    .arg(self.keys.requests())
+                    .arg(self.keys.reply(id))
+                    .arg(self.keys.last_error(id))
+                    .arg(id)
+                    .arg(&bytes)
+                    .arg(record_ttl);
+                let (entry,) = scripts::query_with_scripts::<(Option<String>,), _>(&pipe, &mut con)
+                    .await
+                    .inspect_err(|e| router.report_broken(e))
+                    .map_err(Error::redis("adding the request"))?;
+                if entry.is_some() {
+                    router.accepted(pending.channel());
+                }
+                entry
+            }
+            // A generated id cannot collide: it goes to the router's adder, which subscribes and adds many
+            // requests per transaction, and marks the waiter accepted.
+            IdOrigin::Generated => Some(
+                router
+                    .add(AddJob {
+                        keys: self.keys.clone(),
+                        id: id.to_owned(),
+                        channel: pending.channel().to_owned(),
+                        record_key: self.keys.record(id),
+                        envelope: bytes,
+                        record_ttl_ms: record_ttl,
+                    })
+                    .await?,
+            ),
+        };
+        match entry {
+            Some(entry_id) => {
+                tracing::debug!(id, func_key, entry_id, "request added");
+                Ok(pending)
+            }
+            None => Err(Error::DuplicateId { id: id.to_owned() }),
+        }
+    }
+}
+
+/// Where a request id came from, which decides how the request is added.
+#[derive(Clone, Copy)]
+enum IdOrigin {
+    /// Given by the caller: may collide with an existing request.
+    Caller,
+    /// Made by redcall (UUID v7): unique.
+    Generated,
+}

@@ -1,0 +1,279 @@
+//! Dispatch: what happens to one delivered entry, from admission (well-formed? expired? a handler?) through running
+//! its handler (panics caught) to what the outcome calls for: an answer ([`super::ack`]), a retry left pending, or
+//! a dead letter ([`super::dead_letter`]).
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::ack::{AfterAnswer, Held};
+use super::dead_letter::DeadLetter;
+use super::handler::{ErasedHandler, HandlerError, Outcome, RequestContext};
+use super::state::Shared;
+use crate::protocol::entry::RawEntry;
+use crate::protocol::{self, ReplyEnvelope, ReplyStatus, RequestEnvelope, codes};
+
+/// A handler's outcome, or the panic it raised.
+type HandlerResult = std::thread::Result<Outcome>;
+
+/// What a handler's outcome calls for.
+enum Next {
+    /// Answer the requester: the result, or an error reply.
+    Answer(ReplyEnvelope),
+    /// The handler asked for a retry (why): leave the entry pending.
+    Retry(String),
+    /// The handler panicked (its message): leave the entry pending.
+    Panicked(String),
+    /// The params did not decode (why): dead-letter, with an error reply.
+    InvalidParams(String),
+}
+
+/// Sorts a handler's outcome for request `id` into what it calls for.
+fn next_step(id: &str, outcome: HandlerResult) -> Next {
+    match outcome {
+        Ok(Outcome::Reply(data)) => Next::Answer(ReplyEnvelope::ok(id, data)),
+        Ok(Outcome::Failed(HandlerError::Fail { code, message })) => Next::Answer(
+            ReplyEnvelope::failure(id, ReplyStatus::Error, &code, message),
+        ),
+        Ok(Outcome::Failed(HandlerError::Retry { reason })) => Next::Retry(reason),
+        Ok(Outcome::InvalidParams(message)) => Next::InvalidParams(message),
+        Err(panic) => Next::Panicked(panic_message(panic.as_ref())),
+    }
+}
+
+impl Shared {
+    /// Starts handling one entry in its own task, with `permit` or, without one, after waiting for one. The entry
+    /// counts as in flight from now on, so its claim is refreshed even while it waits.
+    pub(crate) fn spawn_entry(
+        self: &Arc<Self>,
+        entry: RawEntry,
+        delivery: u64,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
+        let tracked = self.track(&entry.entry_id);
+        let shared = self.clone();
+        self.requests.spawn(async move {
+            let _tracked = tracked;
+            let permit = match permit {
+                Some(p) => Some(p),
+                None => tokio::select! {
+                    p = shared.permits.clone().acquire_owned() => p.ok(),
+                    _ = shared.abort.cancelled() => None,
+                },
+            };
+            if permit.is_some() {
+                shared.handle_entry(entry, delivery).await;
+            }
+        });
+    }
+
+    /// Starts a first delivery read by the read loop. On a current-thread runtime, a well-formed, unexpired request
+    /// whose handler is done at its first poll (most are) is run right here and its answer queued for the finisher,
+    /// without a task, a claim to keep alive or a wait; anything else goes to [`Shared::spawn_entry`], which
+    /// handles every case.
+    pub(crate) fn start_entry(
+        self: &Arc<Self>,
+        entry: RawEntry,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
+        if !self.inline_first_poll {
+            return self.spawn_entry(entry, 1, permit);
+        }
+        let Some(permit) = permit else {
+            return self.spawn_entry(entry, 1, None);
+        };
+        let Some((request, handler)) = self.admit_quickly(&entry) else {
+            return self.spawn_entry(entry, 1, Some(permit));
+        };
+        let ctx = self.context(&request, &entry, 1);
+        // The handler's own code runs inside both guards: building its future and its first poll may panic.
+        let first_poll =
+            match std::panic::catch_unwind(AssertUnwindSafe(|| handler(ctx, &request.params))) {
+                Err(panic) => Err(panic),
+                Ok(future) => {
+                    let mut run = AssertUnwindSafe(future).catch_unwind();
+                    match (&mut run).now_or_never() {
+                        Some(outcome) => outcome,
+                        None => {
+                            // Still running: from here on it is an ordinary request task, whose claim is kept alive.
+                            let tracked = self.track(&entry.entry_id);
+                            let shared = self.clone();
+                            self.requests.spawn(async move {
+                                let (_permit, _tracked) = (permit, tracked);
+                                shared.run_and_conclude(&entry, request, 1, run).await;
+                            });
+                            return;
+                        }
+                    }
+                }
+            };
+        match next_step(&request.id, first_poll) {
+            Next::Answer(reply) => {
+                let held = AfterAnswer::Inline {
+                    _held: Held::new(self, permit),
+                };
+                self.queue_answer(request.id, entry.entry_id, 1, reply, held);
+            }
+            next => {
+                let shared = self.clone();
+                self.requests.spawn(async move {
+                    let _permit = permit;
+                    shared.conclude(&entry, request, 1, next).await;
+                });
+            }
+        }
+    }
+
+    /// The happy path's admission, without waiting for anything: a first delivery that is well-formed, unexpired and
+    /// has a handler. `None` for everything else, which [`Shared::handle_entry`] deals with.
+    fn admit_quickly(&self, entry: &RawEntry) -> Option<(RequestEnvelope, ErasedHandler)> {
+        let request = entry.check(self.client.config()).ok()?;
+        if request.is_expired(protocol::now_ms()) {
+            return None;
+        }
+        let handler = self.handlers.get(&request.func_key)?.clone();
+        Some((request, handler))
+    }
+
+    fn context(
+        &self,
+        request: &RequestEnvelope,
+        entry: &RawEntry,
+        delivery: u64,
+    ) -> RequestContext {
+        RequestContext {
+            id: request.id.clone(),
+            func_key: request.func_key.clone(),
+            entry_id: entry.entry_id.clone(),
+            delivery,
+            deadline: request.deadline(),
+        }
+    }
+
+    /// Awaits a running handler, then does what its outcome calls for; unless the shutdown grace period ends first,
+    /// which leaves the request pending.
+    async fn run_and_conclude(
+        &self,
+        entry: &RawEntry,
+        request: RequestEnvelope,
+        delivery: u64,
+        run: impl Future<Output = HandlerResult>,
+    ) {
+        let outcome = tokio::select! {
+            outcome = run => outcome,
+            _ = self.abort.cancelled() => {
+                tracing::warn!(id = %request.id, "shutdown grace over; leaving the request pending");
+                return;
+            }
+        };
+        let next = next_step(&request.id, outcome);
+        self.conclude(entry, request, delivery, next).await;
+    }
+
+    /// Everything that happens to one delivered entry; never panics, never returns an error: every failure ends
+    /// as a reply, a dead letter, or an entry left pending for redelivery.
+    async fn handle_entry(self: &Arc<Self>, entry: RawEntry, delivery: u64) {
+        let mut request = match entry.check(self.client.config()) {
+            Ok(request) => request,
+            Err((code, message)) => {
+                let letter = DeadLetter::replying(
+                    &entry,
+                    ReplyStatus::Error,
+                    code,
+                    message.clone(),
+                    message,
+                    delivery,
+                );
+                self.dead_letter(&entry, None, letter).await;
+                return;
+            }
+        };
+        let id = request.id.clone();
+        tracing::debug!(%id, func_key = %request.func_key, entry_id = %entry.entry_id, delivery, "handling");
+
+        if delivery > 1 && self.answer_from_stored(&id, &entry.entry_id).await {
+            tracing::debug!(%id, "answered from the stored reply; handler not run again");
+            return;
+        }
+        if request.is_expired(protocol::now_ms()) {
+            tracing::info!(%id, "deadline passed before start; not running it");
+            let reply = ReplyEnvelope::failure(
+                &id,
+                ReplyStatus::Expired,
+                codes::EXPIRED,
+                "deadline passed before start",
+            );
+            self.finish(&id, &entry.entry_id, delivery, reply).await;
+            return;
+        }
+        let Some(handler) = self.handlers.get(&request.func_key).cloned() else {
+            tracing::warn!(%id, func_key = %request.func_key, "no handler for this function key");
+            let letter = DeadLetter::replying(
+                &entry,
+                ReplyStatus::Error,
+                codes::UNKNOWN_FUNCTION,
+                request.func_key.clone(),
+                format!("no handler for function key {:?}", request.func_key),
+                delivery,
+            );
+            self.dead_letter(&entry, Some(&request), letter).await;
+            return;
+        };
+
+        let ctx = self.context(&request, &entry, delivery);
+        // The handler call itself is inside the guarded future too: a panic while building the future must not
+        // escape either.
+        // The future owns the params; what follows needs only the rest (a dead letter keeps the entry's raw envelope).
+        let params = std::mem::take(&mut request.params);
+        let run = AssertUnwindSafe(async move { handler(ctx, &params).await }).catch_unwind();
+        self.run_and_conclude(&entry, request, delivery, run).await;
+    }
+
+    /// Does what a handler's outcome calls for: an answer, a retry left pending, or a dead letter.
+    async fn conclude(
+        &self,
+        entry: &RawEntry,
+        request: RequestEnvelope,
+        delivery: u64,
+        next: Next,
+    ) {
+        let id = &request.id;
+        match next {
+            Next::Answer(reply) => self.finish(id, &entry.entry_id, delivery, reply).await,
+            Next::Retry(reason) => {
+                tracing::info!(%id, %reason, "handler asked for a retry; leaving the request pending");
+                self.remember_error(id, &format!("retry requested: {reason}"))
+                    .await;
+            }
+            Next::Panicked(message) => {
+                tracing::error!(%id, %message, "handler panicked; the request stays pending for redelivery");
+                self.remember_error(id, &format!("handler panicked: {message}"))
+                    .await;
+            }
+            Next::InvalidParams(message) => {
+                let letter = DeadLetter::replying(
+                    entry,
+                    ReplyStatus::Error,
+                    codes::INVALID_PARAMS,
+                    message.clone(),
+                    message,
+                    delivery,
+                );
+                self.dead_letter(entry, Some(&request), letter).await;
+            }
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}

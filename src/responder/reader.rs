@@ -1,0 +1,95 @@
+//! The reader: a blocking `XREADGROUP` on its own connection, reading only as many entries as there are free
+//! permits, and recreating the group when the stream vanished.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::Value;
+use redis::aio::MultiplexedConnection;
+use redis::streams::StreamReadOptions;
+
+use super::state::Shared;
+use crate::backoff::Backoff;
+use crate::connection;
+use crate::protocol::entry::RawEntry;
+
+/// Pauses between reconnect attempts grow up to this.
+const READ_MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Reads new entries for this consumer and hands each to a request task. Only reads as many as there are free
+/// permits, so nothing read waits unclaimed in this process.
+pub(crate) async fn read_loop(shared: Arc<Shared>) {
+    let config = shared.client.config().clone();
+    let block = shared.settings.block;
+    let mut reader: Option<MultiplexedConnection> = None;
+    let mut backoff = Backoff::up_to(READ_MAX_BACKOFF);
+    loop {
+        // Read only when a permit is free, and only as many entries as there are free permits: nothing read waits
+        // long in this process. Permits are not held while blocked, so the reaper can use them meanwhile.
+        tokio::select! {
+            // Stop wins over a free permit: a stopping responder takes no new work.
+            biased;
+            _ = shared.stop.cancelled() => return,
+            p = shared.permits.acquire() => match p { Ok(p) => drop(p), Err(_) => return },
+        }
+        let count = shared
+            .permits
+            .available_permits()
+            .clamp(1, shared.settings.batch);
+        let con = match reader.as_mut() {
+            Some(con) => con,
+            None => {
+                match connection::blocking_connection(shared.client.redis_client(), &config, block)
+                    .await
+                {
+                    Ok(con) => reader.insert(con),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "reader cannot connect; retrying");
+                        if backoff.sleep_or_stop(&shared.stop).await {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        let opts = StreamReadOptions::default()
+            .group(&shared.settings.group, &shared.settings.consumer)
+            .count(count)
+            .block(block.as_millis() as usize);
+        let read: redis::RedisResult<Value> = con
+            .xread_options(&[shared.keys.requests()], &[">"], &opts)
+            .await;
+        match read.map(RawEntry::from_read_reply) {
+            Ok(Some(entries)) => {
+                backoff.reset();
+                for entry in entries {
+                    // Taken before the next read, so the next read sees only truly free permits. The reaper may
+                    // have taken some while this read blocked: an entry without one waits for it in its own
+                    // tracked task (claim kept fresh, given up when the grace period ends), not here, where it
+                    // would hold up the loop and a shutdown.
+                    let permit = shared.permits.clone().try_acquire_owned().ok();
+                    shared.start_entry(entry, permit);
+                }
+            }
+            Ok(None) => backoff.reset(),
+            Err(err) if err.code() == Some("NOGROUP") => {
+                tracing::warn!("consumer group or stream vanished; recreating it");
+                if let Err(err) = shared.ensure_group().await {
+                    tracing::warn!(error = %err, "could not recreate the group");
+                    if backoff.sleep_or_stop(&shared.stop).await {
+                        return;
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "read failed; reconnecting");
+                reader = None;
+                if backoff.sleep_or_stop(&shared.stop).await {
+                    return;
+                }
+            }
+        }
+    }
+}

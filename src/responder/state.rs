@@ -1,0 +1,180 @@
+//! The state a responder's tasks share: its client, keys and settings, its handlers, its connection for short
+//! commands, the concurrency permits, the entries in flight, and the two stop signals. Also the one way the
+//! responder runs a command that must not be lost to a brief outage ([`Shared::run_with_retries`]).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::ack::Completion;
+use super::handler::ErasedHandler;
+use super::settings::ResponderSettings;
+use crate::backoff::Backoff;
+use crate::client::Client;
+use crate::connection;
+use crate::error::{Error, Result};
+use crate::protocol::ServiceKeys;
+use crate::scripts;
+
+/// Longest pause between two attempts to store a finished request's reply while Redis is unreachable.
+const ANSWER_MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// An entry counted in [`Shared::in_flight`] while this lives (see [`Shared::track`]).
+pub(super) struct InFlight {
+    shared: Arc<Shared>,
+    entry_id: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.shared
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.entry_id);
+    }
+}
+
+/// State shared by a responder's tasks.
+pub(crate) struct Shared {
+    pub(crate) client: Client,
+    pub(crate) keys: ServiceKeys,
+    pub(crate) settings: ResponderSettings,
+    pub(super) handlers: HashMap<String, ErasedHandler>,
+    /// Connection for short commands (answers, claims, acks); reconnects by itself.
+    pub(crate) con: ConnectionManager,
+    /// One permit per request being handled.
+    pub(crate) permits: Arc<Semaphore>,
+    /// Entry ids being handled, whose claims the keepalive refreshes.
+    pub(super) in_flight: Mutex<HashSet<String, foldhash::fast::RandomState>>,
+    /// Cancelled to stop reading and claiming.
+    pub(crate) stop: CancellationToken,
+    /// Cancelled when the grace period is over: running handlers are dropped, their entries stay pending.
+    pub(crate) abort: CancellationToken,
+    /// The request tasks.
+    pub(crate) requests: TaskTracker,
+    /// Whether the read loop may run a handler's first poll itself (see [`Shared::start_entry`]): only on a
+    /// current-thread runtime, where every task shares one thread anyway. On a multi-thread runtime each request
+    /// gets its own task, so handlers that compute without awaiting still run in parallel.
+    pub(super) inline_first_poll: bool,
+    /// Finished requests on their way to the finisher, which answers them in batches.
+    pub(super) finished_tx: mpsc::UnboundedSender<Completion>,
+    pub(super) finished_rx: Mutex<Option<mpsc::UnboundedReceiver<Completion>>>,
+}
+
+impl Shared {
+    /// Connects the responder's command connection; starts nothing.
+    pub(crate) async fn connect(
+        client: Client,
+        service: &str,
+        settings: ResponderSettings,
+        handlers: HashMap<String, ErasedHandler>,
+    ) -> Result<Self> {
+        let con = connection::managed_connection(client.redis_client(), client.config()).await?;
+        let (finished_tx, finished_rx) = mpsc::unbounded_channel();
+        let inline_first_poll = matches!(
+            tokio::runtime::Handle::current().runtime_flavor(),
+            tokio::runtime::RuntimeFlavor::CurrentThread
+        );
+        Ok(Self {
+            inline_first_poll,
+            finished_tx,
+            finished_rx: Mutex::new(Some(finished_rx)),
+            keys: client.keys(service),
+            permits: Arc::new(Semaphore::new(settings.concurrency)),
+            client,
+            settings,
+            handlers,
+            con,
+            in_flight: Mutex::default(),
+            stop: CancellationToken::new(),
+            abort: CancellationToken::new(),
+            requests: TaskTracker::new(),
+        })
+    }
+
+    /// Creates the consumer group (and the stream) when missing; an existing group is fine.
+    pub(crate) async fn ensure_group(&self) -> Result<()> {
+        let mut con = self.con.clone();
+        let created: redis::RedisResult<()> = con
+            .xgroup_create_mkstream(self.keys.requests(), &self.settings.group, "0")
+            .await;
+        match created {
+            Err(err) if err.code() != Some("BUSYGROUP") => {
+                Err(Error::redis("creating the consumer group")(err))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub(crate) fn in_flight_count(&self) -> usize {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// Counts an entry as in flight (the keepalive refreshes its claim) until the returned guard is dropped, however
+    /// the task holding it ends.
+    pub(super) fn track(self: &Arc<Self>, entry_id: &str) -> InFlight {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(entry_id.to_owned());
+        InFlight {
+            shared: self.clone(),
+            entry_id: entry_id.to_owned(),
+        }
+    }
+
+    /// Runs a pipeline (reloading scripts Redis forgot), retrying with backoff on connection errors until it
+    /// succeeds, the visibility timeout has passed, or the grace period ends. `None` when it never went through.
+    ///
+    /// Retrying for as long as the visibility timeout means a reply made while Redis is away (a restart, an
+    /// outage shorter than the visibility timeout) is stored once Redis is back, instead of the handler running
+    /// again after a redelivery. Past the visibility timeout the entry is up for grabs anyway; it stays pending and
+    /// is delivered again, and the first reply stored wins.
+    pub(super) async fn run_with_retries<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+        what: &'static str,
+    ) -> Option<T> {
+        let give_up = tokio::time::Instant::now() + self.settings.visibility_timeout;
+        let mut backoff = Backoff::up_to(ANSWER_MAX_BACKOFF);
+        for attempt in 1u32.. {
+            let mut con = self.con.clone();
+            match scripts::query_with_scripts::<T, _>(pipe, &mut con).await {
+                Ok(v) => {
+                    if attempt > 1 {
+                        tracing::info!(attempt, "{what} went through after Redis came back");
+                    }
+                    return Some(v);
+                }
+                Err(err)
+                    if connection::is_connection_error(&err)
+                        && tokio::time::Instant::now() + backoff.peek() < give_up =>
+                {
+                    if attempt == 1 {
+                        tracing::warn!(error = %err, "{what} failed; retrying while Redis is unreachable");
+                    } else {
+                        tracing::debug!(error = %err, attempt, "{what} failed again; retrying");
+                    }
+                    if backoff.sleep_or_stop(&self.abort).await {
+                        return None;
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, attempt, "{what} failed; the entry stays pending for redelivery");
+                    return None;
+                }
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,153 @@
+//! The router's connection: opening it with the push callback that routes replies, and reconnecting after it
+//! broke, restoring every waiter's subscription and reading the replies published while nobody listened.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::waiters::{Delivery, Snapshot, Waiters};
+use super::{BULK_CHUNK, Router};
+use crate::backoff::Backoff;
+use crate::config::ClientConfig;
+use crate::error::{Error, Result};
+
+/// Backoff between reconnect attempts grows up to this.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Opens a RESP3 connection whose push callback routes replies to waiters and reports disconnection.
+pub(super) async fn connect(
+    client: &redis::Client,
+    config: &ClientConfig,
+    waiters: &Arc<Waiters>,
+    generation: &Arc<AtomicU64>,
+    reconnect: &Arc<Notify>,
+) -> Result<MultiplexedConnection> {
+    let this_generation = generation.fetch_add(1, Ordering::SeqCst) + 1;
+    let (waiters, generation, reconnect) = (waiters.clone(), generation.clone(), reconnect.clone());
+    let on_push = move |push: PushInfo| -> std::result::Result<(), std::convert::Infallible> {
+        match push.kind {
+            PushKind::Message => waiters.route_message(push.data),
+            // An old connection's farewell must not tear down its replacement.
+            PushKind::Disconnection if generation.load(Ordering::SeqCst) == this_generation => {
+                reconnect.notify_one();
+            }
+            _ => {}
+        }
+        Ok(())
+    };
+    let cfg = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout))
+        .set_response_timeout(Some(config.command_timeout))
+        .set_push_sender(on_push);
+    client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
+        .map_err(Error::redis("connecting the reply router"))
+}
+
+/// Reconnects whenever the connection is reported broken, then restores every waiter's subscription and
+/// delivers stored replies that may have been published while disconnected.
+pub(super) async fn reconnect_loop(router: Weak<Router>, cancel: CancellationToken) {
+    loop {
+        let notified = match router.upgrade() {
+            Some(r) => r.reconnect.clone(),
+            None => return,
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = notified.notified() => {}
+        }
+        let Some(r) = router.upgrade() else { return };
+        r.set_connection(None);
+        tracing::warn!("reply router lost its Redis connection; reconnecting");
+        let mut backoff = Backoff::up_to(MAX_BACKOFF);
+        loop {
+            if cancel.is_cancelled() {
+                return;
+            }
+            match connect(
+                &r.client,
+                &r.config,
+                &r.waiters,
+                &r.generation,
+                &r.reconnect,
+            )
+            .await
+            {
+                Ok(mut con) => {
+                    match resubscribe(&r.waiters, &mut con, r.waiters.snapshot_all()).await {
+                        Ok(restored) => {
+                            r.set_connection(Some(con));
+                            tracing::info!("reply router reconnected");
+                            // Callers released while the connection was being restored (those told that Redis lost
+                            // their request, for one) were unsubscribed from nothing: there was no connection yet.
+                            for channel in restored {
+                                if !r.waiters.is_waited(&channel) {
+                                    r.unsubscribe(channel);
+                                }
+                            }
+                            break;
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, "restoring subscriptions failed; retrying")
+                        }
+                    }
+                }
+                Err(err) => tracing::debug!(error = %err, "reconnect attempt failed"),
+            }
+            if backoff.sleep_or_stop(&cancel).await {
+                return;
+            }
+        }
+    }
+}
+
+/// Subscribes the channels of `pending`, then reads their stored replies and completes the waiters whose reply was
+/// published while no one was subscribed. A waiter whose request was accepted but whose record is gone (and that
+/// has no reply) learns that Redis lost its request. Returns the channels subscribed.
+pub(super) async fn resubscribe(
+    waiters: &Waiters,
+    con: &mut MultiplexedConnection,
+    pending: Vec<Snapshot>,
+) -> redis::RedisResult<Vec<String>> {
+    for chunk in pending.chunks(BULK_CHUNK) {
+        let channels: Vec<&str> = chunk.iter().map(|w| w.channel.as_str()).collect();
+        con.subscribe(&channels).await?;
+    }
+    let mut lost = 0usize;
+    for chunk in pending.chunks(BULK_CHUNK) {
+        let mut pipe = redis::pipe();
+        for w in chunk {
+            pipe.get(&w.reply_key).exists(&w.record_key);
+        }
+        // Subscribed first, read second: a reply published in between arrives as a message, one published before
+        // is found here; `complete` hands each waiter at most one of them.
+        let found: Vec<Value> = pipe.query_async(con).await?;
+        let mut found = found.into_iter();
+        for w in chunk {
+            let (Some(reply), Some(exists)) = (found.next(), found.next()) else {
+                break;
+            };
+            let reply: Option<Vec<u8>> = redis::from_redis_value(reply)?;
+            let record_exists: bool = redis::from_redis_value(exists)?;
+            if let Some(reply) = reply {
+                waiters.complete(&w.channel, Delivery::Reply(reply));
+            } else if w.accepted && !record_exists && waiters.complete(&w.channel, Delivery::Lost) {
+                lost += 1;
+            }
+        }
+    }
+    if lost > 0 {
+        tracing::error!(
+            lost,
+            "requests Redis had accepted are gone from it (restarted without persistence, or it \
+             lost its last writes); their callers were told"
+        );
+    }
+    Ok(pending.into_iter().map(|w| w.channel).collect())
+}

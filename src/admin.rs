@@ -18,6 +18,7 @@
 
 mod dead_letters;
 mod pager;
+mod range_replay;
 mod replay;
 mod stats;
 
@@ -91,7 +92,7 @@ impl Admin {
     pub async fn trim(&self, policy: &RetentionPolicy) -> Result<TrimReport> {
         policy.validate()?;
         let mut con = self.con().await?;
-        retention::trim(&mut con, &self.keys, policy).await
+        retention::trim(&mut con, &self.keys, &policy.clone().clamped()).await
     }
 
     /// The admin's connection (a self-reconnecting one, opened on first use).
@@ -127,7 +128,7 @@ pub async fn list_services(client: &Client) -> Result<Vec<String>> {
     let namespace = &client.config().namespace;
     let prefix = format!("{{{namespace}:");
     let suffix = "}:requests";
-    let pattern = format!("{}*{suffix}", glob_escape(&prefix));
+    let pattern = format!("{}*{suffix}", crate::protocol::glob_escape(&prefix));
     let mut con = connection::managed_connection(client.redis_client(), client.config()).await?;
     let mut services = Vec::new();
     let mut cursor = 0u64;
@@ -156,27 +157,4 @@ pub async fn list_services(client: &Client) -> Result<Vec<String>> {
     services.sort();
     services.dedup();
     Ok(services)
-}
-
-/// Escapes the characters `SCAN MATCH` treats as glob syntax, so a key prefix (such as a service's hash tag) can be
-/// matched literally.
-pub fn glob_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scan_patterns_are_escaped() {
-        assert_eq!(glob_escape("{a*b?}"), "{a\\*b\\?}");
-    }
 }

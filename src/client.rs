@@ -45,6 +45,11 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
+    /// The namespace used when none is given: keys look like `{redcall:<service>}:...`.
+    pub const DEFAULT_NAMESPACE: &'static str = crate::config::DEFAULT_NAMESPACE;
+    /// The payload limit used when none is given, in bytes (1 MiB).
+    pub const DEFAULT_PAYLOAD_LIMIT: usize = crate::config::DEFAULT_PAYLOAD_LIMIT;
+
     /// A client for `url` (`redis://` or `rediss://`, with user name and password where needed) with default
     /// settings. Connections are opened on first use.
     pub fn open(url: &str) -> Result<Self> {
@@ -75,8 +80,13 @@ impl Client {
         Admin::new(self.clone(), service)
     }
 
+    /// The namespace this client's keys live in.
+    pub fn namespace(&self) -> &str {
+        &self.inner.config.namespace
+    }
+
     /// The settings this client was built with.
-    pub fn config(&self) -> &ClientConfig {
+    pub(crate) fn config(&self) -> &ClientConfig {
         &self.inner.config
     }
 
@@ -90,9 +100,8 @@ impl Client {
         self.inner.router.get().map_or(0, |r| r.in_flight())
     }
 
-    /// The underlying `redis` client (RESP3, with this client's TLS settings), for handlers that need Redis
-    /// access of their own.
-    pub fn redis_client(&self) -> &redis::Client {
+    /// The underlying `redis` client (RESP3, with this client's TLS settings).
+    pub(crate) fn redis_client(&self) -> &redis::Client {
         &self.inner.redis
     }
 
@@ -170,8 +179,21 @@ impl ClientBuilder {
     }
 
     /// Checks the settings and builds the client. Does not connect yet.
-    pub fn build(self) -> Result<Client> {
-        let c = &self.config;
+    pub fn build(mut self) -> Result<Client> {
+        let c = &mut self.config;
+        if c.command_timeout.is_zero() || c.connect_timeout.is_zero() {
+            return Err(Error::Config(
+                "the command and connect timeouts must be positive".into(),
+            ));
+        }
+        for d in [
+            &mut c.command_timeout,
+            &mut c.connect_timeout,
+            &mut c.record_retention,
+            &mut c.reply_ttl,
+        ] {
+            *d = crate::config::clamp(*d);
+        }
         if c.namespace.is_empty() || c.namespace.contains(['{', '}']) {
             return Err(Error::Config(
                 "the namespace must be non-empty and must not contain braces".into(),

@@ -48,7 +48,7 @@ impl Default for ClientConfig {
 
 impl ClientConfig {
     /// Refuses an encoded `what` (`"request"`, `"reply"`) of `size` bytes over the payload limit.
-    pub fn check_payload(&self, what: &'static str, size: usize) -> crate::Result<()> {
+    pub(crate) fn check_payload(&self, what: &'static str, size: usize) -> crate::Result<()> {
         if size > self.payload_limit {
             Err(crate::Error::PayloadTooLarge {
                 what,
@@ -61,7 +61,33 @@ impl ClientConfig {
     }
 }
 
-/// Milliseconds of a duration, at least 1 (Redis refuses a TTL of 0).
+/// The longest duration redcall works with: longer timeouts, TTLs and intervals (up to `Duration::MAX`, a common
+/// way to say "forever") are clamped to it. A year is beyond any sensible setting and far from every overflow of
+/// deadlines, instants and Redis TTLs.
+pub(crate) const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `d`, at most [`LONGEST`].
+pub(crate) fn clamp(d: Duration) -> Duration {
+    d.min(LONGEST)
+}
+
+/// Milliseconds of a duration (clamped), at least 1 (Redis refuses a TTL of 0).
 pub(crate) fn ttl_ms(d: Duration) -> u64 {
-    (d.as_millis() as u64).max(1)
+    (clamp(d).as_millis() as u64).max(1)
+}
+
+/// A caller's timeout for request `id`, clamped to [`LONGEST`]; a zero timeout is refused (the request could never
+/// be answered in time).
+pub(crate) fn request_timeout(id: &str, timeout: Duration) -> crate::Result<Duration> {
+    if timeout.is_zero() {
+        return Err(crate::Error::InvalidArgument(format!(
+            "request {id}: the timeout must be positive"
+        )));
+    }
+    Ok(clamp(timeout))
+}
+
+/// The sum of two durations, saturating instead of overflowing.
+pub(crate) fn add(a: Duration, b: Duration) -> Duration {
+    a.saturating_add(b)
 }

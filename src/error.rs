@@ -1,12 +1,21 @@
 //! The one error type of redcall, and [`ErrorKind`] for callers that branch on the cause.
+//!
+//! The errors of the libraries underneath (the Redis client, the MessagePack encoder) are kept as opaque
+//! [`std::error::Error`] sources: their types are not part of redcall's API, so upgrading them breaks no user.
 
 use std::time::Duration;
+
+/// An error of a library underneath, kept for [`std::error::Error::source`] and `Display`.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Shorthand for results whose error is [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in redcall. Each case names the request id where there is one.
+///
+/// New cases may be added in any release; match on [`Error::kind`] for the cause, with a fallback arm.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// No reply arrived within the timeout. The request may still be handled later; its reply will then be
     /// stored under its id for the reply retention period.
@@ -98,7 +107,7 @@ pub enum Error {
     Encode {
         /// The encoder's error.
         #[source]
-        source: rmp_serde::encode::Error,
+        source: BoxError,
     },
     /// Bytes could not be decoded (wrong type, garbage, unknown format version).
     #[error("could not decode the {what}: {message}")]
@@ -132,11 +141,15 @@ pub enum Error {
         context: &'static str,
         /// The Redis client's error.
         #[source]
-        source: redis::RedisError,
+        source: BoxError,
     },
-    /// The configuration is not usable.
+    /// The configuration is not usable (a client or responder setting, a URL, TLS material).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// An argument of a call is not usable (an empty id, a zero timeout, a malformed stream entry id); nothing
+    /// was sent.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
 }
 
 /// The cause of an [`Error`], for callers that branch on it.
@@ -165,12 +178,16 @@ pub enum ErrorKind {
     PayloadTooLarge,
     /// See [`Error::Encode`] and [`Error::Decode`].
     Codec,
-    /// See [`Error::Unavailable`] and [`Error::Redis`].
+    /// See [`Error::Unavailable`]: nothing was sent; retrying later is safe.
+    Unavailable,
+    /// See [`Error::Redis`]: a command failed; whether it took effect may be unknown.
     Redis,
     /// See [`Error::Lost`].
     Lost,
     /// See [`Error::Config`].
     Config,
+    /// See [`Error::InvalidArgument`].
+    InvalidArgument,
 }
 
 impl Error {
@@ -188,14 +205,26 @@ impl Error {
             Error::Malformed { .. } => ErrorKind::Malformed,
             Error::PayloadTooLarge { .. } => ErrorKind::PayloadTooLarge,
             Error::Encode { .. } | Error::Decode { .. } => ErrorKind::Codec,
-            Error::Unavailable { .. } | Error::Redis { .. } => ErrorKind::Redis,
+            Error::Unavailable { .. } => ErrorKind::Unavailable,
+            Error::Redis { .. } => ErrorKind::Redis,
             Error::Lost { .. } => ErrorKind::Lost,
             Error::Config(_) => ErrorKind::Config,
+            Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
         }
     }
 
     /// Wraps a Redis error with what was being done.
     pub(crate) fn redis(context: &'static str) -> impl FnOnce(redis::RedisError) -> Error {
-        move |source| Error::Redis { context, source }
+        move |source| Error::Redis {
+            context,
+            source: Box::new(source),
+        }
+    }
+
+    /// Wraps an encoder's error.
+    pub(crate) fn encode(source: rmp_serde::encode::Error) -> Error {
+        Error::Encode {
+            source: Box::new(source),
+        }
     }
 }

@@ -43,18 +43,17 @@
 
 pub mod admin;
 mod backoff;
-pub mod client;
-pub mod config;
+mod client;
+mod config;
 mod connection;
-pub mod error;
+mod error;
 pub mod protocol;
-pub mod requester;
-pub mod responder;
-pub mod retention;
+mod requester;
+mod responder;
+mod retention;
 mod router;
 mod scripts;
 
-pub use admin::Admin;
 pub use client::{Client, ClientBuilder};
 pub use error::{Error, ErrorKind, Result};
 pub use requester::{CallInfo, PendingReply, Requester, new_request_id};

@@ -16,9 +16,9 @@ use crate::protocol::ServiceKeys;
 use crate::scripts;
 
 /// Default maximum age of a requests stream entry: one day, long enough to replay yesterday's traffic.
-pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// Default time between two trims done by a reaper.
-pub const DEFAULT_TRIM_INTERVAL: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_TRIM_INTERVAL: Duration = Duration::from_secs(60);
 /// Most entries one trim looks ahead to apply a maximum length; a larger backlog is trimmed over several passes,
 /// so one script call stays short.
 const LEN_SCAN_CAP: u64 = 100_000;
@@ -26,6 +26,7 @@ const LEN_SCAN_CAP: u64 = 100_000;
 /// How much of the requests stream to keep. Entries beyond either limit are removed, unless they are still
 /// pending or not yet delivered to every group (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RetentionPolicy {
     /// Whether the reaper trims at all (default true).
     pub enabled: bool,
@@ -61,6 +62,37 @@ impl RetentionPolicy {
         }
     }
 
+    /// Keeps at most `n` entries (`None`: no limit by length).
+    pub fn max_len(mut self, n: Option<u64>) -> Self {
+        self.max_len = n;
+        self
+    }
+
+    /// Keeps entries at most `age` old (`None`: no limit by age).
+    pub fn max_age(mut self, age: Option<Duration>) -> Self {
+        self.max_age = age;
+        self
+    }
+
+    /// Keeps at most `n` dead letters (`None`: no limit).
+    pub fn dead_letter_max_len(mut self, n: Option<u64>) -> Self {
+        self.dead_letter_max_len = n;
+        self
+    }
+
+    /// Time between two trims done by a reaper.
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// The policy with its durations clamped to what redcall works with.
+    pub(crate) fn clamped(mut self) -> Self {
+        self.max_age = self.max_age.map(crate::config::clamp);
+        self.interval = crate::config::clamp(self.interval);
+        self
+    }
+
     /// Refuses a policy that cannot work.
     pub fn validate(&self) -> Result<()> {
         if self.interval.is_zero() {
@@ -74,6 +106,7 @@ impl RetentionPolicy {
 
 /// What one trim did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TrimReport {
     /// Entries removed from the requests stream.
     pub trimmed: u64,

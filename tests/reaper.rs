@@ -12,15 +12,14 @@ use serde_json::{Value, json};
 const GROUP: &str = "workers";
 
 fn settings(vt_ms: u64) -> ResponderSettings {
-    ResponderSettings {
-        consumer: "reaper-under-test".into(),
-        visibility_timeout: Duration::from_millis(vt_ms),
-        dead_consumer_idle: Duration::from_millis(300),
-        max_deliveries: 2,
-        // Passes are driven by the test.
-        reap_interval: Some(Duration::from_secs(3600)),
-        ..ResponderSettings::default()
-    }
+    let mut settings = ResponderSettings::default();
+    settings.consumer = "reaper-under-test".into();
+    settings.visibility_timeout = Duration::from_millis(vt_ms);
+    settings.dead_consumer_idle = Duration::from_millis(300);
+    settings.max_deliveries = 2;
+    // Passes are driven by the test.
+    settings.reap_interval = Some(Duration::from_secs(3600));
+    settings
 }
 
 /// Reads the next new entry of the requests stream as consumer `consumer`, the way a responder that then dies

@@ -56,11 +56,7 @@ fn id_key(id: &str) -> (u64, u64) {
 }
 
 fn policy(max_len: Option<u64>, max_age: Option<Duration>) -> RetentionPolicy {
-    RetentionPolicy {
-        max_len,
-        max_age,
-        ..RetentionPolicy::default()
-    }
+    RetentionPolicy::default().max_len(max_len).max_age(max_age)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,11 +158,11 @@ async fn trim_stops_at_the_least_advanced_group_and_the_oldest_pending_entry() {
             .expect("XADD");
     }
     let report = admin
-        .trim(&RetentionPolicy {
-            dead_letter_max_len: Some(2),
-            max_age: None,
-            ..RetentionPolicy::default()
-        })
+        .trim(
+            &RetentionPolicy::default()
+                .dead_letter_max_len(Some(2))
+                .max_age(None),
+        )
         .await
         .expect("trim");
     assert_eq!(report.dead_letters_trimmed, 3);
@@ -199,17 +195,13 @@ async fn trimming_under_load_never_removes_a_pending_entry() {
     let key = admin.keys().requests().to_owned();
 
     // The responder's own reaper trims as hard as it can, every 20 ms.
-    let aggressive = RetentionPolicy {
-        max_len: Some(0),
-        max_age: Some(Duration::ZERO),
-        interval: Duration::from_millis(20),
-        ..RetentionPolicy::default()
-    };
-    let settings = ResponderSettings {
-        reap_interval: Some(Duration::from_millis(20)),
-        retention: aggressive.clone(),
-        ..ResponderSettings::default()
-    };
+    let aggressive = RetentionPolicy::default()
+        .max_len(Some(0))
+        .max_age(Some(Duration::ZERO))
+        .interval(Duration::from_millis(20));
+    let mut settings = ResponderSettings::default();
+    settings.reap_interval = Some(Duration::from_millis(20));
+    settings.retention = aggressive.clone();
     // slow-i waits until at least i+1 slow requests are released; it records its stream entry id.
     let (release, released) = watch::channel(0usize);
     let slow_entries: Arc<Mutex<HashMap<usize, String>>> = Arc::default();
@@ -631,10 +623,7 @@ async fn measure_memory_per_request() {
         let envelope = strlen(&keys.record("m000123"));
         let reply_len = strlen(&keys.reply("m000123"));
         admin
-            .trim(&RetentionPolicy {
-                max_len: Some(0),
-                ..RetentionPolicy::default()
-            })
+            .trim(&RetentionPolicy::default().max_len(Some(0)))
             .await
             .expect("trim");
         let trimmed = used();

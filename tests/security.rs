@@ -326,10 +326,15 @@ async fn start_tls_redis(pki: &Pki, auth_clients: &str) -> Result<TlsRedis, Stri
         .stdout(Stdio::null())
         .stderr(stderr);
     let mut child = ChildGuard::spawn(&mut cmd);
-    let client = Client::builder(&format!("rediss://127.0.0.1:{port}"))
-        .tls_ca_cert_pem(pki.read("ca.crt"))
-        .tls_client_cert_pem(pki.read("client.crt"), pki.read("client.key"))
-        .build()
+    // A plain redis client, only to see the TLS port answer.
+    let certificates = redis::TlsCertificates {
+        client_tls: Some(redis::ClientTlsConfig {
+            client_cert: pki.read("client.crt"),
+            client_key: pki.read("client.key"),
+        }),
+        root_cert: Some(pki.read("ca.crt")),
+    };
+    let client = redis::Client::build_with_tls(format!("rediss://127.0.0.1:{port}"), certificates)
         .map_err(|e| e.to_string())?;
     let started = Instant::now();
     loop {
@@ -338,10 +343,7 @@ async fn start_tls_redis(pki: &Pki, auth_clients: &str) -> Result<TlsRedis, Stri
                 .unwrap_or_default();
             return Err(format!("redis-server exited ({status}): {stderr}"));
         }
-        let ready = client
-            .redis_client()
-            .get_multiplexed_async_connection()
-            .await;
+        let ready = client.get_multiplexed_async_connection().await;
         if ready.is_ok() {
             return Ok(TlsRedis {
                 _child: child,

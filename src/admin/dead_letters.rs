@@ -17,6 +17,7 @@ const PURGE_CHUNK: usize = 500;
 ///
 /// Every field is read defensively: an entry written by hand or by an older version may lack some.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct DeadLetterEntry {
     /// The dead-letter stream entry id: what `redcall dlq show|replay|purge` take.
     pub dead_id: String,

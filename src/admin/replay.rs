@@ -5,19 +5,19 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use redis::streams::{StreamInfoGroupsReply, StreamPendingCountReply, StreamRangeReply};
+use redis::streams::StreamRangeReply;
 use serde::Serialize;
 
 use super::pager::Pager;
 use super::{Admin, DeadLetterEntry, PAGE};
 use crate::config::ttl_ms;
 use crate::error::{Error, Result};
-use crate::protocol::entry::{RawEntry, check_entry_id, parse_entry_id};
+use crate::protocol::entry::{RawEntry, check_entry_id};
 use crate::protocol::{self, ReplayInfo, ReplaySource, RequestEnvelope};
 use crate::scripts;
 
 /// What paging through a stream reports in errors.
-const READING_PAGE: &str = "reading a stream page";
+pub(super) const READING_PAGE: &str = "reading a stream page";
 
 /// Deadline a replayed request gets by default, counted from the replay: nobody waits on a replay with the
 /// original (usually short) timeout, and a replay that expires in the queue would be wasted.
@@ -25,6 +25,7 @@ pub const DEFAULT_REPLAY_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How to replay. Built with chained setters from [`ReplayOptions::default`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ReplayOptions {
     /// The replayed request's new deadline, from the moment it is re-queued (default 10 min).
     pub timeout: Duration,
@@ -67,6 +68,7 @@ impl ReplayOptions {
 
 /// One request re-queued by a replay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Replayed {
     /// The replayed entry: a dead-letter id or a requests stream entry id.
     pub from: String,
@@ -79,6 +81,7 @@ pub struct Replayed {
 /// Why an entry was not replayed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "reason", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum SkipReason {
     /// The entry does not exist (any more): never existed, already replayed or purged.
     NotFound,
@@ -113,6 +116,7 @@ impl SkipReason {
 
 /// An entry a replay left alone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Skipped {
     /// The entry: a dead-letter id or a requests stream entry id.
     pub from: String,
@@ -125,6 +129,7 @@ pub struct Skipped {
 
 /// What a replay did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct ReplayReport {
     /// Requests re-queued, in order.
     pub replayed: Vec<Replayed>,
@@ -135,7 +140,7 @@ pub struct ReplayReport {
 }
 
 /// An entry that may be replayed.
-struct Candidate {
+pub(super) struct Candidate {
     /// The dead-letter id, or the requests stream entry id.
     from: String,
     dead: bool,
@@ -243,127 +248,8 @@ impl Admin {
         Ok(report)
     }
 
-    /// Replays the requests stream entries from `from` to `to` (inclusive stream ids; `-` and `+` for the ends; a
-    /// bare millisecond timestamp means that whole millisecond), each under its request id: for re-running
-    /// history after a bug fix. The range ends at the newest entry that
-    /// existed when the replay started, so the replays it adds are never replayed again.
-    ///
-    /// Entries still in flight (pending in, or not yet delivered to, some group) are skipped unless
-    /// [`ReplayOptions::include_in_flight`]; when a request id occurs several times in the range (an earlier
-    /// replay), only its first entry is replayed. `progress` gets the number of entries examined.
-    pub async fn replay_range(
-        &self,
-        from: &str,
-        to: &str,
-        opts: &ReplayOptions,
-        mut progress: impl FnMut(u64) + Send,
-    ) -> Result<ReplayReport> {
-        let from = range_end(from, false)?;
-        let to = range_end(to, true)?;
-        let (from, to) = (from.as_str(), to.as_str());
-        let mut report = ReplayReport::default();
-        let requests = self.keys.requests();
-        let Some(newest) = self.last_entry_id(requests).await? else {
-            return Ok(report);
-        };
-        let bound = match parse_entry_id(to) {
-            Some(t) if parse_entry_id(&newest).is_some_and(|n| t < n) => to.to_owned(),
-            _ if to == "-" => return Ok(report),
-            _ => newest,
-        };
-        let mut con = self.con().await?;
-        let total: u64 = redis::cmd("XLEN")
-            .arg(requests)
-            .query_async(&mut con)
-            .await
-            .map_err(Error::redis("measuring the requests stream"))?;
-        let mut seen = HashSet::new();
-        let mut done = 0;
-        let mut pager = Pager::new(requests, from, &bound, total, READING_PAGE);
-        while let Some(ids) = pager.next(&mut con).await? {
-            let n = ids.len();
-            let entries: Vec<RawEntry> = ids.into_iter().map(RawEntry::from_stream_id).collect();
-            let in_flight = if opts.include_in_flight {
-                HashSet::new()
-            } else {
-                self.in_flight(&mut con, &entries).await?
-            };
-            let mut candidates = Vec::with_capacity(n);
-            for entry in entries {
-                if in_flight.contains(&entry.entry_id) {
-                    report.skipped.push(Skipped {
-                        from: entry.entry_id,
-                        request_id: entry.request_id,
-                        reason: SkipReason::InFlight,
-                    });
-                } else {
-                    candidates.push(entry.into());
-                }
-            }
-            self.requeue(&mut con, candidates, opts, &mut seen, &mut report)
-                .await?;
-            done += n as u64;
-            progress(done);
-        }
-        Ok(report)
-    }
-
-    /// The entry ids among `entries` that some group has not read yet or holds pending. With no group at all,
-    /// every entry is undelivered.
-    async fn in_flight(
-        &self,
-        con: &mut ConnectionManager,
-        entries: &[RawEntry],
-    ) -> Result<HashSet<String>> {
-        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
-            return Ok(HashSet::new());
-        };
-        let requests = self.keys.requests();
-        let groups: StreamInfoGroupsReply = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(requests)
-            .query_async(con)
-            .await
-            .map_err(Error::redis("listing consumer groups"))?;
-        if groups.groups.is_empty() {
-            return Ok(entries.iter().map(|e| e.entry_id.clone()).collect());
-        }
-        let mut pipe = redis::pipe();
-        for group in &groups.groups {
-            pipe.xpending_count(
-                requests,
-                &group.name,
-                &first.entry_id,
-                &last.entry_id,
-                entries.len(),
-            );
-        }
-        let pending: Vec<StreamPendingCountReply> = pipe
-            .query_async(con)
-            .await
-            .map_err(Error::redis("listing pending entries"))?;
-        let mut in_flight: HashSet<String> = pending
-            .into_iter()
-            .flat_map(|p| p.ids)
-            .map(|p| p.id)
-            .collect();
-        // The least advanced group decides what is undelivered.
-        let delivered_up_to = groups
-            .groups
-            .iter()
-            .map(|g| parse_entry_id(&g.last_delivered_id).unwrap_or((0, 0)))
-            .min()
-            .unwrap_or((0, 0));
-        for entry in entries {
-            if parse_entry_id(&entry.entry_id).is_none_or(|id| id > delivered_up_to) {
-                in_flight.insert(entry.entry_id.clone());
-            }
-        }
-        Ok(in_flight)
-    }
-
     /// Re-queues candidates in one pipeline of `REPLAY` script calls, recording each outcome in `report`.
-    async fn requeue(
+    pub(super) async fn requeue(
         &self,
         con: &mut ConnectionManager,
         candidates: Vec<Candidate>,
@@ -371,8 +257,13 @@ impl Admin {
         seen: &mut HashSet<String>,
         report: &mut ReplayReport,
     ) -> Result<()> {
+        if opts.timeout.is_zero() {
+            return Err(Error::InvalidArgument(
+                "a replay's timeout must be positive".into(),
+            ));
+        }
         let config = self.client.config();
-        let record_ttl = ttl_ms(opts.timeout + config.record_retention);
+        let record_ttl = ttl_ms(crate::config::add(opts.timeout, config.record_retention));
         let now = protocol::now_ms();
         let mut pipe = redis::pipe();
         let mut sent: Vec<(String, String)> = Vec::new();
@@ -472,20 +363,6 @@ impl Admin {
     }
 }
 
-/// A range end as a full stream id: `-`, `+`, `<ms>-<seq>`, or a bare `<ms>` (the first or last id of that
-/// millisecond).
-fn range_end(id: &str, is_end: bool) -> Result<String> {
-    if !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) {
-        let ms: u64 = id
-            .parse()
-            .map_err(|_| Error::Config(format!("{id:?} is not a millisecond timestamp")))?;
-        let seq = if is_end { u64::MAX } else { 0 };
-        return Ok(format!("{ms}-{seq}"));
-    }
-    check_entry_id(id, true)?;
-    Ok(id.to_owned())
-}
-
 /// The envelope of a replay: same id, function key, params and creation time; a fresh deadline; the replay's
 /// provenance.
 fn replay_envelope(
@@ -497,7 +374,7 @@ fn replay_envelope(
 ) -> RequestEnvelope {
     let count = original.replay.as_ref().map_or(0, |r| r.count) + 1;
     RequestEnvelope {
-        deadline_ms: now_ms + timeout.as_millis() as u64,
+        deadline_ms: now_ms + crate::config::clamp(timeout).as_millis() as u64,
         replay: Some(ReplayInfo {
             count,
             source,
@@ -529,18 +406,6 @@ mod tests {
         }
     }
     use crate::protocol::FORMAT_VERSION;
-
-    #[test]
-    fn bare_milliseconds_cover_the_whole_millisecond() {
-        assert_eq!(range_end("1700", false).expect("ok"), "1700-0");
-        assert_eq!(
-            range_end("1700", true).expect("ok"),
-            format!("1700-{}", u64::MAX)
-        );
-        assert_eq!(range_end("+", true).expect("ok"), "+");
-        assert_eq!(range_end("5-1", false).expect("ok"), "5-1");
-        assert!(range_end("5-x", false).is_err());
-    }
 
     #[test]
     fn a_replay_keeps_the_request_and_counts() {

@@ -19,6 +19,7 @@ use crate::protocol::entry::parse_entry_id;
 /// A snapshot of one service, as `redcall stats` shows it. Taken with a few round trips, so the numbers of
 /// different groups may be a few milliseconds apart.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct ServiceStats {
     /// The service.
     pub service: String,
@@ -41,6 +42,7 @@ pub struct ServiceStats {
 
 /// One consumer group of a service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct GroupStats {
     /// The group name.
     pub name: String,
@@ -60,6 +62,7 @@ pub struct GroupStats {
 
 /// The oldest pending entry of a group: how long the oldest unfinished request has been waiting.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct OldestPending {
     /// Its stream entry id.
     pub entry_id: String,
@@ -75,6 +78,7 @@ pub struct OldestPending {
 
 /// One consumer of a group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct ConsumerStats {
     /// The consumer name (a responder; by default `host-pid-random`).
     pub name: String,

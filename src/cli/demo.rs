@@ -16,7 +16,7 @@ pub async fn run(ctx: &Context<'_>, _args: &Args) -> redcall::Result<()> {
     let suffix = redcall::new_request_id();
     let service = format!("demo-{}", &suffix[suffix.len() - 8..]);
     let manual_service = format!("{service}-manual");
-    let redis = super::serve::connect_plain(&ctx.client).await?;
+    let redis = super::serve::connect_plain(ctx.cli).await?;
     let builder = ctx.client.responder(&service);
     let responder = super::serve::demo_handlers(builder, &ctx.client, &service, redis)
         .start()
@@ -69,7 +69,7 @@ pub async fn run(ctx: &Context<'_>, _args: &Args) -> redcall::Result<()> {
     println!("\nresponder stopped cleanly");
 
     // Leave no streams behind in a Redis that may be shared (records and replies expire on their own).
-    let mut con = super::serve::connect_plain(&ctx.client).await?;
+    let mut con = super::serve::connect_plain(ctx.cli).await?;
     let mut streams = Vec::new();
     for svc in [&service, &manual_service] {
         let keys = ctx.client.keys(svc);
@@ -78,9 +78,6 @@ pub async fn run(ctx: &Context<'_>, _args: &Args) -> redcall::Result<()> {
     }
     let _: i64 = redis::AsyncCommands::del(&mut con, &streams)
         .await
-        .map_err(|source| redcall::Error::Redis {
-            context: "removing the demo's streams",
-            source,
-        })?;
+        .map_err(super::redis_error("removing the demo's streams"))?;
     Ok(())
 }

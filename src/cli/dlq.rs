@@ -113,7 +113,7 @@ async fn list(
         println!("no dead letters in service {:?}", ctx.cli.service);
         return Ok(());
     }
-    let now = redcall::protocol::now_ms();
+    let now = super::now_ms();
     println!(
         "{:<20} {:<38} {:<16} {:<24} {:>5} {:>14}  ERROR",
         "DEAD ID", "REQUEST ID", "FUNCTION", "REASON", "DELIV", "DEAD FOR"

@@ -38,7 +38,7 @@ pub struct Cli {
     #[arg(long, global = true, default_value = "default")]
     pub service: String,
     /// Namespace that keeps deployments apart in one Redis.
-    #[arg(long, global = true, default_value = redcall::config::DEFAULT_NAMESPACE)]
+    #[arg(long, global = true, default_value = redcall::Client::DEFAULT_NAMESPACE)]
     pub namespace: String,
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
@@ -47,7 +47,7 @@ pub struct Cli {
     #[arg(long, global = true, env = "REDCALL_TLS_CA_CERT", value_name = "PATH")]
     pub tls_ca_cert: Option<std::path::PathBuf>,
     /// Payload size limit in bytes.
-    #[arg(long, global = true, default_value_t = redcall::config::DEFAULT_PAYLOAD_LIMIT)]
+    #[arg(long, global = true, default_value_t = redcall::Client::DEFAULT_PAYLOAD_LIMIT)]
     pub payload_limit: usize,
     /// Seconds a request record (what `info` reads, and what refuses a reused id) is kept after the request's
     /// deadline [default: 3600].
@@ -174,6 +174,40 @@ fn exit_code(err: &Error) -> u8 {
 fn fail(err: &Error) -> ExitCode {
     eprintln!("error: {err}");
     ExitCode::from(exit_code(err))
+}
+
+/// Milliseconds since the Unix epoch, by the local clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A plain `redis` client for what the CLI does in Redis besides redcall's own work (the demo handlers'
+/// bookkeeping, the demo's clean-up): same URL, credentials and CA as the redcall client.
+pub fn plain_redis(cli: &Cli) -> redcall::Result<redis::Client> {
+    let bad = |e: redis::RedisError| Error::Config(format!("bad Redis URL: {e}"));
+    match &cli.tls_ca_cert {
+        None => redis::Client::open(cli.url.as_str()).map_err(bad),
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+            let certificates = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            };
+            redis::Client::build_with_tls(cli.url.as_str(), certificates).map_err(bad)
+        }
+    }
+}
+
+/// Wraps a Redis error of the CLI's own commands with what was being done.
+pub fn redis_error(context: &'static str) -> impl FnOnce(redis::RedisError) -> Error {
+    move |source| Error::Redis {
+        context,
+        source: Box::new(source),
+    }
 }
 
 /// Parses a JSON argument, naming it in the error.

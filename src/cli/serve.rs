@@ -118,7 +118,7 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
     if let Some(ms) = args.grace {
         builder = builder.grace(Duration::from_millis(ms));
     }
-    let redis = connect_plain(&ctx.client).await?;
+    let redis = connect_plain(ctx.cli).await?;
     let responder = demo_handlers(builder, &ctx.client, &ctx.cli.service, redis)
         .start()
         .await?;
@@ -127,29 +127,18 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
         ctx.cli.service,
         responder.consumer()
     );
-    let stop = responder.stop_token();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        stop.cancel();
-    });
-    let cut_off = responder.run_until_stopped().await?;
+    let cut_off = responder.run_until(wait_for_signal()).await?;
     eprintln!("stopped ({cut_off} unfinished requests left pending)");
     Ok(())
 }
 
-/// A plain self-reconnecting Redis connection for the demo handlers' own bookkeeping, from the client's own redis
-/// client (same URL, credentials and TLS settings).
-pub async fn connect_plain(
-    client: &redcall::Client,
-) -> redcall::Result<redis::aio::ConnectionManager> {
-    client
-        .redis_client()
+/// A plain self-reconnecting Redis connection for the demo handlers' own bookkeeping (same URL, credentials and
+/// CA as the redcall client).
+pub async fn connect_plain(cli: &super::Cli) -> redcall::Result<redis::aio::ConnectionManager> {
+    super::plain_redis(cli)?
         .get_connection_manager()
         .await
-        .map_err(|source| redcall::Error::Redis {
-            context: "connecting",
-            source,
-        })
+        .map_err(super::redis_error("connecting"))
 }
 
 /// The `panic` demo handler's body.

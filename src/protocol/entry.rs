@@ -145,7 +145,7 @@ pub(crate) fn check_entry_id(id: &str, ends: bool) -> Result<()> {
     if (ends && (id == "-" || id == "+")) || parse_entry_id(id).is_some() {
         Ok(())
     } else {
-        Err(Error::Config(format!(
+        Err(Error::InvalidArgument(format!(
             "{id:?} is not a stream entry id (expected <ms>-<seq>{})",
             if ends { ", - or +" } else { "" }
         )))

@@ -93,6 +93,9 @@ pub mod codes {
     pub const HANDLER: &str = "handler_error";
     /// The deadline passed before a responder started the request (status `expired`).
     pub const EXPIRED: &str = "expired";
+    /// The request was delivered more than `max_deliveries` times (status `dead_lettered`; also the dead-letter
+    /// record's reason).
+    pub const MAX_DELIVERIES_EXCEEDED: &str = "max_deliveries_exceeded";
 }
 
 /// A reply as it is published on the reply channel and stored under the reply key.

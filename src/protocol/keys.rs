@@ -64,12 +64,35 @@ impl ServiceKeys {
         self.per_id(":chan:", id)
     }
 
+    /// A `SCAN MATCH` / `KEYS` pattern matching every key of the service (and nothing of another service).
+    pub fn key_pattern(&self) -> String {
+        format!("{}:*", glob_escape(&self.tag))
+    }
+
+    /// A `PUBSUB CHANNELS` pattern matching every reply channel of the service.
+    pub fn reply_channel_pattern(&self) -> String {
+        format!("{}:chan:*", glob_escape(&self.tag))
+    }
+
     /// The request id a reply channel of this service belongs to (the inverse of [`ServiceKeys::reply_channel`]).
     pub(crate) fn id_of_reply_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
         channel
             .strip_prefix(self.tag.as_str())?
             .strip_prefix(":chan:")
     }
+}
+
+/// Escapes the characters Redis glob patterns (`SCAN MATCH`, `PUBSUB CHANNELS`) treat as syntax, so a key prefix
+/// (such as a service's hash tag) can be matched literally.
+pub(crate) fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -89,5 +112,13 @@ mod tests {
         ] {
             assert!(key.starts_with("{redcall:orders}:"), "{key}");
         }
+    }
+
+    #[test]
+    fn patterns_are_escaped() {
+        assert_eq!(glob_escape("{a*b?}"), "{a\\*b\\?}");
+        let keys = ServiceKeys::new("ns", "a*b");
+        assert_eq!(keys.key_pattern(), "{ns:a\\*b}:*");
+        assert_eq!(keys.reply_channel_pattern(), "{ns:a\\*b}:chan:*");
     }
 }

@@ -16,12 +16,13 @@ mod keys;
 pub use entry::{FIELD_ENVELOPE, FIELD_ID};
 pub use envelope::{ReplayInfo, ReplaySource, ReplyEnvelope, ReplyStatus, RequestEnvelope, codes};
 pub use keys::ServiceKeys;
+pub(crate) use keys::glob_escape;
 
 /// The envelope format version this build writes and accepts.
 pub const FORMAT_VERSION: u8 = 1;
 
 /// Milliseconds since the Unix epoch, by the local clock.
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -31,7 +32,7 @@ pub fn now_ms() -> u64 {
 /// Encodes any serde value as MessagePack with named fields (maps, not arrays), the form other languages read
 /// most easily.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
-    rmp_serde::to_vec_named(value).map_err(|source| Error::Encode { source })
+    rmp_serde::to_vec_named(value).map_err(Error::encode)
 }
 
 /// Decodes a MessagePack document; `what` names the thing for the error message.

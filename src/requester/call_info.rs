@@ -10,6 +10,7 @@ use crate::protocol::{self, RequestEnvelope};
 
 /// What a request asked for, as returned by [`Requester::call_info`].
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct CallInfo {
     /// The request id.
     pub id: String,

@@ -91,8 +91,11 @@ impl Requester {
         P: Serialize + ?Sized,
     {
         if id.is_empty() {
-            return Err(Error::Config("a request id must not be empty".into()));
+            return Err(Error::InvalidArgument(
+                "a request id must not be empty".into(),
+            ));
         }
+        let timeout = crate::config::request_timeout(id, timeout)?;
         let started = Instant::now();
         let config = self.client.config();
         let now = protocol::now_ms();
@@ -128,7 +131,7 @@ impl Requester {
             router: router.clone(),
         };
 
-        let record_ttl = ttl_ms(timeout + config.record_retention);
+        let record_ttl = ttl_ms(crate::config::add(timeout, config.record_retention));
         let entry = match origin {
             // A caller's id may exist already: the script refuses it, and clears what an expired namesake left.
             IdOrigin::Caller => {

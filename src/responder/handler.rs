@@ -12,6 +12,7 @@ use crate::protocol::{self, codes};
 
 /// What a handler sees of the request besides its params.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RequestContext {
     /// The request id.
     pub id: String,

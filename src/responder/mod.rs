@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use handler::{HandlerError, RequestContext};
@@ -167,10 +166,10 @@ impl ResponderBuilder {
 
     /// Starts the responder: creates the consumer group when missing and spawns its tasks.
     pub async fn start(self) -> Result<Responder> {
-        self.settings.validate()?;
-        let shared = Arc::new(
-            Shared::connect(self.client, &self.service, self.settings, self.handlers).await?,
-        );
+        let settings = self.settings.clamped();
+        settings.validate()?;
+        let shared =
+            Arc::new(Shared::connect(self.client, &self.service, settings, self.handlers).await?);
         shared.ensure_group().await?;
         let tasks = TaskTracker::new();
         tasks.spawn(reader::read_loop(shared.clone()));
@@ -230,11 +229,6 @@ impl Responder {
         self.shared.in_flight_count()
     }
 
-    /// A token that stops the responder when cancelled (for wiring to signals).
-    pub fn stop_token(&self) -> CancellationToken {
-        self.shared.stop.clone()
-    }
-
     /// Stops reading, lets in-flight handlers finish and answer within the grace period, and leaves what did not
     /// finish pending for other responders. Returns how many handlers were cut off by the grace period.
     pub async fn shutdown(mut self) -> Result<usize> {
@@ -265,9 +259,19 @@ impl Responder {
         Ok(cut_off)
     }
 
-    /// Waits until the responder stops (after [`Responder::stop_token`] is cancelled), then shuts it down.
-    pub async fn run_until_stopped(self) -> Result<usize> {
-        self.shared.stop.cancelled().await;
+    /// Serves until `stop` completes (a signal, a shutdown request of the application), then shuts down as
+    /// [`Responder::shutdown`] does. Returns how many handlers were cut off by the grace period.
+    ///
+    /// ```no_run
+    /// # async fn demo(responder: redcall::Responder) -> redcall::Result<()> {
+    /// let cut_off = responder.run_until(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Responder::shutdown`].
+    pub async fn run_until(self, stop: impl Future<Output = ()>) -> Result<usize> {
+        stop.await;
         self.shutdown().await
     }
 }

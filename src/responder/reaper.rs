@@ -22,17 +22,16 @@ use super::settings::ResponderSettings;
 use super::state::Shared;
 use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::protocol::ReplyStatus;
 use crate::protocol::entry::RawEntry;
+use crate::protocol::{ReplyStatus, codes};
 use crate::retention::{self, TrimReport, TrimSchedule};
 
 /// Most entries looked at per reaper pass.
 const PASS_LIMIT: usize = 256;
-/// Reason recorded for entries that failed too often.
-pub const REASON_MAX_DELIVERIES: &str = "max_deliveries_exceeded";
 
 /// What one reaper pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ReapReport {
     /// Entries claimed from other consumers: run again, or (used up) answered from their stored reply.
     pub reclaimed: usize,
@@ -235,7 +234,7 @@ async fn dead_letter_exhausted(shared: &Shared, entry: &RawEntry, deliveries: u6
     let letter = DeadLetter::replying(
         entry,
         ReplyStatus::DeadLettered,
-        REASON_MAX_DELIVERIES,
+        codes::MAX_DELIVERIES_EXCEEDED,
         reason,
         last_error,
         deliveries,
@@ -308,6 +307,7 @@ impl Reaper {
         service: &str,
         settings: ResponderSettings,
     ) -> Result<Self> {
+        let settings = settings.clamped();
         settings.validate()?;
         let shared = Arc::new(Shared::connect(client, service, settings, HashMap::new()).await?);
         shared.ensure_group().await?;

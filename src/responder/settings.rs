@@ -5,8 +5,10 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::retention::RetentionPolicy;
 
-/// Settings of a responder (and of a standalone reaper). Every field has a default.
+/// Settings of a responder (and of a standalone reaper). Every field has a default: start from
+/// `ResponderSettings::default()` and change the fields you need (new fields may be added in any release).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ResponderSettings {
     /// Consumer group name (default `workers`).
     pub group: String,
@@ -73,15 +75,27 @@ impl ResponderSettings {
         Err(Error::Config(problem.to_owned()))
     }
 
+    /// The settings with every duration clamped to what redcall works with (see [`crate::config::LONGEST`]).
+    pub(crate) fn clamped(mut self) -> Self {
+        use crate::config::clamp;
+        self.block = clamp(self.block);
+        self.visibility_timeout = clamp(self.visibility_timeout);
+        self.grace = clamp(self.grace);
+        self.reap_interval = self.reap_interval.map(clamp);
+        self.dead_consumer_idle = clamp(self.dead_consumer_idle);
+        self.retention = self.retention.clamped();
+        self
+    }
+
     /// How often the reaper runs.
-    pub fn reap_every(&self) -> Duration {
+    pub(crate) fn reap_every(&self) -> Duration {
         self.reap_interval
             .unwrap_or(self.visibility_timeout / 4)
             .max(Duration::from_millis(20))
     }
 
     /// How often running handlers' claims are refreshed: well within the visibility timeout.
-    pub fn keepalive_every(&self) -> Duration {
+    pub(crate) fn keepalive_every(&self) -> Duration {
         (self.visibility_timeout / 3).max(Duration::from_millis(20))
     }
 }

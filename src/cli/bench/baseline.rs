@@ -122,7 +122,7 @@ impl BaselineCaller {
     pub async fn call(&self) -> Result<(), String> {
         let inner = &*self.inner;
         let id = redcall::new_request_id();
-        let now = protocol::now_ms();
+        let now = crate::cli::now_ms();
         let envelope = RequestEnvelope {
             v: FORMAT_VERSION,
             id: id.clone(),

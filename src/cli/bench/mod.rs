@@ -653,7 +653,7 @@ async fn cleanup(env: &Env<'_>, service: &str) -> Result<(), String> {
             .map_err(|e| format!("FLUSHALL: {e}"));
     }
     let keys = redcall::protocol::ServiceKeys::new(&env.namespace, service);
-    let pattern = format!("{}:*", redcall::admin::glob_escape(keys.tag()));
+    let pattern = keys.key_pattern();
     let mut cursor = 0u64;
     for _ in 0..1_000_000 {
         let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -870,7 +870,7 @@ async fn soak(env: &Env<'_>, n: u64) -> Result<(), String> {
 /// The `PUBSUB CHANNELS` pattern of the service's reply channels (only the service's, so other clients of an
 /// external Redis do not count).
 fn reply_channel_pattern(keys: &redcall::protocol::ServiceKeys) -> String {
-    format!("{}:chan:*", redcall::admin::glob_escape(keys.tag()))
+    keys.reply_channel_pattern()
 }
 
 /// How many reply channels of the service have a subscriber.

@@ -18,24 +18,25 @@ PY_VENV=target/py-venv
 # What the Python side of the interop tests imports (from PyPI).
 PY_PACKAGES=(redis msgpack)
 
-# Makes $PY_VENV with $PY_PACKAGES when missing (installing python3-venv with apt-get if `python3 -m venv` cannot
-# work); quick when it is there already.
+# Makes $PY_VENV with $PY_PACKAGES when missing, installing python3 and python3-venv with apt-get when `python3 -m
+# venv` cannot work (Debian splits venv and ensurepip off); quick when everything is there already.
 ensure_py_venv() {
     if [[ -x "$PY_VENV/bin/python" ]] && "$PY_VENV/bin/python" -c 'import redis, msgpack' 2>/dev/null; then
         return 0
     fi
-    if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
-        log "python3 with venv not found; installing python3 and python3-venv with apt-get"
-        export DEBIAN_FRONTEND=noninteractive
-        as_root apt-get install -y python3 python3-venv ||
-            { as_root apt-get update && as_root apt-get install -y python3 python3-venv; }
-    fi
-    if [[ ! -x "$PY_VENV/bin/python" ]]; then
+    if [[ ! -x "$PY_VENV/bin/pip" ]]; then
         log "creating the Python virtual environment $PY_VENV"
         rm -rf "$PY_VENV"
-        python3 -m venv "$PY_VENV"
+        if ! command -v python3 >/dev/null 2>&1 || ! python3 -m venv "$PY_VENV"; then
+            log "python3 -m venv failed; installing python3 and python3-venv with apt-get"
+            rm -rf "$PY_VENV"
+            export DEBIAN_FRONTEND=noninteractive
+            as_root apt-get install -y python3 python3-venv ||
+                { as_root apt-get update && as_root apt-get install -y python3 python3-venv; }
+            python3 -m venv "$PY_VENV"
+        fi
     fi
-    log "installing ${PY_PACKAGES[*]} into $PY_VENV"
+    log "installing ${PY_PACKAGES[*]} from PyPI into $PY_VENV"
     "$PY_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
 }
 

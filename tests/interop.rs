@@ -232,7 +232,11 @@ impl PyResponder {
 }
 
 fn pending(server: &RedisServer, service: &str) -> u64 {
-    common::pending_count(server, &format!("{{redcall:{service}}}:requests"), "workers")
+    common::pending_count(
+        server,
+        &format!("{{redcall:{service}}}:requests"),
+        "workers",
+    )
 }
 
 /// PTTL of a key, in ms.
@@ -256,7 +260,8 @@ fn python_requester_calls_the_rust_responder() {
     let service = "py-to-rust";
     let _serve = rust_responder(&server, service);
 
-    let params = r#"{"key1":"value1","list":[1,-2,2.5,true,null],"nested":{"s":"x","big":4294967296}}"#;
+    let params =
+        r#"{"key1":"value1","list":[1,-2,2.5,true,null],"nested":{"s":"x","big":4294967296}}"#;
     let echo = py_request(&server, service, "py-echo-1", "echo", params);
     assert_eq!(echo["ok"], true, "{echo}");
     assert_eq!(
@@ -267,7 +272,10 @@ fn python_requester_calls_the_rust_responder() {
 
     // `sleep` takes a struct ({ms: u64}) and answers one ({slept_ms}): Python's map is Rust's struct and back.
     let slept = py_request(&server, service, "py-sleep-1", "sleep", r#"{"ms":3}"#);
-    assert_eq!(slept, json!({"ok": true, "id": "py-sleep-1", "reply": {"slept_ms": 3}}));
+    assert_eq!(
+        slept,
+        json!({"ok": true, "id": "py-sleep-1", "reply": {"slept_ms": 3}})
+    );
 
     let failed = py_request(&server, service, "py-fail-1", "fail", "null");
     assert_eq!(
@@ -283,7 +291,13 @@ fn python_requester_calls_the_rust_responder() {
                 "message": "NoSuchFunction"})
     );
 
-    let invalid = py_request(&server, service, "py-invalid-1", "sleep", r#""not a struct""#);
+    let invalid = py_request(
+        &server,
+        service,
+        "py-invalid-1",
+        "sleep",
+        r#""not a struct""#,
+    );
     let error = py_error(&invalid);
     assert_eq!(error["kind"], "handler", "{invalid}");
     assert_eq!(error["code"], "invalid_params", "{invalid}");
@@ -325,11 +339,22 @@ async fn python_requester_times_out_and_reads_the_stored_reply() {
     let out = run_py(
         &server,
         service,
-        &["request", "echo", "1", "--id", "never-1", "--timeout-ms", "300"],
+        &[
+            "request",
+            "echo",
+            "1",
+            "--id",
+            "never-1",
+            "--timeout-ms",
+            "300",
+        ],
     );
     let error = py_error(&out);
     assert_eq!(error["kind"], "timeout", "{out}");
-    assert!(error["message"].as_str().unwrap().contains("never-1"), "{out}");
+    assert!(
+        error["message"].as_str().unwrap().contains("never-1"),
+        "{out}"
+    );
     let info = rust_call_info(&requester, "never-1").await;
     assert_eq!(info.func_key, "echo");
     assert_eq!(info.params::<i64>().unwrap(), 1);
@@ -338,7 +363,15 @@ async fn python_requester_times_out_and_reads_the_stored_reply() {
     let waiting = spawn(&mut py(
         &server,
         service,
-        &["request", "echo", "2", "--id", "late-1", "--timeout-ms", "2000"],
+        &[
+            "request",
+            "echo",
+            "2",
+            "--id",
+            "late-1",
+            "--timeout-ms",
+            "3000",
+        ],
     ));
     rust_call_info(&requester, "late-1").await;
     let reply = ReplyEnvelope::ok("late-1", protocol::encode(&json!({"late": true})).unwrap());
@@ -350,7 +383,10 @@ async fn python_requester_times_out_and_reads_the_stored_reply() {
         .await
         .expect("SET the reply");
     let out = py_json(&finish(waiting, RUN_DEADLINE, "python request late-1"));
-    assert_eq!(out, json!({"ok": true, "id": "late-1", "reply": {"late": true}}));
+    assert_eq!(
+        out,
+        json!({"ok": true, "id": "late-1", "reply": {"late": true}})
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -469,10 +505,7 @@ async fn rust_requester_calls_the_python_responder() {
         async move { requester.call::<_, i64>("double", &n, WAIT).await }
     });
     let doubled = within("20 calls", futures_util::future::join_all(calls)).await;
-    let doubled: Vec<i64> = doubled
-        .into_iter()
-        .map(|r| r.expect("double"))
-        .collect();
+    let doubled: Vec<i64> = doubled.into_iter().map(|r| r.expect("double")).collect();
     assert_eq!(doubled, (0..20).map(|n| n * 2).collect::<Vec<_>>());
     for _ in 0..20 {
         assert_eq!(py_serve.next_outcome()["outcome"], "ok");
@@ -571,7 +604,9 @@ async fn rust_requester_calls_the_python_responder() {
             ),
         ]
     );
-    let request = dead[1].request().expect("the dead letter keeps the envelope");
+    let request = dead[1]
+        .request()
+        .expect("the dead letter keeps the envelope");
     assert_eq!(request.id, "rust-invalid-1");
     assert_eq!(
         protocol::decode::<String>(&request.params, "params").unwrap(),

@@ -4,6 +4,7 @@
 #
 # Integration tests start their own throwaway redis-server processes, so
 # redis-server must be installed; it is installed via apt-get if missing, as is openssl (for the TLS tests).
+# The interop tests need a Python virtual environment (target/py-venv) with redis and msgpack: it is made here.
 # Any arguments are passed through to `cargo test`.
 set -euo pipefail
 
@@ -13,7 +14,34 @@ source scripts/redis-lib.sh
 
 log() { printf '==> %s\n' "$*"; }
 
-log "redcall tests: ensure redis-server and openssl, build the library alone, then cargo test (unit + integration + doc tests)"
+# The interpreter tests/interop.rs runs; keep in step with PY_VENV there.
+PY_VENV=target/py-venv
+# What the Python side of the interop tests imports (from PyPI).
+PY_PACKAGES=(redis msgpack)
+
+# Makes $PY_VENV with $PY_PACKAGES when missing, installing python3 and python3-venv with apt-get when `python3 -m
+# venv` cannot work (Debian splits venv and ensurepip off); quick when everything is there already.
+ensure_py_venv() {
+    if [[ -x "$PY_VENV/bin/python" ]] && "$PY_VENV/bin/python" -c 'import redis, msgpack' 2>/dev/null; then
+        return 0
+    fi
+    if [[ ! -x "$PY_VENV/bin/pip" ]]; then
+        log "creating the Python virtual environment $PY_VENV"
+        rm -rf "$PY_VENV"
+        if ! command -v python3 >/dev/null 2>&1 || ! python3 -m venv "$PY_VENV"; then
+            log "python3 -m venv failed; installing python3 and python3-venv with apt-get"
+            rm -rf "$PY_VENV"
+            export DEBIAN_FRONTEND=noninteractive
+            as_root apt-get install -y python3 python3-venv ||
+                { as_root apt-get update && as_root apt-get install -y python3 python3-venv; }
+            python3 -m venv "$PY_VENV"
+        fi
+    fi
+    log "installing ${PY_PACKAGES[*]} from PyPI into $PY_VENV"
+    "$PY_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
+}
+
+log "redcall tests: ensure redis-server, openssl and the Python venv, build the library alone, then cargo test (unit + integration + doc tests)"
 ensure_redis
 # The TLS tests make their certificates with the openssl CLI (and would skip without it).
 if ! command -v openssl >/dev/null 2>&1; then
@@ -21,6 +49,9 @@ if ! command -v openssl >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     as_root apt-get install -y openssl || { as_root apt-get update && as_root apt-get install -y openssl; }
 fi
+# The interop tests (tests/interop.rs) run a Python requester and responder written from docs/protocol.md alone;
+# they need python3 with venv, and redis-py and msgpack from PyPI in a virtual environment under target/.
+ensure_py_venv
 if ! command -v cargo >/dev/null 2>&1; then
     echo "error: cargo not found; install Rust from https://rustup.rs" >&2
     exit 1

@@ -71,9 +71,10 @@ pub(crate) fn clamp(d: Duration) -> Duration {
     d.min(LONGEST)
 }
 
-/// Milliseconds of a duration (clamped), at least 1 (Redis refuses a TTL of 0).
+/// Milliseconds of a TTL, at least 1 (Redis refuses a TTL of 0) and at most two [`LONGEST`]s: a TTL is often a
+/// timeout plus a retention, each clamped to [`LONGEST`] on its own.
 pub(crate) fn ttl_ms(d: Duration) -> u64 {
-    (clamp(d).as_millis() as u64).max(1)
+    (d.min(2 * LONGEST).as_millis() as u64).max(1)
 }
 
 /// A caller's timeout for request `id`, clamped to [`LONGEST`]; a zero timeout is refused (the request could never

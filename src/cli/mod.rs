@@ -166,7 +166,7 @@ fn exit_code(err: &Error) -> u8 {
         | ErrorKind::Malformed => 4,
         ErrorKind::NotFound => 5,
         ErrorKind::DuplicateId | ErrorKind::AlreadyAnswered => 6,
-        ErrorKind::Redis | ErrorKind::Lost => 7,
+        ErrorKind::Unavailable | ErrorKind::Redis | ErrorKind::Lost => 7,
         _ => 1,
     }
 }

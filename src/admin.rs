@@ -88,7 +88,8 @@ impl Admin {
     }
 
     /// Trims the requests stream (and the dead-letter stream, when the policy limits it) now, by `policy`. Never
-    /// removes an entry that is pending or not yet delivered to every group; see [`crate::retention`].
+    /// removes an entry that is pending or not yet delivered to every group (see [`RetentionPolicy`]), so it is safe
+    /// to run while responders work. `policy.enabled` is ignored: a call is an explicit request.
     pub async fn trim(&self, policy: &RetentionPolicy) -> Result<TrimReport> {
         policy.validate()?;
         let mut con = self.con().await?;

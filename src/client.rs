@@ -115,7 +115,8 @@ impl Client {
     }
 }
 
-/// Settings for a [`Client`]; every knob has a default (see [`crate::config`]).
+/// Settings for a [`Client`], checked once by [`ClientBuilder::build`]; every knob has a default, named by its
+/// setter, so only what differs needs setting.
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     url: String,

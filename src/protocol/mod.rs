@@ -1,5 +1,5 @@
-//! The wire protocol: key layout ([`keys`]), envelopes ([`envelope`]), stream entries ([`entry`]) and their
-//! MessagePack encoding (here).
+//! The wire protocol: key layout ([`ServiceKeys`]), envelopes ([`RequestEnvelope`], [`ReplyEnvelope`]), stream
+//! entry fields ([`FIELD_ID`], [`FIELD_ENVELOPE`]) and their MessagePack encoding ([`encode`], [`decode`]).
 //!
 //! Everything here is pure (no I/O) so that it can be tested and fuzzed on its own, and so that a program in
 //! another language can be written from `docs/protocol.md`, which documents exactly what this module produces.

@@ -33,7 +33,7 @@ pub struct ResponderSettings {
     /// A consumer idle this long that holds nothing is removed from the group by the reaper (default 10 min).
     pub dead_consumer_idle: Duration,
     /// How the reaper trims the requests stream (default: entries older than 24 h, never a pending or
-    /// undelivered one; see [`crate::retention`]).
+    /// undelivered one; see [`RetentionPolicy`]).
     pub retention: RetentionPolicy,
 }
 

@@ -98,7 +98,11 @@ impl RetentionPolicy {
         self
     }
 
-    /// Refuses a policy that cannot work.
+    /// Refuses a policy that cannot work. Checked by [`Admin::trim`](crate::admin::Admin::trim) and, as part of the
+    /// settings, when a responder or reaper starts.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a zero trim interval.
     pub fn validate(&self) -> Result<()> {
         if self.interval.is_zero() {
             return Err(Error::Config(

@@ -72,23 +72,29 @@ impl Admin {
         }
     }
 
-    /// The service's name.
+    /// The service's name, as given to [`Client::admin`].
     pub fn service(&self) -> &str {
         &self.service
     }
 
-    /// The service's key layout.
+    /// The service's key layout, for looking at its keys by hand.
     pub fn keys(&self) -> &ServiceKeys {
         &self.keys
     }
 
-    /// The client this admin uses.
+    /// The client this admin uses, for a requester of the same service (say, to read a replay's stored reply).
     pub fn client(&self) -> &Client {
         &self.client
     }
 
     /// Trims the requests stream (and the dead-letter stream, when the policy limits it) now, by `policy`. Never
-    /// removes an entry that is pending or not yet delivered to every group; see [`crate::retention`].
+    /// removes an entry that is pending or not yet delivered to every group (see [`RetentionPolicy`]), so it is safe
+    /// to run while responders work. `policy.enabled` is ignored: a call is an explicit request.
+    ///
+    /// # Errors
+    /// - [`Error::Config`] when the policy cannot work (see [`RetentionPolicy::validate`]);
+    /// - [`Error::Redis`] when the admin's first connection, the trim script or the dead-letter `XTRIM` fails; a
+    ///   trim of the requests stream that went through stays done.
     pub async fn trim(&self, policy: &RetentionPolicy) -> Result<TrimReport> {
         policy.validate()?;
         let mut con = self.con().await?;
@@ -123,7 +129,10 @@ impl Admin {
 }
 
 /// The services that have a requests stream in `client`'s namespace, found with `SCAN` (cheap per call, but it
-/// walks the whole keyspace: an operator tool, not a hot path).
+/// walks the whole keyspace: an operator tool, not a hot path). Sorted by name.
+///
+/// # Errors
+/// [`Error::Redis`] when connecting (a new connection per call) or a `SCAN` fails.
 pub async fn list_services(client: &Client) -> Result<Vec<String>> {
     let namespace = &client.config().namespace;
     let prefix = format!("{{{namespace}:");

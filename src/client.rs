@@ -51,12 +51,16 @@ impl Client {
     pub const DEFAULT_PAYLOAD_LIMIT: usize = crate::config::DEFAULT_PAYLOAD_LIMIT;
 
     /// A client for `url` (`redis://` or `rediss://`, with user name and password where needed) with default
-    /// settings. Connections are opened on first use.
+    /// settings. Connections are opened on first use, so an unreachable Redis is not an error here: it shows at the
+    /// first request (as [`Error::Redis`]).
+    ///
+    /// # Errors
+    /// [`Error::Config`] when `url` is not a usable Redis URL.
     pub fn open(url: &str) -> Result<Self> {
         Self::builder(url).build()
     }
 
-    /// A builder to change the settings.
+    /// A builder to change the settings. Nothing is checked until [`ClientBuilder::build`].
     pub fn builder(url: &str) -> ClientBuilder {
         ClientBuilder {
             url: url.to_owned(),
@@ -65,12 +69,13 @@ impl Client {
         }
     }
 
-    /// A requester for `service`.
+    /// A requester for `service`. Cheap: requesters of one client share its reply connection, so make one per
+    /// service (or per call) as convenient.
     pub fn requester(&self, service: &str) -> Requester {
         Requester::new(self.clone(), service)
     }
 
-    /// A builder for a responder serving `service`.
+    /// A builder for a responder serving `service`; it connects when started ([`ResponderBuilder::start`]).
     pub fn responder(&self, service: &str) -> ResponderBuilder {
         ResponderBuilder::new(self.clone(), service)
     }
@@ -80,7 +85,7 @@ impl Client {
         Admin::new(self.clone(), service)
     }
 
-    /// The namespace this client's keys live in.
+    /// The namespace this client's keys live in: clients meet only inside the same namespace.
     pub fn namespace(&self) -> &str {
         &self.inner.config.namespace
     }
@@ -90,12 +95,13 @@ impl Client {
         &self.inner.config
     }
 
-    /// The key layout of `service` in this client's namespace.
+    /// The key layout of `service` in this client's namespace, for inspecting its keys by hand (`redis-cli`).
     pub fn keys(&self, service: &str) -> ServiceKeys {
         ServiceKeys::new(&self.inner.config.namespace, service)
     }
 
-    /// Number of requests of this client currently waiting for a reply.
+    /// Number of requests of this client currently waiting for a reply (across all its requesters and clones): a
+    /// gauge for metrics, and a way to tell that a shutdown would leave callers waiting.
     pub fn in_flight(&self) -> usize {
         self.inner.router.get().map_or(0, |r| r.in_flight())
     }
@@ -115,7 +121,8 @@ impl Client {
     }
 }
 
-/// Settings for a [`Client`]; every knob has a default (see [`crate::config`]).
+/// Settings for a [`Client`], checked once by [`ClientBuilder::build`]; every knob has a default, named by its
+/// setter, so only what differs needs setting.
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     url: String,
@@ -178,7 +185,13 @@ impl ClientBuilder {
         self
     }
 
-    /// Checks the settings and builds the client. Does not connect yet.
+    /// Checks the settings and builds the client. Does not connect yet: an unreachable Redis shows at first use.
+    /// Durations above a year are clamped to a year.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when a setting cannot work: a zero command or connect timeout, an empty namespace or one
+    /// with braces (they would break the hash tag), a zero payload limit, a URL that is not a Redis URL, TLS
+    /// certificates with a URL that is not `rediss://`, or certificates that cannot be used.
     pub fn build(mut self) -> Result<Client> {
         let c = &mut self.config;
         if c.command_timeout.is_zero() || c.connect_timeout.is_zero() {

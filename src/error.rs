@@ -191,7 +191,8 @@ pub enum ErrorKind {
 }
 
 impl Error {
-    /// The cause, as a small enum.
+    /// The cause, as a small enum, for callers that branch on it (retry later on [`ErrorKind::Unavailable`], send
+    /// again if safe on [`ErrorKind::Lost`], ...). Both enums grow in new releases: keep a fallback arm.
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Timeout { .. } => ErrorKind::Timeout,

@@ -23,8 +23,13 @@ pub(crate) const DEFAULT_TRIM_INTERVAL: Duration = Duration::from_secs(60);
 /// so one script call stays short.
 const LEN_SCAN_CAP: u64 = 100_000;
 
-/// How much of the requests stream to keep. Entries beyond either limit are removed, unless they are still
-/// pending or not yet delivered to every group (see the module docs).
+/// How much of the requests stream to keep. Stream entries are the only redcall data without a TTL, so without a
+/// policy the stream grows for ever.
+///
+/// Entries beyond either limit are removed, but never past the **safe bound**: for every consumer group, the
+/// smaller of its last-delivered id and its oldest pending id. An entry that is pending (a handler may be working on
+/// it, or it waits for redelivery) or that some group has not read yet is therefore never removed, whatever the
+/// policy says; with no consumer group at all, nothing is trimmed. [`TrimReport`] tells both bounds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RetentionPolicy {
@@ -93,7 +98,11 @@ impl RetentionPolicy {
         self
     }
 
-    /// Refuses a policy that cannot work.
+    /// Refuses a policy that cannot work. Checked by [`Admin::trim`](crate::admin::Admin::trim) and, as part of the
+    /// settings, when a responder or reaper starts.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a zero trim interval.
     pub fn validate(&self) -> Result<()> {
         if self.interval.is_zero() {
             return Err(Error::Config(

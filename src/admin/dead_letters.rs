@@ -43,7 +43,11 @@ pub struct DeadLetterEntry {
 }
 
 impl DeadLetterEntry {
-    /// Decodes the request envelope (function key, params, deadline, replay info).
+    /// Decodes the request envelope (function key, params, deadline, replay info), to see what a replay would run.
+    ///
+    /// # Errors
+    /// [`Error::Decode`] when the entry carries no envelope, or one that does not decode (garbage, or another format
+    /// version): such a dead letter cannot be replayed, only purged.
     pub fn request(&self) -> Result<RequestEnvelope> {
         match &self.envelope {
             Some(bytes) if !bytes.is_empty() => protocol::decode_request(bytes),
@@ -86,7 +90,10 @@ fn value_text(v: &Value) -> Option<String> {
 }
 
 impl Admin {
-    /// Number of entries in the dead-letter stream.
+    /// Number of entries in the dead-letter stream: what waits for an operator.
+    ///
+    /// # Errors
+    /// [`Error::Redis`] when the admin's first connection or the `XLEN` fails.
     pub async fn dead_letter_count(&self) -> Result<u64> {
         let mut con = self.con().await?;
         redis::cmd("XLEN")
@@ -97,7 +104,11 @@ impl Admin {
     }
 
     /// Up to `limit` dead letters, oldest first, starting after the dead-letter id `after` (exclusive; `None`
-    /// for the start). Page with the last `dead_id` returned.
+    /// for the start). Page with the last `dead_id` returned. A `limit` of 0 counts as 1.
+    ///
+    /// # Errors
+    /// - [`Error::InvalidArgument`] when `after` is not a stream entry id (`<ms>-<seq>`);
+    /// - [`Error::Redis`] when the admin's first connection or the read fails.
     pub async fn dead_letters(
         &self,
         after: Option<&str>,
@@ -129,6 +140,11 @@ impl Admin {
 
     /// One dead letter by its dead-letter stream id; [`Error::EntryNotFound`] when there is none (never existed,
     /// replayed or purged).
+    ///
+    /// # Errors
+    /// - [`Error::InvalidArgument`] when `dead_id` is not a stream entry id (`<ms>-<seq>`);
+    /// - [`Error::EntryNotFound`] when the dead-letter stream has no such entry;
+    /// - [`Error::Redis`] when the admin's first connection or the read fails.
     pub async fn dead_letter(&self, dead_id: &str) -> Result<DeadLetterEntry> {
         check_entry_id(dead_id, false)?;
         let mut con = self.con().await?;
@@ -151,7 +167,14 @@ impl Admin {
     }
 
     /// Removes the given dead letters. Returns how many existed and were removed; `progress` gets the number of
-    /// ids processed so far. Stored replies and records of their requests expire by their TTLs.
+    /// ids processed so far. Stored replies and records of their requests expire by their TTLs. Ids that do not
+    /// exist (any more) are not an error; they are just not counted.
+    ///
+    /// # Errors
+    /// - [`Error::InvalidArgument`] when one of `dead_ids` is not a stream entry id: checked before anything is
+    ///   removed;
+    /// - [`Error::Redis`] when the admin's first connection or an `XDEL` fails. The chunks before it stay removed
+    ///   (`progress` has been told how far it got); purging the same ids again finishes the job.
     pub async fn purge_dead_letters(
         &self,
         dead_ids: &[String],
@@ -180,6 +203,10 @@ impl Admin {
     /// Removes every dead letter that existed when the purge started (dead letters added meanwhile are kept), a
     /// chunk per script call so Redis is never blocked long. Returns how many were removed; `progress` gets the
     /// running count.
+    ///
+    /// # Errors
+    /// [`Error::Redis`] when the admin's first connection, reading the stream's bounds or a purge script call fails.
+    /// What was removed before stays removed; purging again removes the rest.
     pub async fn purge_all_dead_letters(
         &self,
         mut progress: impl FnMut(u64) + Send,

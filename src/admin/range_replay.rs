@@ -21,7 +21,16 @@ impl Admin {
     ///
     /// Entries still in flight (pending in, or not yet delivered to, some group) are skipped unless
     /// [`ReplayOptions::include_in_flight`]; when a request id occurs several times in the range (an earlier
-    /// replay), only its first entry is replayed. `progress` gets the number of entries examined.
+    /// replay), only its first entry is replayed. `progress` gets the number of entries examined. Entries that
+    /// cannot be replayed are listed in the report as [`Skipped`], not errors.
+    ///
+    /// # Errors
+    /// - [`Error::InvalidArgument`] when `from` or `to` is not a stream entry id, `-`, `+` or a millisecond
+    ///   timestamp (checked before anything is read), or for a zero [`ReplayOptions::timeout`] (told only when the
+    ///   range holds an entry);
+    /// - [`Error::Redis`] when the admin's first connection or a read, a pending-entries check or the replay script
+    ///   fails. What was replayed before stays replayed, and the original entries stay in the stream: running the
+    ///   same range again replays those again.
     pub async fn replay_range(
         &self,
         from: &str,

@@ -27,7 +27,7 @@ pub const DEFAULT_REPLAY_TIMEOUT: Duration = Duration::from_secs(600);
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ReplayOptions {
-    /// The replayed request's new deadline, from the moment it is re-queued (default 10 min).
+    /// The replayed request's new deadline, from the moment it is re-queued (default 10 min); must be positive.
     pub timeout: Duration,
     /// Replay only requests for this function key (default: all).
     pub func_key: Option<String>,
@@ -47,7 +47,8 @@ impl Default for ReplayOptions {
 }
 
 impl ReplayOptions {
-    /// Sets the new deadline, counted from the replay.
+    /// Sets the new deadline, counted from the replay; a zero one is refused by the replay with
+    /// [`Error::InvalidArgument`].
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -103,6 +104,7 @@ pub enum SkipReason {
 
 impl SkipReason {
     /// Its code, as in JSON (`reason`): `not_found`, `malformed`, `in_flight`, `duplicate_id`, `payload_too_large`.
+    /// Stable, for scripts that sort skipped entries by cause.
     pub fn code(&self) -> &'static str {
         match self {
             SkipReason::NotFound => "not_found",
@@ -173,6 +175,16 @@ impl From<RawEntry> for Candidate {
 impl Admin {
     /// Replays the given dead letters (by dead-letter id), each under its request id; each is removed from the
     /// dead-letter stream in the same script that re-queues it. `progress` gets the number of ids processed.
+    ///
+    /// Dead letters that do not exist (any more), cannot be replayed (no id, undecodable envelope), repeat a request
+    /// id or grow over the payload limit are not errors: the report lists them as [`Skipped`].
+    ///
+    /// # Errors
+    /// - [`Error::InvalidArgument`] when one of `dead_ids` is not a stream entry id (checked before anything is
+    ///   replayed), or for a zero [`ReplayOptions::timeout`];
+    /// - [`Error::Redis`] when the admin's first connection, reading the dead letters or the replay script fails.
+    ///   The chunks before it stay replayed and are gone from the dead-letter stream, so replaying the same ids
+    ///   again skips them as [`SkipReason::NotFound`] and queues only the rest.
     pub async fn replay_dead_letters(
         &self,
         dead_ids: &[String],
@@ -218,7 +230,14 @@ impl Admin {
     }
 
     /// Replays every dead letter that existed when the replay started (those matching
-    /// [`ReplayOptions::func_key`], when set). `progress` gets the number of dead letters processed.
+    /// [`ReplayOptions::func_key`], when set). `progress` gets the number of dead letters processed. Dead letters
+    /// that cannot be replayed are listed in the report as [`Skipped`] and stay in the stream.
+    ///
+    /// # Errors
+    /// - [`Error::InvalidArgument`] for a zero [`ReplayOptions::timeout`] (told only when there is a dead letter);
+    /// - [`Error::Redis`] when the admin's first connection, reading the dead letters or the replay script fails.
+    ///   What was replayed before stays replayed and is gone from the dead-letter stream; running it again replays
+    ///   the rest.
     pub async fn replay_all_dead_letters(
         &self,
         opts: &ReplayOptions,

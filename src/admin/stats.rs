@@ -89,7 +89,12 @@ pub struct ConsumerStats {
 }
 
 impl Admin {
-    /// A snapshot of the service: see [`ServiceStats`].
+    /// A snapshot of the service: see [`ServiceStats`]. A service nobody has used yet (no requests stream) is not an
+    /// error: its stats show an empty stream and no groups.
+    ///
+    /// # Errors
+    /// [`Error::Redis`] when the admin's first connection or one of the reads fails, or a reply does not have the
+    /// expected shape.
     pub async fn stats(&self) -> Result<ServiceStats> {
         let mut con = self.con().await?;
         let requests = self.keys.requests();

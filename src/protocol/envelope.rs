@@ -59,7 +59,7 @@ impl RequestEnvelope {
         UNIX_EPOCH + Duration::from_millis(self.deadline_ms)
     }
 
-    /// Whether the deadline is behind `now_ms`.
+    /// Whether the deadline is behind `now_ms`: a responder then answers `expired` instead of running the request.
     pub fn is_expired(&self, now_ms: u64) -> bool {
         self.deadline_ms <= now_ms
     }

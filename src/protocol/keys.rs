@@ -10,7 +10,8 @@ pub struct ServiceKeys {
 }
 
 impl ServiceKeys {
-    /// Builds the key layout of `service` inside `namespace`.
+    /// Builds the key layout of `service` inside `namespace`: the one a client with that namespace uses, for tools
+    /// that work on the keys without a client.
     pub fn new(namespace: &str, service: &str) -> Self {
         let tag = format!("{{{namespace}:{service}}}");
         Self {

@@ -1,5 +1,5 @@
-//! The wire protocol: key layout ([`keys`]), envelopes ([`envelope`]), stream entries ([`entry`]) and their
-//! MessagePack encoding (here).
+//! The wire protocol: key layout ([`ServiceKeys`]), envelopes ([`RequestEnvelope`], [`ReplyEnvelope`]), stream
+//! entry fields ([`FIELD_ID`], [`FIELD_ENVELOPE`]) and their MessagePack encoding ([`encode`], [`decode`]).
 //!
 //! Everything here is pure (no I/O) so that it can be tested and fuzzed on its own, and so that a program in
 //! another language can be written from `docs/protocol.md`, which documents exactly what this module produces.
@@ -18,7 +18,8 @@ pub use envelope::{ReplayInfo, ReplaySource, ReplyEnvelope, ReplyStatus, Request
 pub use keys::ServiceKeys;
 pub(crate) use keys::glob_escape;
 
-/// The envelope format version this build writes and accepts.
+/// The envelope format version this build writes and accepts; an envelope of another version is refused, never
+/// guessed at.
 pub const FORMAT_VERSION: u8 = 1;
 
 /// Milliseconds since the Unix epoch, by the local clock.
@@ -31,11 +32,18 @@ pub(crate) fn now_ms() -> u64 {
 
 /// Encodes any serde value as MessagePack with named fields (maps, not arrays), the form other languages read
 /// most easily.
+///
+/// # Errors
+/// [`Error::Encode`] when `value`'s `Serialize` implementation fails, or it nests deeper than the encoder's limit
+/// (1024 levels).
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
     rmp_serde::to_vec_named(value).map_err(Error::encode)
 }
 
 /// Decodes a MessagePack document; `what` names the thing for the error message.
+///
+/// # Errors
+/// [`Error::Decode`] (naming `what`) when `bytes` is not MessagePack, or not the shape `T` expects.
 pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &'static str) -> Result<T> {
     rmp_serde::from_slice(bytes).map_err(|source| Error::Decode {
         what,
@@ -43,14 +51,21 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &'static str) -> Re
     })
 }
 
-/// Decodes a request envelope and checks its version.
+/// Decodes a request envelope and checks its version, so a request of another format is refused rather than
+/// misread.
+///
+/// # Errors
+/// [`Error::Decode`] when `bytes` is not a request envelope, or one of another [`FORMAT_VERSION`].
 pub fn decode_request(bytes: &[u8]) -> Result<RequestEnvelope> {
     let envelope: RequestEnvelope = decode(bytes, "request envelope")?;
     check_version(envelope.v, "request envelope")?;
     Ok(envelope)
 }
 
-/// Decodes a reply envelope and checks its version.
+/// Decodes a reply envelope and checks its version, so a reply of another format is refused rather than misread.
+///
+/// # Errors
+/// [`Error::Decode`] when `bytes` is not a reply envelope, or one of another [`FORMAT_VERSION`].
 pub fn decode_reply(bytes: &[u8]) -> Result<ReplyEnvelope> {
     let envelope: ReplyEnvelope = decode(bytes, "reply envelope")?;
     check_version(envelope.v, "reply envelope")?;

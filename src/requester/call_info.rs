@@ -27,7 +27,10 @@ pub struct CallInfo {
 }
 
 impl CallInfo {
-    /// Decodes the params into `T`.
+    /// Decodes the params into `T`, the handler's parameter type.
+    ///
+    /// # Errors
+    /// [`Error::Decode`] when the params do not decode into `T`.
     pub fn params<T: DeserializeOwned>(&self) -> Result<T> {
         protocol::decode(&self.params_msgpack, "request params")
     }
@@ -47,6 +50,12 @@ impl CallInfo {
 impl Requester {
     /// The function key and params of a request, read from its record in O(1). Works while the request is
     /// pending and for the record retention period after its deadline; [`Error::NotFound`] otherwise.
+    ///
+    /// # Errors
+    /// - [`Error::NotFound`] when no record exists for `id` (never made, or past its retention period);
+    /// - [`Error::Unavailable`] while the reply router reconnects: retry later;
+    /// - [`Error::Redis`] when the client's first connection or the read fails;
+    /// - [`Error::Decode`] when the record does not decode (garbage, or another format version).
     pub async fn call_info(&self, id: &str) -> Result<CallInfo> {
         let router = self.client.router().await?;
         let record =

@@ -41,7 +41,7 @@ impl Requester {
         Self { client, keys }
     }
 
-    /// The service's key layout.
+    /// The service's key layout: the Redis keys and channels this requester uses, for inspecting them by hand.
     pub fn keys(&self) -> &ServiceKeys {
         &self.keys
     }
@@ -60,7 +60,9 @@ async fn fetch_stored(router: &Router, reply_key: &str) -> Result<Option<Vec<u8>
     get_bytes(router, reply_key, "reading a stored reply").await
 }
 
-/// A fresh request id: a UUID v7, unique and sortable by creation time.
+/// A fresh request id: a UUID v7, unique and sortable by creation time. For a caller that must know the id before
+/// sending: stored with its own state first, a retry after a crash sends the same id again, and
+/// [`Requester::send`]'s duplicate check refuses the second copy.
 pub fn new_request_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }

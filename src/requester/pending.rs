@@ -35,7 +35,8 @@ impl std::fmt::Debug for PendingReply {
 }
 
 impl PendingReply {
-    /// The request id.
+    /// The request id: what finds the request and its reply after this handle is gone
+    /// ([`call_info`](crate::Requester::call_info), [`stored_reply`](crate::Requester::stored_reply)).
     pub fn id(&self) -> &str {
         &self.id
     }
@@ -53,6 +54,18 @@ impl PendingReply {
 
     /// Waits for the reply until the request's timeout (counted from `send`). On timeout, looks once for a
     /// stored reply before returning [`Error::Timeout`].
+    ///
+    /// # Errors
+    /// - [`Error::Timeout`] naming the id when no reply came in time and none is stored: the request may still be
+    ///   handled later;
+    /// - [`Error::Lost`] when Redis lost the accepted request (gone after a reconnect), before the timeout;
+    /// - the responder's answer: [`Error::Handler`] (the handler's code, or the responder's `invalid_params` and
+    ///   `payload_too_large`), [`Error::UnknownFunction`], [`Error::Malformed`], [`Error::DeadLettered`] (after
+    ///   `max_deliveries`), [`Error::Expired`];
+    /// - [`Error::Decode`] when the reply envelope, or its data as `R`, does not decode.
+    ///
+    /// Never [`Error::Unavailable`] or [`Error::Redis`]: the request was sent, so a Redis unreachable at the last
+    /// look still means [`Error::Timeout`].
     pub async fn wait<R: DeserializeOwned>(mut self) -> Result<R> {
         let Some(rx) = self.rx.take() else {
             return Err(self.timed_out());

@@ -17,12 +17,31 @@ impl Requester {
     /// future request). The first reply stored for an id wins; a later one is refused with
     /// [`Error::AlreadyAnswered`]. A responder that
     /// later picks the request up answers from this reply without running its handler.
+    ///
+    /// # Errors
+    /// - [`Error::Encode`] when `data` cannot be encoded, [`Error::PayloadTooLarge`] when the encoded reply is over
+    ///   the payload limit: nothing was sent;
+    /// - [`Error::Unavailable`] while the reply router reconnects: nothing was sent, retry later;
+    /// - [`Error::NotFound`] when no record exists for `id`: nothing was stored;
+    /// - [`Error::AlreadyAnswered`] when a reply is stored already: the first one stays;
+    /// - [`Error::Redis`] when the client's first connection or the publishing script fails.
     pub async fn publish_reply<T: Serialize + ?Sized>(&self, id: &str, data: &T) -> Result<()> {
         let reply = ReplyEnvelope::ok(id, protocol::encode(data)?);
         self.publish_envelope(&reply).await
     }
 
-    /// Answers request `id` with an error reply, as a handler's error would.
+    /// Answers request `id` with an error reply, as a handler's error would: the requester gets
+    /// [`Error::Handler`] with `code` and `message` (or, for the built-in codes `unknown_function` and
+    /// `malformed_request`, [`Error::UnknownFunction`] and [`Error::Malformed`]). Same rules as
+    /// [`Requester::publish_reply`]: the request must exist, and the first reply wins.
+    ///
+    /// # Errors
+    /// - [`Error::PayloadTooLarge`] when the encoded reply (a long `message`) is over the payload limit: nothing was
+    ///   sent;
+    /// - [`Error::Unavailable`] while the reply router reconnects: nothing was sent, retry later;
+    /// - [`Error::NotFound`] when no record exists for `id`: nothing was stored;
+    /// - [`Error::AlreadyAnswered`] when a reply is stored already: the first one stays;
+    /// - [`Error::Redis`] when the client's first connection or the publishing script fails.
     pub async fn publish_error(&self, id: &str, code: &str, message: &str) -> Result<()> {
         let reply = ReplyEnvelope::failure(id, ReplyStatus::Error, code, message);
         self.publish_envelope(&reply).await
@@ -58,7 +77,16 @@ impl Requester {
         }
     }
 
-    /// The stored reply of request `id`, if one is stored (decoded like a waited-for reply).
+    /// The stored reply of request `id`, if one is stored (decoded like a waited-for reply): how a caller that
+    /// timed out, or a replay's operator, gets the answer later. `None` when nothing is stored (not answered yet, or
+    /// past the reply TTL).
+    ///
+    /// # Errors
+    /// - a stored error reply, as [`PendingReply::wait`](crate::PendingReply::wait) returns it: [`Error::Handler`],
+    ///   [`Error::UnknownFunction`], [`Error::Malformed`], [`Error::DeadLettered`], [`Error::Expired`];
+    /// - [`Error::Decode`] when the stored reply, or its data as `R`, does not decode;
+    /// - [`Error::Unavailable`] while the reply router reconnects: retry later;
+    /// - [`Error::Redis`] when the client's first connection or the read fails.
     pub async fn stored_reply<R: DeserializeOwned>(&self, id: &str) -> Result<Option<R>> {
         let router = self.client.router().await?;
         match fetch_stored(&router, &self.keys.reply(id)).await? {

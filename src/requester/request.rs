@@ -18,6 +18,18 @@ impl Requester {
     ///
     /// The request is stored durably before this waits: if no responder answers in time, the error is
     /// [`Error::Timeout`], and the request may still be handled later (its reply is then stored under the id).
+    ///
+    /// # Errors
+    /// The errors of [`Requester::send`], then those of [`PendingReply::wait`]:
+    /// - [`Error::InvalidArgument`] for an empty `id` or a zero `timeout`, [`Error::Encode`] when `params` cannot
+    ///   be encoded, [`Error::PayloadTooLarge`] when the encoded request is over the payload limit: nothing was sent;
+    /// - [`Error::Unavailable`] while the reply router reconnects: nothing was sent, retry later;
+    /// - [`Error::DuplicateId`] when a request with this id is in flight or its record is still kept;
+    /// - [`Error::Redis`] when the client's first connection or the command adding the request fails;
+    /// - [`Error::Timeout`] naming the id, [`Error::Lost`] when Redis lost the accepted request;
+    /// - the responder's answer: [`Error::Handler`], [`Error::UnknownFunction`], [`Error::DeadLettered`],
+    ///   [`Error::Expired`], [`Error::Malformed`];
+    /// - [`Error::Decode`] when the reply, or its data as `R`, does not decode.
     pub async fn request<P, R>(
         &self,
         id: &str,
@@ -33,6 +45,10 @@ impl Requester {
     }
 
     /// Like [`Requester::request`], with an id made by redcall (UUID v7, so ids sort by time).
+    ///
+    /// # Errors
+    /// The errors of [`Requester::submit`], then those of [`PendingReply::wait`]: as [`Requester::request`], except
+    /// that a generated id is never empty and never a duplicate (no [`Error::DuplicateId`]).
     pub async fn call<P, R>(&self, func_key: &str, params: &P, timeout: Duration) -> Result<R>
     where
         P: Serialize + ?Sized,
@@ -45,6 +61,14 @@ impl Requester {
     ///
     /// A fresh UUID v7 cannot collide with an existing request, so the request is added with a plain
     /// `MULTI`/`SET`/`XADD`/`EXEC` instead of the duplicate-checking script: the same durable work, cheaper.
+    ///
+    /// # Errors
+    /// - [`Error::InvalidArgument`] for a zero `timeout`, [`Error::Encode`] when `params` cannot be encoded,
+    ///   [`Error::PayloadTooLarge`] when the encoded request is over the payload limit: nothing was sent;
+    /// - [`Error::Unavailable`] while the reply router reconnects: nothing was sent, retry later;
+    /// - [`Error::Redis`] when the client's first connection fails (nothing was sent) or the transaction adding the
+    ///   request fails. After a broken connection the request may have been added all the same; submitting again
+    ///   makes a new id, so its handler may then run twice.
     pub async fn submit<P>(
         &self,
         func_key: &str,
@@ -63,6 +87,16 @@ impl Requester {
     ///
     /// When this returns `Ok`, the request is stored (record and stream entry); the caller can do other work and
     /// call [`PendingReply::wait`] later. A reply that arrives meanwhile is kept for the handle.
+    ///
+    /// # Errors
+    /// - [`Error::InvalidArgument`] for an empty `id` or a zero `timeout`, [`Error::Encode`] when `params` cannot
+    ///   be encoded, [`Error::PayloadTooLarge`] when the encoded request is over the payload limit: nothing was sent;
+    /// - [`Error::Unavailable`] while the reply router reconnects: nothing was sent, retry later;
+    /// - [`Error::DuplicateId`] when a request with this id is in flight (in this process or another) or was made
+    ///   within its record's retention period: nothing was added;
+    /// - [`Error::Redis`] when the client's first connection fails (nothing was sent) or the command adding the
+    ///   request fails. After a broken connection the request may have been added all the same; sending it again
+    ///   with the same id then tells: [`Error::DuplicateId`] if it was.
     pub async fn send<P>(
         &self,
         id: &str,

@@ -27,7 +27,8 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
-    /// Time left until the deadline (zero when it has passed).
+    /// Time left until the deadline (zero when it has passed): a bound for the handler's own calls, since past the
+    /// deadline nobody waits for the result.
     pub fn remaining(&self) -> Duration {
         self.deadline
             .duration_since(SystemTime::now())

@@ -65,7 +65,7 @@ impl ResponderBuilder {
     }
 
     /// Registers `handler` for `func_key`: an async function taking the request context and the params decoded
-    /// into `P`, returning `R` (sent back) or a [`HandlerError`].
+    /// into `P`, returning `R` (sent back) or a [`HandlerError`]. Registering `func_key` again replaces its handler.
     ///
     /// ```no_run
     /// # async fn demo(client: redcall::Client) -> redcall::Result<()> {
@@ -89,7 +89,8 @@ impl ResponderBuilder {
         self
     }
 
-    /// Replaces all settings at once.
+    /// Replaces all settings at once (for settings built elsewhere, say from a config file); setters called after it
+    /// change single fields of them.
     pub fn settings(mut self, settings: ResponderSettings) -> Self {
         self.settings = settings;
         self
@@ -164,7 +165,14 @@ impl ResponderBuilder {
         self
     }
 
-    /// Starts the responder: creates the consumer group when missing and spawns its tasks.
+    /// Starts the responder: creates the consumer group when missing and spawns its tasks. A group created here
+    /// starts at the beginning of the stream, so requests sent before any responder existed are handled too.
+    ///
+    /// # Errors
+    /// - [`Error::Config`](crate::Error::Config) when the settings cannot work (see
+    ///   [`ResponderSettings::validate`]);
+    /// - [`Error::Redis`](crate::Error::Redis) when connecting fails or the consumer group cannot be created (for
+    ///   example when the requests stream's key holds another type). Nothing was started.
     pub async fn start(self) -> Result<Responder> {
         let settings = self.settings.clamped();
         settings.validate()?;
@@ -219,18 +227,22 @@ impl std::fmt::Debug for Responder {
 }
 
 impl Responder {
-    /// This responder's consumer name.
+    /// This responder's consumer name: how it shows in `redcall stats` and in `XINFO CONSUMERS`.
     pub fn consumer(&self) -> &str {
         &self.shared.settings.consumer
     }
 
-    /// Number of requests being handled right now.
+    /// Number of requests being handled right now: a gauge for metrics, and what a shutdown would wait for.
     pub fn in_flight(&self) -> usize {
         self.shared.in_flight_count()
     }
 
     /// Stops reading, lets in-flight handlers finish and answer within the grace period, and leaves what did not
     /// finish pending for other responders. Returns how many handlers were cut off by the grace period.
+    ///
+    /// # Errors
+    /// None today: a request that cannot be answered stays pending for redelivery instead of failing the shutdown.
+    /// The `Result` leaves room for reporting a shutdown that could not complete.
     pub async fn shutdown(mut self) -> Result<usize> {
         self.shared.stop.cancel();
         // Wait for the reader and reaper first: after them, nothing spawns request tasks any more.
@@ -269,7 +281,7 @@ impl Responder {
     /// ```
     ///
     /// # Errors
-    /// As [`Responder::shutdown`].
+    /// As [`Responder::shutdown`]: none today.
     pub async fn run_until(self, stop: impl Future<Output = ()>) -> Result<usize> {
         stop.await;
         self.shutdown().await

@@ -290,7 +290,10 @@ impl std::fmt::Debug for Reaper {
 impl Reaper {
     /// Starts a standalone reaper for `service` with `settings` (group, visibility timeout, max deliveries,
     /// reap interval, dead consumer idle time and retention are used): a pass every reap interval, a trim every
-    /// retention interval.
+    /// retention interval. Failures of a pass or a trim are logged and retried at the next tick, never returned.
+    ///
+    /// # Errors
+    /// As [`Reaper::connect`].
     pub async fn start(client: Client, service: &str, settings: ResponderSettings) -> Result<Self> {
         let reaper = Self::connect(client, service, settings).await?;
         reaper
@@ -302,6 +305,10 @@ impl Reaper {
 
     /// A standalone reaper for `service` that runs nothing by itself: only the passes and trims asked for with
     /// [`Reaper::pass`] and [`Reaper::trim`] (`redcall reap --once`).
+    ///
+    /// # Errors
+    /// - [`Error::Config`] when the settings cannot work (see [`ResponderSettings::validate`]);
+    /// - [`Error::Redis`] when connecting fails or the consumer group cannot be created.
     pub async fn connect(
         client: Client,
         service: &str,
@@ -317,17 +324,28 @@ impl Reaper {
     }
 
     /// One pass, now: what a tick of the loop does.
+    ///
+    /// # Errors
+    /// [`Error::Redis`] when listing or claiming stale entries, or listing or removing consumers, fails. The pass
+    /// stops there; what it did before stays done, and the next pass picks up the rest. A dead letter that cannot
+    /// be written is logged, not returned (and still counted): its entry stays pending for a later pass.
     pub async fn pass(&self) -> Result<ReapReport> {
         standalone_pass(&self.shared).await
     }
 
-    /// One trim by the retention policy of the reaper's settings, now.
+    /// One trim by the retention policy of the reaper's settings, now (even when the policy is disabled: a call is
+    /// an explicit request).
+    ///
+    /// # Errors
+    /// [`Error::Redis`] when the trim script or the dead-letter `XTRIM` fails; a trim of the requests stream that
+    /// went through stays done.
     pub async fn trim(&self) -> Result<TrimReport> {
         let mut con = self.shared.con.clone();
         retention::trim(&mut con, &self.shared.keys, &self.shared.settings.retention).await
     }
 
-    /// Stops the reaper and waits for its task.
+    /// Stops the reaper and waits for its task, so no pass is cut off halfway. Call it: dropping a started reaper
+    /// does not stop its task, which then runs until the runtime shuts down.
     pub async fn shutdown(self) {
         self.shared.stop.cancel();
         self.tasks.wait().await;

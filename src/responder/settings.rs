@@ -33,7 +33,7 @@ pub struct ResponderSettings {
     /// A consumer idle this long that holds nothing is removed from the group by the reaper (default 10 min).
     pub dead_consumer_idle: Duration,
     /// How the reaper trims the requests stream (default: entries older than 24 h, never a pending or
-    /// undelivered one; see [`crate::retention`]).
+    /// undelivered one; see [`RetentionPolicy`]).
     pub retention: RetentionPolicy,
 }
 
@@ -57,7 +57,14 @@ impl Default for ResponderSettings {
 }
 
 impl ResponderSettings {
-    /// Refuses settings that cannot work.
+    /// Refuses settings that cannot work. [`ResponderBuilder::start`](crate::ResponderBuilder::start) and
+    /// [`Reaper::connect`](crate::Reaper::connect) call it (after clamping durations to a year); call it yourself to
+    /// check settings before starting anything.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an empty group or consumer name, a zero concurrency or batch, a visibility timeout
+    /// under 100 ms, a zero `max_deliveries`, a zero read block time, or a retention policy that cannot work (see
+    /// [`RetentionPolicy::validate`]).
     pub fn validate(&self) -> Result<()> {
         let problem = if self.group.is_empty() || self.consumer.is_empty() {
             "group and consumer names must not be empty"

@@ -16,7 +16,7 @@ pub use pending::PendingReply;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::protocol::ServiceKeys;
+use crate::protocol::{self, ReplyEnvelope, ServiceKeys};
 use crate::router::Router;
 
 /// Makes requests to one service and answers them by hand. Cheap to clone; every clone shares the client's one
@@ -56,8 +56,24 @@ async fn get_bytes(router: &Router, key: &str, context: &'static str) -> Result<
         .map_err(Error::redis(context))
 }
 
-async fn fetch_stored(router: &Router, reply_key: &str) -> Result<Option<Vec<u8>>> {
-    get_bytes(router, reply_key, "reading a stored reply").await
+/// The stored reply of request `id`, decoded and checked to name `id` (a stored envelope of another id is refused
+/// as undecodable, never taken as this request's answer).
+async fn fetch_stored(
+    router: &Router,
+    keys: &ServiceKeys,
+    id: &str,
+) -> Result<Option<ReplyEnvelope>> {
+    let Some(bytes) = get_bytes(router, &keys.reply(id), "reading a stored reply").await? else {
+        return Ok(None);
+    };
+    let reply = protocol::decode_reply(&bytes)?;
+    if reply.id != id {
+        return Err(Error::Decode {
+            what: "stored reply",
+            message: format!("it names request {:?}, not {id:?}", reply.id),
+        });
+    }
+    Ok(Some(reply))
 }
 
 /// A fresh request id: a UUID v7, unique and sortable by creation time. For a caller that must know the id before

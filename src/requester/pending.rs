@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 
 use super::fetch_stored;
 use crate::error::{Error, Result};
-use crate::protocol::{self, ReplyStatus, ServiceKeys, codes};
+use crate::protocol::{self, ReplyEnvelope, ReplyStatus, ServiceKeys, codes};
 use crate::router::{Delivery, Router};
 
 /// A request that Redis has accepted, whose reply can be awaited. Dropping it stops listening for the reply (the
@@ -70,8 +70,8 @@ impl PendingReply {
         let Some(rx) = self.rx.take() else {
             return Err(self.timed_out());
         };
-        let bytes = match tokio::time::timeout_at(self.deadline.into(), rx).await {
-            Ok(Ok(Delivery::Reply(bytes))) => bytes,
+        let reply = match tokio::time::timeout_at(self.deadline.into(), rx).await {
+            Ok(Ok(Delivery::Reply(reply))) => reply,
             Ok(Ok(Delivery::Lost)) => {
                 return Err(Error::Lost {
                     id: self.id.clone(),
@@ -80,8 +80,8 @@ impl PendingReply {
             // The waiter was dropped without a reply (router shut down) or the time is up: last look. When Redis
             // is unreachable right then, the answer is still a timeout: the request was sent and may be handled
             // later, which an "unavailable, nothing was sent" error would deny.
-            _ => match fetch_stored(&self.router, &self.keys.reply(&self.id)).await {
-                Ok(Some(bytes)) => bytes,
+            _ => match fetch_stored(&self.router, &self.keys, &self.id).await {
+                Ok(Some(reply)) => reply,
                 Ok(None) => return Err(self.timed_out()),
                 Err(err) => {
                     tracing::debug!(id = %self.id, error = %err, "no last look at the stored reply");
@@ -89,7 +89,7 @@ impl PendingReply {
                 }
             },
         };
-        interpret_reply(&self.id, &bytes)
+        interpret_reply(&self.id, reply)
     }
 }
 
@@ -102,8 +102,7 @@ impl Drop for PendingReply {
 }
 
 /// Turns a reply envelope into the caller's result.
-pub(super) fn interpret_reply<R: DeserializeOwned>(id: &str, bytes: &[u8]) -> Result<R> {
-    let reply = protocol::decode_reply(bytes)?;
+pub(super) fn interpret_reply<R: DeserializeOwned>(id: &str, reply: ReplyEnvelope) -> Result<R> {
     let message = reply.message.unwrap_or_default();
     let code = reply.code.unwrap_or_default();
     match reply.status {

@@ -89,8 +89,8 @@ impl Requester {
     /// - [`Error::Redis`] when the client's first connection or the read fails.
     pub async fn stored_reply<R: DeserializeOwned>(&self, id: &str) -> Result<Option<R>> {
         let router = self.client.router().await?;
-        match fetch_stored(&router, &self.keys.reply(id)).await? {
-            Some(bytes) => interpret_reply(id, &bytes).map(Some),
+        match fetch_stored(&router, &self.keys, id).await? {
+            Some(reply) => interpret_reply(id, reply).map(Some),
             None => Ok(None),
         }
     }

@@ -136,7 +136,7 @@ pub(super) async fn resubscribe(
             let reply: Option<Vec<u8>> = redis::from_redis_value(reply)?;
             let record_exists: bool = redis::from_redis_value(exists)?;
             if let Some(reply) = reply {
-                waiters.complete(&w.channel, Delivery::Reply(reply));
+                waiters.deliver(&w.channel, &reply);
             } else if w.accepted && !record_exists && waiters.complete(&w.channel, Delivery::Lost) {
                 lost += 1;
             }

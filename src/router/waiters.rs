@@ -2,8 +2,12 @@
 //!
 //! A caller registers a waiter under its request's reply channel before the request is added. A reply reaches the
 //! waiter by one of three ways — a pub/sub message ([`Waiters::route_message`]), the stored reply read after a
-//! reconnect or a re-subscribe, or a `Lost` verdict when Redis forgot an accepted request — and
-//! [`Waiters::complete`] hands each waiter at most one of them: the first.
+//! reconnect or a re-subscribe ([`Waiters::deliver`]), or a `Lost` verdict when Redis forgot an accepted request —
+//! and [`Waiters::complete`] hands each waiter at most one of them: the first.
+//!
+//! A reply is taken only when it is usable: a reply envelope of a version this build speaks, naming the waiter's
+//! own request id (DESIGN 13). Anything else on the channel — garbage, another id's envelope, a future version — is
+//! logged and ignored, and the caller keeps waiting (and reads the stored reply on timeout).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -11,13 +15,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use redis::Value;
 use tokio::sync::oneshot;
 
-use crate::protocol::ServiceKeys;
+use crate::protocol::{self, ReplyEnvelope, ServiceKeys};
 
 /// What a waiting caller is handed.
 #[derive(Debug)]
 pub(crate) enum Delivery {
-    /// The reply envelope, as published or stored.
-    Reply(Vec<u8>),
+    /// The reply envelope, as published or stored, checked to answer the waiter's request.
+    Reply(ReplyEnvelope),
     /// Redis accepted the request, but after a reconnect neither its record nor a reply exists: Redis lost it.
     Lost,
 }
@@ -146,9 +150,38 @@ impl Waiters {
         let Ok(channel) = std::str::from_utf8(&channel) else {
             return;
         };
-        if !self.complete(channel, Delivery::Reply(payload)) {
+        self.deliver(channel, &payload);
+    }
+
+    /// Completes the waiter of `channel` with the reply envelope in `payload`, if it is usable: decodable, of a
+    /// known version, and naming the waiter's request id. True when a waiter took it.
+    pub(crate) fn deliver(&self, channel: &str, payload: &[u8]) -> bool {
+        // Decoded before the lock is taken: callers registering and releasing are not held up by it.
+        let reply = match protocol::decode_reply(payload) {
+            Ok(reply) => reply,
+            Err(err) => {
+                tracing::warn!(channel, error = %err, "ignoring an unusable message on a reply channel");
+                return false;
+            }
+        };
+        let mut map = self.lock();
+        let Some(waiter) = map.get(channel) else {
             tracing::debug!(channel, "reply for a caller that is no longer waiting");
+            return false;
+        };
+        if waiter.keys.id_of_reply_channel(channel) != Some(reply.id.as_str()) {
+            tracing::warn!(
+                channel,
+                reply_id = %reply.id,
+                "ignoring a reply envelope that names another request"
+            );
+            return false;
         }
+        let Some(waiter) = map.remove(channel) else {
+            return false;
+        };
+        drop(map);
+        waiter.tx.send(Delivery::Reply(reply)).is_ok()
     }
 
     /// Every waiter, as a reconnect restores them.

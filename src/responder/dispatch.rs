@@ -16,6 +16,20 @@ use super::state::Shared;
 use crate::protocol::entry::RawEntry;
 use crate::protocol::{self, ReplyEnvelope, ReplyStatus, RequestEnvelope, codes};
 
+/// What is known, before an entry is handled, of a stored reply for its request.
+///
+/// A first delivery can be of a request answered already: by hand before any responder read it, or by another
+/// group, or by this group before it was destroyed and created again over the stream's history. The read loop
+/// asks once per read which of its entries have a stored reply; those (and every redelivery) are answered from
+/// it by the `ANSWER_FROM_STORED` script instead of running the handler again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stored {
+    /// Redis said there is none: run the handler.
+    None,
+    /// Redis said there is one, or could not be asked: answer from it if it is there.
+    Maybe,
+}
+
 /// A handler's outcome, or the panic it raised.
 type HandlerResult = std::thread::Result<Outcome>;
 
@@ -46,11 +60,13 @@ fn next_step(id: &str, outcome: HandlerResult) -> Next {
 
 impl Shared {
     /// Starts handling one entry in its own task, with `permit` or, without one, after waiting for one. The entry
-    /// counts as in flight from now on, so its claim is refreshed even while it waits.
+    /// counts as in flight from now on, so its claim is refreshed even while it waits. `stored` says whether the
+    /// request may have a stored reply already (see [`Stored`]).
     pub(crate) fn spawn_entry(
         self: &Arc<Self>,
         entry: RawEntry,
         delivery: u64,
+        stored: Stored,
         permit: Option<OwnedSemaphorePermit>,
     ) {
         let tracked = self.track(&entry.entry_id);
@@ -65,28 +81,29 @@ impl Shared {
                 },
             };
             if permit.is_some() {
-                shared.handle_entry(entry, delivery).await;
+                shared.handle_entry(entry, delivery, stored).await;
             }
         });
     }
 
     /// Starts a first delivery read by the read loop. On a current-thread runtime, a well-formed, unexpired request
-    /// whose handler is done at its first poll (most are) is run right here and its answer queued for the finisher,
-    /// without a task, a claim to keep alive or a wait; anything else goes to [`Shared::spawn_entry`], which
-    /// handles every case.
+    /// known to have no stored reply, whose handler is done at its first poll (most are), is run right here and its
+    /// answer queued for the finisher, without a task, a claim to keep alive or a wait; anything else goes to
+    /// [`Shared::spawn_entry`], which handles every case.
     pub(crate) fn start_entry(
         self: &Arc<Self>,
         entry: RawEntry,
+        stored: Stored,
         permit: Option<OwnedSemaphorePermit>,
     ) {
-        if !self.inline_first_poll {
-            return self.spawn_entry(entry, 1, permit);
+        if !self.inline_first_poll || stored != Stored::None {
+            return self.spawn_entry(entry, 1, stored, permit);
         }
         let Some(permit) = permit else {
-            return self.spawn_entry(entry, 1, None);
+            return self.spawn_entry(entry, 1, stored, None);
         };
         let Some((request, handler)) = self.admit_quickly(&entry) else {
-            return self.spawn_entry(entry, 1, Some(permit));
+            return self.spawn_entry(entry, 1, stored, Some(permit));
         };
         let ctx = self.context(&request, &entry, 1);
         // The handler's own code runs inside both guards: building its future and its first poll may panic.
@@ -175,7 +192,7 @@ impl Shared {
 
     /// Everything that happens to one delivered entry; never panics, never returns an error: every failure ends
     /// as a reply, a dead letter, or an entry left pending for redelivery.
-    async fn handle_entry(self: &Arc<Self>, entry: RawEntry, delivery: u64) {
+    async fn handle_entry(self: &Arc<Self>, entry: RawEntry, delivery: u64, stored: Stored) {
         let mut request = match entry.check(self.client.config()) {
             Ok(request) => request,
             Err((code, message)) => {
@@ -194,7 +211,10 @@ impl Shared {
         let id = request.id.clone();
         tracing::debug!(%id, func_key = %request.func_key, entry_id = %entry.entry_id, delivery, "handling");
 
-        if delivery > 1 && self.answer_from_stored(&id, &entry.entry_id).await {
+        // Answered once (DESIGN 6): a request with a stored reply is answered from it, on every delivery.
+        if (stored != Stored::None || delivery > 1)
+            && self.answer_from_stored(&id, &entry.entry_id).await
+        {
             tracing::debug!(%id, "answered from the stored reply; handler not run again");
             return;
         }

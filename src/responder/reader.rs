@@ -9,6 +9,7 @@ use redis::Value;
 use redis::aio::MultiplexedConnection;
 use redis::streams::StreamReadOptions;
 
+use super::dispatch::Stored;
 use super::state::Shared;
 use crate::backoff::Backoff;
 use crate::connection;
@@ -64,13 +65,14 @@ pub(crate) async fn read_loop(shared: Arc<Shared>) {
         match read.map(RawEntry::from_read_reply) {
             Ok(Some(entries)) => {
                 backoff.reset();
-                for entry in entries {
+                let stored = stored_replies(con, &shared, &entries).await;
+                for (entry, stored) in entries.into_iter().zip(stored) {
                     // Taken before the next read, so the next read sees only truly free permits. The reaper may
                     // have taken some while this read blocked: an entry without one waits for it in its own
                     // tracked task (claim kept fresh, given up when the grace period ends), not here, where it
                     // would hold up the loop and a shutdown.
                     let permit = shared.permits.clone().try_acquire_owned().ok();
-                    shared.start_entry(entry, permit);
+                    shared.start_entry(entry, stored, permit);
                 }
             }
             Ok(None) => backoff.reset(),
@@ -90,6 +92,34 @@ pub(crate) async fn read_loop(shared: Arc<Shared>) {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Which of `entries` may have a stored reply already, in one round trip for the whole read (one `EXISTS` per
+/// entry, pipelined on the reader's own connection, idle between reads). When Redis cannot be asked, every entry
+/// counts as [`Stored::Maybe`]: it is then checked on its own before its handler runs.
+async fn stored_replies(
+    con: &mut MultiplexedConnection,
+    shared: &Shared,
+    entries: &[RawEntry],
+) -> Vec<Stored> {
+    let mut pipe = redis::Pipeline::with_capacity(entries.len());
+    for entry in entries {
+        // An entry without an id is dead-lettered unread: its answer does not depend on a stored reply.
+        let id = entry.request_id.as_deref().unwrap_or_default();
+        pipe.exists(shared.keys.reply(id));
+    }
+    match pipe.query_async::<Vec<bool>>(con).await {
+        Ok(found) if found.len() == entries.len() => found
+            .into_iter()
+            .map(|f| if f { Stored::Maybe } else { Stored::None })
+            .collect(),
+        other => {
+            if let Err(err) = other {
+                tracing::debug!(error = %err, "could not look for stored replies; checking each entry");
+            }
+            vec![Stored::Maybe; entries.len()]
         }
     }
 }

@@ -18,6 +18,7 @@ use redis::streams::{
 use tokio_util::task::TaskTracker;
 
 use super::dead_letter::DeadLetter;
+use super::dispatch::Stored;
 use super::settings::ResponderSettings;
 use super::state::Shared;
 use crate::client::Client;
@@ -167,7 +168,7 @@ async fn reclaim(shared: &Arc<Shared>) -> Result<ReapReport> {
         }
         report.reclaimed += 1;
         let permit = shared.permits.clone().try_acquire_owned().ok();
-        shared.spawn_entry(raw, deliveries, permit);
+        shared.spawn_entry(raw, deliveries, Stored::Maybe, permit);
     }
     Ok(report)
 }

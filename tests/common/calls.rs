@@ -13,6 +13,8 @@ use super::{RedisServer, redis_con};
 pub const GENEROUS: Duration = Duration::from_secs(20);
 /// Deadline for conditions the tests wait for.
 pub const WAIT: Duration = Duration::from_secs(15);
+/// A send that fails while Redis is down must fail at least this fast (its timeout is far longer).
+pub const FAIL_FAST: Duration = Duration::from_secs(2);
 
 /// The typed params of the `quote` handler.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

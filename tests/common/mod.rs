@@ -25,8 +25,8 @@ use std::time::Duration;
 // Each test binary uses a part of the harness: the re-exports the others use are unused in it.
 #[allow(unused_imports)]
 pub use calls::{
-    GENEROUS, Order, Quote, WAIT, connect_router, fresh_request_succeeds, order, start_responder,
-    store_reply_silently,
+    FAIL_FAST, GENEROUS, Order, Quote, WAIT, connect_router, fresh_request_succeeds, order,
+    start_responder, store_reply_silently,
 };
 #[allow(unused_imports)]
 pub use env::TestEnv;

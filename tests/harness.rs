@@ -1,4 +1,8 @@
-//! Self-test of the shared harness in `tests/common`.
+//! Self-test of the shared harness in `tests/common` and the spawner it wraps (`src/cli/redis_server.rs`).
+//!
+//! No guarantee of DESIGN: it proves what the tests of 12 (Redis going away) rely on, that a server killed and
+//! restarted on its port and directory keeps what its AOF holds and loses the rest without one, that a graceful stop
+//! flushes an `everysec` AOF, and that servers, children and directories go away on drop.
 
 mod common;
 

@@ -36,7 +36,8 @@ pub use inspect::{pending_count, redis_con, subscribed_channels};
 pub use process::{ChildGuard, redcall_bin, responder_log, run_cli, spawn_serve};
 #[allow(unused_imports)]
 pub use server::{
-    AofPolicy, RedisOptions, RedisServer, free_port, kill_blocking, ping_port, restart_blocking,
+    AofPolicy, RedisOptions, RedisServer, free_port, kill_blocking, ping_port, redis_server,
+    restart_blocking,
 };
 
 /// Poll interval of [`wait_until`].

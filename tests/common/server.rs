@@ -1,8 +1,9 @@
 //! The tests' throwaway Redis: the spawner `src/cli/redis_server.rs` (which `redcall bench` uses too), with the
 //! conveniences tests want on top: panics that carry the server's log instead of `Result`s, and `redis-cli`.
 
+/// The spawner itself, for tests of its `Result`s.
 #[path = "../../src/cli/redis_server.rs"]
-mod redis_server;
+pub mod redis_server;
 
 use std::ops::{Deref, DerefMut};
 use std::process::{Command, Stdio};

@@ -1,17 +1,15 @@
 //! [`TestEnv`], the setup most tests start from: a throwaway server, a client connected to it and a service name
 //! of the test's own.
 
-use std::process::Output;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use redcall::protocol::ServiceKeys;
 use redcall::{Admin, Client, ClientBuilder, Requester, ResponderBuilder};
 
-use super::{ChildGuard, RedisServer, connect_router, redis_con, run_cli, spawn_serve};
+use super::{ChildGuard, RedisServer, redis_con, spawn_serve};
 
 /// A throwaway `redis-server`, a [`Client`] of it and a fresh service name. Tests that need a special server (AOF,
-/// restarts, ACL users, TLS) start their own [`RedisServer`] and, where the rest is the same, pass it to
-/// [`TestEnv::on`].
+/// restarts, ACL users, TLS) start their own [`RedisServer`]. The fields are public: a test that works with them
+/// directly takes the environment apart (`let TestEnv { server, client, service } = TestEnv::new();`).
 pub struct TestEnv {
     /// The server, killed when the environment drops.
     pub server: RedisServer,
@@ -24,24 +22,12 @@ pub struct TestEnv {
 impl TestEnv {
     /// A new server with default options and a client with default settings.
     pub fn new() -> Self {
-        Self::on(RedisServer::start())
+        Self::with_client(|builder| builder)
     }
 
     /// A new server and a client built by `configure` (payload limit, TTLs, namespace...).
     pub fn with_client(configure: impl FnOnce(ClientBuilder) -> ClientBuilder) -> Self {
-        Self::on_with_client(RedisServer::start(), configure)
-    }
-
-    /// A client with default settings of a server the test started itself.
-    pub fn on(server: RedisServer) -> Self {
-        Self::on_with_client(server, |builder| builder)
-    }
-
-    /// A client built by `configure` of a server the test started itself.
-    pub fn on_with_client(
-        server: RedisServer,
-        configure: impl FnOnce(ClientBuilder) -> ClientBuilder,
-    ) -> Self {
+        let server = RedisServer::start();
         let client = configure(Client::builder(&server.url()))
             .build()
             .expect("client");
@@ -62,14 +48,6 @@ impl TestEnv {
         self.client.requester(&self.service)
     }
 
-    /// A requester of the service whose reply router is connected already, so what the test does next starts on a
-    /// live connection.
-    pub async fn connected_requester(&self) -> Requester {
-        let requester = self.requester();
-        connect_router(&requester).await;
-        requester
-    }
-
     /// A responder builder for the service; add handlers and `start()` it.
     pub fn responder(&self) -> ResponderBuilder {
         self.client.responder(&self.service)
@@ -78,11 +56,6 @@ impl TestEnv {
     /// The admin API of the service.
     pub fn admin(&self) -> Admin {
         self.client.admin(&self.service)
-    }
-
-    /// The service's keys and channels.
-    pub fn keys(&self) -> ServiceKeys {
-        self.client.keys(&self.service)
     }
 
     /// Another client of the same server, with default settings: what another process would use.
@@ -98,11 +71,6 @@ impl TestEnv {
     /// Starts `redcall serve` for the service as consumer `name` (see [`spawn_serve`]).
     pub fn serve(&self, name: &str, global: &[&str], extra: &[&str]) -> ChildGuard {
         spawn_serve(&self.server, &self.service, name, global, extra)
-    }
-
-    /// Runs `redcall --url <server> --service <service> <args>` to completion.
-    pub fn run_cli(&self, args: &[&str]) -> Output {
-        run_cli(&self.server, &self.service, args)
     }
 }
 

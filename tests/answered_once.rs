@@ -42,7 +42,10 @@ async fn counting_responder(
 fn group_caught_up(server: &RedisServer, stream: &str, group: &str) -> bool {
     let out = server.cli(&["XINFO", "GROUPS", stream]);
     let lines: Vec<&str> = out.lines().map(str::trim).collect();
-    let Some(at) = lines.windows(2).position(|w| w[0] == "name" && w[1] == group) else {
+    let Some(at) = lines
+        .windows(2)
+        .position(|w| w[0] == "name" && w[1] == group)
+    else {
         return false;
     };
     let field = |name: &str| {
@@ -78,10 +81,18 @@ async fn a_recreated_group_does_not_run_answered_requests_again() {
     // The group is lost (destroyed here; a restart that kept the stream but not the group is the same): the next
     // responder creates it at 0, and the three answered entries are delivered to it as first deliveries.
     let stream = client.keys("recreated").requests().to_owned();
-    assert_eq!(server.cli(&["XGROUP", "DESTROY", &stream, "workers"]).trim(), "1");
+    assert_eq!(
+        server
+            .cli(&["XGROUP", "DESTROY", &stream, "workers"])
+            .trim(),
+        "1"
+    );
     let responder = counting_responder(&client, "recreated", "workers", &runs).await;
     assert!(
-        wait_until(GENEROUS, || async { group_caught_up(&server, &stream, "workers") }).await,
+        wait_until(GENEROUS, || async {
+            group_caught_up(&server, &stream, "workers")
+        })
+        .await,
         "the recreated group read the history and acked it"
     );
     assert_eq!(
@@ -104,7 +115,10 @@ async fn a_second_group_over_history_answers_from_the_stored_replies() {
     let other = counting_responder(&client, "two-groups", "b", &second).await;
     let stream = client.keys("two-groups").requests().to_owned();
     assert!(
-        wait_until(GENEROUS, || async { group_caught_up(&server, &stream, "b") }).await,
+        wait_until(GENEROUS, || async {
+            group_caught_up(&server, &stream, "b")
+        })
+        .await,
         "group b read the history and acked it"
     );
     assert_eq!(first.load(Ordering::SeqCst), 3);
@@ -136,7 +150,10 @@ async fn a_request_answered_by_hand_before_any_responder_is_not_run() {
     let responder = counting_responder(&client, "by-hand", "workers", &runs).await;
     let stream = requester.keys().requests().to_owned();
     assert!(
-        wait_until(GENEROUS, || async { group_caught_up(&server, &stream, "workers") }).await,
+        wait_until(GENEROUS, || async {
+            group_caught_up(&server, &stream, "workers")
+        })
+        .await,
         "the responder read the request and acked it"
     );
     assert_eq!(

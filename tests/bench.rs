@@ -1,5 +1,8 @@
 //! Smoke test of `redcall bench`: tiny settings against a harness Redis, checking that it reports both systems
 //! in parseable JSON. Not a timed assertion: the figures themselves are only checked to be positive.
+//!
+//! DESIGN The parts (the CLI's `bench`); no numbered guarantee: the contract wants benchmarks to show the guarantees
+//! are met, and this only checks that the bench runs and reports.
 
 mod common;
 

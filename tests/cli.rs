@@ -1,5 +1,9 @@
 //! The `redcall` binary as people and scripts use it: real processes against a throwaway `redis-server`,
 //! including the original two-program flow (`call` waits while another program runs `info` and `reply`).
+//!
+//! DESIGN The parts (the CLI: `call`, `info`, `reply`, `serve` with its demo handlers, `demo`; human output and
+//! `--json`; exit codes), and through the binary 1 (request, timeout naming the id), 2 (call info by id), 3 (a reply
+//! published by hand) and 5 (a handler's error reaches the caller).
 
 mod common;
 

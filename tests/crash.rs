@@ -1,5 +1,11 @@
 //! Crash tolerance: responders die, panic, stall and shut down; no request is lost.
 //!
+//! DESIGN 5 (failures: a panic, a retry or a dead process leaves the entry pending for redelivery after the visibility
+//! timeout; past `max_deliveries` it is dead-lettered and the requester told at once), 6 (answered once: a redelivered
+//! request with a stored reply is not run again), 7 (long handlers keep their claim), 8 (the reaper hands a dead
+//! responder's work to another), 9 (shutdown: stop reading, finish in-flight work within the grace period, leave the
+//! rest pending), 4 (an expired request is not started).
+//!
 //! These tests run real `redcall serve` processes against a throwaway redis-server, kill them with SIGKILL or stop
 //! them with SIGTERM, and check from the requester's side that every request is answered.
 
@@ -10,7 +16,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{ChildGuard, RedisServer, redis_con, spawn_serve, wait_until};
+use common::{ChildGuard, RedisServer, TestEnv, redis_con, spawn_serve, wait_until};
 use redcall::{Client, ErrorKind};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
@@ -48,20 +54,23 @@ async fn pending_becomes(
     .await
 }
 
-/// A throwaway Redis, a client and a requester for `service`, and a plain connection for inspecting Redis.
-async fn setup(
-    service: &str,
-) -> (
+/// A [`TestEnv`] taken apart (the server, a client and the service's name), a requester of the service, and a plain
+/// connection for inspecting Redis.
+async fn setup() -> (
     RedisServer,
     Client,
+    String,
     redcall::Requester,
     redis::aio::MultiplexedConnection,
 ) {
-    let server = RedisServer::start();
-    let client = Client::open(&server.url()).expect("client");
-    let requester = client.requester(service);
+    let TestEnv {
+        server,
+        client,
+        service,
+    } = TestEnv::new();
+    let requester = client.requester(&service);
     let con = redis_con(&server).await;
-    (server, client, requester, con)
+    (server, client, service, requester, con)
 }
 
 /// How many times the `work` handler ran for each request id.
@@ -103,8 +112,8 @@ async fn dead_letters(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_responder_work_is_completed_by_another() {
-    let service = "crash-kill";
-    let (server, _client, requester, mut con) = setup(service).await;
+    let (server, _client, service, requester, mut con) = setup().await;
+    let service = service.as_str();
 
     let mut first = spawn_serve(
         &server,
@@ -162,8 +171,8 @@ async fn killed_responder_work_is_completed_by_another() {
 async fn chaos_kills_lose_no_request() {
     const REQUESTS: usize = 2000;
     const RESPONDERS: usize = 3;
-    let service = "crash-chaos";
-    let (server, _client, requester, mut con) = setup(service).await;
+    let (server, _client, service, requester, mut con) = setup().await;
+    let service = service.as_str();
     let flags = ["--visibility-timeout", "800", "--concurrency", "32"];
     let mut responders: Vec<ChildGuard> = (0..RESPONDERS)
         .map(|i| spawn_serve(&server, service, &format!("chaos-{i}-0"), &[], &flags))
@@ -236,8 +245,8 @@ async fn chaos_kills_lose_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_request_is_dead_lettered_and_requester_told() {
-    let service = "crash-poison";
-    let (server, _client, requester, mut con) = setup(service).await;
+    let (server, _client, service, requester, mut con) = setup().await;
+    let service = service.as_str();
     let _responder = spawn_serve(
         &server,
         service,
@@ -283,8 +292,8 @@ async fn poison_request_is_dead_lettered_and_requester_told() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_requests_come_back_then_dead_letter() {
-    let service = "crash-retry";
-    let (server, _client, requester, mut con) = setup(service).await;
+    let (server, _client, service, requester, mut con) = setup().await;
+    let service = service.as_str();
     let _responder = spawn_serve(
         &server,
         service,
@@ -307,8 +316,8 @@ async fn retry_requests_come_back_then_dead_letter() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_handler_is_not_stolen() {
-    let service = "crash-long";
-    let (server, _client, requester, mut con) = setup(service).await;
+    let (server, _client, service, requester, mut con) = setup().await;
+    let service = service.as_str();
     let flags = ["--visibility-timeout", "400"];
     let _a = spawn_serve(&server, service, "long-a", &[], &flags);
     let _b = spawn_serve(&server, service, "long-b", &[], &flags);
@@ -341,8 +350,8 @@ async fn long_handler_is_not_stolen() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_work() {
-    let service = "crash-drain";
-    let (server, _client, requester, mut con) = setup(service).await;
+    let (server, _client, service, requester, mut con) = setup().await;
+    let service = service.as_str();
     let mut responder = spawn_serve(&server, service, "drain", &[], &["--grace", "10000"]);
 
     let mut waits = Vec::new();
@@ -413,8 +422,8 @@ fn blocked_clients(server: &RedisServer) -> u64 {
 /// another responder, while the in-flight one is still finished and answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_responder_takes_no_new_entry() {
-    let service = "crash-stop-reading";
-    let (server, client, requester, mut con) = setup(service).await;
+    let (server, client, service, requester, mut con) = setup().await;
+    let service = service.as_str();
     let gate = Arc::new(Semaphore::new(0));
     let handler_gate = gate.clone();
     let stopping = client
@@ -493,8 +502,8 @@ async fn a_stopping_responder_takes_no_new_entry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grace_cut_off_leaves_work_pending_for_others() {
-    let service = "crash-grace";
-    let (_server, client, requester, mut con) = setup(service).await;
+    let (_server, client, service, requester, mut con) = setup().await;
+    let service = service.as_str();
     let slow = client
         .responder(service)
         .consumer("slow")
@@ -540,8 +549,8 @@ async fn grace_cut_off_leaves_work_pending_for_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_request_is_not_started() {
-    let service = "crash-expired";
-    let (server, _client, requester, mut con) = setup(service).await;
+    let (server, _client, service, requester, mut con) = setup().await;
+    let service = service.as_str();
 
     let err = requester
         .request::<_, Value>(
@@ -577,8 +586,8 @@ async fn expired_request_is_not_started() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redelivered_request_with_stored_reply_is_not_run_again() {
-    let service = "crash-once";
-    let (server, _client, requester, mut con) = setup(service).await;
+    let (server, _client, service, requester, mut con) = setup().await;
+    let service = service.as_str();
 
     // A responder takes the request and dies without answering; meanwhile a reply is published by hand.
     let mut first = spawn_serve(

@@ -1,4 +1,8 @@
-//! Self-test of the shared harness in `tests/common`.
+//! Self-test of the shared harness in `tests/common` and the spawner it wraps (`src/cli/redis_server.rs`).
+//!
+//! No guarantee of DESIGN: it proves what the tests of 12 (Redis going away) rely on, that a server killed and
+//! restarted on its port and directory keeps what its AOF holds and loses the rest without one, that a graceful stop
+//! flushes an `everysec` AOF, and that servers, children and directories go away on drop.
 
 mod common;
 
@@ -7,7 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{AofPolicy, ChildGuard, RedisOptions, RedisServer, ping_port, redcall_bin};
+use common::{
+    AofPolicy, ChildGuard, RedisOptions, RedisServer, ping_port, redcall_bin, redis_server,
+};
 
 #[test]
 fn server_starts_and_answers() {
@@ -123,4 +129,75 @@ async fn wait_until_polls_until_true_or_deadline() {
 #[should_panic(expected = "exited early")]
 fn bad_config_panics_with_reason() {
     RedisServer::start_with(RedisOptions::default().arg("--no-such-option").arg("1"));
+}
+
+#[test]
+fn the_pid_is_the_servers_own() {
+    let server = RedisServer::start();
+    let pid = server.pid().expect("running");
+    assert!(
+        server
+            .cli(&["INFO", "server"])
+            .lines()
+            .any(|l| l.trim() == format!("process_id:{pid}")),
+        "INFO server names another process than {pid}"
+    );
+    assert!(
+        server.log_tail(50).contains("Ready to accept connections"),
+        "log tail: {}",
+        server.log_tail(50)
+    );
+}
+
+#[test]
+fn a_server_with_a_password_counts_as_up() {
+    let server =
+        RedisServer::start_with(RedisOptions::default().arg("--requirepass").arg("s3cret"));
+    assert!(!server.ping(), "PING without AUTH is refused");
+    assert!(server.cli(&["PING"]).contains("NOAUTH"));
+    assert_eq!(
+        server.cli(&["-a", "s3cret", "--no-auth-warning", "PING"]),
+        "PONG"
+    );
+}
+
+#[test]
+fn a_missing_binary_is_an_error_at_once() {
+    let started = std::time::Instant::now();
+    let err = redis_server::RedisServer::start("redcall-test-no-such-server")
+        .expect_err("no such binary");
+    assert!(matches!(err, redis_server::Error::Spawn { .. }), "{err:?}");
+    assert!(err.to_string().contains("is it installed?"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "retried a binary that cannot run"
+    );
+    let message: String = err.into();
+    assert!(message.contains("redcall-test-no-such-server"), "{message}");
+}
+
+#[test]
+fn stop_removes_the_directory_and_restart_brings_it_back() {
+    let mut server = redis_server::RedisServer::start_with(
+        RedisOptions::default().dir_prefix("redcall-harness-"),
+    )
+    .expect("start");
+    let (port, dir) = (server.port(), server.dir().to_path_buf());
+    assert!(
+        dir.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("redcall-harness-")
+    );
+    server.stop();
+    assert!(server.pid().is_none() && !ping_port(port) && !dir.exists());
+    server.stop();
+    server.restart().expect("restart after a stop");
+    assert_eq!((server.port(), server.dir()), (port, dir.as_path()));
+    assert!(server.ping());
+    server.stop_gracefully().expect("SIGTERM");
+    assert!(
+        !ping_port(port) && dir.exists(),
+        "a graceful stop keeps the directory"
+    );
 }

@@ -1,12 +1,16 @@
 //! The reaper's housekeeping: dead consumers are removed, entries deleted while pending are dropped, and exhausted
 //! entries are dead-lettered by a standalone reaper.
+//!
+//! DESIGN 8 (the reaper, in a responder or standalone: claims idle entries, copes with entries deleted meanwhile,
+//! removes dead consumers that hold nothing), 5 (past `max_deliveries` an entry is dead-lettered and the requester
+//! told), 6 (answered once: an exhausted entry with a stored reply is answered from it, not dead-lettered).
 
 mod common;
 
 use std::time::Duration;
 
-use common::{RedisServer, pending_count, run_cli, wait_until};
-use redcall::{Client, ErrorKind, Reaper, ResponderSettings};
+use common::{RedisServer, TestEnv, pending_count, run_cli, wait_until};
+use redcall::{ErrorKind, Reaper, ResponderSettings};
 use serde_json::{Value, json};
 
 const GROUP: &str = "workers";
@@ -45,9 +49,12 @@ fn consumers(server: &RedisServer, stream: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_consumers_holding_nothing_are_removed() {
-    let server = RedisServer::start();
-    let client = Client::open(&server.url()).expect("client");
-    let service = "reap-consumers";
+    let TestEnv {
+        server,
+        client,
+        service,
+    } = TestEnv::new();
+    let service = service.as_str();
     let stream = client.keys(service).requests().to_owned();
     let reaper = Reaper::start(client.clone(), service, settings(60_000))
         .await
@@ -83,9 +90,12 @@ async fn dead_consumers_holding_nothing_are_removed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_deleted_while_pending_are_dropped_and_serving_goes_on() {
-    let server = RedisServer::start();
-    let client = Client::open(&server.url()).expect("client");
-    let service = "reap-deleted";
+    let TestEnv {
+        server,
+        client,
+        service,
+    } = TestEnv::new();
+    let service = service.as_str();
     let stream = client.keys(service).requests().to_owned();
     let requester = client.requester(service);
     // The group must exist before the dead consumer reads.
@@ -150,9 +160,12 @@ async fn entries_deleted_while_pending_are_dropped_and_serving_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_reaper_dead_letters_exhausted_entries_only() {
-    let server = RedisServer::start();
-    let client = Client::open(&server.url()).expect("client");
-    let service = "reap-standalone";
+    let TestEnv {
+        server,
+        client,
+        service,
+    } = TestEnv::new();
+    let service = service.as_str();
     let stream = client.keys(service).requests().to_owned();
     let requester = client.requester(service);
     let reaper = Reaper::start(client.clone(), service, settings(100))
@@ -192,9 +205,12 @@ async fn standalone_reaper_dead_letters_exhausted_entries_only() {
 /// `redcall reap --once` reports what its one pass did: no loop of its own runs beside it and takes the work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reap_once_reports_what_its_pass_did() {
-    let server = RedisServer::start();
-    let client = Client::open(&server.url()).expect("client");
-    let service = "reap-once";
+    let TestEnv {
+        server,
+        client,
+        service,
+    } = TestEnv::new();
+    let service = service.as_str();
     let stream = client.keys(service).requests().to_owned();
     server.cli(&["XGROUP", "CREATE", &stream, GROUP, "0", "MKSTREAM"]);
     let requester = client.requester(service);
@@ -233,9 +249,12 @@ async fn reap_once_reports_what_its_pass_did() {
 /// entry not acknowledged) is answered from that reply and acknowledged by the reaper, not dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_entry_with_a_stored_reply_is_not_dead_lettered() {
-    let server = RedisServer::start();
-    let client = Client::open(&server.url()).expect("client");
-    let service = "reap-answered";
+    let TestEnv {
+        server,
+        client,
+        service,
+    } = TestEnv::new();
+    let service = service.as_str();
     let stream = client.keys(service).requests().to_owned();
     let requester = client.requester(service);
     let reaper = Reaper::connect(client.clone(), service, settings(100))

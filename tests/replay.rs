@@ -1,4 +1,8 @@
 //! Operations: stats, dead-letter list/show/replay/purge and range replay, against a real redis-server.
+//!
+//! DESIGN 11 (replay: dead letters listed, inspected, replayed one, several or all, and purged; a range of the
+//! requests stream replayed), 2 (call info shows a replay's provenance); The parts (admin stats, and the CLI's `stats`,
+//! `dlq`, `replay` and `info`).
 
 mod common;
 
@@ -7,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{ChildGuard, RedisServer, redcall_bin, redis_con, run_cli, wait_until};
+use common::{ChildGuard, RedisServer, TestEnv, redcall_bin, redis_con, run_cli, wait_until};
 use futures_util::future::join_all;
 use redcall::admin::{ReplayOptions, SkipReason};
 use redcall::protocol::ReplaySource;
@@ -124,9 +128,12 @@ fn cli_json(server: &RedisServer, service: &str, args: &[&str]) -> serde_json::V
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_match_a_known_state() {
-    let server = RedisServer::start();
-    let client = Client::open(&server.url()).expect("client");
-    let service = "stats";
+    let TestEnv {
+        server,
+        client,
+        service,
+    } = TestEnv::new();
+    let service = service.as_str();
     let requester = client.requester(service);
     let admin = client.admin(service);
 
@@ -181,7 +188,7 @@ async fn stats_match_a_known_state() {
         .await
         .expect("start responder");
     // A second group that has read nothing: everything is lag for it.
-    server.cli(&["XGROUP", "CREATE", "{redcall:stats}:requests", "audit", "0"]);
+    server.cli(&["XGROUP", "CREATE", admin.keys().requests(), "audit", "0"]);
 
     let settled = wait_until(WAIT, || {
         let admin = admin.clone();
@@ -283,9 +290,12 @@ async fn stats_match_a_known_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letter_replay_of_1000_entries_is_answered() {
     const N: usize = 1000;
-    let server = RedisServer::start();
-    let client = Client::open(&server.url()).expect("client");
-    let service = "dlq";
+    let TestEnv {
+        server,
+        client,
+        service,
+    } = TestEnv::new();
+    let service = service.as_str();
     let requester = client.requester(service);
     let admin = client.admin(service);
 
@@ -371,9 +381,12 @@ async fn dead_letter_replay_of_1000_entries_is_answered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dlq_commands_of_the_binary() {
-    let server = RedisServer::start();
-    let client = Client::open(&server.url()).expect("client");
-    let service = "dlqcli";
+    let TestEnv {
+        server,
+        client,
+        service,
+    } = TestEnv::new();
+    let service = service.as_str();
     let requester = client.requester(service);
     let admin = client.admin(service);
     let first = serve_without_count(&server, service);
@@ -480,9 +493,12 @@ async fn dlq_commands_of_the_binary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replaying_a_range_reruns_exactly_that_range() {
     const N: usize = 30;
-    let server = RedisServer::start();
-    let client = Client::open(&server.url()).expect("client");
-    let service = "range";
+    let TestEnv {
+        server,
+        client,
+        service,
+    } = TestEnv::new();
+    let service = service.as_str();
     let requester = client.requester(service);
     let admin = client.admin(service);
     let runs = Runs::default();
@@ -567,9 +583,12 @@ async fn replaying_a_range_reruns_exactly_that_range() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn range_replay_skips_in_flight_and_stops_at_the_start_bound() {
-    let server = RedisServer::start();
-    let client = Client::open(&server.url()).expect("client");
-    let service = "inflight";
+    let TestEnv {
+        server,
+        client,
+        service,
+    } = TestEnv::new();
+    let service = service.as_str();
     let requester = client.requester(service);
     let admin = client.admin(service);
 
@@ -639,13 +658,13 @@ async fn range_replay_skips_in_flight_and_stops_at_the_start_bound() {
     );
     assert_eq!(out["replayed"].as_array().map(Vec::len), Some(3));
     assert_eq!(out["not_matching"], 3);
-    let runs_key = "{redcall:inflight}:runs";
+    let runs_key = &format!("{}:runs", admin.keys().tag());
     let twice = wait_until(WAIT, || async {
         (3..6).all(|i| server.cli(&["HGET", runs_key, &format!("w{i}")]) == "2")
     })
     .await;
     assert!(twice, "each work request should have run twice");
-    assert_eq!(server.cli(&["XLEN", "{redcall:inflight}:requests"]), "9");
+    assert_eq!(server.cli(&["XLEN", admin.keys().requests()]), "9");
     assert!(
         serve.try_wait().expect("status").is_none(),
         "responder still running"

@@ -43,7 +43,11 @@ async fn messages_that_do_not_answer_the_request_are_ignored() {
         reply_bytes("v", 2, FORMAT_VERSION + 1),
         reply_bytes("", 3, FORMAT_VERSION),
     ] {
-        assert_eq!(publish(&server, &channel, &payload).await, 1, "one subscriber");
+        assert_eq!(
+            publish(&server, &channel, &payload).await,
+            1,
+            "one subscriber"
+        );
     }
     assert_eq!(
         publish(&server, &channel, &reply_bytes("v", 42, FORMAT_VERSION)).await,

@@ -1,4 +1,7 @@
 //! Retention: trimming by policy never removes a pending or undelivered entry; records and replies expire.
+//!
+//! DESIGN 10 (retention: streams trimmed by a policy that never removes an entry pending or not yet delivered to every
+//! group; stored replies and request records expire), 2 (call info for a retention period after the request).
 
 mod common;
 
@@ -8,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{ChildGuard, RedisServer, redcall_bin, redis_con, run_cli, wait_until};
+use common::{ChildGuard, RedisServer, TestEnv, redcall_bin, redis_con, run_cli, wait_until};
 use futures_util::future::join_all;
 use redcall::{
     Client, ErrorKind, HandlerError, RequestContext, ResponderSettings, RetentionPolicy,
@@ -61,12 +64,11 @@ fn policy(max_len: Option<u64>, max_age: Option<Duration>) -> RetentionPolicy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trim_stops_at_the_least_advanced_group_and_the_oldest_pending_entry() {
-    let server = RedisServer::start();
-    let client = Client::open(&server.url()).expect("client");
-    let admin = client.admin("groups");
-    let requester = client.requester("groups");
+    let env = TestEnv::new();
+    let admin = env.admin();
+    let requester = env.requester();
     let key = admin.keys().requests().to_owned();
-    let mut con = redis_con(&server).await;
+    let mut con = env.redis().await;
     for i in 0..100 {
         drop(
             requester
@@ -187,9 +189,12 @@ return {checked, missing}
 async fn trimming_under_load_never_removes_a_pending_entry() {
     const SLOW: usize = 5;
     const FAST_PER_PHASE: usize = 200;
-    let server = RedisServer::start();
-    let client = Client::open(&server.url()).expect("client");
-    let service = "load";
+    let TestEnv {
+        server,
+        client,
+        service,
+    } = TestEnv::new();
+    let service = service.as_str();
     let admin = client.admin(service);
     let requester = client.requester(service);
     let key = admin.keys().requests().to_owned();
@@ -354,9 +359,12 @@ async fn trimming_under_load_never_removes_a_pending_entry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_and_reap_trim_by_their_flags() {
-    let server = RedisServer::start();
-    let client = Client::open(&server.url()).expect("client");
-    let service = "flags";
+    let TestEnv {
+        server,
+        client,
+        service,
+    } = TestEnv::new();
+    let service = service.as_str();
     let requester = client.requester(service);
     let key = client.keys(service).requests().to_owned();
     let mut con = redis_con(&server).await;
@@ -443,13 +451,16 @@ async fn serve_and_reap_trim_by_their_flags() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_and_replies_expire() {
-    let server = RedisServer::start();
-    let client = Client::builder(&server.url())
-        .record_retention(Duration::from_millis(500))
-        .reply_ttl(Duration::from_millis(500))
-        .build()
-        .expect("client");
-    let service = "ttl";
+    let TestEnv {
+        server,
+        client,
+        service,
+    } = TestEnv::with_client(|builder| {
+        builder
+            .record_retention(Duration::from_millis(500))
+            .reply_ttl(Duration::from_millis(500))
+    });
+    let service = service.as_str();
     let requester = client.requester(service);
     let keys = client.keys(service);
     let _responder = client
@@ -644,9 +655,12 @@ async fn measure_memory_per_request() {
 #[tokio::test]
 async fn trim_interval_shorter_than_the_reap_interval_is_honoured() {
     const REQUESTS: u64 = 50;
-    let server = RedisServer::start();
-    let client = Client::open(&server.url()).expect("client");
-    let service = "trim-often";
+    let TestEnv {
+        server,
+        client,
+        service,
+    } = TestEnv::new();
+    let service = service.as_str();
     let _responder = client
         .responder(service)
         .retain_max_age(Duration::from_millis(200))

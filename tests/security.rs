@@ -1,6 +1,10 @@
 //! Security: an ACL user limited to one service's keys and channels, and TLS with a private CA (and client
 //! certificates).
 //!
+//! DESIGN Security (`redis://` and `rediss://` URLs, AUTH with ACL user names and passwords, an ACL user limited to the
+//! namespace's keys and channels); Keys (everything of one service shares one hash tag, which the ACL line relies on).
+//! From STYLE: secrets never in `Debug`.
+//!
 //! The ACL line tested here is the one documented in `docs/security.md`; if redcall starts using a command the
 //! line does not grant, the round trip here fails with `NOPERM`.
 

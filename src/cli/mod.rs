@@ -7,6 +7,9 @@ mod demo;
 mod dlq;
 mod info;
 mod reap;
+// The spawner shared with the integration tests: the bench uses a part of it.
+#[allow(dead_code)]
+mod redis_server;
 mod replay;
 mod reply;
 mod retention;

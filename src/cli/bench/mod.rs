@@ -33,8 +33,8 @@ pub use args::{Args, System};
 pub use worker::WorkerArgs;
 
 use super::Context;
+use crate::cli::redis_server::{RedisOptions, RedisServer};
 use env::Env;
-use procs::RedisProcess;
 
 /// Runs `redcall bench`; Ctrl-C stops it and every process it started.
 pub async fn run(ctx: &Context<'_>, args: &Args) -> ExitCode {
@@ -68,7 +68,11 @@ async fn bench(ctx: &Context<'_>, args: &Args) -> Result<(), String> {
     let url = if args.external {
         ctx.cli.url.clone()
     } else {
-        let server = RedisProcess::start(&args.redis_server)?;
+        let server = RedisServer::start_with(
+            RedisOptions::new()
+                .binary(&args.redis_server)
+                .dir_prefix("redcall-bench-"),
+        )?;
         let url = server.url();
         redis_process = Some(server);
         url

@@ -1,13 +1,11 @@
-//! The processes a bench run owns: a throwaway `redis-server`, the worker processes, and what `/proc` says about
-//! their CPU time and memory.
+//! The processes a bench run owns: the worker processes, and what `/proc` says about their CPU time and memory (and
+//! the throwaway `redis-server`'s, which [`crate::cli::redis_server`] starts).
 //!
 //! Everything started here is stopped by its own PID (`Child::kill`), never by name, and also on drop, so an
 //! early return or a Ctrl-C leaves nothing behind.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -15,10 +13,6 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 /// Clock ticks per second of the times in `/proc/<pid>/stat` (`USER_HZ`, 100 on every Linux architecture
 /// mainstream enough to run this bench).
 const USER_HZ: f64 = 100.0;
-/// How long a spawned `redis-server` gets to answer `PING`.
-const REDIS_STARTUP: Duration = Duration::from_secs(10);
-/// Attempts to start `redis-server`, each on a new free port (another process may take a probed port).
-const REDIS_ATTEMPTS: usize = 5;
 
 /// CPU time a process has used so far, user and system.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -111,127 +105,15 @@ pub fn reset_peak_rss(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
 }
 
-/// Whether `pid` is a `redis-server` visible in this machine's `/proc` (an external Redis reports its PID in
+/// Whether `pid` is a `redis-server` (or `valkey-server`) visible in this machine's `/proc` (an external Redis reports its PID in
 /// `INFO server`, but it may live in another PID namespace).
 pub fn is_redis_server(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|comm| comm.trim().starts_with("redis-server"))
+        .map(|comm| {
+            let comm = comm.trim();
+            comm.starts_with("redis-server") || comm.starts_with("valkey-server")
+        })
         .unwrap_or(false)
-}
-
-/// A throwaway `redis-server` on a free loopback port in its own temporary directory: no persistence, killed by
-/// PID and its directory removed on [`RedisProcess::stop`] or drop.
-pub struct RedisProcess {
-    child: Option<std::process::Child>,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl RedisProcess {
-    /// Starts `binary` (normally `redis-server`) and waits until it answers `PING`.
-    pub fn start(binary: &str) -> Result<Self, String> {
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let dir =
-            std::env::temp_dir().join(format!("redcall-bench-{}-{stamp}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let mut redis = RedisProcess {
-            child: None,
-            port: 0,
-            dir,
-        };
-        let mut last = String::new();
-        for _ in 0..REDIS_ATTEMPTS {
-            let port = free_port().map_err(|e| format!("cannot find a free port: {e}"))?;
-            match spawn_redis(binary, port, &redis.dir) {
-                Ok(child) => {
-                    redis.child = Some(child);
-                    redis.port = port;
-                    return Ok(redis);
-                }
-                Err(err) => last = err,
-            }
-        }
-        Err(format!(
-            "redis-server did not start after {REDIS_ATTEMPTS} attempts: {last}"
-        ))
-    }
-
-    /// `redis://127.0.0.1:<port>`.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Kills the server by its PID, reaps it and removes its directory. Idempotent.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Drop for RedisProcess {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn spawn_redis(binary: &str, port: u16, dir: &Path) -> Result<std::process::Child, String> {
-    let mut child = std::process::Command::new(binary)
-        .arg("--port")
-        .arg(port.to_string())
-        .args(["--bind", "127.0.0.1", "--daemonize", "no", "--save", ""])
-        .args(["--appendonly", "no", "--protected-mode", "yes"])
-        .arg("--dir")
-        .arg(dir)
-        .arg("--logfile")
-        .arg(dir.join("redis.log"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot run {binary:?} (is redis-server installed?): {e}"))?;
-    let deadline = Instant::now() + REDIS_STARTUP;
-    let failure = loop {
-        if ping(port) {
-            return Ok(child);
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            break format!("redis-server exited early with {status} (port {port})");
-        }
-        if Instant::now() >= deadline {
-            break format!("redis-server did not answer PING within {REDIS_STARTUP:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let _ = child.kill();
-    let _ = child.wait();
-    Err(failure)
-}
-
-/// A raw inline `PING`; true when the answer is `+PONG`.
-fn ping(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    if stream.write_all(b"PING\r\n").is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 16];
-    let n = stream.read(&mut buf).unwrap_or(0);
-    buf[..n].starts_with(b"+PONG")
 }
 
 /// One worker process (`redcall bench-worker ...`), talking JSON lines on stdout and taking `go` on stdin.

@@ -102,7 +102,10 @@ impl Admin {
     }
 
     /// The admin's connection (a self-reconnecting one, opened on first use).
+    /// Every operation of the admin goes through here first: an unusable service name is refused before Redis is
+    /// touched.
     pub(crate) async fn con(&self) -> Result<ConnectionManager> {
+        crate::names::check_service(&self.service).map_err(Error::InvalidArgument)?;
         self.con
             .get_or_try_init(|| {
                 connection::managed_connection(self.client.redis_client(), self.client.config())

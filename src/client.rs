@@ -207,11 +207,7 @@ impl ClientBuilder {
         ] {
             *d = crate::config::clamp(*d);
         }
-        if c.namespace.is_empty() || c.namespace.contains(['{', '}']) {
-            return Err(Error::Config(
-                "the namespace must be non-empty and must not contain braces".into(),
-            ));
-        }
+        crate::names::check_namespace(&c.namespace).map_err(Error::Config)?;
         if c.payload_limit == 0 {
             return Err(Error::Config("the payload limit must be positive".into()));
         }

@@ -423,7 +423,7 @@ async fn dlq_commands_of_the_binary() {
     let missing = run_cli(&server, service, &["dlq", "show", "1-1"]);
     assert_eq!(missing.status.code(), Some(5), "not found exits with 5");
     let bad = run_cli(&server, service, &["dlq", "show", "nope"]);
-    assert_eq!(bad.status.code(), Some(1));
+    assert_eq!(bad.status.code(), Some(2), "a malformed entry id is a usage error");
     let text = run_cli(&server, service, &["dlq", "list"]);
     assert!(String::from_utf8_lossy(&text.stdout).contains("unknown_function"));
 

@@ -157,7 +157,7 @@ pub struct Context<'a> {
     pub cli: &'a Cli,
 }
 
-/// Exit codes, documented in the README: 1 other, 3 timeout, 4 the request failed remotely, 5 not found,
+/// Exit codes, documented in the README: 1 other, 2 usage (also an argument the library refuses), 3 timeout, 4 the request failed remotely, 5 not found,
 /// 6 duplicate id or already answered, 7 Redis unreachable.
 fn exit_code(err: &Error) -> u8 {
     match err.kind() {
@@ -168,6 +168,7 @@ fn exit_code(err: &Error) -> u8 {
         | ErrorKind::Expired
         | ErrorKind::Malformed => 4,
         ErrorKind::NotFound => 5,
+        ErrorKind::InvalidArgument => 2,
         ErrorKind::DuplicateId | ErrorKind::AlreadyAnswered => 6,
         ErrorKind::Unavailable | ErrorKind::Redis | ErrorKind::Lost => 7,
         _ => 1,

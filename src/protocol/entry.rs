@@ -20,8 +20,25 @@ pub const FIELD_ENVELOPE: &str = "env";
 /// A stream entry as read, before anything is trusted about it.
 pub(crate) struct RawEntry {
     pub(crate) entry_id: String,
+    /// The request id, when the `id` field holds a usable one ([`crate::names`]); a reply can then be sent.
     pub(crate) request_id: Option<String>,
+    /// Why there is no usable request id, when there is none: the dead letter's precise reason.
+    pub(crate) id_problem: Option<String>,
     pub(crate) envelope: Option<Vec<u8>>,
+}
+
+/// The request id of an entry's `id` field, or why it is unusable.
+fn request_id_of(field: Option<Value>) -> std::result::Result<String, String> {
+    let id = match field {
+        None => return Err(format!("entry lacks the `{FIELD_ID}` field")),
+        Some(Value::BulkString(b)) => String::from_utf8(b)
+            .map_err(|_| format!("the entry's `{FIELD_ID}` field is not UTF-8"))?,
+        Some(Value::SimpleString(s)) => s,
+        Some(_) => return Err(format!("the entry's `{FIELD_ID}` field is not a string")),
+    };
+    crate::names::check_request_id(&id)
+        .map_err(|problem| format!("unusable `{FIELD_ID}` field: {problem}"))?;
+    Ok(id)
 }
 
 impl RawEntry {
@@ -66,41 +83,44 @@ impl RawEntry {
             Value::SimpleString(s) => s,
             _ => return None,
         };
-        let (mut request_id, mut envelope) = (None, None);
+        let (mut id_field, mut envelope) = (None, None);
         if let Some(Value::Array(fields)) = parts.next() {
             let mut fields = fields.into_iter();
             while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
                 let Value::BulkString(name) = name else {
                     continue;
                 };
-                match (name.as_slice(), value) {
-                    (b"id", Value::BulkString(b)) => request_id = String::from_utf8(b).ok(),
-                    (b"env", Value::BulkString(b)) => envelope = Some(b),
+                match name.as_slice() {
+                    b"id" => id_field = Some(value),
+                    b"env" => envelope = Some(value),
                     _ => {}
                 }
             }
         }
-        Some(Self {
-            entry_id,
-            request_id: request_id.filter(|id| !id.is_empty()),
-            envelope,
-        })
+        Some(Self::new(entry_id, id_field, envelope))
     }
 
+    /// An entry read as a [`StreamId`] (claims, ranges); parsed by the same rules as a read.
     pub(crate) fn from_stream_id(entry: StreamId) -> Self {
         let mut map = entry.map;
-        let request_id = map.remove(FIELD_ID).and_then(|v| match v {
-            Value::BulkString(b) => String::from_utf8(b).ok(),
-            Value::SimpleString(s) => Some(s),
+        let id_field = map.remove(FIELD_ID);
+        let envelope = map.remove(FIELD_ENVELOPE);
+        Self::new(entry.id, id_field, envelope)
+    }
+
+    fn new(entry_id: String, id_field: Option<Value>, envelope: Option<Value>) -> Self {
+        let (request_id, id_problem) = match request_id_of(id_field) {
+            Ok(id) => (Some(id), None),
+            Err(problem) => (None, Some(problem)),
+        };
+        let envelope = match envelope {
+            Some(Value::BulkString(b)) => Some(b),
             _ => None,
-        });
-        let envelope = map.remove(FIELD_ENVELOPE).and_then(|v| match v {
-            Value::BulkString(b) => Some(b),
-            _ => None,
-        });
+        };
         Self {
-            entry_id: entry.id,
-            request_id: request_id.filter(|id| !id.is_empty()),
+            entry_id,
+            request_id,
+            id_problem,
             envelope,
         }
     }
@@ -113,10 +133,17 @@ impl RawEntry {
         &self,
         config: &ClientConfig,
     ) -> std::result::Result<RequestEnvelope, (&'static str, String)> {
-        let (Some(id), Some(bytes)) = (&self.request_id, &self.envelope) else {
+        let Some(id) = &self.request_id else {
+            let problem = self.id_problem.clone();
             return Err((
                 codes::MALFORMED,
-                "entry lacks the `id` or `env` field".to_owned(),
+                problem.unwrap_or_else(|| format!("entry lacks the `{FIELD_ID}` field")),
+            ));
+        };
+        let Some(bytes) = &self.envelope else {
+            return Err((
+                codes::MALFORMED,
+                format!("entry lacks the `{FIELD_ENVELOPE}` field (or it is not a string)"),
             ));
         };
         config
@@ -185,7 +212,9 @@ mod tests {
             assert_eq!(parsed[0].entry_id, "1-0");
             assert_eq!(parsed[0].request_id.as_deref(), Some("r1"));
             assert_eq!(parsed[0].envelope.as_deref(), Some(&b"E1"[..]));
-            assert_eq!(parsed[1].request_id, None, "an empty id counts as missing");
+            assert_eq!(parsed[1].request_id, None, "an empty id is unusable");
+            let problem = parsed[1].id_problem.as_deref().expect("a reason");
+            assert!(problem.contains("must not be empty"), "{problem}");
             assert_eq!(parsed[1].envelope, None);
         }
         assert!(RawEntry::from_read_reply(Value::Nil).is_none());

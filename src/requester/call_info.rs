@@ -57,6 +57,7 @@ impl Requester {
     /// - [`Error::Redis`] when the client's first connection or the read fails;
     /// - [`Error::Decode`] when the record does not decode (garbage, or another format version).
     pub async fn call_info(&self, id: &str) -> Result<CallInfo> {
+        self.check(id)?;
         let router = self.client.router().await?;
         let record =
             get_bytes(&router, &self.keys.record(id), "reading the request record").await?;

@@ -25,6 +25,8 @@ use crate::router::Router;
 pub struct Requester {
     client: Client,
     keys: Arc<ServiceKeys>,
+    /// Why the service name is unusable, if it is: every operation then fails with it, before touching Redis.
+    bad_service: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for Requester {
@@ -38,7 +40,20 @@ impl std::fmt::Debug for Requester {
 impl Requester {
     pub(crate) fn new(client: Client, service: &str) -> Self {
         let keys = Arc::new(client.keys(service));
-        Self { client, keys }
+        let bad_service = crate::names::check_service(service).err().map(Arc::from);
+        Self {
+            client,
+            keys,
+            bad_service,
+        }
+    }
+
+    /// Refuses an operation on request `id` when the service name or the id is unusable ([`crate::names`]).
+    fn check(&self, id: &str) -> Result<()> {
+        if let Some(problem) = &self.bad_service {
+            return Err(Error::InvalidArgument(problem.to_string()));
+        }
+        crate::names::check_request_id(id).map_err(Error::InvalidArgument)
     }
 
     /// The service's key layout: the Redis keys and channels this requester uses, for inspecting them by hand.

@@ -48,6 +48,7 @@ impl Requester {
     }
 
     async fn publish_envelope(&self, reply: &ReplyEnvelope) -> Result<()> {
+        self.check(&reply.id)?;
         let config = self.client.config();
         let bytes = protocol::encode(reply)?;
         config.check_payload("reply", bytes.len())?;
@@ -88,6 +89,7 @@ impl Requester {
     /// - [`Error::Unavailable`] while the reply router reconnects: retry later;
     /// - [`Error::Redis`] when the client's first connection or the read fails.
     pub async fn stored_reply<R: DeserializeOwned>(&self, id: &str) -> Result<Option<R>> {
+        self.check(id)?;
         let router = self.client.router().await?;
         match fetch_stored(&router, &self.keys, id).await? {
             Some(reply) => interpret_reply(id, reply).map(Some),

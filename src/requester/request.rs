@@ -124,11 +124,7 @@ impl Requester {
     where
         P: Serialize + ?Sized,
     {
-        if id.is_empty() {
-            return Err(Error::InvalidArgument(
-                "a request id must not be empty".into(),
-            ));
-        }
+        self.check(id)?;
         let timeout = crate::config::request_timeout(id, timeout)?;
         let started = Instant::now();
         let config = self.client.config();

@@ -175,6 +175,7 @@ impl ResponderBuilder {
     ///   example when the requests stream's key holds another type). Nothing was started.
     pub async fn start(self) -> Result<Responder> {
         let settings = self.settings.clamped();
+        crate::names::check_service(&self.service).map_err(crate::Error::InvalidArgument)?;
         settings.validate()?;
         let shared =
             Arc::new(Shared::connect(self.client, &self.service, settings, self.handlers).await?);

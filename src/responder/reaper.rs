@@ -316,6 +316,7 @@ impl Reaper {
         settings: ResponderSettings,
     ) -> Result<Self> {
         let settings = settings.clamped();
+        crate::names::check_service(service).map_err(Error::InvalidArgument)?;
         settings.validate()?;
         let shared = Arc::new(Shared::connect(client, service, settings, HashMap::new()).await?);
         shared.ensure_group().await?;

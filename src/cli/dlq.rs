@@ -66,6 +66,9 @@ pub struct ReplayFlags {
     /// Seconds the replayed requests get before their deadline [default: 600].
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub timeout: Option<Duration>,
+    /// Only report what would be replayed and skipped; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 impl ReplayFlags {
@@ -78,7 +81,7 @@ impl ReplayFlags {
         if let Some(func) = &self.func {
             opts = opts.func_key(func.clone());
         }
-        opts
+        opts.dry_run(self.dry_run)
     }
 }
 
@@ -193,8 +196,18 @@ pub fn print_replay_report(ctx: &Context<'_>, report: &ReplayReport, what: &str)
         return;
     }
     println!(
-        "replayed {} {what}, skipped {}{}",
+        "{} {} {what}, {} {}{}",
+        if report.dry_run {
+            "would replay"
+        } else {
+            "replayed"
+        },
         report.replayed.len(),
+        if report.dry_run {
+            "would skip"
+        } else {
+            "skipped"
+        },
         report.skipped.len(),
         if report.not_matching > 0 {
             format!(", {} for other function keys", report.not_matching)
@@ -203,6 +216,17 @@ pub fn print_replay_report(ctx: &Context<'_>, report: &ReplayReport, what: &str)
         }
     );
     const SHOWN: usize = 20;
+    if report.dry_run {
+        for r in report.replayed.iter().take(SHOWN) {
+            println!("  would replay {} (request {})", r.from, r.request_id);
+        }
+        if report.replayed.len() > SHOWN {
+            println!(
+                "  ... and {} more (see --json)",
+                report.replayed.len() - SHOWN
+            );
+        }
+    }
     for s in report.skipped.iter().take(SHOWN) {
         let reason = s.reason.code();
         println!(

@@ -113,19 +113,24 @@ async fn list(
         return Ok(());
     }
     if entries.is_empty() {
-        println!("no dead letters in service {:?}", ctx.cli.service);
+        outln!("no dead letters in service {:?}", ctx.cli.service);
         return Ok(());
     }
     let now = super::now_ms();
-    println!(
+    outln!(
         "{:<20} {:<38} {:<16} {:<24} {:>5} {:>14}  ERROR",
-        "DEAD ID", "REQUEST ID", "FUNCTION", "REASON", "DELIV", "DEAD FOR"
+        "DEAD ID",
+        "REQUEST ID",
+        "FUNCTION",
+        "REASON",
+        "DELIV",
+        "DEAD FOR"
     );
     for e in &entries {
         let dead_for = e
             .dead_at_ms
             .map_or("?".to_owned(), |t| human_ms(now.saturating_sub(t)));
-        println!(
+        outln!(
             "{:<20} {:<38} {:<16} {:<24} {:>5} {:>14}  {}",
             e.dead_id,
             e.request_id.as_deref().unwrap_or("-"),
@@ -139,7 +144,7 @@ async fn list(
     if let Some(last) = entries.last()
         && entries.len() == limit
     {
-        eprintln!("(more may follow: --after {})", last.dead_id);
+        errln!("(more may follow: --after {})", last.dead_id);
     }
     Ok(())
 }
@@ -182,9 +187,9 @@ async fn purge(ctx: &Context<'_>, admin: &Admin, ids: &[String], all: bool) -> r
     if ctx.cli.json {
         print_json(ctx.cli, &serde_json::json!({ "purged": removed }));
     } else if all {
-        println!("purged {removed} dead letters");
+        outln!("purged {removed} dead letters");
     } else {
-        println!("purged {removed} of {} dead letters", ids.len());
+        outln!("purged {removed} of {} dead letters", ids.len());
     }
     Ok(())
 }
@@ -195,7 +200,7 @@ pub fn print_replay_report(ctx: &Context<'_>, report: &ReplayReport, what: &str)
         print_json(ctx.cli, &serde_json::to_value(report).unwrap_or_default());
         return;
     }
-    println!(
+    outln!(
         "{} {} {what}, {} {}{}",
         if report.dry_run {
             "would replay"
@@ -218,10 +223,10 @@ pub fn print_replay_report(ctx: &Context<'_>, report: &ReplayReport, what: &str)
     const SHOWN: usize = 20;
     if report.dry_run {
         for r in report.replayed.iter().take(SHOWN) {
-            println!("  would replay {} (request {})", r.from, r.request_id);
+            outln!("  would replay {} (request {})", r.from, r.request_id);
         }
         if report.replayed.len() > SHOWN {
-            println!(
+            outln!(
                 "  ... and {} more (see --json)",
                 report.replayed.len() - SHOWN
             );
@@ -229,14 +234,14 @@ pub fn print_replay_report(ctx: &Context<'_>, report: &ReplayReport, what: &str)
     }
     for s in report.skipped.iter().take(SHOWN) {
         let reason = s.reason.code();
-        println!(
+        outln!(
             "  skipped {} (request {}): {reason}",
             s.from,
             s.request_id.as_deref().unwrap_or("?")
         );
     }
     if report.skipped.len() > SHOWN {
-        println!(
+        outln!(
             "  ... and {} more (see --json)",
             report.skipped.len() - SHOWN
         );

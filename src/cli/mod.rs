@@ -1,5 +1,10 @@
 //! Subcommands of the `redcall` binary, one file each. People get JSON and plain text; the wire stays
-//! MessagePack.
+//! MessagePack. Everything is printed through [`output`] (`outln!`, `out!`, `errln!`), which never panics on a
+//! closed pipe.
+
+// First, so that its macros are visible in every subcommand's module.
+#[macro_use]
+pub mod output;
 
 mod bench;
 mod call;
@@ -172,7 +177,7 @@ fn exit_code(err: &Error) -> u8 {
 }
 
 fn fail(err: &Error) -> ExitCode {
-    eprintln!("error: {err}");
+    errln!("error: {err}");
     ExitCode::from(exit_code(err))
 }
 
@@ -225,7 +230,7 @@ pub fn print_json(cli: &Cli, value: &serde_json::Value) {
     } else {
         serde_json::to_string_pretty(value)
     };
-    println!("{}", text.unwrap_or_else(|_| value.to_string()));
+    outln!("{}", text.unwrap_or_else(|_| value.to_string()));
 }
 
 /// Parses a number of seconds (fractions allowed) for a duration flag.

@@ -40,7 +40,7 @@ use crate::error::{Error, Result};
 use crate::protocol::ServiceKeys;
 use crate::retention::{self, RetentionPolicy, TrimReport};
 
-pub use dead_letters::DeadLetterEntry;
+pub use dead_letters::{DeadLetterEntry, PurgeReport};
 pub use replay::{
     DEFAULT_REPLAY_TIMEOUT, ReplayOptions, ReplayReport, Replayed, SkipReason, Skipped,
 };

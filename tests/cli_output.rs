@@ -8,7 +8,8 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{ChildGuard, RedisServer, redcall_bin, redis_con};
+use common::{ChildGuard, RedisServer, redcall_bin, redis_con, run_cli};
+use serde_json::Value;
 
 const RUN_DEADLINE: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(20);
@@ -158,4 +159,87 @@ async fn no_command_panics_on_a_closed_stdout_or_stderr() {
     drop(child.stdout.take());
     let (status, _) = wait(child, "dlq show 1-1");
     assert_eq!(status.code(), Some(5), "{status:?}");
+}
+
+fn json_of(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// `dlq replay ID` and `dlq purge ID` exit 5 when a named id does not exist, after doing what they could with
+/// the others (and saying so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn naming_a_missing_dead_letter_exits_5() {
+    let server = RedisServer::start();
+    let service = "missing";
+    let dead = add_dead_letters(&server, service, 2).await;
+
+    for args in [&["dlq", "replay", "1-1"][..], &["dlq", "purge", "1-1"][..]] {
+        let out = run_cli(&server, service, args);
+        assert_eq!(
+            out.status.code(),
+            Some(5),
+            "{args:?}: {:?} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("1-1"), "{args:?}: {stderr}");
+    }
+
+    // One that exists and one that does not: the first is purged, the report says so, and the exit is still 5.
+    let out = run_cli(
+        &server,
+        service,
+        &["--json", "dlq", "purge", &dead[0], "2-2"],
+    );
+    assert_eq!(out.status.code(), Some(5), "{:?}", out.status);
+    let report = json_of(&out);
+    assert_eq!(report["purged"], 1, "{report}");
+    assert_eq!(report["not_found"], serde_json::json!(["2-2"]), "{report}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("2-2"), "{stderr}");
+
+    // The same id twice is one dead letter, found.
+    let out = run_cli(&server, service, &["dlq", "purge", &dead[1], &dead[1]]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // `dlq replay` of a missing id, next to a malformed one that exists (kept, reported): 5.
+    let kept = add_dead_letters(&server, service, 1).await;
+    let out = run_cli(
+        &server,
+        service,
+        &["--json", "dlq", "replay", &kept[0], "3-3"],
+    );
+    assert_eq!(out.status.code(), Some(5), "{:?}", out.status);
+    let report = json_of(&out);
+    let mut reasons: Vec<&str> = report["skipped"]
+        .as_array()
+        .expect("skipped")
+        .iter()
+        .map(|s| s["reason"].as_str().unwrap_or("?"))
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons, ["malformed", "not_found"], "{report}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("3-3"), "{stderr}");
+
+    // Only a named dead letter that exists but cannot be replayed: nothing named was done, exit 1.
+    let out = run_cli(&server, service, &["dlq", "replay", &kept[0]]);
+    assert_eq!(out.status.code(), Some(1), "{:?}", out.status);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&kept[0]) && stderr.contains("malformed"),
+        "{stderr}"
+    );
+    // (Found and replayed exits 0: `dlq_commands_of_the_binary` in tests/replay.rs.)
 }

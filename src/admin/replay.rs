@@ -8,6 +8,7 @@ use redis::aio::ConnectionManager;
 use redis::streams::StreamRangeReply;
 use serde::Serialize;
 
+use super::dead_letters::distinct;
 use super::pager::Pager;
 use super::{Admin, DeadLetterEntry, PAGE};
 use crate::config::ttl_ms;
@@ -209,8 +210,10 @@ pub(super) fn latest_entry_key(keys: &ServiceKeys, id: &str) -> String {
 }
 
 impl Admin {
-    /// Replays the given dead letters (by dead-letter id), each under its request id; each is removed from the
-    /// dead-letter stream in the same script that re-queues it. `progress` gets the number of ids processed.
+    /// Replays the given dead letters (by dead-letter id; each id once, however often it is given), each under its
+    /// request id; each is removed from the dead-letter stream in the same script that re-queues it. An id that is
+    /// not in the dead-letter stream is reported as [`SkipReason::NotFound`]. `progress` gets the number of ids
+    /// processed.
     pub async fn replay_dead_letters(
         &self,
         dead_ids: &[String],
@@ -220,6 +223,7 @@ impl Admin {
         for id in dead_ids {
             check_entry_id(id, false)?;
         }
+        let dead_ids = distinct(dead_ids);
         let mut con = self.con().await?;
         let mut report = ReplayReport::default();
         let mut seen = HashSet::new();
@@ -241,7 +245,7 @@ impl Admin {
                 match reply.ids.into_iter().next() {
                     Some(entry) => candidates.push(DeadLetterEntry::from_stream_id(entry).into()),
                     None => report.skipped.push(Skipped {
-                        from: id.clone(),
+                        from: (*id).to_owned(),
                         request_id: None,
                         reason: SkipReason::NotFound,
                     }),

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use redcall::admin::{Admin, DeadLetterEntry, ReplayOptions, ReplayReport};
+use redcall::admin::{Admin, DeadLetterEntry, ReplayOptions, ReplayReport, SkipReason, Skipped};
 
 use super::{Context, human_ms, msgpack_to_json, parse_secs, print_json, progress_bar};
 
@@ -168,30 +168,89 @@ async fn run_replay(ctx: &Context<'_>, admin: &Admin, args: &ReplayArgs) -> redc
         report?
     };
     print_replay_report(ctx, &report, "dead letters");
-    Ok(())
+    if args.all {
+        // Nothing was named: what `--all` found is what it worked on.
+        return Ok(());
+    }
+    named_outcome(&report.skipped)
+}
+
+/// The exit status of a replay of named dead letters, once its report is printed: not found (5) when any named
+/// id does not exist, an error (1) when any other was left alone (in flight, malformed, too large, ...), success
+/// only when every named dead letter was replayed (or left out by `--func`).
+fn named_outcome(skipped: &[Skipped]) -> redcall::Result<()> {
+    let missing: Vec<&str> = skipped
+        .iter()
+        .filter(|s| s.reason == SkipReason::NotFound)
+        .map(|s| s.from.as_str())
+        .collect();
+    if !missing.is_empty() {
+        return Err(redcall::Error::EntryNotFound {
+            stream: "dead-letter",
+            entry_id: missing.join(", "),
+        });
+    }
+    if skipped.is_empty() {
+        return Ok(());
+    }
+    let left: Vec<String> = skipped
+        .iter()
+        .map(|s| format!("{} ({})", s.from, s.reason.code()))
+        .collect();
+    Err(redcall::Error::InvalidArgument(format!(
+        "not replayed, still in the dead-letter stream: {}",
+        left.join(", ")
+    )))
 }
 
 async fn purge(ctx: &Context<'_>, admin: &Admin, ids: &[String], all: bool) -> redcall::Result<()> {
-    let removed = if all {
+    let report = if all {
         let total = admin.dead_letter_count().await?;
         let bar = progress_bar(Some(total), "purging dead letters");
         let removed = admin.purge_all_dead_letters(|n| bar.set_position(n)).await;
         bar.finish_and_clear();
-        removed?
+        PurgeOutcome {
+            purged: removed?,
+            not_found: Vec::new(),
+        }
     } else {
         let bar = progress_bar(Some(ids.len() as u64), "purging dead letters");
-        let removed = admin.purge_dead_letters(ids, |n| bar.set_position(n)).await;
+        let report = admin.purge_dead_letters(ids, |n| bar.set_position(n)).await;
         bar.finish_and_clear();
-        removed?
+        let report = report?;
+        PurgeOutcome {
+            purged: report.purged,
+            not_found: report.not_found,
+        }
     };
+    let PurgeOutcome { purged, not_found } = &report;
     if ctx.cli.json {
-        print_json(ctx.cli, &serde_json::json!({ "purged": removed }));
-    } else if all {
-        outln!("purged {removed} dead letters");
+        print_json(
+            ctx.cli,
+            &serde_json::json!({ "purged": purged, "not_found": not_found }),
+        );
+    } else if not_found.is_empty() {
+        outln!("purged {purged} dead letters");
     } else {
-        outln!("purged {removed} of {} dead letters", ids.len());
+        outln!(
+            "purged {purged} dead letters; not found: {}",
+            not_found.join(", ")
+        );
     }
-    Ok(())
+    if not_found.is_empty() {
+        Ok(())
+    } else {
+        Err(redcall::Error::EntryNotFound {
+            stream: "dead-letter",
+            entry_id: not_found.join(", "),
+        })
+    }
+}
+
+/// What `dlq purge` reports, by id or `--all`.
+struct PurgeOutcome {
+    purged: u64,
+    not_found: Vec<String>,
 }
 
 /// Prints a replay report: the whole report as JSON, or a summary and the skipped entries as text.

@@ -46,17 +46,37 @@ return entry
 /// one is stored already (the first reply wins), publishes it when stored, and forgets the last delivery error.
 /// The stream entry is not acknowledged: a responder that later reads it answers from the stored reply.
 ///
+/// The record and the reply key are read with `GET` first: a key holding another type (a stray `HSET`, a broken
+/// deployment) is refused with a `WRONGTYPE` error naming the key, before anything is written. Without this, a
+/// record of another type would pass for a request (`EXISTS` does not look at types) and a reply key of another
+/// type would read as "already answered" (`SET NX` refuses any existing key).
+///
 /// KEYS: reply, last error, record. ARGV: reply envelope, reply TTL (ms), channel.
 /// Returns 1 when this reply was stored, 0 when an earlier one was kept, -1 when the request is unknown.
 pub(crate) static PUBLISH_REPLY: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r#"
-if redis.call('EXISTS', KEYS[3]) == 0 then
+local function wrong_type(key, what)
+  local t = redis.pcall('TYPE', key)
+  local held = (type(t) == 'table' and t['ok']) and ('a ' .. t['ok']) or 'another type'
+  return redis.error_reply('WRONGTYPE ' .. key .. ' holds ' .. held .. ', not ' .. what ..
+    '; nothing was stored or published')
+end
+local record = redis.pcall('GET', KEYS[3])
+if type(record) == 'table' then
+  return wrong_type(KEYS[3], 'a request record (a string)')
+end
+if not record then
   return -1
 end
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+local stored = redis.pcall('GET', KEYS[1])
+if type(stored) == 'table' then
+  return wrong_type(KEYS[1], 'a stored reply (a string)')
+end
+if stored then
   return 0
 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[1])
 redis.call('DEL', KEYS[2])
 return 1

@@ -105,18 +105,35 @@ return 1
 /// Moves an entry to the dead-letter stream, acknowledges it in the requests stream and, when the request id is
 /// known, stores and publishes a failure reply (unless a reply is stored already).
 ///
+/// When the dead letter cannot be written (the `XADD` fails: the dead-letter stream key holds another type, say),
+/// nothing is lost and the requester is still told at once: the entry is **not** acknowledged (it stays pending and
+/// is delivered again after the visibility timeout, until the dead letter can be written), the failure reply is
+/// published but not stored (a stored reply would answer the redelivery and acknowledge the entry without a dead
+/// letter), and the reason is kept as the id's last error, so a dead letter written later (after
+/// `max_deliveries`, with the last error) still names it. The script then answers with the `XADD`'s error.
+///
 /// KEYS: requests stream, dead-letter stream, reply, last error.
 /// ARGV: group, entry id, request id, envelope, reason, error, deliveries, dead-at (ms), reply envelope ('' for
-/// none), reply TTL (ms), channel, function key.
+/// none), reply TTL (ms), channel, function key, the text to keep as last error if the dead letter cannot be
+/// written ('' to keep the last error as it is), its TTL (ms).
 /// The dead-letter entry's fields: `id`, `env`, `fn`, `reason`, `error`, `deliveries`, `entry_id`, `dead_at_ms`
 /// and `group` (the consumer group that gave up, so dead letters can be counted per group).
 /// Returns the dead-letter entry id.
 pub(crate) static DEAD_LETTER: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r#"
-local dead = redis.call('XADD', KEYS[2], '*', 'id', ARGV[3], 'env', ARGV[4], 'fn', ARGV[12],
+local dead = redis.pcall('XADD', KEYS[2], '*', 'id', ARGV[3], 'env', ARGV[4], 'fn', ARGV[12],
   'reason', ARGV[5], 'error', ARGV[6], 'deliveries', ARGV[7], 'entry_id', ARGV[2], 'dead_at_ms', ARGV[8],
   'group', ARGV[1])
+if type(dead) == 'table' and dead.err then
+  if ARGV[13] ~= '' then
+    redis.pcall('SET', KEYS[4], ARGV[13], 'PX', ARGV[14])
+  end
+  if ARGV[9] ~= '' and redis.call('EXISTS', KEYS[3]) == 0 then
+    redis.call('PUBLISH', ARGV[11], ARGV[9])
+  end
+  return dead
+end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('DEL', KEYS[4])
 if ARGV[9] ~= '' then

@@ -14,6 +14,12 @@
 //! ([`Requester::stored_reply`](crate::Requester::stored_reply)). Replaying bypasses the duplicate-id check on
 //! purpose.
 //!
+//! ## Replays are safe to repeat
+//! A request still in flight is not replayed: one whose latest entry in the requests stream (every replay adds one
+//! under the same id) or the entry named is pending in, or not yet delivered to, some group. The same script that
+//! re-queues decides this, so two replays running at once, or one run again before the first one's requests were
+//! handled, queue each request once. [`ReplayOptions::dry_run`] reports the decisions without changing anything.
+//!
 //! Long operations take a `progress` callback that receives the number of entries processed so far.
 
 mod dead_letters;
@@ -34,7 +40,7 @@ use crate::error::{Error, Result};
 use crate::protocol::ServiceKeys;
 use crate::retention::{self, RetentionPolicy, TrimReport};
 
-pub use dead_letters::DeadLetterEntry;
+pub use dead_letters::{DeadLetterEntry, PurgeReport};
 pub use replay::{
     DEFAULT_REPLAY_TIMEOUT, ReplayOptions, ReplayReport, Replayed, SkipReason, Skipped,
 };

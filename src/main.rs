@@ -19,9 +19,13 @@ fn main() -> std::process::ExitCode {
     {
         Ok(rt) => rt,
         Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
+            cli::output::stderr(format_args!(
+                "error: cannot start the async runtime: {err}\n"
+            ));
             return std::process::ExitCode::from(1);
         }
     };
-    runtime.block_on(cli::run(args))
+    let code = runtime.block_on(cli::run(args));
+    // After the runtime: stdout is flushed last, and a write error other than a closed pipe fails the command.
+    cli::output::finish(code)
 }

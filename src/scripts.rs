@@ -46,17 +46,37 @@ return entry
 /// one is stored already (the first reply wins), publishes it when stored, and forgets the last delivery error.
 /// The stream entry is not acknowledged: a responder that later reads it answers from the stored reply.
 ///
+/// The record and the reply key are read with `GET` first: a key holding another type (a stray `HSET`, a broken
+/// deployment) is refused with a `WRONGTYPE` error naming the key, before anything is written. Without this, a
+/// record of another type would pass for a request (`EXISTS` does not look at types) and a reply key of another
+/// type would read as "already answered" (`SET NX` refuses any existing key).
+///
 /// KEYS: reply, last error, record. ARGV: reply envelope, reply TTL (ms), channel.
 /// Returns 1 when this reply was stored, 0 when an earlier one was kept, -1 when the request is unknown.
 pub(crate) static PUBLISH_REPLY: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r#"
-if redis.call('EXISTS', KEYS[3]) == 0 then
+local function wrong_type(key, what)
+  local t = redis.pcall('TYPE', key)
+  local held = (type(t) == 'table' and t['ok']) and ('a ' .. t['ok']) or 'another type'
+  return redis.error_reply('WRONGTYPE ' .. key .. ' holds ' .. held .. ', not ' .. what ..
+    '; nothing was stored or published')
+end
+local record = redis.pcall('GET', KEYS[3])
+if type(record) == 'table' then
+  return wrong_type(KEYS[3], 'a request record (a string)')
+end
+if not record then
   return -1
 end
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+local stored = redis.pcall('GET', KEYS[1])
+if type(stored) == 'table' then
+  return wrong_type(KEYS[1], 'a stored reply (a string)')
+end
+if stored then
   return 0
 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[1])
 redis.call('DEL', KEYS[2])
 return 1
@@ -85,18 +105,35 @@ return 1
 /// Moves an entry to the dead-letter stream, acknowledges it in the requests stream and, when the request id is
 /// known, stores and publishes a failure reply (unless a reply is stored already).
 ///
+/// When the dead letter cannot be written (the `XADD` fails: the dead-letter stream key holds another type, say),
+/// nothing is lost and the requester is still told at once: the entry is **not** acknowledged (it stays pending and
+/// is delivered again after the visibility timeout, until the dead letter can be written), the failure reply is
+/// published but not stored (a stored reply would answer the redelivery and acknowledge the entry without a dead
+/// letter), and the reason is kept as the id's last error, so a dead letter written later (after
+/// `max_deliveries`, with the last error) still names it. The script then answers with the `XADD`'s error.
+///
 /// KEYS: requests stream, dead-letter stream, reply, last error.
 /// ARGV: group, entry id, request id, envelope, reason, error, deliveries, dead-at (ms), reply envelope ('' for
-/// none), reply TTL (ms), channel, function key.
+/// none), reply TTL (ms), channel, function key, the text to keep as last error if the dead letter cannot be
+/// written ('' to keep the last error as it is), its TTL (ms).
 /// The dead-letter entry's fields: `id`, `env`, `fn`, `reason`, `error`, `deliveries`, `entry_id`, `dead_at_ms`
 /// and `group` (the consumer group that gave up, so dead letters can be counted per group).
 /// Returns the dead-letter entry id.
 pub(crate) static DEAD_LETTER: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r#"
-local dead = redis.call('XADD', KEYS[2], '*', 'id', ARGV[3], 'env', ARGV[4], 'fn', ARGV[12],
+local dead = redis.pcall('XADD', KEYS[2], '*', 'id', ARGV[3], 'env', ARGV[4], 'fn', ARGV[12],
   'reason', ARGV[5], 'error', ARGV[6], 'deliveries', ARGV[7], 'entry_id', ARGV[2], 'dead_at_ms', ARGV[8],
   'group', ARGV[1])
+if type(dead) == 'table' and dead.err then
+  if ARGV[13] ~= '' then
+    redis.pcall('SET', KEYS[4], ARGV[13], 'PX', ARGV[14])
+  end
+  if ARGV[9] ~= '' and redis.call('EXISTS', KEYS[3]) == 0 then
+    redis.call('PUBLISH', ARGV[11], ARGV[9])
+  end
+  return dead
+end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('DEL', KEYS[4])
 if ARGV[9] ~= '' then
@@ -109,27 +146,107 @@ return dead
     )
 });
 
-/// Re-queues a request under its own id (a replay): forgets its stored reply and last error, overwrites its record
-/// with the new envelope, adds a new stream entry and, for a dead-letter replay, removes the dead-letter entry,
-/// all in one step. The dead-letter entry is checked first, so two operators replaying the same entry queue it
-/// once; it is removed after the XADD, so a failure leaves it in place.
+/// Re-queues a request under its own id (a replay), unless that would make it run twice: in one step it decides
+/// whether the id may be replayed and, when it may, adds a new stream entry, forgets the id's stored reply and last
+/// error, overwrites its record with the new envelope, notes the new entry as the id's latest and, for a
+/// dead-letter replay, removes the dead-letter entry.
 ///
-/// KEYS: dead-letter stream, requests stream, record, reply, last error.
-/// ARGV: dead-letter entry id ('' for a range replay), request id, envelope, record TTL (ms).
-/// Returns the new stream entry id, or nil when the dead-letter entry no longer exists.
+/// **The rule.** An id is replayed only when its *latest* entry in the requests stream is neither pending in, nor
+/// not yet delivered to, any consumer group, and neither is the entry the replay names (`candidate`). The latest
+/// entry is the one the latest-entry key names (every replay writes it, with the record's TTL, so both expire
+/// together); without one, the record tells: when it holds the candidate's own envelope the candidate is the
+/// latest; when it holds another envelope, a newer request under the same id exists (made after the candidate's
+/// record expired) and replaying the old one would overwrite it (`superseded`); with no record at all nothing newer
+/// is known. An entry no longer in the stream is only in flight while a group still lists it as pending. With no
+/// group at all, every entry still in the stream counts as undelivered.
+///
+/// **Why one script.** Deciding and re-queuing in the same script means two replays racing for the same id (two
+/// operators, or `replay` run twice) cannot both see it idle: the first one's new entry is the latest (and
+/// undelivered) when the second one's script runs. The dead-letter entry is checked first, so replaying the same
+/// dead letter twice queues it once; it is removed only after the XADD, and the XADD comes first, so a refused
+/// XADD (the stream key holding another type) changes nothing.
+///
+/// KEYS: dead-letter stream, requests stream, record, reply, last error, latest entry.
+/// ARGV: dead-letter entry id ('' for a range replay), request id, new envelope, record TTL (ms), the candidate's
+/// requests stream entry id ('' when unknown), the candidate's envelope, '1' to apply the rule ('' to replay even
+/// what is in flight), '1' for a dry run (decide, change nothing).
+/// Returns `{outcome, detail}`: `{'queued', new entry id}`, `{'would_queue', ''}` (dry run), `{'not_found', ''}`
+/// (no such dead-letter entry), `{'in_flight', the entry in flight}` or `{'superseded', ''}`.
 pub(crate) static REPLAY: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r#"
-if ARGV[1] ~= '' and #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then
+local function num_cmp(a, b)
+  if #a ~= #b then
+    if #a < #b then return -1 else return 1 end
+  end
+  if a == b then return 0 end
+  if a < b then return -1 else return 1 end
+end
+local function id_cmp(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  local c = num_cmp(am, bm)
+  if c ~= 0 then return c end
+  return num_cmp(as, bs)
+end
+local function text(key)
+  local v = redis.pcall('GET', key)
+  if type(v) == 'string' then return v end
+  return nil
+end
+local function in_flight(entry)
+  if redis.call('EXISTS', KEYS[2]) == 0 then return false end
+  local present = nil
+  local function in_stream()
+    if present == nil then present = #redis.call('XRANGE', KEYS[2], entry, entry) > 0 end
+    return present
+  end
+  local groups = redis.call('XINFO', 'GROUPS', KEYS[2])
+  if #groups == 0 then return in_stream() end
+  for _, g in ipairs(groups) do
+    local name, last
+    for i = 1, #g, 2 do
+      if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then last = g[i + 1] end
+    end
+    if #redis.call('XPENDING', KEYS[2], name, entry, entry, 1) > 0 then return true end
+    if id_cmp(entry, last) > 0 and in_stream() then return true end
+  end
   return false
 end
+
+if ARGV[1] ~= '' and #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then
+  return {'not_found', ''}
+end
+if ARGV[7] == '1' then
+  local latest = text(KEYS[6])
+  if latest and not string.match(latest, '^%d+%-%d+$') then
+    latest = nil
+  end
+  if not latest then
+    local record = text(KEYS[3])
+    if record and record ~= ARGV[6] then
+      return {'superseded', ''}
+    end
+    latest = ARGV[5]
+  end
+  if latest ~= '' and in_flight(latest) then
+    return {'in_flight', latest}
+  end
+  if ARGV[5] ~= '' and ARGV[5] ~= latest and in_flight(ARGV[5]) then
+    return {'in_flight', ARGV[5]}
+  end
+end
+if ARGV[8] == '1' then
+  return {'would_queue', ''}
+end
+local entry = redis.call('XADD', KEYS[2], '*', 'id', ARGV[2], 'env', ARGV[3])
 redis.call('DEL', KEYS[4], KEYS[5])
 redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
-local entry = redis.call('XADD', KEYS[2], '*', 'id', ARGV[2], 'env', ARGV[3])
+redis.call('SET', KEYS[6], entry, 'PX', ARGV[4])
 if ARGV[1] ~= '' then
   redis.call('XDEL', KEYS[1], ARGV[1])
 end
-return entry
+return {'queued', entry}
 "#,
     )
 });

@@ -126,6 +126,25 @@ fn cli_json(server: &RedisServer, service: &str, args: &[&str]) -> serde_json::V
     serde_json::from_slice(&out.stdout).expect("JSON output")
 }
 
+/// Like [`cli_json`], for a command expected to exit with `code` (its report is still printed).
+fn cli_json_exit(
+    server: &RedisServer,
+    service: &str,
+    args: &[&str],
+    code: i32,
+) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = run_cli(server, service, &all);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "redcall {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON output")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_match_a_known_state() {
     let TestEnv {
@@ -423,7 +442,11 @@ async fn dlq_commands_of_the_binary() {
     let missing = run_cli(&server, service, &["dlq", "show", "1-1"]);
     assert_eq!(missing.status.code(), Some(5), "not found exits with 5");
     let bad = run_cli(&server, service, &["dlq", "show", "nope"]);
-    assert_eq!(bad.status.code(), Some(2), "a malformed entry id is a usage error");
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "a malformed entry id is a usage error"
+    );
     let text = run_cli(&server, service, &["dlq", "list"]);
     assert!(String::from_utf8_lossy(&text.stdout).contains("unknown_function"));
 
@@ -440,10 +463,12 @@ async fn dlq_commands_of_the_binary() {
     );
     assert_eq!(filtered["not_matching"], 6, "{filtered}");
     // A request over the payload limit is not replayed; it stays dead-lettered.
-    let too_large = cli_json(
+    // Nothing named was replayed: exit 1, with the report on stdout.
+    let too_large = cli_json_exit(
         &server,
         service,
         &["--payload-limit", "20", "dlq", "replay", &dead[4]],
+        1,
     );
     assert_eq!(
         too_large["replayed"].as_array().map(Vec::len),
@@ -461,7 +486,7 @@ async fn dlq_commands_of_the_binary() {
     let responder = counting_responder(&client, service, &runs, 8).await;
     let replay = cli_json(&server, service, &["dlq", "replay", &dead[0], &dead[1]]);
     assert_eq!(replay["replayed"].as_array().map(Vec::len), Some(2));
-    let again = cli_json(&server, service, &["dlq", "replay", &dead[0]]);
+    let again = cli_json_exit(&server, service, &["dlq", "replay", &dead[0]], 5);
     assert_eq!(again["replayed"].as_array().map(Vec::len), Some(0));
     assert_eq!(again["skipped"][0]["reason"], "not_found");
     for (id, n) in [("d0", 0), ("d1", 2)] {

@@ -79,6 +79,25 @@ impl DeadLetterEntry {
     }
 }
 
+/// What a purge by id did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct PurgeReport {
+    /// Dead letters removed.
+    pub purged: u64,
+    /// The ids given that were not in the dead-letter stream, in the order given.
+    pub not_found: Vec<String>,
+}
+
+/// `ids` without repeats, in their first order.
+pub(super) fn distinct(ids: &[String]) -> Vec<&str> {
+    let mut seen = std::collections::HashSet::new();
+    ids.iter()
+        .map(String::as_str)
+        .filter(|id| seen.insert(*id))
+        .collect()
+}
+
 /// A field value as text, when it is text.
 fn value_text(v: &Value) -> Option<String> {
     match v {
@@ -166,9 +185,9 @@ impl Admin {
             })
     }
 
-    /// Removes the given dead letters. Returns how many existed and were removed; `progress` gets the number of
-    /// ids processed so far. Stored replies and records of their requests expire by their TTLs. Ids that do not
-    /// exist (any more) are not an error; they are just not counted.
+    /// Removes the given dead letters (each id once, however often it is given). The report says how many were
+    /// removed and which ids did not exist (never existed, already replayed or purged); `progress` gets the number
+    /// of ids processed so far. Stored replies and records of their requests expire by their TTLs.
     ///
     /// # Errors
     /// - [`Error::InvalidArgument`] when one of `dead_ids` is not a stream entry id: checked before anything is
@@ -179,25 +198,34 @@ impl Admin {
         &self,
         dead_ids: &[String],
         mut progress: impl FnMut(u64) + Send,
-    ) -> Result<u64> {
+    ) -> Result<PurgeReport> {
         for id in dead_ids {
             check_entry_id(id, false)?;
         }
+        let dead_ids = distinct(dead_ids);
         let mut con = self.con().await?;
-        let mut removed = 0;
+        let mut report = PurgeReport::default();
         let mut done = 0;
         for chunk in dead_ids.chunks(PURGE_CHUNK) {
-            let n: u64 = redis::cmd("XDEL")
-                .arg(self.keys.dead_letters())
-                .arg(chunk)
+            // One XDEL per id, so the answer says which existed.
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                pipe.cmd("XDEL").arg(self.keys.dead_letters()).arg(*id);
+            }
+            let removed: Vec<u64> = pipe
                 .query_async(&mut con)
                 .await
                 .map_err(Error::redis("purging dead letters"))?;
-            removed += n;
+            for (id, n) in chunk.iter().zip(removed) {
+                if n == 0 {
+                    report.not_found.push((*id).to_owned());
+                }
+                report.purged += n;
+            }
             done += chunk.len() as u64;
             progress(done);
         }
-        Ok(removed)
+        Ok(report)
     }
 
     /// Removes every dead letter that existed when the purge started (dead letters added meanwhile are kept), a

@@ -1,15 +1,13 @@
 //! Range replay: re-queue a range of the requests stream under the original request ids, for re-running history
-//! after a bug fix. Entries still in flight are skipped; the range ends at the newest entry that existed when the
-//! replay began, so the replays it adds are never replayed again.
+//! after a bug fix. Requests still in flight are skipped (whichever of an id's entries the range names: the
+//! `REPLAY` script looks at the id's latest entry, see [`crate::scripts`]); the range ends at the newest entry that
+//! existed when the replay began, so the replays it adds are never replayed again.
 
 use std::collections::HashSet;
 
-use redis::aio::ConnectionManager;
-use redis::streams::{StreamInfoGroupsReply, StreamPendingCountReply};
-
 use super::Admin;
 use super::pager::Pager;
-use super::replay::{READING_PAGE, ReplayOptions, ReplayReport, SkipReason, Skipped};
+use super::replay::{READING_PAGE, ReplayOptions, ReplayReport};
 use crate::error::{Error, Result};
 use crate::protocol::entry::{RawEntry, check_entry_id, parse_entry_id};
 
@@ -19,18 +17,19 @@ impl Admin {
     /// history after a bug fix. The range ends at the newest entry that
     /// existed when the replay started, so the replays it adds are never replayed again.
     ///
-    /// Entries still in flight (pending in, or not yet delivered to, some group) are skipped unless
-    /// [`ReplayOptions::include_in_flight`]; when a request id occurs several times in the range (an earlier
-    /// replay), only its first entry is replayed. `progress` gets the number of entries examined. Entries that
-    /// cannot be replayed are listed in the report as [`Skipped`], not errors.
+    /// A request still in flight is skipped unless [`ReplayOptions::include_in_flight`]: one whose latest entry
+    /// (an earlier replay adds a new entry under the same id, maybe outside the range) or the entry named is
+    /// pending in, or not yet delivered to, some group. So running the same replay twice before the first one's
+    /// requests were handled queues nothing the second time, and two replays running at once queue each request
+    /// once. When a request id occurs several times in the range, it is replayed once (the others are
+    /// [`SkipReason::DuplicateId`](super::SkipReason::DuplicateId)). `progress` gets the number of entries
+    /// examined. Entries that cannot be replayed are listed in the report as [`Skipped`], not errors.
     ///
     /// # Errors
     /// - [`Error::InvalidArgument`] when `from` or `to` is not a stream entry id, `-`, `+` or a millisecond
-    ///   timestamp (checked before anything is read), or for a zero [`ReplayOptions::timeout`] (told only when the
-    ///   range holds an entry);
-    /// - [`Error::Redis`] when the admin's first connection or a read, a pending-entries check or the replay script
-    ///   fails. What was replayed before stays replayed, and the original entries stay in the stream: running the
-    ///   same range again replays those again.
+    ///   timestamp (checked before anything is read), or for a zero [`ReplayOptions::timeout`];
+    /// - [`Error::Redis`] when the admin's first connection or a read or the replay script fails. What was
+    ///   replayed before stays replayed; running the same range again skips those while they are in flight.
     pub async fn replay_range(
         &self,
         from: &str,
@@ -38,6 +37,7 @@ impl Admin {
         opts: &ReplayOptions,
         mut progress: impl FnMut(u64) + Send,
     ) -> Result<ReplayReport> {
+        opts.check()?;
         let from = range_end(from, false)?;
         let to = range_end(to, true)?;
         let (from, to) = (from.as_str(), to.as_str());
@@ -62,84 +62,16 @@ impl Admin {
         let mut pager = Pager::new(requests, from, &bound, total, READING_PAGE);
         while let Some(ids) = pager.next(&mut con).await? {
             let n = ids.len();
-            let entries: Vec<RawEntry> = ids.into_iter().map(RawEntry::from_stream_id).collect();
-            let in_flight = if opts.include_in_flight {
-                HashSet::new()
-            } else {
-                self.in_flight(&mut con, &entries).await?
-            };
-            let mut candidates = Vec::with_capacity(n);
-            for entry in entries {
-                if in_flight.contains(&entry.entry_id) {
-                    report.skipped.push(Skipped {
-                        from: entry.entry_id,
-                        request_id: entry.request_id,
-                        reason: SkipReason::InFlight,
-                    });
-                } else {
-                    candidates.push(entry.into());
-                }
-            }
+            let candidates = ids
+                .into_iter()
+                .map(|e| RawEntry::from_stream_id(e).into())
+                .collect();
             self.requeue(&mut con, candidates, opts, &mut seen, &mut report)
                 .await?;
             done += n as u64;
             progress(done);
         }
         Ok(report)
-    }
-
-    /// The entry ids among `entries` that some group has not read yet or holds pending. With no group at all,
-    /// every entry is undelivered.
-    async fn in_flight(
-        &self,
-        con: &mut ConnectionManager,
-        entries: &[RawEntry],
-    ) -> Result<HashSet<String>> {
-        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
-            return Ok(HashSet::new());
-        };
-        let requests = self.keys.requests();
-        let groups: StreamInfoGroupsReply = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(requests)
-            .query_async(con)
-            .await
-            .map_err(Error::redis("listing consumer groups"))?;
-        if groups.groups.is_empty() {
-            return Ok(entries.iter().map(|e| e.entry_id.clone()).collect());
-        }
-        let mut pipe = redis::pipe();
-        for group in &groups.groups {
-            pipe.xpending_count(
-                requests,
-                &group.name,
-                &first.entry_id,
-                &last.entry_id,
-                entries.len(),
-            );
-        }
-        let pending: Vec<StreamPendingCountReply> = pipe
-            .query_async(con)
-            .await
-            .map_err(Error::redis("listing pending entries"))?;
-        let mut in_flight: HashSet<String> = pending
-            .into_iter()
-            .flat_map(|p| p.ids)
-            .map(|p| p.id)
-            .collect();
-        // The least advanced group decides what is undelivered.
-        let delivered_up_to = groups
-            .groups
-            .iter()
-            .map(|g| parse_entry_id(&g.last_delivered_id).unwrap_or((0, 0)))
-            .min()
-            .unwrap_or((0, 0));
-        for entry in entries {
-            if parse_entry_id(&entry.entry_id).is_none_or(|id| id > delivered_up_to) {
-                in_flight.insert(entry.entry_id.clone());
-            }
-        }
-        Ok(in_flight)
     }
 }
 

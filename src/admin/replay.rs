@@ -8,12 +8,13 @@ use redis::aio::ConnectionManager;
 use redis::streams::StreamRangeReply;
 use serde::Serialize;
 
+use super::dead_letters::distinct;
 use super::pager::Pager;
 use super::{Admin, DeadLetterEntry, PAGE};
 use crate::config::ttl_ms;
 use crate::error::{Error, Result};
-use crate::protocol::entry::{RawEntry, check_entry_id};
-use crate::protocol::{self, ReplayInfo, ReplaySource, RequestEnvelope};
+use crate::protocol::entry::{RawEntry, check_entry_id, parse_entry_id};
+use crate::protocol::{self, ReplayInfo, ReplaySource, RequestEnvelope, ServiceKeys};
 use crate::scripts;
 
 /// What paging through a stream reports in errors.
@@ -31,9 +32,12 @@ pub struct ReplayOptions {
     pub timeout: Duration,
     /// Replay only requests for this function key (default: all).
     pub func_key: Option<String>,
-    /// Range replays only: also replay entries that are still pending in, or not yet delivered to, some group
-    /// (default false: they are skipped, since they will run anyway and would run twice).
+    /// Also replay requests that are still in flight: whose latest entry (or the entry replayed) is pending in,
+    /// or not yet delivered to, some group (default false: they are skipped as [`SkipReason::InFlight`], since
+    /// they will run anyway and would run twice).
     pub include_in_flight: bool,
+    /// Decide what would be replayed and skipped, and report it, without changing anything (default false).
+    pub dry_run: bool,
 }
 
 impl Default for ReplayOptions {
@@ -42,11 +46,22 @@ impl Default for ReplayOptions {
             timeout: DEFAULT_REPLAY_TIMEOUT,
             func_key: None,
             include_in_flight: false,
+            dry_run: false,
         }
     }
 }
 
 impl ReplayOptions {
+    /// Refuses options no replay can use, before anything is read or queued.
+    pub(super) fn check(&self) -> Result<()> {
+        if self.timeout.is_zero() {
+            return Err(Error::InvalidArgument(
+                "a replay's timeout must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Sets the new deadline, counted from the replay; a zero one is refused by the replay with
     /// [`Error::InvalidArgument`].
     pub fn timeout(mut self, timeout: Duration) -> Self {
@@ -60,9 +75,17 @@ impl ReplayOptions {
         self
     }
 
-    /// Also replays entries still in flight (range replays only).
+    /// Also replays requests still in flight (they then run twice).
     pub fn include_in_flight(mut self, include: bool) -> Self {
         self.include_in_flight = include;
+        self
+    }
+
+    /// Only reports what the replay would do: the same decisions, made by the same script, but nothing is
+    /// queued, deleted or overwritten. (What a dry run reports can change before a real replay runs, as requests
+    /// are handled meanwhile.)
+    pub fn dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
         self
     }
 }
@@ -75,8 +98,8 @@ pub struct Replayed {
     pub from: String,
     /// The request id (unchanged by the replay).
     pub request_id: String,
-    /// The new requests stream entry.
-    pub entry_id: String,
+    /// The new requests stream entry; `None` in a dry run, which adds none.
+    pub entry_id: Option<String>,
 }
 
 /// Why an entry was not replayed.
@@ -91,8 +114,13 @@ pub enum SkipReason {
         /// What is wrong with it.
         message: String,
     },
-    /// The request is still pending in, or not yet delivered to, some group (range replays).
+    /// The request is still in flight: its latest entry in the requests stream (a replay adds one under the same
+    /// id), or the entry replayed, is pending in or not yet delivered to some group. It will run anyway; a replay
+    /// would make it run twice.
     InFlight,
+    /// The request id's record holds another request than this entry: the id was used again for a new request
+    /// after this one's record expired, and replaying the old one would overwrite the new one's record and reply.
+    Superseded,
     /// An earlier entry of this replay had the same request id.
     DuplicateId,
     /// The re-encoded envelope is over the payload limit.
@@ -103,13 +131,14 @@ pub enum SkipReason {
 }
 
 impl SkipReason {
-    /// Its code, as in JSON (`reason`): `not_found`, `malformed`, `in_flight`, `duplicate_id`, `payload_too_large`.
-    /// Stable, for scripts that sort skipped entries by cause.
+    /// Its code, as in JSON (`reason`): `not_found`, `malformed`, `in_flight`, `superseded`, `duplicate_id`,
+    /// `payload_too_large`. Stable, for scripts that sort skipped entries by cause.
     pub fn code(&self) -> &'static str {
         match self {
             SkipReason::NotFound => "not_found",
             SkipReason::Malformed { .. } => "malformed",
             SkipReason::InFlight => "in_flight",
+            SkipReason::Superseded => "superseded",
             SkipReason::DuplicateId => "duplicate_id",
             SkipReason::PayloadTooLarge { .. } => "payload_too_large",
         }
@@ -133,7 +162,9 @@ pub struct Skipped {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct ReplayReport {
-    /// Requests re-queued, in order.
+    /// Whether this was a dry run: `replayed` then lists what would have been re-queued, and nothing changed.
+    pub dry_run: bool,
+    /// Requests re-queued (in a dry run: that would have been), in order.
     pub replayed: Vec<Replayed>,
     /// Entries left alone, with the reason.
     pub skipped: Vec<Skipped>,
@@ -146,6 +177,9 @@ pub(super) struct Candidate {
     /// The dead-letter id, or the requests stream entry id.
     from: String,
     dead: bool,
+    /// The requests stream entry it names: the range entry itself, or the entry a dead letter came from (when the
+    /// dead letter says, with a well-formed id).
+    entry_id: Option<String>,
     request_id: Option<String>,
     envelope: Option<Vec<u8>>,
 }
@@ -155,6 +189,7 @@ impl From<DeadLetterEntry> for Candidate {
         Self {
             from: d.dead_id,
             dead: true,
+            entry_id: d.entry_id.filter(|id| parse_entry_id(id).is_some()),
             request_id: d.request_id,
             envelope: d.envelope,
         }
@@ -164,6 +199,7 @@ impl From<DeadLetterEntry> for Candidate {
 impl From<RawEntry> for Candidate {
     fn from(e: RawEntry) -> Self {
         Self {
+            entry_id: Some(e.entry_id.clone()),
             from: e.entry_id,
             dead: false,
             request_id: e.request_id,
@@ -172,12 +208,26 @@ impl From<RawEntry> for Candidate {
     }
 }
 
+/// A candidate whose envelope decoded, on its way to the `REPLAY` script.
+struct Ready {
+    candidate: Candidate,
+    envelope: RequestEnvelope,
+}
+
+/// The key naming the newest requests stream entry of request `id`, written by every replay (see
+/// [`scripts::REPLAY`]). Built here rather than in [`ServiceKeys`] because only replays use it.
+pub(super) fn latest_entry_key(keys: &ServiceKeys, id: &str) -> String {
+    format!("{}:latest:{id}", keys.tag())
+}
+
 impl Admin {
-    /// Replays the given dead letters (by dead-letter id), each under its request id; each is removed from the
-    /// dead-letter stream in the same script that re-queues it. `progress` gets the number of ids processed.
+    /// Replays the given dead letters (by dead-letter id; each id once, however often it is given), each under its
+    /// request id; each is removed from the dead-letter stream in the same script that re-queues it. An id that is
+    /// not in the dead-letter stream is reported as [`SkipReason::NotFound`]. `progress` gets the number of ids
+    /// processed.
     ///
-    /// Dead letters that do not exist (any more), cannot be replayed (no id, undecodable envelope), repeat a request
-    /// id or grow over the payload limit are not errors: the report lists them as [`Skipped`].
+    /// Dead letters that cannot be replayed (no id, undecodable envelope, in flight again), repeat a request id or
+    /// grow over the payload limit are not errors: the report lists them as [`Skipped`].
     ///
     /// # Errors
     /// - [`Error::InvalidArgument`] when one of `dead_ids` is not a stream entry id (checked before anything is
@@ -191,9 +241,11 @@ impl Admin {
         opts: &ReplayOptions,
         mut progress: impl FnMut(u64) + Send,
     ) -> Result<ReplayReport> {
+        opts.check()?;
         for id in dead_ids {
             check_entry_id(id, false)?;
         }
+        let dead_ids = distinct(dead_ids);
         let mut con = self.con().await?;
         let mut report = ReplayReport::default();
         let mut seen = HashSet::new();
@@ -215,7 +267,7 @@ impl Admin {
                 match reply.ids.into_iter().next() {
                     Some(entry) => candidates.push(DeadLetterEntry::from_stream_id(entry).into()),
                     None => report.skipped.push(Skipped {
-                        from: id.clone(),
+                        from: (*id).to_owned(),
                         request_id: None,
                         reason: SkipReason::NotFound,
                     }),
@@ -243,6 +295,7 @@ impl Admin {
         opts: &ReplayOptions,
         mut progress: impl FnMut(u64) + Send,
     ) -> Result<ReplayReport> {
+        opts.check()?;
         let mut report = ReplayReport::default();
         let Some(bound) = self.last_entry_id(self.keys.dead_letters()).await? else {
             return Ok(report);
@@ -268,6 +321,11 @@ impl Admin {
     }
 
     /// Re-queues candidates in one pipeline of `REPLAY` script calls, recording each outcome in `report`.
+    ///
+    /// What may be replayed is decided by the script, atomically with the re-queue (see [`scripts::REPLAY`]): an
+    /// id whose latest entry is in flight is skipped, whichever of its entries the candidate is. `seen` holds the
+    /// ids this replay has queued (or, in a dry run, would have): a later candidate with the same id is reported
+    /// as [`SkipReason::DuplicateId`].
     pub(super) async fn requeue(
         &self,
         con: &mut ConnectionManager,
@@ -276,40 +334,135 @@ impl Admin {
         seen: &mut HashSet<String>,
         report: &mut ReplayReport,
     ) -> Result<()> {
-        if opts.timeout.is_zero() {
-            return Err(Error::InvalidArgument(
-                "a replay's timeout must be positive".into(),
-            ));
-        }
+        report.dry_run = opts.dry_run;
+        let ready = self.decodable(candidates, opts, seen, report);
+        let counts = self.replay_counts(con, &ready).await?;
         let config = self.client.config();
         let record_ttl = ttl_ms(crate::config::add(opts.timeout, config.record_retention));
         let now = protocol::now_ms();
         let mut pipe = redis::pipe();
         let mut sent: Vec<(String, String)> = Vec::new();
-        for c in candidates {
-            let skip = |reason| Skipped {
-                from: c.from.clone(),
-                request_id: c.request_id.clone(),
-                reason,
+        for (
+            Ready {
+                candidate: c,
+                envelope,
+            },
+            floor,
+        ) in ready.into_iter().zip(counts)
+        {
+            let source = if c.dead {
+                ReplaySource::DeadLetter
+            } else {
+                ReplaySource::Range
             };
-            let envelope = match (&c.request_id, c.envelope.as_deref()) {
+            let replayed = replay_envelope(envelope, source, &c.from, opts.timeout, now, floor);
+            let bytes = protocol::encode(&replayed)?;
+            if bytes.len() > config.payload_limit {
+                let size = bytes.len();
+                report.skipped.push(Skipped {
+                    from: c.from,
+                    request_id: c.request_id,
+                    reason: SkipReason::PayloadTooLarge { size },
+                });
+                continue;
+            }
+            let id = &replayed.id;
+            if opts.include_in_flight {
+                // The script does not look at what is in flight then, so this replay's own duplicates are
+                // caught here.
+                seen.insert(id.clone());
+            }
+            let flag = |on: bool| if on { "1" } else { "" };
+            scripts::evalsha(&mut pipe, &scripts::REPLAY)
+                .arg(6)
+                .arg(self.keys.dead_letters())
+                .arg(self.keys.requests())
+                .arg(self.keys.record(id))
+                .arg(self.keys.reply(id))
+                .arg(self.keys.last_error(id))
+                .arg(latest_entry_key(&self.keys, id))
+                .arg(if c.dead { c.from.as_str() } else { "" })
+                .arg(id)
+                .arg(&bytes)
+                .arg(record_ttl)
+                .arg(c.entry_id.as_deref().unwrap_or(""))
+                .arg(c.envelope.as_deref().unwrap_or_default())
+                .arg(flag(!opts.include_in_flight))
+                .arg(flag(opts.dry_run));
+            sent.push((c.from, replayed.id));
+        }
+        if sent.is_empty() {
+            return Ok(());
+        }
+        let results: Vec<(String, String)> = scripts::query_with_scripts(&pipe, con)
+            .await
+            .map_err(Error::redis("re-queuing requests"))?;
+        for ((from, request_id), (outcome, detail)) in sent.into_iter().zip(results) {
+            let reason = match outcome.as_str() {
+                "queued" | "would_queue" => {
+                    if opts.include_in_flight || seen.insert(request_id.clone()) {
+                        let entry_id = (outcome == "queued").then_some(detail);
+                        tracing::info!(%request_id, %from, ?entry_id, dry_run = opts.dry_run, "replayed");
+                        report.replayed.push(Replayed {
+                            from,
+                            request_id,
+                            entry_id,
+                        });
+                        continue;
+                    }
+                    // Only in a dry run: a real replay's first entry would have made this one in flight.
+                    SkipReason::DuplicateId
+                }
+                "in_flight" if seen.contains(&request_id) => SkipReason::DuplicateId,
+                "in_flight" => SkipReason::InFlight,
+                "superseded" => SkipReason::Superseded,
+                "not_found" => SkipReason::NotFound,
+                other => {
+                    return Err(Error::Decode {
+                        what: "replay script answer",
+                        message: format!("unknown outcome {other:?}"),
+                    });
+                }
+            };
+            report.skipped.push(Skipped {
+                from,
+                request_id: Some(request_id),
+                reason,
+            });
+        }
+        Ok(())
+    }
+
+    /// The candidates whose envelope decodes and names their request id, for the function key asked for; the
+    /// others are recorded in `report`.
+    fn decodable(
+        &self,
+        candidates: Vec<Candidate>,
+        opts: &ReplayOptions,
+        seen: &HashSet<String>,
+        report: &mut ReplayReport,
+    ) -> Vec<Ready> {
+        let mut ready = Vec::with_capacity(candidates.len());
+        for c in candidates {
+            let decoded = match (&c.request_id, c.envelope.as_deref()) {
                 (Some(id), Some(bytes)) => match protocol::decode_request(bytes) {
-                    Ok(env) if &env.id == id => env,
-                    Ok(env) => {
-                        let message =
-                            format!("envelope id {:?} differs from entry id {id:?}", env.id);
-                        report.skipped.push(skip(SkipReason::Malformed { message }));
-                        continue;
-                    }
-                    Err(err) => {
-                        let message = err.to_string();
-                        report.skipped.push(skip(SkipReason::Malformed { message }));
-                        continue;
-                    }
+                    Ok(env) if &env.id == id => Ok(env),
+                    Ok(env) => Err(format!(
+                        "envelope id {:?} differs from entry id {id:?}",
+                        env.id
+                    )),
+                    Err(err) => Err(err.to_string()),
                 },
-                _ => {
-                    let message = "no request id or no envelope".to_owned();
-                    report.skipped.push(skip(SkipReason::Malformed { message }));
+                _ => Err("no request id or no envelope".to_owned()),
+            };
+            let envelope = match decoded {
+                Ok(env) => env,
+                Err(message) => {
+                    report.skipped.push(Skipped {
+                        from: c.from,
+                        request_id: c.request_id,
+                        reason: SkipReason::Malformed { message },
+                    });
                     continue;
                 }
             };
@@ -321,77 +474,74 @@ impl Admin {
                 report.not_matching += 1;
                 continue;
             }
-            if !seen.insert(envelope.id.clone()) {
-                report.skipped.push(skip(SkipReason::DuplicateId));
+            if opts.include_in_flight && seen.contains(&envelope.id) {
+                report.skipped.push(Skipped {
+                    from: c.from,
+                    request_id: c.request_id,
+                    reason: SkipReason::DuplicateId,
+                });
                 continue;
             }
-            let source = if c.dead {
-                ReplaySource::DeadLetter
-            } else {
-                ReplaySource::Range
-            };
-            let replayed = replay_envelope(envelope, source, &c.from, opts.timeout, now);
-            let bytes = protocol::encode(&replayed)?;
-            if bytes.len() > config.payload_limit {
-                let size = bytes.len();
-                report
-                    .skipped
-                    .push(skip(SkipReason::PayloadTooLarge { size }));
-                continue;
-            }
-            let id = &replayed.id;
-            scripts::evalsha(&mut pipe, &scripts::REPLAY)
-                .arg(5)
-                .arg(self.keys.dead_letters())
-                .arg(self.keys.requests())
-                .arg(self.keys.record(id))
-                .arg(self.keys.reply(id))
-                .arg(self.keys.last_error(id))
-                .arg(if c.dead { c.from.as_str() } else { "" })
-                .arg(id)
-                .arg(&bytes)
-                .arg(record_ttl);
-            sent.push((c.from, replayed.id));
+            ready.push(Ready {
+                candidate: c,
+                envelope,
+            });
         }
-        if sent.is_empty() {
-            return Ok(());
+        ready
+    }
+
+    /// For each candidate, the replay count of its id's current record (0 when there is none, or it is not an
+    /// envelope of that id): a replay of an older entry of an id replayed before still counts on from the latest.
+    /// Read in one pipeline; a key of another type counts as no record.
+    async fn replay_counts(
+        &self,
+        con: &mut ConnectionManager,
+        ready: &[Ready],
+    ) -> Result<Vec<u32>> {
+        if ready.is_empty() {
+            return Ok(Vec::new());
         }
-        let results: Vec<Option<String>> = scripts::query_with_scripts(&pipe, con)
+        let mut pipe = redis::pipe();
+        for r in ready {
+            pipe.cmd("GET").arg(self.keys.record(&r.envelope.id));
+        }
+        let records: Vec<redis::RedisResult<Option<Vec<u8>>>> = pipe
+            .ignore_errors()
+            .query_async(con)
             .await
-            .map_err(Error::redis("re-queuing requests"))?;
-        for ((from, request_id), entry) in sent.into_iter().zip(results) {
-            match entry {
-                Some(entry_id) => {
-                    tracing::info!(%request_id, %from, %entry_id, "replayed");
-                    report.replayed.push(Replayed {
-                        from,
-                        request_id,
-                        entry_id,
-                    });
-                }
-                None => {
-                    report.skipped.push(Skipped {
-                        from,
-                        request_id: Some(request_id),
-                        reason: SkipReason::NotFound,
-                    });
-                }
-            }
-        }
-        Ok(())
+            .map_err(Error::redis("reading request records"))?;
+        Ok(ready
+            .iter()
+            .zip(records)
+            .map(|(r, record)| {
+                record
+                    .ok()
+                    .flatten()
+                    .and_then(|bytes| protocol::decode_request(&bytes).ok())
+                    .filter(|env| env.id == r.envelope.id)
+                    .and_then(|env| env.replay)
+                    .map_or(0, |info| info.count)
+            })
+            .collect())
     }
 }
 
 /// The envelope of a replay: same id, function key, params and creation time; a fresh deadline; the replay's
-/// provenance.
+/// provenance. Its count is one more than the larger of the original's and `count_floor` (the id's latest count).
 fn replay_envelope(
     original: RequestEnvelope,
     source: ReplaySource,
     from: &str,
     timeout: Duration,
     now_ms: u64,
+    count_floor: u32,
 ) -> RequestEnvelope {
-    let count = original.replay.as_ref().map_or(0, |r| r.count) + 1;
+    let count = original
+        .replay
+        .as_ref()
+        .map_or(0, |r| r.count)
+        .max(count_floor)
+        + 1;
     RequestEnvelope {
         deadline_ms: now_ms + crate::config::clamp(timeout).as_millis() as u64,
         replay: Some(ReplayInfo {
@@ -416,6 +566,7 @@ mod tests {
                 message: "m".into(),
             },
             SkipReason::InFlight,
+            SkipReason::Superseded,
             SkipReason::DuplicateId,
             SkipReason::PayloadTooLarge { size: 1 },
         ];
@@ -443,6 +594,7 @@ mod tests {
             "9-0",
             Duration::from_secs(1),
             1000,
+            0,
         );
         assert_eq!((once.id.as_str(), once.func_key.as_str()), ("r1", "f"));
         assert_eq!(
@@ -456,11 +608,22 @@ mod tests {
             "10-0",
             Duration::from_secs(1),
             3000,
+            0,
         );
-        let info = twice.replay.expect("replay info");
+        let info = twice.replay.clone().expect("replay info");
         assert_eq!(
             (info.count, info.source, info.from.as_str(), info.at_ms),
             (2, ReplaySource::Range, "10-0", 3000)
         );
+        // Replaying the original again, after the id's latest replay counted 2: the count goes on from there.
+        let again = replay_envelope(
+            original,
+            ReplaySource::Range,
+            "9-0",
+            Duration::from_secs(1),
+            4000,
+            2,
+        );
+        assert_eq!(again.replay.map(|r| r.count), Some(3));
     }
 }

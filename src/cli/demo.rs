@@ -21,14 +21,14 @@ pub async fn run(ctx: &Context<'_>, _args: &Args) -> redcall::Result<()> {
     let responder = super::serve::demo_handlers(builder, &ctx.client, &service, redis)
         .start()
         .await?;
-    println!("responder {} serves {service:?}", responder.consumer());
+    outln!("responder {} serves {service:?}", responder.consumer());
 
     let requester = ctx.client.requester(&service);
     let params = json!({"key1": "value1"});
     let reply: Value = requester
         .call("echo", &params, Duration::from_secs(10))
         .await?;
-    println!("\n1. request: echo {params} -> {reply}");
+    outln!("\n1. request: echo {params} -> {reply}");
 
     let manual = ctx.client.requester(&manual_service);
     let id = format!("request_{}", &suffix[suffix.len() - 6..]);
@@ -42,31 +42,31 @@ pub async fn run(ctx: &Context<'_>, _args: &Args) -> redcall::Result<()> {
         .await?;
     let info = manual.call_info(&id).await?;
     let info_params: Value = info.params()?;
-    println!(
+    outln!(
         "\n2. call info by id: {id} -> func_key {:?}, params {info_params}",
         info.func_key
     );
     manual.publish_reply(&id, &json!({"answer": 42})).await?;
     let answer: Value = pending.wait().await?;
-    println!("3. publish reply: {id} <- {answer} (the waiting request got it)");
+    outln!("3. publish reply: {id} <- {answer} (the waiting request got it)");
 
     match requester
         .call::<_, Value>("fail", &json!({}), Duration::from_secs(10))
         .await
     {
-        Ok(v) => println!("\n4. fail unexpectedly answered {v}"),
-        Err(err) => println!("\n4. a handler error reaches the requester typed: {err}"),
+        Ok(v) => outln!("\n4. fail unexpectedly answered {v}"),
+        Err(err) => outln!("\n4. a handler error reaches the requester typed: {err}"),
     }
     match requester
         .call::<_, Value>("NoSuchFunction", &json!({}), Duration::from_secs(10))
         .await
     {
-        Ok(v) => println!("5. NoSuchFunction unexpectedly answered {v}"),
-        Err(err) => println!("5. an unknown function key too, at once: {err}"),
+        Ok(v) => outln!("5. NoSuchFunction unexpectedly answered {v}"),
+        Err(err) => outln!("5. an unknown function key too, at once: {err}"),
     }
 
     responder.shutdown().await?;
-    println!("\nresponder stopped cleanly");
+    outln!("\nresponder stopped cleanly");
 
     // Leave no streams behind in a Redis that may be shared (records and replies expire on their own).
     let mut con = super::serve::connect_plain(ctx.cli).await?;

@@ -1,8 +1,9 @@
 //! `redcall dlq list|show|replay|purge`: the dead-letter stream. IDs are dead-letter stream entry ids (as listed).
 
+use std::process::ExitCode;
 use std::time::Duration;
 
-use redcall::admin::{Admin, DeadLetterEntry, ReplayOptions, ReplayReport};
+use redcall::admin::{Admin, DeadLetterEntry, ReplayOptions, ReplayReport, SkipReason, Skipped};
 
 use super::{Context, human_ms, msgpack_to_json, parse_secs, print_json, progress_bar};
 
@@ -66,6 +67,9 @@ pub struct ReplayFlags {
     /// Seconds the replayed requests get before their deadline [default: 600].
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub timeout: Option<Duration>,
+    /// Only report what would be replayed and skipped; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 impl ReplayFlags {
@@ -78,24 +82,41 @@ impl ReplayFlags {
         if let Some(func) = &self.func {
             opts = opts.func_key(func.clone());
         }
-        opts
+        opts.dry_run(self.dry_run)
     }
 }
 
-/// Runs a `dlq` subcommand.
-pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
+/// Runs a `dlq` subcommand. Exit status as every command's, and 1 when named dead letters exist but were left
+/// alone (see [`named_outcome`]).
+pub async fn run(ctx: &Context<'_>, args: &Args) -> ExitCode {
     let admin = ctx.client.admin(&ctx.cli.service);
-    match &args.command {
+    let done = match &args.command {
         DlqCommand::List { limit, after } => list(ctx, &admin, *limit, after.as_deref()).await,
-        DlqCommand::Show { id } => {
-            let entry = admin.dead_letter(id).await?;
-            print_json(ctx.cli, &describe(&entry));
-            Ok(())
-        }
-        DlqCommand::Replay(replay) => run_replay(ctx, &admin, replay).await,
+        DlqCommand::Show { id } => match admin.dead_letter(id).await {
+            Ok(entry) => {
+                print_json(ctx.cli, &describe(&entry));
+                Ok(())
+            }
+            Err(err) => Err(err),
+        },
+        DlqCommand::Replay(replay) => match run_replay(ctx, &admin, replay).await {
+            Ok(LeftAlone(None)) => Ok(()),
+            Ok(LeftAlone(Some(message))) => {
+                errln!("error: {message}");
+                return ExitCode::from(1);
+            }
+            Err(err) => Err(err),
+        },
         DlqCommand::Purge { ids, all } => purge(ctx, &admin, ids, *all).await,
+    };
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => super::fail(&err),
     }
 }
+
+/// Named dead letters that exist but were not replayed (in flight, malformed, too large, ...): what to tell.
+struct LeftAlone(Option<String>);
 
 async fn list(
     ctx: &Context<'_>,
@@ -110,19 +131,24 @@ async fn list(
         return Ok(());
     }
     if entries.is_empty() {
-        println!("no dead letters in service {:?}", ctx.cli.service);
+        outln!("no dead letters in service {:?}", ctx.cli.service);
         return Ok(());
     }
     let now = super::now_ms();
-    println!(
+    outln!(
         "{:<20} {:<38} {:<16} {:<24} {:>5} {:>14}  ERROR",
-        "DEAD ID", "REQUEST ID", "FUNCTION", "REASON", "DELIV", "DEAD FOR"
+        "DEAD ID",
+        "REQUEST ID",
+        "FUNCTION",
+        "REASON",
+        "DELIV",
+        "DEAD FOR"
     );
     for e in &entries {
         let dead_for = e
             .dead_at_ms
             .map_or("?".to_owned(), |t| human_ms(now.saturating_sub(t)));
-        println!(
+        outln!(
             "{:<20} {:<38} {:<16} {:<24} {:>5} {:>14}  {}",
             e.dead_id,
             e.request_id.as_deref().unwrap_or("-"),
@@ -136,12 +162,16 @@ async fn list(
     if let Some(last) = entries.last()
         && entries.len() == limit
     {
-        eprintln!("(more may follow: --after {})", last.dead_id);
+        errln!("(more may follow: --after {})", last.dead_id);
     }
     Ok(())
 }
 
-async fn run_replay(ctx: &Context<'_>, admin: &Admin, args: &ReplayArgs) -> redcall::Result<()> {
+async fn run_replay(
+    ctx: &Context<'_>,
+    admin: &Admin,
+    args: &ReplayArgs,
+) -> redcall::Result<LeftAlone> {
     let opts = args.flags.options();
     let report = if args.all {
         let total = admin.dead_letter_count().await?;
@@ -160,30 +190,89 @@ async fn run_replay(ctx: &Context<'_>, admin: &Admin, args: &ReplayArgs) -> redc
         report?
     };
     print_replay_report(ctx, &report, "dead letters");
-    Ok(())
+    if args.all {
+        // Nothing was named: what `--all` found is what it worked on.
+        return Ok(LeftAlone(None));
+    }
+    named_outcome(&report.skipped)
+}
+
+/// The exit status of a replay of named dead letters, once its report is printed: not found (5) when any named
+/// id does not exist, an error (1) when any other was left alone (in flight, malformed, too large, ...), success
+/// only when every named dead letter was replayed (or left out by `--func`).
+fn named_outcome(skipped: &[Skipped]) -> redcall::Result<LeftAlone> {
+    let missing: Vec<&str> = skipped
+        .iter()
+        .filter(|s| s.reason == SkipReason::NotFound)
+        .map(|s| s.from.as_str())
+        .collect();
+    if !missing.is_empty() {
+        return Err(redcall::Error::EntryNotFound {
+            stream: "dead-letter",
+            entry_id: missing.join(", "),
+        });
+    }
+    if skipped.is_empty() {
+        return Ok(LeftAlone(None));
+    }
+    let left: Vec<String> = skipped
+        .iter()
+        .map(|s| format!("{} ({})", s.from, s.reason.code()))
+        .collect();
+    Ok(LeftAlone(Some(format!(
+        "not replayed, still in the dead-letter stream: {}",
+        left.join(", ")
+    ))))
 }
 
 async fn purge(ctx: &Context<'_>, admin: &Admin, ids: &[String], all: bool) -> redcall::Result<()> {
-    let removed = if all {
+    let report = if all {
         let total = admin.dead_letter_count().await?;
         let bar = progress_bar(Some(total), "purging dead letters");
         let removed = admin.purge_all_dead_letters(|n| bar.set_position(n)).await;
         bar.finish_and_clear();
-        removed?
+        PurgeOutcome {
+            purged: removed?,
+            not_found: Vec::new(),
+        }
     } else {
         let bar = progress_bar(Some(ids.len() as u64), "purging dead letters");
-        let removed = admin.purge_dead_letters(ids, |n| bar.set_position(n)).await;
+        let report = admin.purge_dead_letters(ids, |n| bar.set_position(n)).await;
         bar.finish_and_clear();
-        removed?
+        let report = report?;
+        PurgeOutcome {
+            purged: report.purged,
+            not_found: report.not_found,
+        }
     };
+    let PurgeOutcome { purged, not_found } = &report;
     if ctx.cli.json {
-        print_json(ctx.cli, &serde_json::json!({ "purged": removed }));
-    } else if all {
-        println!("purged {removed} dead letters");
+        print_json(
+            ctx.cli,
+            &serde_json::json!({ "purged": purged, "not_found": not_found }),
+        );
+    } else if not_found.is_empty() {
+        outln!("purged {purged} dead letters");
     } else {
-        println!("purged {removed} of {} dead letters", ids.len());
+        outln!(
+            "purged {purged} dead letters; not found: {}",
+            not_found.join(", ")
+        );
     }
-    Ok(())
+    if not_found.is_empty() {
+        Ok(())
+    } else {
+        Err(redcall::Error::EntryNotFound {
+            stream: "dead-letter",
+            entry_id: not_found.join(", "),
+        })
+    }
+}
+
+/// What `dlq purge` reports, by id or `--all`.
+struct PurgeOutcome {
+    purged: u64,
+    not_found: Vec<String>,
 }
 
 /// Prints a replay report: the whole report as JSON, or a summary and the skipped entries as text.
@@ -192,9 +281,19 @@ pub fn print_replay_report(ctx: &Context<'_>, report: &ReplayReport, what: &str)
         print_json(ctx.cli, &serde_json::to_value(report).unwrap_or_default());
         return;
     }
-    println!(
-        "replayed {} {what}, skipped {}{}",
+    outln!(
+        "{} {} {what}, {} {}{}",
+        if report.dry_run {
+            "would replay"
+        } else {
+            "replayed"
+        },
         report.replayed.len(),
+        if report.dry_run {
+            "would skip"
+        } else {
+            "skipped"
+        },
         report.skipped.len(),
         if report.not_matching > 0 {
             format!(", {} for other function keys", report.not_matching)
@@ -203,16 +302,27 @@ pub fn print_replay_report(ctx: &Context<'_>, report: &ReplayReport, what: &str)
         }
     );
     const SHOWN: usize = 20;
+    if report.dry_run {
+        for r in report.replayed.iter().take(SHOWN) {
+            outln!("  would replay {} (request {})", r.from, r.request_id);
+        }
+        if report.replayed.len() > SHOWN {
+            outln!(
+                "  ... and {} more (see --json)",
+                report.replayed.len() - SHOWN
+            );
+        }
+    }
     for s in report.skipped.iter().take(SHOWN) {
         let reason = s.reason.code();
-        println!(
+        outln!(
             "  skipped {} (request {}): {reason}",
             s.from,
             s.request_id.as_deref().unwrap_or("?")
         );
     }
     if report.skipped.len() > SHOWN {
-        println!(
+        outln!(
             "  ... and {} more (see --json)",
             report.skipped.len() - SHOWN
         );

@@ -1,5 +1,10 @@
 //! Subcommands of the `redcall` binary, one file each. People get JSON and plain text; the wire stays
-//! MessagePack.
+//! MessagePack. Everything is printed through [`output`] (`outln!`, `out!`, `errln!`), which never panics on a
+//! closed pipe.
+
+// First, so that its macros are visible in every subcommand's module.
+#[macro_use]
+pub mod output;
 
 mod bench;
 mod call;
@@ -140,7 +145,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Reap(args) => reap::run(&ctx, args).await,
         Command::Demo(args) => demo::run(&ctx, args).await,
         Command::Stats(args) => stats::run(&ctx, args).await,
-        Command::Dlq(args) => dlq::run(&ctx, args).await,
+        Command::Dlq(args) => return dlq::run(&ctx, args).await,
         Command::Replay(args) => replay::run(&ctx, args).await,
     };
     match result {
@@ -175,8 +180,9 @@ fn exit_code(err: &Error) -> u8 {
     }
 }
 
-fn fail(err: &Error) -> ExitCode {
-    eprintln!("error: {err}");
+/// Prints `err` and gives its exit code.
+pub fn fail(err: &Error) -> ExitCode {
+    errln!("error: {err}");
     ExitCode::from(exit_code(err))
 }
 
@@ -229,7 +235,7 @@ pub fn print_json(cli: &Cli, value: &serde_json::Value) {
     } else {
         serde_json::to_string_pretty(value)
     };
-    println!("{}", text.unwrap_or_else(|_| value.to_string()));
+    outln!("{}", text.unwrap_or_else(|_| value.to_string()));
 }
 
 /// Parses a number of seconds (fractions allowed) for a duration flag.

@@ -64,7 +64,7 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
                 }),
             );
         } else {
-            println!(
+            outln!(
                 "dead-lettered {}, dropped {} deleted entries, removed {} dead consumers, trimmed {} entries \
                  ({} dead letters)",
                 report.dead_lettered,
@@ -76,7 +76,7 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
         }
     } else {
         let reaper = Reaper::start(ctx.client.clone(), &ctx.cli.service, settings).await?;
-        eprintln!("reaping {:?}; Ctrl-C to stop", ctx.cli.service);
+        errln!("reaping {:?}; Ctrl-C to stop", ctx.cli.service);
         super::serve::wait_for_signal().await;
         reaper.shutdown().await;
     }

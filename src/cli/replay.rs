@@ -16,7 +16,8 @@ pub struct Args {
     pub to: String,
     #[command(flatten)]
     pub flags: ReplayFlags,
-    /// Also replay entries still pending or not yet delivered to every group (they would then run twice).
+    /// Also replay requests still in flight: whose latest entry, or the entry named, is pending or not yet delivered
+    /// to every group (they then run twice).
     #[arg(long)]
     pub include_in_flight: bool,
 }

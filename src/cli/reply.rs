@@ -29,7 +29,7 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
         None => requester.publish_reply(&args.id, &data).await?,
     }
     if !ctx.cli.json {
-        eprintln!("replied to {}", args.id);
+        errln!("replied to {}", args.id);
     }
     Ok(())
 }

@@ -122,13 +122,13 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
     let responder = demo_handlers(builder, &ctx.client, &ctx.cli.service, redis)
         .start()
         .await?;
-    eprintln!(
+    errln!(
         "serving {:?} as consumer {} (handlers: echo, sleep, fail, panic, retry, work); Ctrl-C to stop",
         ctx.cli.service,
         responder.consumer()
     );
     let cut_off = responder.run_until(wait_for_signal()).await?;
-    eprintln!("stopped ({cut_off} unfinished requests left pending)");
+    errln!("stopped ({cut_off} unfinished requests left pending)");
     Ok(())
 }
 

@@ -31,10 +31,10 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
         };
         print_json(ctx.cli, &value.unwrap_or_default());
     } else if all.is_empty() {
-        println!("no services in namespace {:?}", ctx.cli.namespace);
+        outln!("no services in namespace {:?}", ctx.cli.namespace);
     } else {
         for stats in &all {
-            print!("{}", render(stats));
+            out!("{}", render(stats));
         }
     }
     Ok(())

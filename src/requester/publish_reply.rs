@@ -66,7 +66,7 @@ impl Requester {
         let (stored,): (i64,) = scripts::query_with_scripts(&pipe, &mut con)
             .await
             .inspect_err(|e| router.report_broken(e))
-            .map_err(Error::redis("publishing a reply"))?;
+            .map_err(|e| Error::redis("publishing a reply")(only_command_error(e)))?;
         match stored {
             1 => Ok(()),
             -1 => Err(Error::NotFound {
@@ -95,5 +95,14 @@ impl Requester {
             Some(reply) => interpret_reply(id, reply).map(Some),
             None => Ok(None),
         }
+    }
+}
+
+/// The error of the one command of a one-command pipeline, as Redis gave it: the script's own message (a
+/// `WRONGTYPE` naming the key) instead of the client's "Pipeline failure: [(Index 0, ...)]" around it.
+fn only_command_error(err: redis::RedisError) -> redis::RedisError {
+    match err.clone().into_server_errors().as_deref() {
+        Some([(_, only)]) => only.clone().into(),
+        _ => err,
     }
 }

@@ -6,7 +6,7 @@ use redis::AsyncCommands;
 use super::state::Shared;
 use crate::config::ttl_ms;
 use crate::protocol::entry::RawEntry;
-use crate::protocol::{self, ReplyEnvelope, ReplyStatus, RequestEnvelope};
+use crate::protocol::{self, ReplyEnvelope, ReplyStatus, RequestEnvelope, codes};
 use crate::scripts;
 
 /// Why an entry is moved to the dead-letter stream.
@@ -61,7 +61,9 @@ impl Shared {
         con.get(self.keys.last_error(id)).await.ok().flatten()
     }
 
-    /// Moves an entry to the dead-letter stream, acknowledges it and tells the requester, in one script call.
+    /// Moves an entry to the dead-letter stream, acknowledges it and tells the requester, in one script call. When
+    /// Redis refuses the dead letter (the dead-letter stream key holds another type), the requester is still told,
+    /// the entry stays pending and the reason is kept as its last error (see [`scripts::DEAD_LETTER`]).
     pub(crate) async fn dead_letter(
         &self,
         entry: &RawEntry,
@@ -75,6 +77,14 @@ impl Shared {
             Err(_) => Vec::new(),
         };
         let func_key = request.map(|r| r.func_key.as_str()).unwrap_or("");
+        // Kept as the last error if the dead letter cannot be written, so the one written later names the reason.
+        // A `max_deliveries_exceeded` letter carries the last error already: it stays as it is.
+        let remember = match entry.request_id {
+            Some(_) if letter.reason != codes::MAX_DELIVERIES_EXCEEDED => {
+                format!("{}: {}", letter.reason, letter.error)
+            }
+            _ => String::new(),
+        };
         let mut pipe = redis::pipe();
         scripts::evalsha(&mut pipe, &scripts::DEAD_LETTER)
             .arg(4)
@@ -93,7 +103,9 @@ impl Shared {
             .arg(&reply)
             .arg(ttl_ms(self.client.config().reply_ttl))
             .arg(self.keys.reply_channel(id))
-            .arg(func_key);
+            .arg(func_key)
+            .arg(&remember)
+            .arg(ttl_ms(self.client.config().record_retention));
         self.run_with_retries::<(String,)>(&pipe, "dead-lettering")
             .await;
     }

@@ -54,7 +54,7 @@ fn finish(outcome: Result<(), String>) -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("error: {message}");
+            errln!("error: {message}");
             ExitCode::from(1)
         }
     }
@@ -89,7 +89,7 @@ async fn bench(ctx: &Context<'_>, args: &Args) -> Result<(), String> {
     let redis_pid = stats::info_field(&server_info, "process_id")
         .map(|pid| pid as u32)
         .filter(|&pid| procs::is_redis_server(pid));
-    eprintln!(
+    errln!(
         "redcall bench: Redis {} at {url} ({}); workers are separate processes on current-thread runtimes",
         server_info
             .lines()

@@ -26,7 +26,7 @@ impl Progress {
     pub fn step(&self, message: String) {
         match &self.bar {
             Some(bar) => bar.set_message(message),
-            None => eprintln!("{message}"),
+            None => errln!("{message}"),
         }
     }
 
@@ -40,8 +40,8 @@ impl Progress {
     /// Prints a line on stdout without tearing the progress line.
     pub fn println(&self, line: &str) {
         match &self.bar {
-            Some(bar) => bar.suspend(|| println!("{line}")),
-            None => println!("{line}"),
+            Some(bar) => bar.suspend(|| outln!("{line}")),
+            None => outln!("{line}"),
         }
     }
 

@@ -193,7 +193,7 @@ enum Running {
 
 /// Prints one JSON event line (stdout is line-buffered, so the bench sees it at once).
 fn emit(event: serde_json::Value) {
-    println!("{event}");
+    outln!("{event}");
 }
 
 fn secs(s: f64) -> Result<Duration, String> {

@@ -55,10 +55,10 @@ pub async fn run(env: &Env<'_>) -> Result<(), String> {
     progress.done();
     let ratios = Ratios::of(&measurements);
     if env.json {
-        println!("{}", ratios.to_json());
+        outln!("{}", ratios.to_json());
     } else {
         let top = args.concurrency.iter().copied().max().unwrap_or(1);
-        println!(
+        outln!(
             "\nRedis commands per request (calls and server µs per request; commands run inside a Lua script are \
              counted too, and their time is part of the evalsha time):"
         );
@@ -66,9 +66,9 @@ pub async fn run(env: &Env<'_>) -> Result<(), String> {
             .iter()
             .filter(|m| m.round == 1 && (m.concurrency == top || m.concurrency == 1))
         {
-            println!("  {}", table::command_mix(m));
+            outln!("  {}", table::command_mix(m));
         }
-        println!("\n{}", ratios.to_text());
+        outln!("\n{}", ratios.to_text());
     }
     // Failed calls are a finding, not noise: the run is reported in full, then fails.
     if ratios.no_errors() {

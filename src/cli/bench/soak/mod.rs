@@ -36,9 +36,10 @@ pub async fn run(env: &Env<'_>, n: u64) -> Result<(), String> {
     ]);
     let mut requester = Worker::spawn("redcall requester".into(), &a)?;
     requester.expect("ready", READY_LIMIT).await?;
-    eprintln!(
+    errln!(
         "soak: {n} requests at concurrency {concurrency}, records and replies kept {} s, a sample every {} s",
-        args.retention, args.sample_every
+        args.retention,
+        args.sample_every
     );
     requester.send("go").await?;
 
@@ -72,9 +73,9 @@ pub async fn run(env: &Env<'_>, n: u64) -> Result<(), String> {
                     sample.rate = if dt > 0.0 { (sample.done - prev.done) as f64 / dt } else { 0.0 };
                 }
                 if env.json {
-                    println!("{}", sample.to_json());
+                    outln!("{}", sample.to_json());
                 } else {
-                    eprintln!("{}", sample.to_text());
+                    errln!("{}", sample.to_text());
                 }
                 samples.push(sample);
             }
@@ -102,7 +103,7 @@ pub async fn run(env: &Env<'_>, n: u64) -> Result<(), String> {
     let in_flight_at_end = result["in_flight"].as_u64().unwrap_or(0);
     let outcome = soak_outcome(errors, in_flight_at_end, channels_left, enough, &verdicts);
     if env.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "kind": "soak_summary",
@@ -122,23 +123,23 @@ pub async fn run(env: &Env<'_>, n: u64) -> Result<(), String> {
             })
         );
     } else {
-        println!(
+        outln!(
             "soak: {requests} requests ({errors} errors) in {elapsed:.1} s, {rps:.0} req/s; in flight at the end: {}, \
              channels still subscribed: {channels_left}",
             result["in_flight"]
         );
         if !enough {
-            println!(
+            outln!(
                 "only {} steady samples (after {settle_s:.0} s and 10 % of the requests): too short to judge; use a \
                  larger N",
                 steady.len()
             );
         }
         for v in &verdicts {
-            println!("  {}", v.to_text());
+            outln!("  {}", v.to_text());
         }
         if outcome.is_ok() {
-            println!("soak: every judged series stayed flat");
+            outln!("soak: every judged series stayed flat");
         }
     }
     cleanup(env, &service).await?;

@@ -816,25 +816,23 @@ mod fuzz {
     use super::*;
     use proptest::prelude::*;
 
+    /// Params or reply data: one complete MessagePack document, as the protocol requires.
+    fn document() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<u8>(), 0..200).prop_map(|b| protocol::encode(&b).unwrap())
+    }
+
     fn valid_request() -> impl Strategy<Value = RequestEnvelope> {
-        (
-            ".{0,40}",
-            ".{0,20}",
-            proptest::collection::vec(any::<u8>(), 0..200),
-            any::<u64>(),
-            any::<u64>(),
+        (".{0,40}", ".{0,20}", document(), any::<u64>(), any::<u64>()).prop_map(
+            |(id, func_key, params, deadline_ms, created_ms)| RequestEnvelope {
+                v: FORMAT_VERSION,
+                id,
+                func_key,
+                params,
+                deadline_ms,
+                created_ms,
+                replay: None,
+            },
         )
-            .prop_map(
-                |(id, func_key, params, deadline_ms, created_ms)| RequestEnvelope {
-                    v: FORMAT_VERSION,
-                    id,
-                    func_key,
-                    params,
-                    deadline_ms,
-                    created_ms,
-                    replay: None,
-                },
-            )
     }
 
     fn valid_reply() -> impl Strategy<Value = ReplyEnvelope> {
@@ -846,7 +844,7 @@ mod fuzz {
                 Just(ReplyStatus::DeadLettered),
                 Just(ReplyStatus::Expired)
             ],
-            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..200)),
+            proptest::option::of(document()),
             proptest::option::of(".{0,20}"),
             proptest::option::of(".{0,60}"),
             any::<u64>(),

@@ -7,7 +7,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::{FORMAT_VERSION, now_ms};
 
 /// A request as it travels in the stream and is kept in the request record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Encoded with [`encode`](super::encode); decoded only with [`decode_request`](super::decode_request), which
+/// accepts exactly the documented shape (there is deliberately no serde `Deserialize`: serde cannot tell
+/// MessagePack's `str` from `bin`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RequestEnvelope {
     /// Format version, [`FORMAT_VERSION`].
     pub v: u8,
@@ -25,7 +29,7 @@ pub struct RequestEnvelope {
     pub created_ms: u64,
     /// Set when this is a replay of an earlier request (see `docs/operations.md`); absent (not even encoded) for
     /// a request as first made, so envelopes of ordinary requests are unchanged.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub replay: Option<ReplayInfo>,
 }
 
@@ -41,7 +45,7 @@ pub enum ReplaySource {
 
 /// The provenance of a replayed request, carried in its envelope and therefore in its record, so `call_info`
 /// and handlers' logs can tell a replay from the original.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReplayInfo {
     /// How many times this request id has been replayed, this replay included.
     pub count: u32,
@@ -99,7 +103,10 @@ pub mod codes {
 }
 
 /// A reply as it is published on the reply channel and stored under the reply key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Encoded with [`encode`](super::encode); decoded only with [`decode_reply`](super::decode_reply), which
+/// accepts exactly the documented shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReplyEnvelope {
     /// Format version, [`FORMAT_VERSION`].
     pub v: u8,
@@ -108,13 +115,11 @@ pub struct ReplyEnvelope {
     /// How the request ended.
     pub status: ReplyStatus,
     /// The result (one MessagePack document) when `status` is `ok`.
-    #[serde(default, with = "serde_bytes")]
+    #[serde(with = "serde_bytes")]
     pub data: Option<Vec<u8>>,
     /// Machine-readable error code when `status` is not `ok`.
-    #[serde(default)]
     pub code: Option<String>,
     /// Human-readable error message when `status` is not `ok`.
-    #[serde(default)]
     pub message: Option<String>,
     /// When the reply was made, milliseconds since the Unix epoch.
     pub ts_ms: u64,

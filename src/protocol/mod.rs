@@ -9,9 +9,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 
+mod decode;
 pub(crate) mod entry;
 mod envelope;
 mod keys;
+mod msgpack;
+#[cfg(test)]
+mod strict_tests;
 
 pub use entry::{FIELD_ENVELOPE, FIELD_ID};
 pub use envelope::{ReplayInfo, ReplaySource, ReplyEnvelope, ReplyStatus, RequestEnvelope, codes};
@@ -40,47 +44,40 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
     rmp_serde::to_vec_named(value).map_err(Error::encode)
 }
 
-/// Decodes a MessagePack document; `what` names the thing for the error message.
+/// Decodes one MessagePack document into any serde value (params, reply data); `what` names the thing for the
+/// error message. The bytes must be exactly one complete document: trailing bytes are refused, not ignored.
 ///
 /// # Errors
-/// [`Error::Decode`] (naming `what`) when `bytes` is not MessagePack, or not the shape `T` expects.
+/// [`Error::Decode`] (naming `what`) when `bytes` is not exactly one MessagePack document, or not the shape `T`
+/// expects.
 pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &'static str) -> Result<T> {
-    rmp_serde::from_slice(bytes).map_err(|source| Error::Decode {
-        what,
-        message: source.to_string(),
+    let failed = |message: String| Error::Decode { what, message };
+    msgpack::check_one_document(bytes).map_err(failed)?;
+    rmp_serde::from_slice(bytes).map_err(|source| failed(source.to_string()))
+}
+
+/// Decodes a request envelope: exactly the documented shape (`docs/protocol.md`, "Envelopes"), version included;
+/// anything else is [`Error::Decode`] saying what was wrong.
+///
+/// # Errors
+/// [`Error::Decode`] when `bytes` is not a request envelope of this [`FORMAT_VERSION`] in the documented shape.
+pub fn decode_request(bytes: &[u8]) -> Result<RequestEnvelope> {
+    decode::request(bytes).map_err(|message| Error::Decode {
+        what: "request envelope",
+        message,
     })
 }
 
-/// Decodes a request envelope and checks its version, so a request of another format is refused rather than
-/// misread.
+/// Decodes a reply envelope: exactly the documented shape (`docs/protocol.md`, "Envelopes"), version included;
+/// anything else is [`Error::Decode`] saying what was wrong.
 ///
 /// # Errors
-/// [`Error::Decode`] when `bytes` is not a request envelope, or one of another [`FORMAT_VERSION`].
-pub fn decode_request(bytes: &[u8]) -> Result<RequestEnvelope> {
-    let envelope: RequestEnvelope = decode(bytes, "request envelope")?;
-    check_version(envelope.v, "request envelope")?;
-    Ok(envelope)
-}
-
-/// Decodes a reply envelope and checks its version, so a reply of another format is refused rather than misread.
-///
-/// # Errors
-/// [`Error::Decode`] when `bytes` is not a reply envelope, or one of another [`FORMAT_VERSION`].
+/// [`Error::Decode`] when `bytes` is not a reply envelope of this [`FORMAT_VERSION`] in the documented shape.
 pub fn decode_reply(bytes: &[u8]) -> Result<ReplyEnvelope> {
-    let envelope: ReplyEnvelope = decode(bytes, "reply envelope")?;
-    check_version(envelope.v, "reply envelope")?;
-    Ok(envelope)
-}
-
-fn check_version(v: u8, what: &'static str) -> Result<()> {
-    if v == FORMAT_VERSION {
-        Ok(())
-    } else {
-        Err(Error::Decode {
-            what,
-            message: format!("unsupported format version {v} (this build speaks {FORMAT_VERSION})"),
-        })
-    }
+    decode::reply(bytes).map_err(|message| Error::Decode {
+        what: "reply envelope",
+        message,
+    })
 }
 
 #[cfg(test)]

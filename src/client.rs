@@ -167,6 +167,23 @@ impl ClientBuilder {
         self
     }
 
+    /// Fail at once while Redis is unreachable (default false). By default an operation rides out an outage: a
+    /// request keeps trying until its own timeout, and `call_info`, `publish_reply` and `stored_reply` for the
+    /// [outage timeout](ClientBuilder::outage_timeout); a send cut off mid-command is tried again under the same
+    /// id and counts once. With `fail_fast(true)` they fail at once with [`Error::Unavailable`] instead (or
+    /// [`Error::Redis`] for a command caught as the connection broke), as a caller with its own retry policy wants.
+    pub fn fail_fast(mut self, fail_fast: bool) -> Self {
+        self.config.fail_fast = fail_fast;
+        self
+    }
+
+    /// How long an operation without a timeout of its own (`call_info`, `publish_reply`, `stored_reply`) keeps
+    /// trying while Redis is unreachable (default 10 s).
+    pub fn outage_timeout(mut self, timeout: Duration) -> Self {
+        self.config.outage_timeout = timeout;
+        self
+    }
+
     /// Trusts the CA certificate(s) in `pem` for `rediss://` instead of the system's trust store: for a Redis
     /// whose certificate comes from a private CA. Needs a `rediss://` URL.
     pub fn tls_ca_cert_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
@@ -204,6 +221,7 @@ impl ClientBuilder {
             &mut c.connect_timeout,
             &mut c.record_retention,
             &mut c.reply_ttl,
+            &mut c.outage_timeout,
         ] {
             *d = crate::config::clamp(*d);
         }

@@ -14,6 +14,9 @@ pub const DEFAULT_REPLY_TTL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default limit for opening a connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long, by default, an operation without a timeout of its own (`call_info`, `publish_reply`, `stored_reply`)
+/// keeps trying while Redis is unreachable.
+pub const DEFAULT_OUTAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Client-wide settings. Built through [`ClientBuilder`](crate::ClientBuilder).
 #[derive(Debug, Clone)]
@@ -31,6 +34,11 @@ pub struct ClientConfig {
     pub command_timeout: Duration,
     /// Limit for opening a connection.
     pub connect_timeout: Duration,
+    /// Fail at once while Redis is unreachable (`Error::Unavailable`), instead of trying again until the
+    /// operation's timeout.
+    pub fail_fast: bool,
+    /// How long an operation without a timeout of its own keeps trying while Redis is unreachable.
+    pub outage_timeout: Duration,
 }
 
 impl Default for ClientConfig {
@@ -42,6 +50,8 @@ impl Default for ClientConfig {
             reply_ttl: DEFAULT_REPLY_TTL,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            fail_fast: false,
+            outage_timeout: DEFAULT_OUTAGE_TIMEOUT,
         }
     }
 }

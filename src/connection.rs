@@ -115,6 +115,13 @@ pub(crate) async fn managed_connection(
         .map_err(Error::redis("connecting"))
 }
 
+/// Whether a Redis error means Redis is unreachable in a way that may pass by itself: the connection was refused,
+/// dropped or timed out. Not every I/O error: a TLS handshake the server refuses (an unknown CA, a missing client
+/// certificate) does not get better by waiting, so an operation riding out an outage fails on it at once.
+pub(crate) fn is_transient(err: &redis::RedisError) -> bool {
+    err.is_connection_refusal() || err.is_connection_dropped() || err.is_timeout()
+}
+
 /// Whether a Redis error means the connection is gone (as opposed to a command the server refused).
 pub(crate) fn is_connection_error(err: &redis::RedisError) -> bool {
     err.is_io_error()

@@ -222,6 +222,18 @@ impl Error {
         }
     }
 
+    /// Whether this is Redis being unreachable: nothing was sent ([`Error::Unavailable`]), or the connection broke
+    /// under the command (a Redis error that is a connection error). Trying again may then succeed.
+    pub(crate) fn is_unreachable(&self) -> bool {
+        match self {
+            Error::Unavailable { .. } => true,
+            Error::Redis { source, .. } => source
+                .downcast_ref::<redis::RedisError>()
+                .is_some_and(crate::connection::is_transient),
+            _ => false,
+        }
+    }
+
     /// Wraps an encoder's error.
     pub(crate) fn encode(source: rmp_serde::encode::Error) -> Error {
         Error::Encode {

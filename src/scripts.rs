@@ -26,12 +26,21 @@ impl Lua {
 /// `call_info` or refuse the id later. A fresh id starts clean: a stored reply or error left by an earlier request
 /// with the same id (whose record expired) is removed, so it cannot answer this one.
 ///
+/// A record holding exactly this envelope is the same request, added by an earlier attempt whose answer was lost
+/// (a connection cut mid-command, then a retry under the same id): it counts once, and is reported as added
+/// (`'added'` instead of an entry id) without adding anything. The envelope names its creation time to the
+/// millisecond, its deadline and its params, so another request under the same id does not match.
+///
 /// KEYS: record, requests stream, reply, last error. ARGV: id, envelope, record TTL (ms).
-/// Returns the stream entry id, or nil when the id already exists.
+/// Returns the stream entry id, `'added'` when this very request was added already, or nil when the id exists.
 pub(crate) static ADD_REQUEST: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then
+local existing = redis.call('GET', KEYS[1])
+if existing then
+  if existing == ARGV[2] then
+    return 'added'
+  end
   return false
 end
 local entry = redis.call('XADD', KEYS[2], '*', 'id', ARGV[1], 'env', ARGV[2])
@@ -51,8 +60,12 @@ return entry
 /// record of another type would pass for a request (`EXISTS` does not look at types) and a reply key of another
 /// type would read as "already answered" (`SET NX` refuses any existing key).
 ///
+/// A stored reply byte-identical to this one is this very reply, stored by an earlier attempt whose answer was lost:
+/// it counts once, as stored (each reply envelope names the time it was made, to the millisecond).
+///
 /// KEYS: reply, last error, record. ARGV: reply envelope, reply TTL (ms), channel.
-/// Returns 1 when this reply was stored, 0 when an earlier one was kept, -1 when the request is unknown.
+/// Returns 1 when this reply was stored (now or by an earlier attempt), 0 when an earlier one was kept, -1 when the
+/// request is unknown.
 pub(crate) static PUBLISH_REPLY: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r#"
@@ -72,6 +85,9 @@ end
 local stored = redis.pcall('GET', KEYS[1])
 if type(stored) == 'table' then
   return wrong_type(KEYS[1], 'a stored reply (a string)')
+end
+if stored == ARGV[1] then
+  return 1
 end
 if stored then
   return 0

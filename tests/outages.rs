@@ -1,12 +1,11 @@
-//! Redis away for a while, or one connection cut: sends fail fast (and say so) while Redis is down, both sides
-//! reconnect after an outage longer than the client's own reconnect budget, a request in flight across the outage
-//! is answered without its handler running again, and a reply router whose connection alone was cut reconnects and
-//! finds a reply stored meanwhile.
+//! Redis away for a while, or one connection cut: with `fail_fast`, sends fail fast (and say so) while Redis is
+//! down; both sides reconnect after an outage longer than the client's own reconnect budget, a request in flight
+//! across the outage is answered without its handler running again, and a reply router whose connection alone was
+//! cut reconnects and finds a reply stored meanwhile. (`ride_out.rs`: the default, riding an outage out.)
 //!
 //! DESIGN 12 (Redis going away: requesters and responders reconnect by themselves and re-subscribe; a request in
-//! flight gets its reply), 6 (answered once: the reply made during the outage is stored, the handler not rerun).
-//! Note: DESIGN 12 asks that a request made while Redis is briefly away keep trying until its own timeout, with
-//! fail-fast opt-in; `requests_fail_fast_while_redis_is_down` pins today's behaviour, which fails fast.
+//! flight gets its reply; fail-fast is opt-in), 6 (answered once: the reply made during the outage is stored, the
+//! handler not rerun).
 //!
 //! Responders are real `redcall serve` processes; Redis is a throwaway `redis-server` that the tests SIGKILL and
 //! restart on the same port and directory.
@@ -23,11 +22,19 @@ use common::{
 use redcall::{Client, ErrorKind, protocol};
 use serde_json::{Value, json};
 
+/// A client that fails at once while Redis is unreachable (the opt-in mode).
+fn fail_fast_client(url: &str) -> Client {
+    Client::builder(url)
+        .fail_fast(true)
+        .build()
+        .expect("client")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_fail_fast_while_redis_is_down() {
     let mut server = RedisServer::start();
     let url = server.url();
-    let connected = Client::open(&url).expect("client");
+    let connected = fail_fast_client(&url);
     let requester = connected.requester("down");
     connect_router(&requester).await;
     // Accepted before the outage (no responder): still a timeout, not "nothing was sent", when Redis is away at
@@ -40,7 +47,7 @@ async fn requests_fail_fast_while_redis_is_down() {
     let accepted_at = Instant::now();
     kill_blocking(&mut server);
 
-    let never_connected = Client::open(&url).expect("client");
+    let never_connected = fail_fast_client(&url);
     for (who, requester) in [
         ("a client connected before", connected.requester("down")),
         (
@@ -96,7 +103,7 @@ async fn both_sides_reconnect_after_a_long_outage() {
     // The default visibility timeout (30 s): the in-flight request below must be answered by the run that was
     // under way when Redis went down, not by a redelivery.
     let _responder = spawn_serve(&server, service, "resp", &[], &[]);
-    let client = Client::open(&server.url()).expect("client");
+    let client = fail_fast_client(&server.url());
     let requester = client.requester(service);
     fresh_request_succeeds(&requester, service, Duration::from_secs(30)).await;
 

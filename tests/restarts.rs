@@ -58,8 +58,9 @@ struct RestartReport {
 }
 
 /// Runs `REQUESTS` requests (`work`, 5 ms) with `CONCURRENCY` callers; SIGKILLs redis-server mid-load, keeps it
-/// down until a send has failed, then restarts it on the same port. A caller whose send fails retries under a new
-/// id (as an application would); every accepted request is awaited. Half the callers give their own ids (`send`,
+/// down until a send has failed, then restarts it on the same port. The client is `fail_fast` (so sends fail at once
+/// while Redis is down: `ride_out.rs` tests the default, which waits): a caller whose send fails retries under a
+/// new id (as an application would); every accepted request is awaited. Half the callers give their own ids (`send`,
 /// added by a script), half let redcall make them (`submit`, added in batches), so both ways of adding are tested.
 async fn restart_mid_load(policy: AofPolicy, service: &str) -> (RestartReport, Vec<Outcome>) {
     const REQUESTS: usize = 500;
@@ -77,7 +78,10 @@ async fn restart_mid_load(policy: AofPolicy, service: &str) -> (RestartReport, V
         &[],
         &["--visibility-timeout", "2000", "--concurrency", "32"],
     );
-    let client = Client::open(&server.url()).expect("client");
+    let client = Client::builder(&server.url())
+        .fail_fast(true)
+        .build()
+        .expect("client");
     let requester = client.requester(service);
     fresh_request_succeeds(&requester, service, Duration::from_secs(30)).await;
 

@@ -61,6 +61,10 @@ pub struct Cli {
     /// deadline [default: 3600].
     #[arg(long, global = true, value_name = "SECS", value_parser = parse_secs)]
     pub record_retention: Option<Duration>,
+    /// Fail at once while Redis is unreachable, instead of trying again until the request's timeout (or, for
+    /// `info` and `reply`, for 10 s).
+    #[arg(long, global = true)]
+    pub fail_fast: bool,
     /// Seconds a stored reply is kept for late readers [default: 3600].
     #[arg(long, global = true, value_name = "SECS", value_parser = parse_secs)]
     pub reply_ttl: Option<Duration>,
@@ -114,7 +118,8 @@ pub fn init_tracing(cli: &Cli) {
 pub async fn run(cli: Cli) -> ExitCode {
     let mut builder = Client::builder(&cli.url)
         .namespace(cli.namespace.clone())
-        .payload_limit(cli.payload_limit);
+        .payload_limit(cli.payload_limit)
+        .fail_fast(cli.fail_fast);
     if let Some(path) = &cli.tls_ca_cert {
         match std::fs::read(path) {
             Ok(pem) => builder = builder.tls_ca_cert_pem(pem),

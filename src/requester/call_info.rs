@@ -59,8 +59,12 @@ impl Requester {
     pub async fn call_info(&self, id: &str) -> Result<CallInfo> {
         self.check(id)?;
         let router = self.client.router().await?;
-        let record =
-            get_bytes(&router, &self.keys.record(id), "reading the request record").await?;
+        let key = self.keys.record(id);
+        let record = router
+            .ride_out(self.outage_deadline(), |con| {
+                get_bytes(&router, con, &key, "reading the request record")
+            })
+            .await?;
         let record = record.ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
         Ok(CallInfo::from_envelope(protocol::decode_request(&record)?))
     }

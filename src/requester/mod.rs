@@ -10,6 +10,7 @@ mod request;
 use std::sync::Arc;
 
 use redis::AsyncCommands;
+use redis::aio::MultiplexedConnection;
 
 pub use call_info::CallInfo;
 pub use pending::PendingReply;
@@ -48,6 +49,11 @@ impl Requester {
         }
     }
 
+    /// Until when an operation without a timeout of its own keeps trying while Redis is unreachable.
+    fn outage_deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.client.config().outage_timeout
+    }
+
     /// Refuses an operation on request `id` when the service name or the id is unusable ([`crate::names`]).
     fn check(&self, id: &str) -> Result<()> {
         if let Some(problem) = &self.bad_service {
@@ -62,9 +68,13 @@ impl Requester {
     }
 }
 
-/// `GET key` on the router's connection; `context` says what for, in errors.
-async fn get_bytes(router: &Router, key: &str, context: &'static str) -> Result<Option<Vec<u8>>> {
-    let mut con = router.connection()?;
+/// `GET key` on `con`, a connection of the router; `context` says what for, in errors.
+async fn get_bytes(
+    router: &Router,
+    mut con: MultiplexedConnection,
+    key: &str,
+    context: &'static str,
+) -> Result<Option<Vec<u8>>> {
     con.get(key)
         .await
         .inspect_err(|e| router.report_broken(e))
@@ -75,10 +85,12 @@ async fn get_bytes(router: &Router, key: &str, context: &'static str) -> Result<
 /// as undecodable, never taken as this request's answer).
 async fn fetch_stored(
     router: &Router,
+    con: MultiplexedConnection,
     keys: &ServiceKeys,
     id: &str,
 ) -> Result<Option<ReplyEnvelope>> {
-    let Some(bytes) = get_bytes(router, &keys.reply(id), "reading a stored reply").await? else {
+    let Some(bytes) = get_bytes(router, con, &keys.reply(id), "reading a stored reply").await?
+    else {
         return Ok(None);
     };
     let reply = protocol::decode_reply(&bytes)?;

@@ -80,7 +80,12 @@ impl PendingReply {
             // The waiter was dropped without a reply (router shut down) or the time is up: last look. When Redis
             // is unreachable right then, the answer is still a timeout: the request was sent and may be handled
             // later, which an "unavailable, nothing was sent" error would deny.
-            _ => match fetch_stored(&self.router, &self.keys, &self.id).await {
+            _ => match async {
+                let con = self.router.connection()?;
+                fetch_stored(&self.router, con, &self.keys, &self.id).await
+            }
+            .await
+            {
                 Ok(Some(reply)) => reply,
                 Ok(None) => return Err(self.timed_out()),
                 Err(err) => {

@@ -53,7 +53,6 @@ impl Requester {
         let bytes = protocol::encode(reply)?;
         config.check_payload("reply", bytes.len())?;
         let router = self.client.router().await?;
-        let mut con = router.connection()?;
         let mut pipe = redis::pipe();
         scripts::evalsha(&mut pipe, &scripts::PUBLISH_REPLY)
             .arg(3)
@@ -63,10 +62,18 @@ impl Requester {
             .arg(&bytes)
             .arg(ttl_ms(config.reply_ttl))
             .arg(self.keys.reply_channel(&reply.id));
-        let (stored,): (i64,) = scripts::query_with_scripts(&pipe, &mut con)
-            .await
-            .inspect_err(|e| router.report_broken(e))
-            .map_err(|e| Error::redis("publishing a reply")(only_command_error(e)))?;
+        // Safe to repeat: the script takes a stored reply identical to this one as this very reply.
+        let (stored,): (i64,) = router
+            .ride_out(self.outage_deadline(), |mut con| {
+                let (router, pipe) = (&router, &pipe);
+                async move {
+                    scripts::query_with_scripts(pipe, &mut con)
+                        .await
+                        .inspect_err(|e| router.report_broken(e))
+                        .map_err(|e| Error::redis("publishing a reply")(only_command_error(e)))
+                }
+            })
+            .await?;
         match stored {
             1 => Ok(()),
             -1 => Err(Error::NotFound {
@@ -91,7 +98,12 @@ impl Requester {
     pub async fn stored_reply<R: DeserializeOwned>(&self, id: &str) -> Result<Option<R>> {
         self.check(id)?;
         let router = self.client.router().await?;
-        match fetch_stored(&router, &self.keys, id).await? {
+        let stored = router
+            .ride_out(self.outage_deadline(), |con| {
+                fetch_stored(&router, con, &self.keys, id)
+            })
+            .await?;
+        match stored {
             Some(reply) => interpret_reply(id, reply).map(Some),
             None => Ok(None),
         }

@@ -1,6 +1,7 @@
 //! `request(id, func_key, params, timeout)` and its forms: subscribe to the reply channel, then add the request
 //! (record and stream entry, atomically) in the same pipeline, then wait.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -10,7 +11,9 @@ use super::{PendingReply, Requester, new_request_id};
 use crate::config::ttl_ms;
 use crate::error::{Error, Result};
 use crate::protocol::{self, FORMAT_VERSION, RequestEnvelope};
-use crate::router::AddJob;
+use redis::aio::MultiplexedConnection;
+
+use crate::router::{AddJob, Router};
 use crate::scripts;
 
 impl Requester {
@@ -138,7 +141,7 @@ impl Requester {
             created_ms: now,
             replay: None,
         };
-        let bytes = protocol::encode(&envelope)?;
+        let bytes = Arc::new(protocol::encode(&envelope)?);
         config.check_payload("request", bytes.len())?;
 
         let router = self.client.router().await?;
@@ -162,36 +165,16 @@ impl Requester {
         };
 
         let record_ttl = ttl_ms(crate::config::add(timeout, config.record_retention));
-        let entry = match origin {
-            // A caller's id may exist already: the script refuses it, and clears what an expired namesake left.
-            IdOrigin::Caller => {
-                // While the router reconnects this fails at once with `Unavailable`: a caller never waits for
-                // Redis to come back before knowing that its request was not sent.
-                let mut con = router.connection()?;
-                let mut pipe = redis::pipe();
-                // SUBSCRIBE and the add go out as one pipeline on one connection: Redis runs them in order, so the
-                // subscription is live before any responder can read the request.
-                pipe.cmd("SUBSCRIBE").arg(pending.channel()).ignore();
-                scripts::evalsha(&mut pipe, &scripts::ADD_REQUEST)
-                    .arg(4)
-                    .arg(self.keys.record(id))
-                    .arg(self.keys.requests())
-                    .arg(self.keys.reply(id))
-                    .arg(self.keys.last_error(id))
-                    .arg(id)
-                    .arg(&bytes)
-                    .arg(record_ttl);
-                let (entry,) = scripts::query_with_scripts::<(Option<String>,), _>(&pipe, &mut con)
-                    .await
-                    .inspect_err(|e| router.report_broken(e))
-                    .map_err(Error::redis("adding the request"))?;
-                if entry.is_some() {
-                    router.accepted(pending.channel());
-                }
-                entry
-            }
-            // A generated id cannot collide: it goes to the router's adder, which subscribes and adds many
-            // requests per transaction, and marks the waiter accepted.
+        let add = Add {
+            id,
+            channel: pending.channel(),
+            envelope: bytes.as_slice(),
+            record_ttl,
+        };
+        // A generated id cannot collide: its first attempt goes to the router's adder, which subscribes and adds
+        // many requests per transaction, and marks the waiter accepted. A caller's id may exist already: the
+        // script refuses it, and clears what an expired namesake left.
+        let first = match origin {
             IdOrigin::Generated => Some(
                 router
                     .add(AddJob {
@@ -199,11 +182,24 @@ impl Requester {
                         id: id.to_owned(),
                         channel: pending.channel().to_owned(),
                         record_key: self.keys.record(id),
-                        envelope: bytes,
+                        envelope: bytes.clone(),
                         record_ttl_ms: record_ttl,
                     })
-                    .await?,
+                    .await,
             ),
+            IdOrigin::Caller => None,
+        };
+        let entry = match first {
+            Some(Ok(entry)) => Some(entry),
+            Some(Err(err)) if !err.is_unreachable() || config.fail_fast => return Err(err),
+            // Every other attempt goes through the script, also for a generated id whose batch may or may not have
+            // gone through: the script takes a record holding this very envelope as this request, added once.
+            _ => {
+                let deadline = tokio::time::Instant::from_std(pending.deadline);
+                router
+                    .ride_out(deadline, |con| self.add_by_script(&router, con, &add))
+                    .await?
+            }
         };
         match entry {
             Some(entry_id) => {
@@ -212,6 +208,46 @@ impl Requester {
             }
             None => Err(Error::DuplicateId { id: id.to_owned() }),
         }
+    }
+}
+
+/// One request to add by the `ADD_REQUEST` script.
+struct Add<'a> {
+    id: &'a str,
+    channel: &'a str,
+    envelope: &'a [u8],
+    record_ttl: u64,
+}
+
+impl Requester {
+    /// One attempt to add a request by the `ADD_REQUEST` script: `SUBSCRIBE` and the script go out as one pipeline
+    /// on one connection, so Redis runs them in order and the subscription is live before any responder can read
+    /// the request. `None` when the id exists (another request's).
+    async fn add_by_script(
+        &self,
+        router: &Router,
+        mut con: MultiplexedConnection,
+        add: &Add<'_>,
+    ) -> Result<Option<String>> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SUBSCRIBE").arg(add.channel).ignore();
+        scripts::evalsha(&mut pipe, &scripts::ADD_REQUEST)
+            .arg(4)
+            .arg(self.keys.record(add.id))
+            .arg(self.keys.requests())
+            .arg(self.keys.reply(add.id))
+            .arg(self.keys.last_error(add.id))
+            .arg(add.id)
+            .arg(add.envelope)
+            .arg(add.record_ttl);
+        let (entry,) = scripts::query_with_scripts::<(Option<String>,), _>(&pipe, &mut con)
+            .await
+            .inspect_err(|e| router.report_broken(e))
+            .map_err(Error::redis("adding the request"))?;
+        if entry.is_some() {
+            router.accepted(add.channel);
+        }
+        Ok(entry)
     }
 }
 

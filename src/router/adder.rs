@@ -35,7 +35,8 @@ pub(crate) struct AddJob {
     /// The reply channel to subscribe before the request is added.
     pub(crate) channel: String,
     pub(crate) record_key: String,
-    pub(crate) envelope: Vec<u8>,
+    /// Shared with the caller, which needs it again if this attempt is cut off (see `Router::ride_out`).
+    pub(crate) envelope: Arc<Vec<u8>>,
     pub(crate) record_ttl_ms: u64,
 }
 
@@ -127,7 +128,7 @@ fn batch_pipeline(batch: &[Queued]) -> redis::Pipeline {
         let mut set = redis::Cmd::with_capacity(5, job.record_key.len() + job.envelope.len() + 32);
         set.arg("SET")
             .arg(&job.record_key)
-            .arg(&job.envelope)
+            .arg(job.envelope.as_slice())
             .arg("PX")
             .arg(job.record_ttl_ms);
         pipe.add_command(set).ignore();
@@ -140,7 +141,7 @@ fn batch_pipeline(batch: &[Queued]) -> redis::Pipeline {
             .arg(protocol::FIELD_ID)
             .arg(&job.id)
             .arg(protocol::FIELD_ENVELOPE)
-            .arg(&job.envelope);
+            .arg(job.envelope.as_slice());
         pipe.add_command(xadd).ignore();
     }
     pipe.cmd("EXEC");

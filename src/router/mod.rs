@@ -13,16 +13,20 @@
 //! The router's tasks: the reconnect loop ([`reconnect`]), the batched unsubscribe ([`unsubscribe`]) and the
 //! adder of requests with generated ids ([`adder`]); all stop when the last handle to the router is dropped.
 //!
-//! While the router is reconnecting it has no connection, and every caller fails at once with
-//! [`Error::Unavailable`]: nothing waits for Redis to come back.
+//! While the router is reconnecting it has no connection. By default a caller waits for the next one, up to its
+//! own deadline, and an operation cut off by a broken connection is tried again on it ([`Router::ride_out`]): a
+//! request rides out an outage shorter than its timeout. With `fail_fast` every caller fails at once with
+//! [`Error::Unavailable`] instead.
 
 mod adder;
 mod reconnect;
 mod unsubscribe;
 mod waiters;
 
+use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -31,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 pub(crate) use adder::AddJob;
 pub(crate) use waiters::Delivery;
 
+use crate::backoff::Backoff;
 use crate::config::ClientConfig;
 use crate::error::{Error, Result};
 use crate::protocol::ServiceKeys;
@@ -44,6 +49,13 @@ const BULK_CHUNK: usize = 1000;
 const RECONNECTING: Error = Error::Unavailable {
     context: "reconnecting to Redis",
 };
+/// What a caller is told when Redis stayed unreachable until its deadline.
+const STAYED_AWAY: Error = Error::Unavailable {
+    context: "Redis stayed unreachable until the deadline",
+};
+/// Longest pause between two attempts of an operation riding out an outage (the reconnect is what it waits for;
+/// these pauses only keep a broken connection from being hammered before the reconnect loop replaces it).
+const RIDE_OUT_MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 /// The router. Cheap to share behind an `Arc`; dropping the last `Arc` stops its background tasks.
 pub(crate) struct Router {
@@ -56,6 +68,8 @@ pub(crate) struct Router {
     generation: Arc<AtomicU64>,
     /// Wakes the reconnect loop.
     reconnect: Arc<Notify>,
+    /// Wakes callers waiting for a connection ([`Router::connection_until`]) once one is in place.
+    connected: Notify,
     unsubscribe_tx: mpsc::UnboundedSender<String>,
     /// Requests with generated ids, on their way to the adder (see [`adder`]).
     adds_tx: mpsc::UnboundedSender<Queued>,
@@ -68,16 +82,29 @@ impl Router {
         let waiters = Arc::new(Waiters::default());
         let generation = Arc::new(AtomicU64::new(0));
         let reconnect = Arc::new(Notify::new());
-        let first = reconnect::connect(&client, &config, &waiters, &generation, &reconnect).await?;
+        let first = match reconnect::connect(&client, &config, &waiters, &generation, &reconnect)
+            .await
+        {
+            Ok(con) => Some(con),
+            // Redis is away right now: start without a connection and let the reconnect loop find it, while
+            // callers wait for it (up to their deadlines). Anything else (a refused password) fails here.
+            Err(err) if err.is_unreachable() && !config.fail_fast => {
+                tracing::warn!(error = %err, "Redis is unreachable; the reply router keeps trying");
+                None
+            }
+            Err(err) => return Err(err),
+        };
+        let disconnected = first.is_none();
         let (unsubscribe_tx, unsubscribe_rx) = mpsc::unbounded_channel();
         let (adds_tx, adds_rx) = mpsc::unbounded_channel();
         let router = Arc::new(Self {
             client,
             config,
             waiters,
-            connection: Arc::new(Mutex::new(Some(first))),
+            connection: Arc::new(Mutex::new(first)),
             generation,
             reconnect,
+            connected: Notify::new(),
             unsubscribe_tx,
             adds_tx,
             cancel: CancellationToken::new(),
@@ -97,6 +124,9 @@ impl Router {
             adds_rx,
             router.cancel.clone(),
         ));
+        if disconnected {
+            router.reconnect.notify_one();
+        }
         Ok(router)
     }
 
@@ -113,7 +143,78 @@ impl Router {
     }
 
     fn set_connection(&self, con: Option<MultiplexedConnection>) {
+        let connected = con.is_some();
         *self.connection.lock().unwrap_or_else(|p| p.into_inner()) = con;
+        if connected {
+            self.connected.notify_waiters();
+        }
+    }
+
+    /// The current connection, waiting for the reconnect loop to restore one until `deadline`; at once
+    /// [`Error::Unavailable`] with `fail_fast`.
+    pub(crate) async fn connection_until(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<MultiplexedConnection> {
+        loop {
+            // Registered before the look, so a connection set in between still wakes this caller.
+            let mut connected = std::pin::pin!(self.connected.notified());
+            connected.as_mut().enable();
+            if let Some(con) = self.current() {
+                return Ok(con);
+            }
+            if self.config.fail_fast {
+                return Err(RECONNECTING);
+            }
+            tokio::select! {
+                _ = connected => {}
+                _ = tokio::time::sleep_until(deadline) => return Err(STAYED_AWAY),
+            }
+        }
+    }
+
+    /// Runs `op` on the router's connection, again after every failure that means Redis is unreachable (see
+    /// [`Error::is_unreachable`]), on the next connection, until it succeeds or `deadline` passes. The operation
+    /// must be safe to repeat: one whose answer was lost may have taken effect. At the deadline the error is the
+    /// last attempt's (an attempt may have gone through), or [`Error::Unavailable`] when none was sent. With
+    /// `fail_fast`, one attempt.
+    pub(crate) async fn ride_out<T, F, Fut>(
+        &self,
+        deadline: tokio::time::Instant,
+        mut op: F,
+    ) -> Result<T>
+    where
+        F: FnMut(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut backoff = Backoff::up_to(RIDE_OUT_MAX_BACKOFF);
+        let mut failed: Option<Error> = None;
+        for attempt in 1u32.. {
+            let con = match self.connection_until(deadline).await {
+                Ok(con) => con,
+                Err(err) => return Err(failed.unwrap_or(err)),
+            };
+            match op(con).await {
+                Err(err)
+                    if err.is_unreachable()
+                        && !self.config.fail_fast
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!(attempt, error = %err, "Redis unreachable; trying again");
+                    failed = Some(err);
+                    let pause = backoff.next_pause();
+                    tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause))
+                        .await;
+                }
+                other => {
+                    if attempt > 1 && other.is_ok() {
+                        tracing::info!(attempt, "went through after Redis came back");
+                    }
+                    return other;
+                }
+            }
+        }
+        Err(STAYED_AWAY)
     }
 
     /// Subscribes to a request's reply channel and adds the request (record and stream entry), batched with other

@@ -63,6 +63,15 @@ pub(super) async fn reconnect_loop(router: Weak<Router>, cancel: CancellationTok
             _ = notified.notified() => {}
         }
         let Some(r) = router.upgrade() else { return };
+        // A report can be stale: a caller whose command failed on a connection already replaced, or one of many
+        // callers reporting the same break. Tearing down a working connection would fail the commands in flight on
+        // it, whose reports would tear down the next one: ask the current connection first.
+        if let Some(mut con) = r.current() {
+            let alive: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut con).await;
+            if alive.is_ok() {
+                continue;
+            }
+        }
         r.set_connection(None);
         tracing::warn!("reply router lost its Redis connection; reconnecting");
         let mut backoff = Backoff::up_to(MAX_BACKOFF);

@@ -5,7 +5,7 @@
 # count. Everything runs on 127.0.0.1; every process started here is stopped by its PID.
 #
 #   scripts/chaos.sh                 # 1000 calls at concurrency 40
-#   CALLS=200 CONCURRENCY=20 scripts/chaos.sh
+#   CALLS=200 CONCURRENCY=20 DOWN=3 scripts/chaos.sh
 #   scripts/chaos.sh --fail-fast     # the same run with the opt-in fail-fast mode, for contrast
 set -euo pipefail
 
@@ -15,6 +15,7 @@ source scripts/redis-lib.sh
 
 CALLS=${CALLS:-1000}
 CONCURRENCY=${CONCURRENCY:-40}
+DOWN=${DOWN:-1}  # seconds Redis stays down
 FLAG=${1:-}  # nothing, or --fail-fast
 log() { printf '==> %s\n' "$*" >&2; }
 
@@ -27,10 +28,12 @@ URL="redis://127.0.0.1:$PORT"
 SERVICE="chaos-$$"
 REDIS_PID=""
 
+# Processes are started in a subshell, so that killing them leaves no job notices in this script's output.
 start_redis() {
-    redis-server --port "$PORT" --bind 127.0.0.1 --dir "$DIR" --appendonly yes --appendfsync always --save '' \
+    (redis-server --port "$PORT" --bind 127.0.0.1 --dir "$DIR" --appendonly yes --appendfsync always --save '' \
         --daemonize no --logfile "$DIR/redis.log" &
-    REDIS_PID=$!
+        echo $! >"$DIR/redis.pid")
+    REDIS_PID=$(cat "$DIR/redis.pid")
     for _ in $(seq 100); do redis_answers "$URL" && return 0; sleep 0.05; done
     log "redis-server did not start"; return 1
 }
@@ -38,9 +41,9 @@ start_redis() {
 # Starts responder $1 and records its PID in $DIR/resp.$1 (read by the chaos loop and by cleanup, which run in
 # other shells).
 start_responder() {
-    "$BIN" --url "$URL" --service "$SERVICE" serve --consumer "resp-$1-$RANDOM" --visibility-timeout 2000 \
+    ("$BIN" --url "$URL" --service "$SERVICE" serve --consumer "resp-$1-$RANDOM" --visibility-timeout 2000 \
         >/dev/null 2>>"$DIR/responders.log" &
-    echo $! >"$DIR/resp.$1"
+        echo $! >"$DIR/resp.$1")
 }
 
 cleanup() {
@@ -55,12 +58,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
+SECONDS=0
 start_redis
 for i in 0 1 2; do start_responder "$i"; done
 log "Redis at $URL (AOF always), 3 responders, $CALLS calls at concurrency $CONCURRENCY $FLAG"
 
-# The chaos: every 2 s one responder is SIGKILLed and replaced; at about 5 s Redis is SIGKILLed, kept down 1 s and
-# restarted on the same port and directory.
+# The chaos: every 2 s one responder is SIGKILLed and replaced; at about 3 s Redis is SIGKILLed, kept down 1 s and
+# restarted on the same port and directory (DOWN seconds later). Each call asks for 300 ms of work, so the run lasts well past both.
 (
     round=0
     while true; do
@@ -73,29 +77,27 @@ log "Redis at $URL (AOF always), 3 responders, $CALLS calls at concurrency $CONC
 ) &
 CHAOS_PID=$!
 (
-    sleep 5
+    sleep 3
     kill -KILL "$REDIS_PID" 2>/dev/null || true
-    wait "$REDIS_PID" 2>/dev/null || true
-    sleep 1
+    log "Redis SIGKILLed at ${SECONDS}s; down for ${DOWN}s"
+    sleep "$DOWN"
     start_redis
-    echo "$REDIS_PID" >"$DIR/redis.pid"
+    log "Redis restarted at ${SECONDS}s"
 ) &
 RESTART_PID=$!
 
-SECONDS=0
 # shellcheck disable=SC2016 # expanded by the inner shell
 seq "$CALLS" | xargs -P "$CONCURRENCY" -I{} sh -c \
-    '"$0" --url "$1" --service "$2" $4 call sleep "{\"ms\":20}" --timeout 60 >/dev/null 2>>"$3/calls.err"; echo $?' \
+    '"$0" --url "$1" --service "$2" $4 call sleep "{\"ms\":300}" --timeout 60 >/dev/null 2>>"$3/calls.err"; echo $?' \
     "$BIN" "$URL" "$SERVICE" "$DIR" "$FLAG" >"$DIR/codes" || true
 elapsed=$SECONDS
 wait "$RESTART_PID" || true
-[[ -f "$DIR/redis.pid" ]] && REDIS_PID=$(cat "$DIR/redis.pid")
 
 answered=$(grep -c '^0$' "$DIR/codes" || true)
 printf 'answered %s of %s in %s s\n' "$answered" "$CALLS" "$elapsed"
 sort "$DIR/codes" | uniq -c | sort -rn | awk '$2 != 0 { printf "exit %s: %s calls\n", $2, $1 }'
-if [[ -s "$DIR/calls.err" ]]; then
-    echo "first errors:"
-    sort "$DIR/calls.err" | uniq -c | sort -rn | head -5
+if grep -q '^error:' "$DIR/calls.err"; then
+    echo "errors, most frequent first:"
+    grep '^error:' "$DIR/calls.err" | sed 's/request [^:]*:/request ID:/' | sort | uniq -c | sort -rn | head -5
 fi
 [[ "$answered" == "$CALLS" ]]

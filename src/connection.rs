@@ -115,6 +115,15 @@ pub(crate) async fn managed_connection(
         .map_err(Error::redis("connecting"))
 }
 
+/// The one command error inside a failed pipeline, as its own error, without the client's "pipeline failure"
+/// wrapping: its code (`NOGROUP`, `WRONGTYPE`) and message read as the command's own.
+pub(crate) fn only_command_error(err: redis::RedisError) -> redis::RedisError {
+    match err.clone().into_server_errors().as_deref() {
+        Some([(_, only)]) => only.clone().into(),
+        _ => err,
+    }
+}
+
 /// Whether a Redis error means Redis is unreachable in a way that may pass by itself: the connection was refused,
 /// dropped or timed out. Not every I/O error: a TLS handshake the server refuses (an unknown CA, a missing client
 /// certificate) does not get better by waiting, so an operation riding out an outage fails on it at once.

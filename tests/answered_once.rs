@@ -1,7 +1,7 @@
 //! Answered once on every delivery (DESIGN 6): a request with a stored reply is answered from it without running
 //! the handler again — also on a first delivery: to a group destroyed and created again over the stream's
 //! history, to a second group added to a stream with history, and of a request answered by hand before any
-//! responder read it.
+//! responder read it (before it started, or while it was busy).
 
 mod common;
 
@@ -163,5 +163,74 @@ async fn a_request_answered_by_hand_before_any_responder_is_not_run() {
     );
     let stored: Option<u32> = requester.stored_reply("early").await.expect("stored");
     assert_eq!(stored, Some(50), "the hand reply stays");
+    responder.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn a_request_answered_by_hand_while_the_responder_is_busy_is_not_run() {
+    let server = RedisServer::start();
+    let client = Client::open(&server.url()).expect("client");
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let responder = {
+        let (runs, gate) = (runs.clone(), gate.clone());
+        client
+            .responder("busy")
+            .concurrency(1)
+            .handler("gate", move |_ctx: RequestContext, _n: u32| {
+                let gate = gate.clone();
+                async move {
+                    let _ = gate.acquire().await;
+                    Ok::<_, HandlerError>(0u32)
+                }
+            })
+            .handler("count", move |_ctx: RequestContext, n: u32| {
+                let runs = runs.clone();
+                async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, HandlerError>(n)
+                }
+            })
+            .start()
+            .await
+            .expect("responder")
+    };
+    let requester = client.requester("busy");
+    let stream = requester.keys().requests().to_owned();
+    // The only permit is held by `gate`: the responder reads nothing more until it is released.
+    let blocker = requester
+        .send("blocker", "gate", &0u32, GENEROUS)
+        .await
+        .expect("send");
+    assert!(
+        wait_until(GENEROUS, || async {
+            pending_count(&server, &stream, "workers") == 1
+        })
+        .await,
+        "the responder took the blocker"
+    );
+    let waiting = requester
+        .send("waiting", "count", &7u32, GENEROUS)
+        .await
+        .expect("send");
+    requester
+        .publish_reply("waiting", &70u32)
+        .await
+        .expect("reply by hand");
+    assert_eq!(waiting.wait::<u32>().await.expect("hand reply"), 70);
+    gate.add_permits(1);
+    assert_eq!(blocker.wait::<u32>().await.expect("blocker"), 0);
+    assert!(
+        wait_until(GENEROUS, || async {
+            group_caught_up(&server, &stream, "workers")
+        })
+        .await,
+        "the responder read the answered request and acked it"
+    );
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        0,
+        "the handler ran for a request answered by hand while it waited in the stream"
+    );
     responder.shutdown().await.expect("shutdown");
 }

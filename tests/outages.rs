@@ -15,8 +15,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    AofPolicy, FAIL_FAST, RedisOptions, RedisServer, TestEnv, command_calls, connect_router,
-    fresh_request_succeeds, kill_blocking, redis_con, restart_blocking, spawn_serve,
+    AofPolicy, FAIL_FAST, RedisOptions, RedisServer, TestEnv, connect_router,
+    fresh_request_succeeds, kill_blocking, pending_count, redis_con, restart_blocking, spawn_serve,
     store_reply_silently, unreachable_redis, wait_until,
 };
 use redcall::{Client, ErrorKind, protocol};
@@ -107,9 +107,10 @@ async fn both_sides_reconnect_after_a_long_outage() {
     let requester = client.requester(service);
     fresh_request_succeeds(&requester, service, Duration::from_secs(30)).await;
 
-    // In flight across the outage: its handler finishes while Redis is down. Redis goes down once the responder's
-    // reader has asked whether the request has a stored reply (one EXISTS per read): its handler is then under way.
-    let checks_before = command_calls(&server, "exists");
+    // In flight across the outage: its handler finishes while Redis is down. Redis goes down once it has delivered
+    // the request to the responder (pending in the group): the responder needs nothing more from Redis to start
+    // its handler (a fresh entry is not history, so no stored-reply check).
+    let stream = client.keys(service).requests().to_owned();
     let in_flight = requester
         .send(
             "outage-in-flight",
@@ -121,7 +122,7 @@ async fn both_sides_reconnect_after_a_long_outage() {
         .expect("send");
     assert!(
         wait_until(Duration::from_secs(10), || async {
-            command_calls(&server, "exists") > checks_before
+            pending_count(&server, &stream, "workers") == 1
         })
         .await,
         "the responder read the request"

@@ -197,7 +197,12 @@ async fn the_add_and_the_reply_by_hand_count_once_when_tried_again() {
     assert_eq!(server.cli(&["XLEN", keys.requests()]).trim(), "1");
 
     let publish = quoted_script("A reply by hand (`publish_reply`)");
-    let publish_keys = [keys.reply("r1"), keys.last_error("r1"), keys.record("r1")];
+    let publish_keys = [
+        keys.reply("r1"),
+        keys.last_error("r1"),
+        keys.record("r1"),
+        keys.by_hand(),
+    ];
     let channel = keys.reply_channel("r1");
     for (reply, expected) in [(&b"reply-1"[..], 1), (b"reply-1", 1), (b"reply-2", 0)] {
         let stored: i64 = eval(
@@ -209,4 +214,9 @@ async fn the_add_and_the_reply_by_hand_count_once_when_tried_again() {
         .await;
         assert_eq!(stored, expected, "{}", String::from_utf8_lossy(reply));
     }
+    assert_eq!(
+        server.cli(&["GET", &keys.by_hand()]).trim(),
+        "1",
+        "one reply stored by hand, counted once"
+    );
 }

@@ -55,6 +55,15 @@ impl ServiceKeys {
         self.per_id(":reply:", id)
     }
 
+    /// The count of replies stored by hand (`publish_reply`): responders read it with every read, to know when a
+    /// request may have been answered before any of them read it.
+    pub fn by_hand(&self) -> String {
+        let mut key = String::with_capacity(self.tag.len() + 7);
+        key.push_str(&self.tag);
+        key.push_str(":byhand");
+        key
+    }
+
     /// The last error of a failed delivery (kept for the dead-letter record).
     pub fn last_error(&self, id: &str) -> String {
         self.per_id(":err:", id)

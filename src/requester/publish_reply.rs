@@ -6,6 +6,7 @@ use serde::de::DeserializeOwned;
 use super::pending::interpret_reply;
 use super::{Requester, fetch_stored};
 use crate::config::ttl_ms;
+use crate::connection::only_command_error;
 use crate::error::{Error, Result};
 use crate::protocol::{self, ReplyEnvelope, ReplyStatus};
 use crate::scripts;
@@ -55,10 +56,11 @@ impl Requester {
         let router = self.client.router().await?;
         let mut pipe = redis::pipe();
         scripts::evalsha(&mut pipe, &scripts::PUBLISH_REPLY)
-            .arg(3)
+            .arg(4)
             .arg(self.keys.reply(&reply.id))
             .arg(self.keys.last_error(&reply.id))
             .arg(self.keys.record(&reply.id))
+            .arg(self.keys.by_hand())
             .arg(&bytes)
             .arg(ttl_ms(config.reply_ttl))
             .arg(self.keys.reply_channel(&reply.id));
@@ -107,14 +109,5 @@ impl Requester {
             Some(reply) => interpret_reply(id, reply).map(Some),
             None => Ok(None),
         }
-    }
-}
-
-/// The error of the one command of a one-command pipeline, as Redis gave it: the script's own message (a
-/// `WRONGTYPE` naming the key) instead of the client's "Pipeline failure: [(Index 0, ...)]" around it.
-fn only_command_error(err: redis::RedisError) -> redis::RedisError {
-    match err.clone().into_server_errors().as_deref() {
-        Some([(_, only)]) => only.clone().into(),
-        _ => err,
     }
 }

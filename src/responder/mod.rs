@@ -11,6 +11,7 @@ mod ack;
 mod dead_letter;
 mod dispatch;
 mod handler;
+mod history;
 mod keepalive;
 mod reader;
 pub(crate) mod reaper;

@@ -4,15 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::AsyncCommands;
 use redis::Value;
 use redis::aio::MultiplexedConnection;
-use redis::streams::StreamReadOptions;
 
 use super::dispatch::Stored;
 use super::state::Shared;
 use crate::backoff::Backoff;
-use crate::connection;
+use crate::connection::{self, only_command_error};
 use crate::protocol::entry::RawEntry;
 
 /// Pauses between reconnect attempts grow up to this.
@@ -55,17 +53,26 @@ pub(crate) async fn read_loop(shared: Arc<Shared>) {
                 }
             }
         };
-        let opts = StreamReadOptions::default()
-            .group(&shared.settings.group, &shared.settings.consumer)
-            .count(count)
-            .block(block.as_millis() as usize);
-        let read: redis::RedisResult<Value> = con
-            .xread_options(&[shared.keys.requests()], &[">"], &opts)
-            .await;
-        match read.map(RawEntry::from_read_reply) {
-            Ok(Some(entries)) => {
+        // The by-hand counter rides along in the same pipeline, before the read: no round trip of its own.
+        let mut pipe = redis::pipe();
+        pipe.get(shared.keys.by_hand())
+            .cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&shared.settings.group)
+            .arg(&shared.settings.consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(shared.keys.requests())
+            .arg(">");
+        let read: redis::RedisResult<(Option<i64>, Value)> =
+            pipe.query_async(con).await.map_err(only_command_error);
+        match read.map(|(by_hand, reply)| (by_hand, RawEntry::from_read_reply(reply))) {
+            Ok((by_hand, Some(entries))) => {
                 backoff.reset();
-                let stored = stored_replies(con, &shared, &entries).await;
+                let stored = stored_replies(con, &shared, by_hand, &entries).await;
                 for (entry, stored) in entries.into_iter().zip(stored) {
                     // Taken before the next read, so the next read sees only truly free permits. The reaper may
                     // have taken some while this read blocked: an entry without one waits for it in its own
@@ -75,7 +82,7 @@ pub(crate) async fn read_loop(shared: Arc<Shared>) {
                     shared.start_entry(entry, stored, permit);
                 }
             }
-            Ok(None) => backoff.reset(),
+            Ok((_, None)) => backoff.reset(),
             Err(err) if err.code() == Some("NOGROUP") => {
                 tracing::warn!("consumer group or stream vanished; recreating it");
                 if let Err(err) = shared.ensure_group().await {
@@ -96,30 +103,46 @@ pub(crate) async fn read_loop(shared: Arc<Shared>) {
     }
 }
 
-/// Which of `entries` may have a stored reply already, in one round trip for the whole read (one `EXISTS` per
-/// entry, pipelined on the reader's own connection, idle between reads). When Redis cannot be asked, every entry
-/// counts as [`Stored::Maybe`]: it is then checked on its own before its handler runs.
+/// Which of `entries` may have a stored reply already. Only those that can ([`super::history`]: history, or a read
+/// after a reply by hand) are asked about, in one round trip for all of them (one `EXISTS` each, pipelined on the
+/// reader's own connection, idle between reads); the others, the usual case, cost nothing. When Redis cannot be
+/// asked, an entry counts as [`Stored::Maybe`]: it is then checked on its own before its handler runs.
 async fn stored_replies(
     con: &mut MultiplexedConnection,
     shared: &Shared,
+    by_hand: Option<i64>,
     entries: &[RawEntry],
 ) -> Vec<Stored> {
-    let mut pipe = redis::Pipeline::with_capacity(entries.len());
-    for entry in entries {
+    let to_check = shared
+        .history
+        .to_check(by_hand, entries.iter().map(|e| e.entry_id.as_str()));
+    let mut stored = vec![Stored::None; entries.len()];
+    let asked: Vec<usize> = (0..entries.len()).filter(|&i| to_check[i]).collect();
+    if asked.is_empty() {
+        return stored;
+    }
+    let mut pipe = redis::Pipeline::with_capacity(asked.len());
+    for &i in &asked {
         // An entry without an id is dead-lettered unread: its answer does not depend on a stored reply.
-        let id = entry.request_id.as_deref().unwrap_or_default();
+        let id = entries[i].request_id.as_deref().unwrap_or_default();
         pipe.exists(shared.keys.reply(id));
     }
     match pipe.query_async::<Vec<bool>>(con).await {
-        Ok(found) if found.len() == entries.len() => found
-            .into_iter()
-            .map(|f| if f { Stored::Maybe } else { Stored::None })
-            .collect(),
+        Ok(found) if found.len() == asked.len() => {
+            for (&i, found) in asked.iter().zip(found) {
+                if found {
+                    stored[i] = Stored::Maybe;
+                }
+            }
+        }
         other => {
             if let Err(err) = other {
                 tracing::debug!(error = %err, "could not look for stored replies; checking each entry");
             }
-            vec![Stored::Maybe; entries.len()]
+            for &i in &asked {
+                stored[i] = Stored::Maybe;
+            }
         }
     }
+    stored
 }

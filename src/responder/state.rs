@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use super::ack::Completion;
 use super::handler::ErasedHandler;
+use super::history::History;
 use super::settings::ResponderSettings;
 use crate::backoff::Backoff;
 use crate::client::Client;
@@ -51,6 +52,8 @@ pub(crate) struct Shared {
     pub(crate) con: ConnectionManager,
     /// One permit per request being handled.
     pub(crate) permits: Arc<Semaphore>,
+    /// Which first deliveries may have a stored reply already (see [`super::history`]).
+    pub(super) history: History,
     /// Entry ids being handled, whose claims the keepalive refreshes.
     pub(super) in_flight: Mutex<HashSet<String, foldhash::fast::RandomState>>,
     /// Cancelled to stop reading and claiming.
@@ -93,6 +96,7 @@ impl Shared {
             handlers,
             con,
             in_flight: Mutex::default(),
+            history: History::default(),
             stop: CancellationToken::new(),
             abort: CancellationToken::new(),
             requests: TaskTracker::new(),
@@ -105,12 +109,32 @@ impl Shared {
         let created: redis::RedisResult<()> = con
             .xgroup_create_mkstream(self.keys.requests(), &self.settings.group, "0")
             .await;
-        match created {
-            Err(err) if err.code() != Some("BUSYGROUP") => {
-                Err(Error::redis("creating the consumer group")(err))
-            }
-            _ => Ok(()),
+        if let Err(err) = created
+            && err.code() != Some("BUSYGROUP")
+        {
+            return Err(Error::redis("creating the consumer group")(err));
         }
+        // What may be history for this group: the stream up to its newest entry, and the replies by hand so far.
+        let mut pipe = redis::pipe();
+        pipe.cmd("XREVRANGE")
+            .arg(self.keys.requests())
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .get(self.keys.by_hand());
+        let seen: redis::RedisResult<(redis::streams::StreamRangeReply, Option<i64>)> =
+            pipe.query_async(&mut con).await;
+        match seen {
+            Ok((newest, by_hand)) => self
+                .history
+                .noted(newest.ids.first().map(|e| e.id.as_str()), by_hand),
+            Err(err) => {
+                tracing::debug!(error = %err, "could not read the stream's history; checking every entry");
+                self.history.unknown();
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn in_flight_count(&self) -> usize {

@@ -26,6 +26,7 @@ mod dead_letters;
 mod pager;
 mod range_replay;
 mod replay;
+mod replay_report;
 mod stats;
 
 use std::sync::Arc;
@@ -41,7 +42,7 @@ use crate::protocol::ServiceKeys;
 use crate::retention::{self, RetentionPolicy, TrimReport};
 
 pub use dead_letters::{DeadLetterEntry, PurgeReport};
-pub use replay::{
+pub use replay_report::{
     DEFAULT_REPLAY_TIMEOUT, ReplayOptions, ReplayReport, Replayed, SkipReason, Skipped,
 };
 pub use stats::{ConsumerStats, GroupStats, OldestPending, ServiceStats};

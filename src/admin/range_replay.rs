@@ -7,7 +7,8 @@ use std::collections::HashSet;
 
 use super::Admin;
 use super::pager::Pager;
-use super::replay::{READING_PAGE, ReplayOptions, ReplayReport};
+use super::replay::READING_PAGE;
+use super::replay_report::{ReplayOptions, ReplayReport};
 use crate::error::{Error, Result};
 use crate::protocol::entry::{RawEntry, check_entry_id, parse_entry_id};
 

@@ -24,7 +24,7 @@ impl Admin {
     /// requests were handled queues nothing the second time, and two replays running at once queue each request
     /// once. When a request id occurs several times in the range, it is replayed once (the others are
     /// [`SkipReason::DuplicateId`](super::SkipReason::DuplicateId)). `progress` gets the number of entries
-    /// examined. Entries that cannot be replayed are listed in the report as [`Skipped`], not errors.
+    /// examined. Entries that cannot be replayed are listed in the report as [`Skipped`](super::Skipped), not errors.
     ///
     /// # Errors
     /// - [`Error::InvalidArgument`] when `from` or `to` is not a stream entry id, `-`, `+` or a millisecond

@@ -5,7 +5,7 @@
 //! MessagePack type swapped for another, the map written as an array, a key as a non-str, a key missing or
 //! repeated, bytes after the envelope or inside `params`/`data` — and checks that every confusion is refused with
 //! a decode error naming what was wrong, never a panic. The random-bytes and mutation fuzzing lives in
-//! `tests/faults.rs`.
+//! `tests/fuzz_decoders.rs`.
 //!
 //! An end-to-end test then sends a type-confused request to a real responder: it is dead-lettered as
 //! `malformed_request`, its requester gets that error, and its handler never runs.

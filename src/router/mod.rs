@@ -11,7 +11,8 @@
 //! last writes) is told at once that its request was lost, instead of waiting for its timeout.
 //!
 //! The router's tasks: the reconnect loop ([`reconnect`]), the batched unsubscribe ([`unsubscribe`]) and the
-//! adder of requests with generated ids ([`adder`]); all stop when the last handle to the router is dropped (a batch already sent ends when Redis answers it).
+//! adder of requests with generated ids ([`adder`]); all stop when the last handle to the router is dropped (a
+//! batch already sent ends when Redis answers it).
 //!
 //! While the router is reconnecting it has no connection. By default a caller waits for the next one, up to its
 //! own deadline, and an operation cut off by a broken connection is tried again on it ([`Router::ride_out`]): a

@@ -346,11 +346,18 @@ impl Reaper {
         retention::trim(&mut con, &self.shared.keys, &self.shared.settings.retention).await
     }
 
-    /// Stops the reaper and waits for its task, so no pass is cut off halfway. Call it: dropping a started reaper
-    /// does not stop its task, which then runs until the runtime shuts down.
+    /// Stops the reaper and waits for its task, so no pass is cut off halfway (dropping the reaper stops it too, but
+    /// without waiting: a pass under way may be cut off at its next await).
     pub async fn shutdown(self) {
         self.shared.stop.cancel();
         self.tasks.wait().await;
+    }
+}
+
+impl Drop for Reaper {
+    /// Stops the reaper's loop without waiting for it, like a dropped [`crate::Responder`].
+    fn drop(&mut self) {
+        self.shared.stop.cancel();
     }
 }
 

@@ -98,7 +98,7 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[1])
 redis.call('DEL', KEYS[2])
-redis.call('INCR', KEYS[4])
+redis.pcall('INCR', KEYS[4])
 return 1
 "#,
     )

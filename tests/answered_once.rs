@@ -234,3 +234,31 @@ async fn a_request_answered_by_hand_while_the_responder_is_busy_is_not_run() {
     );
     responder.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn a_broken_by_hand_counter_does_not_stop_the_responder() {
+    let server = RedisServer::start();
+    let client = Client::open(&server.url()).expect("client");
+    let keys = client.keys("broken-counter");
+    // Another type at the counter's key (a broken deployment, or a stray command): the reader must go on reading.
+    server.cli(&["HSET", &keys.by_hand(), "not", "a counter"]);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let responder = counting_responder(&client, "broken-counter", "workers", &runs).await;
+    let requester = client.requester("broken-counter");
+    let got: u32 = requester
+        .request("r1", "count", &9u32, GENEROUS)
+        .await
+        .expect("answered despite the broken key");
+    assert_eq!(got, 9);
+    responder.shutdown().await.expect("shutdown");
+    // A reply by hand still goes through: only its count is skipped.
+    let pending = requester
+        .send("r2", "count", &1u32, GENEROUS)
+        .await
+        .expect("send");
+    requester
+        .publish_reply("r2", &10u32)
+        .await
+        .expect("a reply by hand despite the broken counter");
+    assert_eq!(pending.wait::<u32>().await.expect("hand reply"), 10);
+}

@@ -41,6 +41,8 @@ fn acl_rules(ns: &str, svc: &str) -> Vec<String> {
             "+exec",
             "+script|load",
             "+get",
+            "+mget",
+            "+incr",
             "+set",
             "+del",
             "+exists",

@@ -8,7 +8,8 @@
 //!   over history by someone else). When the responder creates or joins its group it notes the newest entry id:
 //!   every entry up to that **bound** is checked.
 //! - **Answered by hand before any read**: `publish_reply` counts each reply it stores in `T:byhand`. The reader
-//!   reads that counter in the same pipeline as each `XREADGROUP`, so it costs no round trip; when it moved since
+//!   reads that counter in the same pipeline as each `XREADGROUP` (with `MGET`, which reads a key of another type
+//!   as nil: a broken key never stops the reader), so it costs no round trip; when it moved since
 //!   the last read, every entry of this read is checked.
 //!
 //! Redeliveries are always checked (by the dispatch, see [`super::dispatch::Stored`]). The check itself is one
@@ -16,7 +17,7 @@
 //!
 //! What this does not see: a group destroyed and created again by another program between two reads of this
 //! responder (no `NOGROUP` reaches it, so it keeps its old bound), and a reply by hand that lands between the
-//! counter's `GET` and the `XREADGROUP` of the same pipeline (microseconds, and only for an entry already
+//! counter's `MGET` and the `XREADGROUP` of the same pipeline (microseconds, and only for an entry already
 //! waiting). In both, the handler runs once more; the first stored reply still wins.
 
 use std::sync::Mutex;
@@ -34,18 +35,21 @@ struct State {
     /// Entries up to this id (`<ms>-<seq>`) may be history; `None` before the first look. An entry id that does not
     /// parse counts as history.
     bound: Option<(u64, u64)>,
-    /// The last value of the by-hand counter seen.
-    by_hand: Option<i64>,
+    /// The last value of the by-hand counter seen, as bytes (`MGET` reads a key of another type as nil, and a
+    /// string that is not a number is compared as it is: a broken key never stops the reader).
+    by_hand: Option<Vec<u8>>,
 }
 
 impl History {
     /// Notes the stream's newest entry id (`None`: empty stream) and the by-hand counter, as seen right after the
     /// group was created or joined. The bound only grows.
-    pub(crate) fn noted(&self, newest: Option<&str>, by_hand: Option<i64>) {
+    pub(crate) fn noted(&self, newest: Option<&str>, by_hand: Option<Vec<u8>>) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let newest = newest.map(|id| parse_entry_id(id).unwrap_or((u64::MAX, u64::MAX)));
         state.bound = state.bound.max(newest).or(Some((0, 0)));
-        state.by_hand = by_hand.or(state.by_hand);
+        if by_hand.is_some() {
+            state.by_hand = by_hand;
+        }
     }
 
     /// Noted when the history could not be read: every entry counts as history until it can be.
@@ -57,7 +61,7 @@ impl History {
     /// which of `entry_ids` are history.
     pub(crate) fn to_check<'a>(
         &self,
-        by_hand: Option<i64>,
+        by_hand: Option<Vec<u8>>,
         entry_ids: impl Iterator<Item = &'a str>,
     ) -> Vec<bool> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -78,19 +82,19 @@ mod tests {
     #[test]
     fn history_and_replies_by_hand_are_checked_and_nothing_else() {
         let history = History::default();
-        history.noted(Some("100-1"), Some(3));
+        history.noted(Some("100-1"), Some(b"3".to_vec()));
         let ids = ["99-0", "100-1", "100-2", "bogus"];
         assert_eq!(
-            history.to_check(Some(3), ids.into_iter()),
+            history.to_check(Some(b"3".to_vec()), ids.into_iter()),
             [true, true, false, true]
         );
         // A reply by hand since the last read: all of this read is checked, then only history again.
         assert_eq!(
-            history.to_check(Some(4), ids.into_iter()),
+            history.to_check(Some(b"4".to_vec()), ids.into_iter()),
             [true, true, true, true]
         );
         assert_eq!(
-            history.to_check(Some(4), ids.into_iter()),
+            history.to_check(Some(b"4".to_vec()), ids.into_iter()),
             [true, true, false, true]
         );
         // An empty stream: nothing is history.

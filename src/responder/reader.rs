@@ -55,7 +55,9 @@ pub(crate) async fn read_loop(shared: Arc<Shared>) {
         };
         // The by-hand counter rides along in the same pipeline, before the read: no round trip of its own.
         let mut pipe = redis::pipe();
-        pipe.get(shared.keys.by_hand())
+        // `MGET`, not `GET`: a key of another type reads as nil instead of failing the read.
+        pipe.cmd("MGET")
+            .arg(shared.keys.by_hand())
             .cmd("XREADGROUP")
             .arg("GROUP")
             .arg(&shared.settings.group)
@@ -67,9 +69,13 @@ pub(crate) async fn read_loop(shared: Arc<Shared>) {
             .arg("STREAMS")
             .arg(shared.keys.requests())
             .arg(">");
-        let read: redis::RedisResult<(Option<i64>, Value)> =
+        let read: redis::RedisResult<(Vec<Option<Vec<u8>>>, Value)> =
             pipe.query_async(con).await.map_err(only_command_error);
-        match read.map(|(by_hand, reply)| (by_hand, RawEntry::from_read_reply(reply))) {
+        let read = read.map(|(by_hand, reply)| {
+            let by_hand = by_hand.into_iter().next().flatten();
+            (by_hand, RawEntry::from_read_reply(reply))
+        });
+        match read {
             Ok((by_hand, Some(entries))) => {
                 backoff.reset();
                 let stored = stored_replies(con, &shared, by_hand, &entries).await;
@@ -110,7 +116,7 @@ pub(crate) async fn read_loop(shared: Arc<Shared>) {
 async fn stored_replies(
     con: &mut MultiplexedConnection,
     shared: &Shared,
-    by_hand: Option<i64>,
+    by_hand: Option<Vec<u8>>,
     entries: &[RawEntry],
 ) -> Vec<Stored> {
     let to_check = shared

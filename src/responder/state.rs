@@ -122,13 +122,15 @@ impl Shared {
             .arg("-")
             .arg("COUNT")
             .arg(1)
-            .get(self.keys.by_hand());
-        let seen: redis::RedisResult<(redis::streams::StreamRangeReply, Option<i64>)> =
+            .cmd("MGET")
+            .arg(self.keys.by_hand());
+        let seen: redis::RedisResult<(redis::streams::StreamRangeReply, Vec<Option<Vec<u8>>>)> =
             pipe.query_async(&mut con).await;
         match seen {
-            Ok((newest, by_hand)) => self
-                .history
-                .noted(newest.ids.first().map(|e| e.id.as_str()), by_hand),
+            Ok((newest, by_hand)) => self.history.noted(
+                newest.ids.first().map(|e| e.id.as_str()),
+                by_hand.into_iter().next().flatten(),
+            ),
             Err(err) => {
                 tracing::debug!(error = %err, "could not read the stream's history; checking every entry");
                 self.history.unknown();

@@ -125,10 +125,18 @@ pub(crate) fn only_command_error(err: redis::RedisError) -> redis::RedisError {
 }
 
 /// Whether a Redis error means Redis is unreachable in a way that may pass by itself: the connection was refused,
-/// dropped or timed out. Not every I/O error: a TLS handshake the server refuses (an unknown CA, a missing client
+/// dropped or timed out, or Redis is not ready to serve yet (`LOADING` after a restart, and the like). Not every I/O error: a TLS handshake the server refuses (an unknown CA, a missing client
 /// certificate) does not get better by waiting, so an operation riding out an outage fails on it at once.
 pub(crate) fn is_transient(err: &redis::RedisError) -> bool {
-    err.is_connection_refusal() || err.is_connection_dropped() || err.is_timeout()
+    if err.is_connection_refusal() || err.is_connection_dropped() || err.is_timeout() {
+        return true;
+    }
+    // A Redis that answers but cannot serve yet: loading its data after a restart, failing over, running a long
+    // script. Inside a pipeline the command's error is wrapped: unwrap it first.
+    matches!(
+        only_command_error(err.clone()).code(),
+        Some("LOADING" | "TRYAGAIN" | "MASTERDOWN" | "BUSY")
+    )
 }
 
 /// Whether a Redis error means the connection is gone (as opposed to a command the server refused).

@@ -63,10 +63,10 @@ return entry
 /// A stored reply byte-identical to this one is this very reply, stored by an earlier attempt whose answer was lost:
 /// it counts once, as stored (each reply envelope names the time it was made, to the millisecond).
 ///
-/// The by-hand counter goes up with every reply stored, so that responders check their next read for replies by hand
-/// (see `responder/history.rs`).
+/// With every reply stored, `T:byhand` is set to the newest entry id of the requests stream: the request answered is
+/// at or below it, and responders check every entry up to it for a stored reply (see `responder/history.rs`).
 ///
-/// KEYS: reply, last error, record, by-hand counter. ARGV: reply envelope, reply TTL (ms), channel.
+/// KEYS: reply, last error, record, `T:byhand`, requests stream. ARGV: reply envelope, reply TTL (ms), channel.
 /// Returns 1 when this reply was stored (now or by an earlier attempt), 0 when an earlier one was kept, -1 when the
 /// request is unknown.
 pub(crate) static PUBLISH_REPLY: LazyLock<Lua> = LazyLock::new(|| {
@@ -98,7 +98,10 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[1])
 redis.call('DEL', KEYS[2])
-redis.pcall('INCR', KEYS[4])
+local newest = redis.pcall('XREVRANGE', KEYS[5], '+', '-', 'COUNT', 1)
+if type(newest) == 'table' and newest.err == nil and newest[1] then
+  redis.pcall('SET', KEYS[4], newest[1][1])
+end
 return 1
 "#,
     )

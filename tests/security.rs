@@ -42,7 +42,6 @@ fn acl_rules(ns: &str, svc: &str) -> Vec<String> {
             "+script|load",
             "+get",
             "+mget",
-            "+incr",
             "+set",
             "+del",
             "+exists",

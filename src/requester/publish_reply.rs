@@ -56,11 +56,12 @@ impl Requester {
         let router = self.client.router().await?;
         let mut pipe = redis::pipe();
         scripts::evalsha(&mut pipe, &scripts::PUBLISH_REPLY)
-            .arg(4)
+            .arg(5)
             .arg(self.keys.reply(&reply.id))
             .arg(self.keys.last_error(&reply.id))
             .arg(self.keys.record(&reply.id))
             .arg(self.keys.by_hand())
+            .arg(self.keys.requests())
             .arg(&bytes)
             .arg(ttl_ms(config.reply_ttl))
             .arg(self.keys.reply_channel(&reply.id));

@@ -53,7 +53,7 @@ pub(crate) async fn read_loop(shared: Arc<Shared>) {
                 }
             }
         };
-        // The by-hand counter rides along in the same pipeline, before the read: no round trip of its own.
+        // `T:byhand` rides along in the same pipeline, before the read: no round trip of its own.
         let mut pipe = redis::pipe();
         // `MGET`, not `GET`: a key of another type reads as nil instead of failing the read.
         pipe.cmd("MGET")

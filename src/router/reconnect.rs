@@ -132,7 +132,9 @@ pub(super) async fn resubscribe(
     for chunk in pending.chunks(BULK_CHUNK) {
         let mut pipe = redis::pipe();
         for w in chunk {
-            pipe.get(&w.reply_key).exists(&w.record_key);
+            // `MGET`, not `GET`: a reply key of another type (a stray command) reads as nil instead of failing the
+            // whole pipeline, and with it every reconnect.
+            pipe.cmd("MGET").arg(&w.reply_key).exists(&w.record_key);
         }
         // Subscribed first, read second: a reply published in between arrives as a message, one published before
         // is found here; `complete` hands each waiter at most one of them.
@@ -142,7 +144,10 @@ pub(super) async fn resubscribe(
             let (Some(reply), Some(exists)) = (found.next(), found.next()) else {
                 break;
             };
-            let reply: Option<Vec<u8>> = redis::from_redis_value(reply)?;
+            let reply: Option<Vec<u8>> = redis::from_redis_value::<Vec<Option<Vec<u8>>>>(reply)?
+                .into_iter()
+                .next()
+                .flatten();
             let record_exists: bool = redis::from_redis_value(exists)?;
             if let Some(reply) = reply {
                 waiters.deliver(&w.channel, &reply);

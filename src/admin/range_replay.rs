@@ -3,11 +3,8 @@
 //! `REPLAY` script looks at the id's latest entry, see [`crate::scripts`]); the range ends at the newest entry that
 //! existed when the replay began, so the replays it adds are never replayed again.
 
-use std::collections::HashSet;
-
 use super::Admin;
-use super::pager::Pager;
-use super::replay::READING_PAGE;
+use super::replay::Walk;
 use super::replay_report::{ReplayOptions, ReplayReport};
 use crate::error::{Error, Result};
 use crate::protocol::entry::{RawEntry, check_entry_id, parse_entry_id};
@@ -42,7 +39,7 @@ impl Admin {
         let from = range_end(from, false)?;
         let to = range_end(to, true)?;
         let (from, to) = (from.as_str(), to.as_str());
-        let mut report = ReplayReport::default();
+        let report = ReplayReport::default();
         let requests = self.keys.requests();
         let Some(newest) = self.last_entry_id(requests).await? else {
             return Ok(report);
@@ -58,21 +55,19 @@ impl Admin {
             .query_async(&mut con)
             .await
             .map_err(Error::redis("measuring the requests stream"))?;
-        let mut seen = HashSet::new();
-        let mut done = 0;
-        let mut pager = Pager::new(requests, from, &bound, total, READING_PAGE);
-        while let Some(ids) = pager.next(&mut con).await? {
-            let n = ids.len();
-            let candidates = ids
-                .into_iter()
-                .map(|e| RawEntry::from_stream_id(e).into())
-                .collect();
-            self.requeue(&mut con, candidates, opts, &mut seen, &mut report)
-                .await?;
-            done += n as u64;
-            progress(done);
-        }
-        Ok(report)
+        let walk = Walk {
+            stream: requests,
+            from,
+            to: &bound,
+            total,
+        };
+        self.replay_pages(
+            walk,
+            |e| RawEntry::from_stream_id(e).into(),
+            opts,
+            &mut progress,
+        )
+        .await
     }
 }
 

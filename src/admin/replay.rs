@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use redis::streams::StreamRangeReply;
+use redis::streams::{StreamId, StreamRangeReply};
 
 use super::dead_letters::distinct;
 use super::pager::Pager;
@@ -19,6 +19,14 @@ use crate::scripts;
 
 /// What paging through a stream reports in errors.
 pub(super) const READING_PAGE: &str = "reading a stream page";
+
+/// A walk of a stream from `from` to `to` (inclusive), `total` entries long at most, for [`Pager`].
+pub(super) struct Walk<'a> {
+    pub(super) stream: &'a str,
+    pub(super) from: &'a str,
+    pub(super) to: &'a str,
+    pub(super) total: u64,
+}
 
 /// An entry that may be replayed.
 pub(super) struct Candidate {
@@ -144,22 +152,43 @@ impl Admin {
         mut progress: impl FnMut(u64) + Send,
     ) -> Result<ReplayReport> {
         opts.check()?;
-        let mut report = ReplayReport::default();
+        let report = ReplayReport::default();
         let Some(bound) = self.last_entry_id(self.keys.dead_letters()).await? else {
             return Ok(report);
         };
         let total = self.dead_letter_count().await?;
+        let walk = Walk {
+            stream: self.keys.dead_letters(),
+            from: "-",
+            to: &bound,
+            total,
+        };
+        self.replay_pages(
+            walk,
+            |e| DeadLetterEntry::from_stream_id(e).into(),
+            opts,
+            &mut progress,
+        )
+        .await
+    }
+
+    /// Replays a walk page by page: each page's entries become candidates (`candidate`) and are re-queued in one
+    /// pipeline; `progress` gets the number of entries walked. The report of every page goes into `report`.
+    pub(super) async fn replay_pages(
+        &self,
+        walk: Walk<'_>,
+        candidate: impl Fn(StreamId) -> Candidate,
+        opts: &ReplayOptions,
+        progress: &mut (impl FnMut(u64) + Send),
+    ) -> Result<ReplayReport> {
+        let mut report = ReplayReport::default();
         let mut con = self.con().await?;
         let mut seen = HashSet::new();
         let mut done = 0;
-        let stream = self.keys.dead_letters();
-        let mut pager = Pager::new(stream, "-", &bound, total, READING_PAGE);
+        let mut pager = Pager::new(walk.stream, walk.from, walk.to, walk.total, READING_PAGE);
         while let Some(ids) = pager.next(&mut con).await? {
             let n = ids.len();
-            let candidates = ids
-                .into_iter()
-                .map(|e| DeadLetterEntry::from_stream_id(e).into())
-                .collect();
+            let candidates = ids.into_iter().map(&candidate).collect();
             self.requeue(&mut con, candidates, opts, &mut seen, &mut report)
                 .await?;
             done += n as u64;

@@ -8,12 +8,11 @@
 mod common;
 
 use std::fs::File;
-use std::io::Read;
 use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{ChildGuard, RedisServer, redcall_bin};
+use common::{ChildGuard, RedisServer, finish, redcall_bin};
 use serde_json::{Value, json};
 
 /// Deadline for one short CLI invocation (generous: the machine is shared).
@@ -31,31 +30,6 @@ fn redcall(server: &RedisServer, service: &str, args: &[&str]) -> Command {
         .env_remove("RUST_LOG")
         .stdin(Stdio::null());
     cmd
-}
-
-/// Waits for a spawned child to exit within `deadline` and collects its output; kills it (via the guard) and
-/// panics when it does not. Output is small, so the pipes never fill while the child runs.
-fn finish(mut child: ChildGuard, deadline: Duration, what: &str) -> Output {
-    let end = Instant::now() + deadline;
-    let status = loop {
-        match child.try_wait().expect("try_wait") {
-            Some(status) => break status,
-            None if Instant::now() >= end => panic!("{what}: still running after {deadline:?}"),
-            None => thread::sleep(POLL),
-        }
-    };
-    let mut out = Output {
-        status,
-        stdout: Vec::new(),
-        stderr: Vec::new(),
-    };
-    if let Some(mut pipe) = child.stdout.take() {
-        pipe.read_to_end(&mut out.stdout).expect("read stdout");
-    }
-    if let Some(mut pipe) = child.stderr.take() {
-        pipe.read_to_end(&mut out.stderr).expect("read stderr");
-    }
-    out
 }
 
 /// Runs a CLI command to completion (bounded) and returns its output.

@@ -8,14 +8,14 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{ChildGuard, RedisServer};
+use common::{ChildGuard, RedisServer, finish};
 use redcall::protocol::{self, ReplyEnvelope};
 use redcall::{Client, Error, Requester};
 use serde::{Deserialize, Serialize};
@@ -69,31 +69,6 @@ fn redcall_cli(server: &RedisServer, service: &str, args: &[&str]) -> Command {
 /// Spawns `cmd` with its output piped.
 fn spawn(cmd: &mut Command) -> ChildGuard {
     ChildGuard::spawn(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()))
-}
-
-/// Waits for a spawned child to exit within `deadline` and collects its output; kills it (via the guard) and
-/// panics when it does not. Output is small, so the pipes never fill while the child runs.
-fn finish(mut child: ChildGuard, deadline: Duration, what: &str) -> Output {
-    let end = Instant::now() + deadline;
-    let status = loop {
-        match child.try_wait().expect("try_wait") {
-            Some(status) => break status,
-            None if Instant::now() >= end => panic!("{what}: still running after {deadline:?}"),
-            None => thread::sleep(POLL),
-        }
-    };
-    let mut out = Output {
-        status,
-        stdout: Vec::new(),
-        stderr: Vec::new(),
-    };
-    if let Some(mut pipe) = child.stdout.take() {
-        pipe.read_to_end(&mut out.stdout).expect("read stdout");
-    }
-    if let Some(mut pipe) = child.stderr.take() {
-        pipe.read_to_end(&mut out.stderr).expect("read stderr");
-    }
-    out
 }
 
 /// Runs a command to completion (bounded) and returns its output.

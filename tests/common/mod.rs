@@ -33,7 +33,7 @@ pub use env::TestEnv;
 #[allow(unused_imports)]
 pub use inspect::{command_calls, pending_count, redis_con, subscribed_channels};
 #[allow(unused_imports)]
-pub use process::{ChildGuard, redcall_bin, responder_log, run_cli, spawn_serve};
+pub use process::{ChildGuard, finish, redcall_bin, responder_log, run_cli, spawn_serve};
 #[allow(unused_imports)]
 pub use server::{
     AofPolicy, RedisOptions, RedisServer, free_port, kill_blocking, ping_port, redis_server,

@@ -2,9 +2,12 @@
 //! child, each killed and reaped by its PID when its guard drops.
 
 use std::fs;
+use std::io::Read;
 use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use super::RedisServer;
 
@@ -78,4 +81,29 @@ pub fn run_cli(server: &RedisServer, service: &str, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run redcall")
+}
+
+/// Waits for a spawned child to exit within `deadline` and collects its output; kills it (via the guard) and
+/// panics when it does not. Output is small, so the pipes never fill while the child runs.
+pub fn finish(mut child: ChildGuard, deadline: Duration, what: &str) -> Output {
+    let end = Instant::now() + deadline;
+    let status = loop {
+        match child.try_wait().expect("try_wait") {
+            Some(status) => break status,
+            None if Instant::now() >= end => panic!("{what}: still running after {deadline:?}"),
+            None => thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let mut out = Output {
+        status,
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+    };
+    if let Some(mut pipe) = child.stdout.take() {
+        pipe.read_to_end(&mut out.stdout).expect("read stdout");
+    }
+    if let Some(mut pipe) = child.stderr.take() {
+        pipe.read_to_end(&mut out.stderr).expect("read stderr");
+    }
+    out
 }

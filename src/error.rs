@@ -190,6 +190,31 @@ pub enum ErrorKind {
     InvalidArgument,
 }
 
+impl ErrorKind {
+    /// The kind's stable name in `snake_case` (`timeout`, `dead_lettered`, ...), as the CLI prints it under
+    /// `--json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::DuplicateId => "duplicate_id",
+            ErrorKind::AlreadyAnswered => "already_answered",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Handler => "handler",
+            ErrorKind::UnknownFunction => "unknown_function",
+            ErrorKind::DeadLettered => "dead_lettered",
+            ErrorKind::Expired => "expired",
+            ErrorKind::Malformed => "malformed",
+            ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::Codec => "codec",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Redis => "redis",
+            ErrorKind::Lost => "lost",
+            ErrorKind::Config => "config",
+            ErrorKind::InvalidArgument => "invalid_argument",
+        }
+    }
+}
+
 impl Error {
     /// The cause, as a small enum, for callers that branch on it (retry later on [`ErrorKind::Unavailable`], send
     /// again if safe on [`ErrorKind::Lost`], ...). Both enums grow in new releases: keep a fallback arm.
@@ -211,6 +236,23 @@ impl Error {
             Error::Lost { .. } => ErrorKind::Lost,
             Error::Config(_) => ErrorKind::Config,
             Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+        }
+    }
+
+    /// The request id this error is about, where it is about one request.
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            Error::Timeout { id, .. }
+            | Error::DuplicateId { id, .. }
+            | Error::AlreadyAnswered { id, .. }
+            | Error::NotFound { id, .. }
+            | Error::Handler { id, .. }
+            | Error::UnknownFunction { id, .. }
+            | Error::DeadLettered { id, .. }
+            | Error::Expired { id, .. }
+            | Error::Malformed { id, .. }
+            | Error::Lost { id, .. } => Some(id),
+            _ => None,
         }
     }
 

@@ -7,10 +7,11 @@ mod cli;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use clap::Parser;
-
 fn main() -> std::process::ExitCode {
-    let args = cli::Cli::parse();
+    let args = match cli::parse() {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
     cli::init_tracing(&args);
     // One current-thread runtime per process measured faster than a multi-thread one on small shared machines.
     let runtime = match tokio::runtime::Builder::new_current_thread()

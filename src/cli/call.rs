@@ -1,4 +1,4 @@
-//! `redcall call FUNC [PARAMS_JSON] [--id ID] [--timeout SECS]`: the request operation.
+//! `redcall call FUNC [PARAMS_JSON] [--id ID] [--timeout DURATION]`: the request operation.
 
 use std::time::Duration;
 
@@ -15,17 +15,15 @@ pub struct Args {
     /// Request id (default: a new UUID v7).
     #[arg(long)]
     pub id: Option<String>,
-    /// Seconds to wait for the reply.
-    #[arg(long, default_value_t = 10.0)]
-    pub timeout: f64,
+    /// How long to wait for the reply; a bare number is seconds.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::duration::secs)]
+    pub timeout: Duration,
 }
 
 /// Sends the request, waits, prints the reply.
 pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
     let params = parse_json("params", &args.params)?;
-    let timeout = Duration::try_from_secs_f64(args.timeout).map_err(|_| {
-        redcall::Error::Config("--timeout must be a positive number of seconds".into())
-    })?;
+    let timeout = args.timeout;
     let id = args.id.clone().unwrap_or_else(redcall::new_request_id);
     let requester = ctx.client.requester(&ctx.cli.service);
     let reply: serde_json::Value = requester.request(&id, &args.func, &params, timeout).await?;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use redcall::admin::{Admin, DeadLetterEntry, ReplayOptions, ReplayReport, SkipReason, Skipped};
 
-use super::{Context, human_ms, msgpack_to_json, parse_secs, print_json, progress_bar};
+use super::{Context, human_ms, msgpack_to_json, print_json, progress_bar};
 
 /// Arguments of `redcall dlq`.
 #[derive(Debug, clap::Args)]
@@ -64,8 +64,8 @@ pub struct ReplayFlags {
     /// Only requests for this function key.
     #[arg(long, value_name = "KEY")]
     pub func: Option<String>,
-    /// Seconds the replayed requests get before their deadline [default: 600].
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    /// How long the replayed requests get before their deadline; a bare number is seconds [default: 10m].
+    #[arg(long, value_name = "DURATION", value_parser = super::duration::secs)]
     pub timeout: Option<Duration>,
     /// Only report what would be replayed and skipped; change nothing.
     #[arg(long)]

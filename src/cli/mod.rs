@@ -10,6 +10,7 @@ mod bench;
 mod call;
 mod demo;
 mod dlq;
+pub mod duration;
 mod info;
 mod reap;
 // The spawner shared with the integration tests: the bench uses a part of it.
@@ -27,12 +28,12 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use redcall::{Client, Error, ErrorKind};
 
 /// Durable request-response over Redis Streams.
 #[derive(Debug, Parser)]
-#[command(name = "redcall", version, about)]
+#[command(name = "redcall", version, about, next_help_heading = "Global options")]
 pub struct Cli {
     /// Redis URL (`redis://` or `rediss://`, with `user:password@` for ACL users).
     #[arg(
@@ -55,18 +56,18 @@ pub struct Cli {
     #[arg(long, global = true, env = "REDCALL_TLS_CA_CERT", value_name = "PATH")]
     pub tls_ca_cert: Option<std::path::PathBuf>,
     /// Payload size limit in bytes.
-    #[arg(long, global = true, default_value_t = redcall::Client::DEFAULT_PAYLOAD_LIMIT)]
+    #[arg(long, global = true, value_name = "BYTES", default_value_t = redcall::Client::DEFAULT_PAYLOAD_LIMIT)]
     pub payload_limit: usize,
-    /// Seconds a request record (what `info` reads, and what refuses a reused id) is kept after the request's
-    /// deadline [default: 3600].
-    #[arg(long, global = true, value_name = "SECS", value_parser = parse_secs)]
+    /// How long a request record (what `info` reads, and what refuses a reused id) is kept after the request's
+    /// deadline; a bare number is seconds [default: 1h].
+    #[arg(long, global = true, value_name = "DURATION", value_parser = duration::secs)]
     pub record_retention: Option<Duration>,
     /// Fail at once while Redis is unreachable, instead of trying again until the request's timeout (or, for
     /// `info` and `reply`, for 10 s).
     #[arg(long, global = true)]
     pub fail_fast: bool,
-    /// Seconds a stored reply is kept for late readers [default: 3600].
-    #[arg(long, global = true, value_name = "SECS", value_parser = parse_secs)]
+    /// How long a stored reply is kept for late readers; a bare number is seconds [default: 1h].
+    #[arg(long, global = true, value_name = "DURATION", value_parser = duration::secs)]
     pub reply_ttl: Option<Duration>,
     #[command(subcommand)]
     pub command: Command,
@@ -167,9 +168,11 @@ pub struct Context<'a> {
     pub cli: &'a Cli,
 }
 
-/// Exit codes, documented in the README: 1 other, 2 usage (also an argument the library refuses), 3 timeout, 4 the request failed remotely, 5 not found,
-/// 6 duplicate id or already answered, 7 Redis unreachable.
-fn exit_code(err: &Error) -> u8 {
+/// Exit codes, documented in the README: 1 other, 2 usage (also an argument or a configuration the library
+/// refuses), 3 timeout, 4 the request failed remotely, 5 not found, 6 duplicate id or already answered, 7 Redis
+/// unreachable or a Redis command failed, 8 the request was sent but the connection broke before its reply (it
+/// may have run: send again only if that is safe).
+pub fn exit_code(err: &Error) -> u8 {
     match err.kind() {
         ErrorKind::Timeout => 3,
         ErrorKind::Handler
@@ -178,17 +181,156 @@ fn exit_code(err: &Error) -> u8 {
         | ErrorKind::Expired
         | ErrorKind::Malformed => 4,
         ErrorKind::NotFound => 5,
-        ErrorKind::InvalidArgument => 2,
+        ErrorKind::InvalidArgument | ErrorKind::Config => 2,
         ErrorKind::DuplicateId | ErrorKind::AlreadyAnswered => 6,
-        ErrorKind::Unavailable | ErrorKind::Redis | ErrorKind::Lost => 7,
+        ErrorKind::Unavailable | ErrorKind::Redis => 7,
+        ErrorKind::Lost => 8,
         _ => 1,
     }
 }
 
-/// Prints `err` and gives its exit code.
+/// Whether errors are printed as JSON: set once from `--json` before any command runs.
+static JSON_ERRORS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Prints `err` on stderr (text, or under `--json` one object `{"error": {"kind", "message", "id"}}`) and gives
+/// its exit code.
 pub fn fail(err: &Error) -> ExitCode {
-    errln!("error: {err}");
+    let kind = if err.kind() == ErrorKind::InvalidArgument || err.kind() == ErrorKind::Config {
+        "usage"
+    } else {
+        err.kind().as_str()
+    };
+    print_error(kind, &err.to_string(), err.request_id());
     ExitCode::from(exit_code(err))
+}
+
+/// Prints an error on stderr, as text or (under `--json`) as one JSON object.
+pub fn print_error(kind: &str, message: &str, id: Option<&str>) {
+    if JSON_ERRORS.load(std::sync::atomic::Ordering::Relaxed) {
+        let value = serde_json::json!({ "error": { "kind": kind, "message": message, "id": id } });
+        errln!("{value}");
+    } else {
+        errln!("error: {message}");
+    }
+}
+
+/// The global flags each subcommand ignores (by argument id), hidden from its help so that no command lists a flag
+/// it does not use. They are still accepted there: scripts put global flags before the subcommand.
+const IGNORED_GLOBALS: &[(&[&str], &[&str])] = &[
+    (&["call"], &["reply_ttl"]),
+    (
+        &["info"],
+        &["payload_limit", "record_retention", "reply_ttl"],
+    ),
+    (&["reply"], &["record_retention"]),
+    (&["serve"], &["fail_fast"]),
+    (&["reap"], &["payload_limit", "fail_fast"]),
+    (&["demo"], &["service"]),
+    (
+        &["stats"],
+        &[
+            "payload_limit",
+            "record_retention",
+            "reply_ttl",
+            "fail_fast",
+        ],
+    ),
+    (
+        &["dlq", "list"],
+        &[
+            "payload_limit",
+            "record_retention",
+            "reply_ttl",
+            "fail_fast",
+        ],
+    ),
+    (
+        &["dlq", "show"],
+        &[
+            "payload_limit",
+            "record_retention",
+            "reply_ttl",
+            "fail_fast",
+        ],
+    ),
+    (
+        &["dlq", "purge"],
+        &[
+            "payload_limit",
+            "record_retention",
+            "reply_ttl",
+            "fail_fast",
+        ],
+    ),
+    (&["dlq", "replay"], &["reply_ttl", "fail_fast"]),
+    (&["replay"], &["reply_ttl", "fail_fast"]),
+    (
+        &["bench"],
+        &[
+            "service",
+            "tls_ca_cert",
+            "payload_limit",
+            "record_retention",
+            "reply_ttl",
+            "fail_fast",
+        ],
+    ),
+];
+
+/// The `clap` command of [`Cli`], with [`IGNORED_GLOBALS`] hidden where they are ignored.
+pub fn command() -> clap::Command {
+    let mut cmd = Cli::command();
+    // Global flags reach the subcommands when the command is built; only then can a subcommand's copy be hidden.
+    cmd.build();
+    for (path, ignored) in IGNORED_GLOBALS {
+        cmd = hide_in(cmd, path, ignored);
+    }
+    cmd
+}
+
+/// Hides the global flags `ignored` in the subcommand at `path`.
+fn hide_in(cmd: clap::Command, path: &[&str], ignored: &[&str]) -> clap::Command {
+    // In place (`mut_args`, `mut_subcommands`): a built command's arguments are looked up by position, and
+    // `mut_arg` would move one to the end.
+    match path.split_first() {
+        None => cmd.mut_args(|arg| {
+            let hide = ignored.contains(&arg.get_id().as_str());
+            let hidden = hide || arg.is_hide_set();
+            arg.hide(hidden)
+        }),
+        Some((name, rest)) => cmd.mut_subcommands(|sub| {
+            if sub.get_name() == *name {
+                hide_in(sub, rest, ignored)
+            } else {
+                sub
+            }
+        }),
+    }
+}
+
+/// Parses the command line. Under `--json` a usage error is one JSON object on stderr like every other error
+/// (kind `usage`, exit 2); `--help` and `--version` print as usual.
+pub fn parse() -> Result<Cli, ExitCode> {
+    let json = std::env::args_os().any(|a| a == "--json");
+    JSON_ERRORS.store(json, std::sync::atomic::Ordering::Relaxed);
+    let parsed = command()
+        .try_get_matches()
+        .and_then(|matches| Cli::from_arg_matches(&matches));
+    match parsed {
+        Ok(cli) => Ok(cli),
+        Err(err) if json && err.use_stderr() => {
+            let message = err.kind().to_string();
+            let detail = err.render().to_string();
+            let first = detail.lines().next().unwrap_or(&message);
+            print_error("usage", first.trim_start_matches("error: "), None);
+            Err(ExitCode::from(2))
+        }
+        Err(err) => {
+            let code = if err.use_stderr() { 2 } else { 0 };
+            let _ = err.print();
+            Err(ExitCode::from(code))
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch, by the local clock.
@@ -225,12 +367,10 @@ pub fn redis_error(context: &'static str) -> impl FnOnce(redis::RedisError) -> E
     }
 }
 
-/// Parses a JSON argument, naming it in the error.
+/// Parses a JSON argument, naming it in the error (a usage error: exit 2).
 pub fn parse_json(what: &'static str, text: &str) -> redcall::Result<serde_json::Value> {
-    serde_json::from_str(text).map_err(|e| Error::Decode {
-        what,
-        message: format!("not valid JSON: {e}"),
-    })
+    serde_json::from_str(text)
+        .map_err(|e| Error::InvalidArgument(format!("the {what} are not valid JSON: {e}")))
 }
 
 /// Prints a JSON value, pretty for people and compact with `--json`.
@@ -241,16 +381,6 @@ pub fn print_json(cli: &Cli, value: &serde_json::Value) {
         serde_json::to_string_pretty(value)
     };
     outln!("{}", text.unwrap_or_else(|_| value.to_string()));
-}
-
-/// Parses a number of seconds (fractions allowed) for a duration flag.
-pub fn parse_secs(text: &str) -> Result<Duration, String> {
-    let secs: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
-    Duration::try_from_secs_f64(secs)
-        .map_err(|_| format!("{text:?} is not a usable number of seconds"))
 }
 
 /// A progress bar on stderr for `what`, drawn only when both stdout and stderr are terminals (never in scripts,

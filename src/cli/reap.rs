@@ -9,15 +9,15 @@ use super::Context;
 /// Arguments of `redcall reap`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Idle time (ms) after which a pending request counts as stale.
-    #[arg(long, value_name = "MS")]
-    pub visibility_timeout: Option<u64>,
+    /// Idle time after which a pending request counts as stale; a bare number is milliseconds.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = super::duration::millis)]
+    pub visibility_timeout: Duration,
     /// Deliveries after which a stale request is dead-lettered.
-    #[arg(long, value_name = "N")]
-    pub max_deliveries: Option<u64>,
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub max_deliveries: u64,
     /// Consumer group.
-    #[arg(long, value_name = "NAME")]
-    pub group: Option<String>,
+    #[arg(long, value_name = "NAME", default_value = redcall::ResponderSettings::DEFAULT_GROUP)]
+    pub group: String,
     /// Run one pass (and one trim) and exit (default: run until SIGINT/SIGTERM).
     #[arg(long)]
     pub once: bool,
@@ -29,15 +29,9 @@ pub struct Args {
 /// Runs the reaper.
 pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
     let mut settings = ResponderSettings::default();
-    if let Some(ms) = args.visibility_timeout {
-        settings.visibility_timeout = Duration::from_millis(ms);
-    }
-    if let Some(n) = args.max_deliveries {
-        settings.max_deliveries = n;
-    }
-    if let Some(group) = &args.group {
-        settings.group = group.clone();
-    }
+    settings.visibility_timeout = args.visibility_timeout;
+    settings.max_deliveries = args.max_deliveries;
+    settings.group = args.group.clone();
     settings.consumer = format!("reaper-{}", settings.consumer);
     settings.retention = args.retention.policy();
     let trim_policy_enabled = settings.retention.enabled;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use redcall::RetentionPolicy;
 
-use super::parse_secs;
+use super::duration;
 
 /// How the reaper trims the requests stream. It never removes an entry that is pending or not yet delivered to
 /// every consumer group, whatever these say.
@@ -13,14 +13,15 @@ pub struct RetentionArgs {
     /// Keep at most N entries in the requests stream [default: no limit].
     #[arg(long, value_name = "N")]
     pub retain_max_len: Option<u64>,
-    /// Keep requests stream entries at most SECS old, or `off` for no age limit [default: 86400].
-    #[arg(long, value_name = "SECS|off", value_parser = parse_age_limit)]
+    /// Keep requests stream entries at most this old (a bare number is seconds), or `off` for no age limit
+    /// [default: 24h].
+    #[arg(long, value_name = "DURATION|off", value_parser = parse_age_limit)]
     pub retain_max_age: Option<AgeLimit>,
     /// Keep at most N dead letters [default: no limit].
     #[arg(long, value_name = "N")]
     pub retain_dead_max_len: Option<u64>,
-    /// Seconds between two trims [default: 60].
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    /// Time between two trims; a bare number is seconds [default: 1m].
+    #[arg(long, value_name = "DURATION", value_parser = duration::secs)]
     pub trim_interval: Option<Duration>,
     /// Do not trim at all.
     #[arg(long, conflicts_with_all = ["retain_max_len", "retain_max_age", "retain_dead_max_len", "trim_interval"])]
@@ -35,7 +36,7 @@ fn parse_age_limit(text: &str) -> Result<AgeLimit, String> {
     if text.eq_ignore_ascii_case("off") {
         Ok(AgeLimit(None))
     } else {
-        parse_secs(text).map(|d| AgeLimit(Some(d)))
+        duration::secs(text).map(|d| AgeLimit(Some(d)))
     }
 }
 

@@ -11,24 +11,24 @@ use super::Context;
 /// Arguments of `redcall serve` (responder settings; defaults as in the library).
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Idle time (ms) after which a pending request is given to another responder.
-    #[arg(long, value_name = "MS")]
-    pub visibility_timeout: Option<u64>,
+    /// Idle time after which a pending request is given to another responder; a bare number is milliseconds.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = super::duration::millis)]
+    pub visibility_timeout: Duration,
     /// Deliveries after which a failing request is dead-lettered.
-    #[arg(long, value_name = "N")]
-    pub max_deliveries: Option<u64>,
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub max_deliveries: u64,
     /// Most requests handled at once.
-    #[arg(long, value_name = "N")]
-    pub concurrency: Option<usize>,
-    /// Consumer name (default: host-pid-random).
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub concurrency: usize,
+    /// Consumer name [default: <host>-<pid>-<random>].
     #[arg(long, value_name = "NAME")]
     pub consumer: Option<String>,
     /// Consumer group.
-    #[arg(long, value_name = "NAME")]
-    pub group: Option<String>,
-    /// Time (ms) in-flight handlers get to finish on shutdown.
-    #[arg(long, value_name = "MS")]
-    pub grace: Option<u64>,
+    #[arg(long, value_name = "NAME", default_value = redcall::ResponderSettings::DEFAULT_GROUP)]
+    pub group: String,
+    /// Time in-flight handlers get to finish on shutdown; a bare number is milliseconds.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::duration::millis_or_zero)]
+    pub grace: Duration,
     /// Do not run the reaper in this responder (it then does not trim either).
     #[arg(long)]
     pub no_reaper: bool,
@@ -100,23 +100,14 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
         .responder(&ctx.cli.service)
         .reaper(!args.no_reaper)
         .retention(args.retention.policy());
-    if let Some(ms) = args.visibility_timeout {
-        builder = builder.visibility_timeout(Duration::from_millis(ms));
-    }
-    if let Some(n) = args.max_deliveries {
-        builder = builder.max_deliveries(n);
-    }
-    if let Some(n) = args.concurrency {
-        builder = builder.concurrency(n);
-    }
+    builder = builder
+        .visibility_timeout(args.visibility_timeout)
+        .max_deliveries(args.max_deliveries)
+        .concurrency(args.concurrency)
+        .group(args.group.clone())
+        .grace(args.grace);
     if let Some(name) = &args.consumer {
         builder = builder.consumer(name.clone());
-    }
-    if let Some(group) = &args.group {
-        builder = builder.group(group.clone());
-    }
-    if let Some(ms) = args.grace {
-        builder = builder.grace(Duration::from_millis(ms));
     }
     let redis = connect_plain(ctx.cli).await?;
     let responder = demo_handlers(builder, &ctx.client, &ctx.cli.service, redis)

@@ -40,7 +40,7 @@ pub struct ResponderSettings {
 impl Default for ResponderSettings {
     fn default() -> Self {
         Self {
-            group: "workers".to_owned(),
+            group: Self::DEFAULT_GROUP.to_owned(),
             consumer: default_consumer_name(),
             concurrency: 64,
             batch: 128,
@@ -57,6 +57,9 @@ impl Default for ResponderSettings {
 }
 
 impl ResponderSettings {
+    /// The consumer group responders join unless told otherwise.
+    pub const DEFAULT_GROUP: &'static str = "workers";
+
     /// Refuses settings that cannot work. [`ResponderBuilder::start`](crate::ResponderBuilder::start) and
     /// [`Reaper::connect`](crate::Reaper::connect) call it (after clamping durations to a year); call it yourself to
     /// check settings before starting anything.

@@ -1,5 +1,7 @@
 //! The arguments of `redcall bench`, and the two systems it compares.
 
+use crate::cli::duration::{secs_f64, secs_or_zero_f64};
+
 /// The two systems compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum System {
@@ -47,11 +49,12 @@ pub struct Args {
     /// Sequential calls at concurrency 1.
     #[arg(long, default_value_t = 2000, value_name = "N")]
     pub calls: u64,
-    /// Seconds of each throughput measurement.
-    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    /// Length of each throughput measurement; a bare number is seconds.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = secs_f64)]
     pub duration: f64,
-    /// Seconds of unmeasured calls before each measurement (connections, caches, scripts warmed up).
-    #[arg(long, default_value_t = 1.0, value_name = "SECS")]
+    /// Unmeasured calls before each measurement (connections, caches, scripts warmed up); a bare number is
+    /// seconds.
+    #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = secs_or_zero_f64)]
     pub warmup: f64,
     /// Repeat every measurement this many times, interleaved; the ratios are the median over rounds.
     #[arg(long, default_value_t = 1, value_name = "N")]
@@ -77,22 +80,24 @@ pub struct Args {
     /// redcall responder: most requests handled at once per process.
     #[arg(long, default_value_t = 512, value_name = "N")]
     pub responder_concurrency: usize,
-    /// Seconds a call may wait for its reply [default: 10; 3 in soak mode, where a request record lives for the
-    /// call timeout plus --retention, and the soak judges only once records have turned over].
-    #[arg(long, value_name = "SECS")]
+    /// How long a call may wait for its reply; a bare number is seconds [default: 10s; 3s in soak mode, where a
+    /// request record lives for the call timeout plus --retention, and the soak judges only once records have
+    /// turned over].
+    #[arg(long, value_name = "DURATION", value_parser = secs_f64)]
     pub timeout: Option<f64>,
     /// Memory-flatness mode: N redcall requests at the highest --concurrency with short retention, sampling
     /// Redis memory, stream length, the requester's RSS and in-flight count.
     #[arg(long, value_name = "N")]
     pub soak: Option<u64>,
-    /// Soak: seconds request records (after the call timeout) and stored replies are kept.
-    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    /// Soak: how long request records (after the call timeout) and stored replies are kept; a bare number is
+    /// seconds.
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = secs_f64)]
     pub retention: f64,
-    /// Soak: seconds between samples.
-    #[arg(long, default_value_t = 1.0, value_name = "SECS")]
+    /// Soak: time between samples; a bare number is seconds.
+    #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = secs_f64)]
     pub sample_every: f64,
-    /// Soak: give up after this many seconds.
-    #[arg(long, default_value_t = 3600.0, value_name = "SECS")]
+    /// Soak: give up after this long; a bare number is seconds.
+    #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = secs_f64)]
     pub soak_timeout: f64,
 }
 

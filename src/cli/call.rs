@@ -9,10 +9,10 @@ use super::{Context, parse_json, print_json};
 pub struct Args {
     /// Function key to call.
     pub func: String,
-    /// Params as JSON (default `null`).
+    /// Params as JSON.
     #[arg(default_value = "null")]
     pub params: String,
-    /// Request id (default: a new UUID v7).
+    /// Request id [default: a new UUID v7].
     #[arg(long)]
     pub id: Option<String>,
     /// How long to wait for the reply; a bare number is seconds.

@@ -170,8 +170,8 @@ pub struct Context<'a> {
 
 /// Exit codes, documented in the README: 1 other, 2 usage (also an argument or a configuration the library
 /// refuses), 3 timeout, 4 the request failed remotely, 5 not found, 6 duplicate id or already answered, 7 Redis
-/// unreachable or a Redis command failed, 8 the request was sent but the connection broke before its reply (it
-/// may have run: send again only if that is safe).
+/// unreachable or a Redis command failed, 8 the request was lost by Redis after accepting it (Redis restarted
+/// without persistence; it may or may not have run: send again only if that is safe).
 pub fn exit_code(err: &Error) -> u8 {
     match err.kind() {
         ErrorKind::Timeout => 3,
@@ -285,7 +285,23 @@ pub fn command() -> clap::Command {
     for (path, ignored) in IGNORED_GLOBALS {
         cmd = hide_in(cmd, path, ignored);
     }
-    cmd
+    negative_durations_reach_the_parser(cmd)
+}
+
+/// Lets `--timeout -1` reach the duration parser (which says "negative") instead of clap taking `-1` for a flag,
+/// on every duration flag of every command.
+fn negative_durations_reach_the_parser(cmd: clap::Command) -> clap::Command {
+    cmd.mut_args(|arg| {
+        let is_duration = arg
+            .get_value_names()
+            .is_some_and(|names| names.iter().any(|n| n.as_str().starts_with("DURATION")));
+        if is_duration {
+            arg.allow_hyphen_values(true)
+        } else {
+            arg
+        }
+    })
+    .mut_subcommands(negative_durations_reach_the_parser)
 }
 
 /// Hides the global flags `ignored` in the subcommand at `path`.
@@ -425,5 +441,68 @@ pub fn msgpack_to_json(bytes: &[u8]) -> serde_json::Value {
         Err(_) => serde_json::json!({
             "msgpack_hex": bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        let matches = command()
+            .try_get_matches_from(args)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    #[test]
+    fn the_clis_defaults_are_the_librarys() {
+        let library = redcall::ResponderSettings::default();
+        let Command::Serve(serve) = parse(&["redcall", "serve"]).command else {
+            panic!("not serve")
+        };
+        assert_eq!(serve.visibility_timeout, library.visibility_timeout);
+        assert_eq!(serve.max_deliveries, library.max_deliveries);
+        assert_eq!(serve.concurrency, library.concurrency);
+        assert_eq!(serve.group, library.group);
+        assert_eq!(serve.grace, library.grace);
+        let Command::Reap(reap) = parse(&["redcall", "reap"]).command else {
+            panic!("not reap")
+        };
+        assert_eq!(reap.visibility_timeout, library.visibility_timeout);
+        assert_eq!(reap.max_deliveries, library.max_deliveries);
+        assert_eq!(reap.group, library.group);
+        let cli = parse(&["redcall", "info", "x"]);
+        assert_eq!(cli.payload_limit, redcall::Client::DEFAULT_PAYLOAD_LIMIT);
+    }
+
+    #[test]
+    fn every_error_kind_has_its_documented_exit_code() {
+        let id = || "r1".to_owned();
+        let cases = [
+            (Error::InvalidArgument("x".into()), 2),
+            (Error::Config("x".into()), 2),
+            (
+                Error::Timeout {
+                    id: id(),
+                    timeout: Duration::from_secs(1),
+                },
+                3,
+            ),
+            (
+                Error::DeadLettered {
+                    id: id(),
+                    reason: "x".into(),
+                },
+                4,
+            ),
+            (Error::NotFound { id: id() }, 5),
+            (Error::DuplicateId { id: id() }, 6),
+            (Error::AlreadyAnswered { id: id() }, 6),
+            (Error::Lost { id: id() }, 8),
+        ];
+        for (err, code) in cases {
+            assert_eq!(exit_code(&err), code, "{err}");
+        }
     }
 }

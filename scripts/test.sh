@@ -64,5 +64,8 @@ else
     log "cargo clippy not installed; skipping its check of the library alone"
 fi
 log "using $(redis-server --version | head -n1)"
+log "the API docs: cargo doc --no-deps with warnings as errors (broken intra-doc links, bad code blocks)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --lib
+
 log "cargo test $*"
 exec cargo test "$@"

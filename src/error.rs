@@ -143,6 +143,34 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// The server is older than redcall supports (Redis 7.0, Valkey 7.2; see `docs/operations.md` for why). Found
+    /// on the client's first connection, before anything was sent.
+    #[error("{server} is too old: redcall needs {minimum} or newer")]
+    UnsupportedServer {
+        /// The server and version found (`"Redis 6.2.14"`).
+        server: String,
+        /// The oldest version of that server redcall works with (`"Redis 7.0.0"`).
+        minimum: String,
+    },
+    /// With `replicated` durability: a write went through on the primary, but fewer replicas than asked for
+    /// confirmed it within the durability timeout (`WAIT`). The request was added (or the reply stored) and may
+    /// still be answered, but a failover now could lose it. Sending the same request again under the same id counts
+    /// once.
+    #[error(
+        "request {id}: {what} on the primary, but only {confirmed} of {wanted} replicas confirmed it within          {timeout:?} (a failover now could lose it)"
+    )]
+    NotReplicated {
+        /// The request id.
+        id: String,
+        /// What was written (`"added"`).
+        what: &'static str,
+        /// Replicas that confirmed.
+        confirmed: u64,
+        /// Replicas asked for.
+        wanted: u32,
+        /// The durability timeout.
+        timeout: Duration,
+    },
     /// The configuration is not usable (a client or responder setting, a URL, TLS material).
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -186,6 +214,10 @@ pub enum ErrorKind {
     Lost,
     /// See [`Error::Config`].
     Config,
+    /// See [`Error::UnsupportedServer`].
+    Unsupported,
+    /// See [`Error::NotReplicated`].
+    NotReplicated,
     /// See [`Error::InvalidArgument`].
     InvalidArgument,
 }
@@ -210,6 +242,8 @@ impl Error {
             Error::Redis { .. } => ErrorKind::Redis,
             Error::Lost { .. } => ErrorKind::Lost,
             Error::Config(_) => ErrorKind::Config,
+            Error::UnsupportedServer { .. } => ErrorKind::Unsupported,
+            Error::NotReplicated { .. } => ErrorKind::NotReplicated,
             Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
         }
     }

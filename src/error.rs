@@ -268,6 +268,12 @@ impl Error {
         }
     }
 
+    /// Whether this is [`Error::NotReplicated`]: the write is on the primary, and waiting for the replicas again
+    /// may succeed.
+    pub(crate) fn is_not_replicated(&self) -> bool {
+        matches!(self, Error::NotReplicated { .. })
+    }
+
     /// Wraps an encoder's error.
     pub(crate) fn encode(source: rmp_serde::encode::Error) -> Error {
         Error::Encode {

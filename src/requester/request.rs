@@ -192,7 +192,13 @@ impl Requester {
         };
         let entry = match first {
             Some(Ok(entry)) => Some(entry),
-            Some(Err(err)) if !err.is_unreachable() || config.fail_fast => return Err(err),
+            // Not confirmed by enough replicas in time (replicated durability): the request is in Redis, and trying
+            // again under its id (the script takes it as added) waits for the replicas once more, until the deadline.
+            Some(Err(err))
+                if !(err.is_unreachable() || err.is_not_replicated()) || config.fail_fast =>
+            {
+                return Err(err);
+            }
             // Every other attempt goes through the script, also for a generated id whose batch may or may not have
             // gone through: the script takes a record holding this very envelope as this request, added once.
             _ => {

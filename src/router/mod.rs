@@ -180,7 +180,8 @@ impl Router {
     }
 
     /// Runs `op` on the router's connection, again after every failure that means Redis is unreachable (see
-    /// [`Error::is_unreachable`]), on the next connection, until it succeeds or `deadline` passes. The operation
+    /// [`Error::is_unreachable`]) or that replicas did not confirm a write in time ([`Error::NotReplicated`]: after
+    /// a failover the new primary's replicas may still be syncing), on the next connection, until it succeeds or `deadline` passes. The operation
     /// must be safe to repeat: one whose answer was lost may have taken effect. At the deadline the error is the
     /// last attempt's (an attempt may have gone through), or [`Error::Unavailable`] when none was sent. With
     /// `fail_fast`, one attempt.
@@ -202,7 +203,7 @@ impl Router {
             };
             match op(con).await {
                 Err(err)
-                    if err.is_unreachable()
+                    if (err.is_unreachable() || err.is_not_replicated())
                         && !self.config.fail_fast
                         && tokio::time::Instant::now() < deadline =>
                 {

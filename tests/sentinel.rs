@@ -260,3 +260,36 @@ async fn failover_mid_load_without_replicated_durability_reports_each_loss() {
         "{outcome:?}"
     );
 }
+
+/// A manual failover (`SENTINEL FAILOVER`) demotes a primary that stays up. Sentinel drops its clients as it
+/// demotes it (`CLIENT KILL TYPE normal`, `pubsub`), so every connection reconnects and must ask the sentinels
+/// again rather than return to the address it had. (A node demoted without that, which answers `READONLY`, is
+/// handled too, see `connection::is_wrong_role`, but this test does not reach that path: it passes without it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_primary_is_left_for_the_new_one() {
+    let set = tokio::task::block_in_place(|| SentinelSet::start(1));
+    let client = Client::builder(&set.url()).build().expect("client");
+    let service = unique_service("sentinel-demoted");
+    let responder = echo_responder(&client, &service, Duration::ZERO).await;
+    let requester = client.requester(&service);
+    let reply: Value = requester
+        .call("echo", &json!("before"), GENEROUS)
+        .await
+        .expect("before the failover");
+    assert_eq!(reply, json!("before"));
+    let old = set.primary_port().expect("a primary");
+    tokio::task::block_in_place(|| {
+        let answer =
+            set.sentinels[0].cli(&["SENTINEL", "FAILOVER", common::sentinel::PRIMARY_NAME]);
+        assert_eq!(answer, "OK");
+        set.wait_for_failover(old);
+    });
+    for n in 0..20 {
+        let reply: Value = requester
+            .call("echo", &json!(n), GENEROUS)
+            .await
+            .unwrap_or_else(|err| panic!("request {n} after the failover: {err}"));
+        assert_eq!(reply, json!(n));
+    }
+    responder.shutdown().await.expect("shutdown");
+}

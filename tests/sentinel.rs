@@ -83,10 +83,11 @@ async fn round_trip_through_sentinel_for_library_admin_and_cli() {
         .expect("round trip through the builder form");
     assert_eq!(reply, json!(2));
 
-    // The CLI takes the URL like any other.
+    // The CLI takes the URL like any other, and replicated durability (the set has one replica).
     let out = tokio::task::block_in_place(|| {
         std::process::Command::new(redcall_bin())
             .args(["--url", &set.url(), "--service", &service])
+            .args(["--durability", "replicated", "--durability-replicas", "1"])
             .args(["call", "echo", r#"{"from":"cli"}"#])
             .output()
             .expect("run redcall")

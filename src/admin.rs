@@ -31,7 +31,7 @@ mod stats;
 
 use std::sync::Arc;
 
-use redis::aio::ConnectionManager;
+use crate::connection::ManagedConnection;
 use redis::streams::StreamRangeReply;
 use tokio::sync::OnceCell;
 
@@ -57,7 +57,7 @@ pub struct Admin {
     client: Client,
     service: Arc<str>,
     keys: Arc<ServiceKeys>,
-    con: Arc<OnceCell<ConnectionManager>>,
+    con: Arc<OnceCell<ManagedConnection>>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -111,11 +111,11 @@ impl Admin {
     /// The admin's connection (a self-reconnecting one, opened on first use).
     /// Every operation of the admin goes through here first: an unusable service name is refused before Redis is
     /// touched.
-    pub(crate) async fn con(&self) -> Result<ConnectionManager> {
+    pub(crate) async fn con(&self) -> Result<ManagedConnection> {
         crate::names::check_service(&self.service).map_err(Error::InvalidArgument)?;
         self.con
             .get_or_try_init(|| {
-                connection::managed_connection(self.client.redis_client(), self.client.config())
+                connection::managed_connection(self.client.target(), self.client.config())
             })
             .await
             .cloned()
@@ -148,7 +148,7 @@ pub async fn list_services(client: &Client) -> Result<Vec<String>> {
     let prefix = format!("{{{namespace}:");
     let suffix = "}:requests";
     let pattern = format!("{}*{suffix}", crate::protocol::glob_escape(&prefix));
-    let mut con = connection::managed_connection(client.redis_client(), client.config()).await?;
+    let mut con = connection::managed_connection(client.target(), client.config()).await?;
     let mut services = Vec::new();
     let mut cursor = 0u64;
     loop {

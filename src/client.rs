@@ -8,7 +8,7 @@ use tokio::sync::OnceCell;
 
 use crate::admin::Admin;
 use crate::config::ClientConfig;
-use crate::connection::{self, TlsSettings};
+use crate::connection::{self, SentinelSpec, Target, TlsSettings};
 use crate::error::{Error, Result};
 use crate::protocol::ServiceKeys;
 use crate::requester::Requester;
@@ -29,7 +29,7 @@ pub struct Client {
 }
 
 struct Inner {
-    redis: redis::Client,
+    target: Target,
     config: ClientConfig,
     router: OnceCell<Arc<Router>>,
 }
@@ -50,8 +50,9 @@ impl Client {
     /// The payload limit used when none is given, in bytes (1 MiB).
     pub const DEFAULT_PAYLOAD_LIMIT: usize = crate::config::DEFAULT_PAYLOAD_LIMIT;
 
-    /// A client for `url` (`redis://` or `rediss://`, with user name and password where needed) with default
-    /// settings. Connections are opened on first use, so an unreachable Redis is not an error here: it shows at the
+    /// A client for `url` (`redis://` or `rediss://`, with user name and password where needed, or
+    /// `redis+sentinel://[user:pass@]host:port[,host:port...]/<primary-name>` for a primary watched by Redis Sentinel)
+    /// with default settings. Connections are opened on first use, so an unreachable Redis is not an error here: it shows at the
     /// first request (as [`Error::Redis`]).
     ///
     /// # Errors
@@ -61,9 +62,36 @@ impl Client {
     }
 
     /// A builder to change the settings. Nothing is checked until [`ClientBuilder::build`].
+    ///
+    /// A `redis+sentinel://` URL names the sentinels (each `host:port`) and the name they monitor the primary under.
+    /// Every new connection asks the sentinels for the current primary, so after a failover every part of the client
+    /// (the reply router, the responders' readers and command connections, the admin) reconnects to the promoted
+    /// replica by itself. The user name and password are the data nodes'; the sentinels' own are the options
+    /// `sentinel_username` and `sentinel_password` (`...?sentinel_password=secret`); `db=N` picks a database.
     pub fn builder(url: &str) -> ClientBuilder {
         ClientBuilder {
-            url: url.to_owned(),
+            url: Some(url.to_owned()),
+            sentinel: None,
+            config: ClientConfig::default(),
+            tls: TlsSettings::default(),
+        }
+    }
+
+    /// A builder for the primary that Redis Sentinel monitors under `primary`, asking the `sentinels` (each
+    /// `"host:port"`): the same as a `redis+sentinel://` URL without credentials (set them with
+    /// [`ClientBuilder::password`] and [`ClientBuilder::sentinel_password`]).
+    pub fn sentinel<I, S>(sentinels: I, primary: &str) -> ClientBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let (url, sentinel) = match SentinelSpec::new(sentinels, primary) {
+            Ok(spec) => (None, Some(Ok(spec))),
+            Err(err) => (None, Some(Err(err.to_string()))),
+        };
+        ClientBuilder {
+            url,
+            sentinel,
             config: ClientConfig::default(),
             tls: TlsSettings::default(),
         }
@@ -106,16 +134,17 @@ impl Client {
         self.inner.router.get().map_or(0, |r| r.in_flight())
     }
 
-    /// The underlying `redis` client (RESP3, with this client's TLS settings).
-    pub(crate) fn redis_client(&self) -> &redis::Client {
-        &self.inner.redis
+    /// Where this client's connections go (one address, or the primary Sentinel names), with its TLS settings and
+    /// RESP3.
+    pub(crate) fn target(&self) -> &Target {
+        &self.inner.target
     }
 
     /// The reply router, connected on first use.
     pub(crate) async fn router(&self) -> Result<Arc<Router>> {
         self.inner
             .router
-            .get_or_try_init(|| Router::start(self.inner.redis.clone(), self.inner.config.clone()))
+            .get_or_try_init(|| Router::start(self.inner.target.clone(), self.inner.config.clone()))
             .await
             .cloned()
     }
@@ -123,11 +152,24 @@ impl Client {
 
 /// Settings for a [`Client`], checked once by [`ClientBuilder::build`]; every knob has a default, named by its
 /// setter, so only what differs needs setting.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientBuilder {
-    url: String,
+    /// The URL given, unless the builder was made by [`Client::sentinel`].
+    url: Option<String>,
+    /// The sentinels and primary of [`Client::sentinel`] (an error found there is reported by `build`).
+    sentinel: Option<std::result::Result<SentinelSpec, String>>,
     config: ClientConfig,
     tls: TlsSettings,
+}
+
+// By hand: the URL and the Sentinel settings may carry passwords.
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("config", &self.config)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClientBuilder {
@@ -184,6 +226,34 @@ impl ClientBuilder {
         self
     }
 
+    /// How sure a write must be before it counts as done (default [`Durability::Primary`](crate::Durability)):
+    /// with [`Durability::Replicated`](crate::Durability::Replicated), adding a request and answering it wait for
+    /// that many replicas (`WAIT`), and an add not confirmed in time fails with [`Error::NotReplicated`].
+    pub fn durability(mut self, durability: crate::Durability) -> Self {
+        self.config.durability = durability;
+        self
+    }
+
+    /// The data nodes' password (and user name, if given) for a builder made by [`Client::sentinel`]; a URL
+    /// carries them itself.
+    pub fn password(mut self, username: Option<&str>, password: &str) -> Self {
+        if let Some(Ok(spec)) = &mut self.sentinel {
+            spec.username = username.map(str::to_owned);
+            spec.password = Some(password.to_owned());
+        }
+        self
+    }
+
+    /// The sentinels' own password (and user name, if given) for a builder made by [`Client::sentinel`]; a URL
+    /// carries them as the options `sentinel_username` and `sentinel_password`.
+    pub fn sentinel_password(mut self, username: Option<&str>, password: &str) -> Self {
+        if let Some(Ok(spec)) = &mut self.sentinel {
+            spec.sentinel_username = username.map(str::to_owned);
+            spec.sentinel_password = Some(password.to_owned());
+        }
+        self
+    }
+
     /// Trusts the CA certificate(s) in `pem` for `rediss://` instead of the system's trust store: for a Redis
     /// whose certificate comes from a private CA. Needs a `rediss://` URL.
     pub fn tls_ca_cert_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
@@ -208,7 +278,9 @@ impl ClientBuilder {
     /// # Errors
     /// [`Error::Config`] when a setting cannot work: a zero command or connect timeout, an empty namespace or one
     /// with braces (they would break the hash tag), a zero payload limit, a URL that is not a Redis URL, TLS
-    /// certificates with a URL that is not `rediss://`, or certificates that cannot be used.
+    /// certificates with a URL that is not `rediss://`, certificates that cannot be used, a Sentinel URL that cannot
+    /// be parsed (or one with TLS settings: not supported yet), replicated durability without a replica or with a
+    /// timeout not shorter than the command timeout.
     pub fn build(mut self) -> Result<Client> {
         let c = &mut self.config;
         if c.command_timeout.is_zero() || c.connect_timeout.is_zero() {
@@ -229,13 +301,38 @@ impl ClientBuilder {
         if c.payload_limit == 0 {
             return Err(Error::Config("the payload limit must be positive".into()));
         }
-        let redis = connection::resp3_client(&self.url, &self.tls)?;
+        c.durability.validate(c.command_timeout)?;
+        let target = self.target()?;
         Ok(Client {
             inner: Arc::new(Inner {
-                redis,
+                target,
                 config: self.config,
                 router: OnceCell::new(),
             }),
         })
+    }
+
+    /// Where the client's connections go: the primary the sentinels name, or the URL's one address.
+    fn target(&self) -> Result<Target> {
+        let spec = match (&self.sentinel, &self.url) {
+            (Some(Ok(spec)), _) => Some(spec.clone()),
+            (Some(Err(err)), _) => return Err(Error::Config(err.clone())),
+            (None, Some(url)) if SentinelSpec::is_sentinel_url(url) => {
+                Some(SentinelSpec::parse(url)?)
+            }
+            (None, _) => None,
+        };
+        match (spec, &self.url) {
+            (Some(spec), _) => {
+                if self.tls.ca_cert.is_some() || self.tls.client_cert.is_some() {
+                    return Err(Error::Config(
+                        "TLS with Redis Sentinel is not supported yet".into(),
+                    ));
+                }
+                Target::sentinel(&spec)
+            }
+            (None, Some(url)) => Ok(Target::direct(connection::resp3_client(url, &self.tls)?)),
+            (None, None) => Err(Error::Config("no Redis URL given".into())),
+        }
     }
 }

@@ -39,6 +39,8 @@ pub struct ClientConfig {
     pub fail_fast: bool,
     /// How long an operation without a timeout of its own keeps trying while Redis is unreachable.
     pub outage_timeout: Duration,
+    /// Whether writes wait for replicas (`WAIT`) before they count as done.
+    pub durability: crate::Durability,
 }
 
 impl Default for ClientConfig {
@@ -52,6 +54,7 @@ impl Default for ClientConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             fail_fast: false,
             outage_timeout: DEFAULT_OUTAGE_TIMEOUT,
+            durability: crate::Durability::Primary,
         }
     }
 }

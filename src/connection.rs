@@ -3,10 +3,18 @@
 //! The redis crate defaults to a 500 ms response timeout, which breaks blocking stream reads: the read fails on
 //! the client while the server still delivers the entries into the pending list. Every connection redcall opens
 //! therefore states its timeout on purpose.
+//!
+//! Every connection is opened through a [`Target`] (one address, or the primary Redis Sentinel names), never from
+//! an address remembered earlier, so that a reconnect after a failover reaches the new primary ([`target`]).
+
+mod managed;
+mod sentinel;
+mod target;
+mod version;
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::MultiplexedConnection;
 use redis::{
     AsyncConnectionConfig, ClientTlsConfig, ConnectionAddr, IntoConnectionInfo, ProtocolVersion,
     TlsCertificates,
@@ -14,6 +22,10 @@ use redis::{
 
 use crate::config::ClientConfig;
 use crate::error::{Error, Result};
+
+pub(crate) use managed::ManagedConnection;
+pub(crate) use sentinel::SentinelSpec;
+pub(crate) use target::Target;
 
 /// Certificates for `rediss://` beyond the system's trust store, all PEM.
 #[derive(Clone, Default)]
@@ -86,33 +98,22 @@ fn install_crypto_provider() {
 /// A connection for one blocking reader: its response timeout is the block time plus the command timeout, so the
 /// client never gives up on a read the server is still serving.
 pub(crate) async fn blocking_connection(
-    client: &redis::Client,
+    target: &Target,
     config: &ClientConfig,
     block: Duration,
 ) -> Result<MultiplexedConnection> {
     let cfg = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
         .set_response_timeout(Some(block + config.command_timeout));
-    client
-        .get_multiplexed_async_connection_with_config(&cfg)
-        .await
-        .map_err(Error::redis("connecting a reader"))
+    target.connect(&cfg, "connecting a reader").await
 }
 
 /// A self-reconnecting connection for the responder's and the admin's short commands.
 pub(crate) async fn managed_connection(
-    client: &redis::Client,
+    target: &Target,
     config: &ClientConfig,
-) -> Result<ConnectionManager> {
-    let cfg = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(config.connect_timeout))
-        .set_response_timeout(Some(config.command_timeout))
-        .set_number_of_retries(3)
-        .set_max_delay(Duration::from_secs(1));
-    client
-        .get_connection_manager_with_config(cfg)
-        .await
-        .map_err(Error::redis("connecting"))
+) -> Result<ManagedConnection> {
+    ManagedConnection::connect(target, config).await
 }
 
 /// The one command error inside a failed pipeline, as its own error, without the client's "pipeline failure"
@@ -133,10 +134,23 @@ pub(crate) fn is_transient(err: &redis::RedisError) -> bool {
     }
     // A Redis that answers but cannot serve yet: loading its data after a restart, failing over, running a long
     // script. Inside a pipeline the command's error is wrapped: unwrap it first.
+    // `READONLY` and `UNBLOCKED`: the node was the primary and is a replica now (a failover); a new connection finds
+    // the new primary (through Sentinel).
     matches!(
         only_command_error(err.clone()).code(),
-        Some("LOADING" | "TRYAGAIN" | "MASTERDOWN" | "BUSY")
-    )
+        Some("LOADING" | "TRYAGAIN" | "MASTERDOWN" | "BUSY" | "READONLY" | "UNBLOCKED")
+    ) || err.kind() == redis::ErrorKind::MasterNameNotFoundBySentinel
+}
+
+/// Whether a Redis error means the node is no longer the primary: it refuses writes (`READONLY`), or it unblocked a
+/// blocking read because it turned into a replica (`UNBLOCKED`). A connection to it must be replaced by one to the
+/// new primary; any of the pipeline's command errors counts.
+pub(crate) fn is_wrong_role(err: &redis::RedisError) -> bool {
+    err.clone().into_server_errors().is_some_and(|errors| {
+        errors
+            .iter()
+            .any(|(_, e)| matches!(e.code(), "READONLY" | "UNBLOCKED"))
+    })
 }
 
 /// Whether a Redis error means the connection is gone (as opposed to a command the server refused).
@@ -145,4 +159,13 @@ pub(crate) fn is_connection_error(err: &redis::RedisError) -> bool {
         || err.is_connection_dropped()
         || err.is_timeout()
         || err.is_unrecoverable_error()
+}
+
+/// Whether a command that failed with `err` may go through on a new connection: the connection is gone, the node is
+/// no longer the primary ([`is_wrong_role`]), or the sentinels name no usable primary for now (mid-failover, the
+/// old primary is flagged down and no replica promoted yet).
+pub(crate) fn is_worth_reconnecting(err: &redis::RedisError) -> bool {
+    is_connection_error(err)
+        || is_wrong_role(err)
+        || err.kind() == redis::ErrorKind::MasterNameNotFoundBySentinel
 }

@@ -143,6 +143,33 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// The server is older than redcall supports (Redis 7.0, Valkey 7.2; see `docs/operations.md` for why). Found
+    /// on the client's first connection, before anything was sent.
+    #[error("{server} is too old: redcall needs {minimum} or newer")]
+    UnsupportedServer {
+        /// The server and version found (`"Redis 6.2.14"`).
+        server: String,
+        /// The oldest version of that server redcall works with (`"Redis 7.0.0"`).
+        minimum: String,
+    },
+    /// With `replicated` durability: the request was added on the primary, but fewer replicas than asked for
+    /// confirmed it (`WAIT`) by the request's deadline (each attempt waits up to the durability timeout, and is
+    /// tried again under the same id, counted once). It may still be answered, but a failover could lose it.
+    #[error(
+        "request {id}: {what} on the primary, but only {confirmed} of {wanted} replicas confirmed it within          {timeout:?} (a failover now could lose it)"
+    )]
+    NotReplicated {
+        /// The request id.
+        id: String,
+        /// What was written (`"added"`).
+        what: &'static str,
+        /// Replicas that confirmed.
+        confirmed: u64,
+        /// Replicas asked for.
+        wanted: u32,
+        /// The durability timeout.
+        timeout: Duration,
+    },
     /// The configuration is not usable (a client or responder setting, a URL, TLS material).
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -186,6 +213,10 @@ pub enum ErrorKind {
     Lost,
     /// See [`Error::Config`].
     Config,
+    /// See [`Error::UnsupportedServer`].
+    Unsupported,
+    /// See [`Error::NotReplicated`].
+    NotReplicated,
     /// See [`Error::InvalidArgument`].
     InvalidArgument,
 }
@@ -235,6 +266,8 @@ impl Error {
             Error::Redis { .. } => ErrorKind::Redis,
             Error::Lost { .. } => ErrorKind::Lost,
             Error::Config(_) => ErrorKind::Config,
+            Error::UnsupportedServer { .. } => ErrorKind::Unsupported,
+            Error::NotReplicated { .. } => ErrorKind::NotReplicated,
             Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
         }
     }
@@ -274,6 +307,12 @@ impl Error {
                 .is_some_and(crate::connection::is_transient),
             _ => false,
         }
+    }
+
+    /// Whether this is [`Error::NotReplicated`]: the write is on the primary, and waiting for the replicas again
+    /// may succeed.
+    pub(crate) fn is_not_replicated(&self) -> bool {
+        matches!(self, Error::NotReplicated { .. })
     }
 
     /// Wraps an encoder's error.

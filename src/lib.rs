@@ -46,6 +46,7 @@ mod backoff;
 mod client;
 mod config;
 mod connection;
+mod durability;
 mod error;
 mod names;
 pub mod protocol;
@@ -56,6 +57,7 @@ mod router;
 mod scripts;
 
 pub use client::{Client, ClientBuilder};
+pub use durability::Durability;
 pub use error::{Error, ErrorKind, Result};
 pub use requester::{CallInfo, PendingReply, Requester, new_request_id};
 pub use responder::reaper::{ReapReport, Reaper};

@@ -191,7 +191,7 @@ impl TrimSchedule {
     /// Trims when the policy is enabled and a trim is due; logs the outcome, never fails the reaper.
     pub(crate) async fn run(
         &mut self,
-        con: &redis::aio::ConnectionManager,
+        con: &crate::connection::ManagedConnection,
         keys: &ServiceKeys,
         policy: &RetentionPolicy,
     ) {

@@ -69,6 +69,8 @@ fn acl_rules(ns: &str, svc: &str) -> Vec<String> {
             "+xdel",
             "+xtrim",
             "+time",
+            // the server version check on a client's first connection (`INFO server`)
+            "+info",
             // the demo `work` handler of `redcall serve` only
             "+hincrby",
         ]

@@ -1,6 +1,6 @@
 //! Reading a stream a page at a time, the way every admin operation that walks a stream does.
 
-use redis::aio::ConnectionManager;
+use crate::connection::ManagedConnection;
 use redis::streams::{StreamId, StreamRangeReply};
 
 use super::PAGE;
@@ -39,7 +39,7 @@ impl<'a> Pager<'a> {
     /// The next page, or `None` when the walk is over.
     pub(super) async fn next(
         &mut self,
-        con: &mut ConnectionManager,
+        con: &mut ManagedConnection,
     ) -> Result<Option<Vec<StreamId>>> {
         if self.pages_left == 0 {
             return Ok(None);

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::connection::ManagedConnection;
 use redis::streams::{StreamId, StreamRangeReply};
 
 use super::dead_letters::distinct;
@@ -205,7 +205,7 @@ impl Admin {
     /// as [`SkipReason::DuplicateId`].
     pub(super) async fn requeue(
         &self,
-        con: &mut ConnectionManager,
+        con: &mut ManagedConnection,
         candidates: Vec<Candidate>,
         opts: &ReplayOptions,
         seen: &mut HashSet<String>,
@@ -372,7 +372,7 @@ impl Admin {
     /// Read in one pipeline; a key of another type counts as no record.
     async fn replay_counts(
         &self,
-        con: &mut ConnectionManager,
+        con: &mut ManagedConnection,
         ready: &[Ready],
     ) -> Result<Vec<u32>> {
         if ready.is_empty() {

@@ -69,6 +69,16 @@ pub struct Cli {
     /// How long a stored reply is kept for late readers; a bare number is seconds [default: 1h].
     #[arg(long, global = true, value_name = "DURATION", value_parser = duration::secs)]
     pub reply_ttl: Option<Duration>,
+    /// `replicated`: adding a request and answering it wait (`WAIT`) until replicas confirm them, so a failover
+    /// loses nothing accepted; `primary` (the default): done once the primary has them.
+    #[arg(long, global = true, value_enum, default_value = "primary")]
+    pub durability: DurabilityArg,
+    /// With `--durability replicated`: how many replicas must confirm.
+    #[arg(long, global = true, default_value_t = 1, value_name = "N")]
+    pub durability_replicas: u32,
+    /// With `--durability replicated`: how long to wait for them, in milliseconds (below the command timeout).
+    #[arg(long, global = true, default_value_t = 1000, value_name = "MS")]
+    pub durability_timeout_ms: u64,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -115,12 +125,35 @@ pub fn init_tracing(cli: &Cli) {
         .init();
 }
 
+/// The `--durability` choices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DurabilityArg {
+    /// Done once the primary has it.
+    Primary,
+    /// Done once replicas confirm it (`WAIT`).
+    Replicated,
+}
+
+impl DurabilityArg {
+    /// The library's setting.
+    fn to_durability(self, replicas: u32, timeout: Duration) -> redcall::Durability {
+        match self {
+            DurabilityArg::Primary => redcall::Durability::Primary,
+            DurabilityArg::Replicated => redcall::Durability::Replicated { replicas, timeout },
+        }
+    }
+}
+
 /// Runs the chosen subcommand and maps its error to a message and an exit code.
 pub async fn run(cli: Cli) -> ExitCode {
     let mut builder = Client::builder(&cli.url)
         .namespace(cli.namespace.clone())
         .payload_limit(cli.payload_limit)
-        .fail_fast(cli.fail_fast);
+        .fail_fast(cli.fail_fast)
+        .durability(cli.durability.to_durability(
+            cli.durability_replicas,
+            Duration::from_millis(cli.durability_timeout_ms),
+        ));
     if let Some(path) = &cli.tls_ca_cert {
         match std::fs::read(path) {
             Ok(pem) => builder = builder.tls_ca_cert_pem(pem),

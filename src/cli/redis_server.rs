@@ -31,6 +31,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub const DEFAULT_BINARY: &str = "redis-server";
 /// The server log, inside the server's directory.
 const LOG_FILE: &str = "redis.log";
+/// The configuration file of [`RedisOptions::config_file`], inside the server's directory.
+const CONFIG_FILE: &str = "server.conf";
 /// The server's stderr, inside its directory: configuration errors are printed there before the log opens.
 const STDERR_FILE: &str = "redis.stderr";
 /// Poll interval of every wait loop here.
@@ -62,6 +64,7 @@ impl AofPolicy {
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
     binary: OsString,
+    config_file: Option<String>,
     aof: Option<AofPolicy>,
     extra_args: Vec<OsString>,
     dir_prefix: String,
@@ -73,6 +76,7 @@ impl Default for RedisOptions {
     fn default() -> Self {
         RedisOptions {
             binary: DEFAULT_BINARY.into(),
+            config_file: None,
             aof: None,
             extra_args: Vec::new(),
             dir_prefix: "redcall-redis-".to_owned(),
@@ -91,6 +95,18 @@ impl RedisOptions {
     /// The server binary: a name looked up in `PATH` or a path (`valkey-server` takes the same arguments).
     pub fn binary(mut self, binary: impl Into<OsString>) -> Self {
         self.binary = binary.into();
+        self
+    }
+
+    /// Whether the binary is still [`DEFAULT_BINARY`] (so a test run may swap in another server).
+    pub fn has_default_binary(&self) -> bool {
+        self.binary == DEFAULT_BINARY
+    }
+
+    /// A configuration file with these lines, written into the server's directory and passed as the first
+    /// argument. Sentinel needs one (it rewrites it with what it learns); the command-line options still win.
+    pub fn config_file(mut self, contents: impl Into<String>) -> Self {
+        self.config_file = Some(contents.into());
         self
     }
 
@@ -414,6 +430,19 @@ impl RedisServer {
     /// does not come up is killed and reaped; the error carries its stderr and log tail.
     fn spawn_ready(&self) -> Result<Child, AttemptError> {
         let mut cmd = Command::new(&self.opts.binary);
+        if let Some(contents) = &self.opts.config_file {
+            let path = self.dir.join(CONFIG_FILE);
+            // Written once: a restart keeps what the server itself wrote into it since.
+            if !path.exists() {
+                fs::write(&path, contents).map_err(|source| {
+                    AttemptError::Fatal(Error::TempDir {
+                        path: path.clone(),
+                        source,
+                    })
+                })?;
+            }
+            cmd.arg(path);
+        }
         cmd.arg("--port")
             .arg(self.port.to_string())
             .args(["--bind", "127.0.0.1", "--protected-mode", "yes"])

@@ -11,6 +11,7 @@ use super::{PendingReply, Requester, new_request_id};
 use crate::config::ttl_ms;
 use crate::error::{Error, Result};
 use crate::protocol::{self, FORMAT_VERSION, RequestEnvelope};
+use redis::Value;
 use redis::aio::MultiplexedConnection;
 
 use crate::router::{AddJob, Router};
@@ -191,7 +192,13 @@ impl Requester {
         };
         let entry = match first {
             Some(Ok(entry)) => Some(entry),
-            Some(Err(err)) if !err.is_unreachable() || config.fail_fast => return Err(err),
+            // Not confirmed by enough replicas in time (replicated durability): the request is in Redis, and trying
+            // again under its id (the script takes it as added) waits for the replicas once more, until the deadline.
+            Some(Err(err))
+                if !(err.is_unreachable() || err.is_not_replicated()) || config.fail_fast =>
+            {
+                return Err(err);
+            }
             // Every other attempt goes through the script, also for a generated id whose batch may or may not have
             // gone through: the script takes a record holding this very envelope as this request, added once.
             _ => {
@@ -240,12 +247,31 @@ impl Requester {
             .arg(add.id)
             .arg(add.envelope)
             .arg(add.record_ttl);
-        let (entry,) = scripts::query_with_scripts::<(Option<String>,), _>(&pipe, &mut con)
+        let durability = router.durability();
+        let waits = durability.append_wait(&mut pipe);
+        let answer: Vec<Value> = scripts::query_with_scripts(&pipe, &mut con)
             .await
             .inspect_err(|e| router.report_broken(e))
             .map_err(Error::redis("adding the request"))?;
+        let mut answer = answer.into_iter();
+        let entry: Option<String> = answer
+            .next()
+            .map(redis::from_redis_value)
+            .transpose()
+            .map_err(|e| Error::redis("adding the request")(e.into()))?
+            .flatten();
         if entry.is_some() {
             router.accepted(add.channel);
+            if waits {
+                // `WAIT`'s answer: the replicas that have this connection's writes so far, this add included.
+                let confirmed: i64 = answer
+                    .next()
+                    .map(redis::from_redis_value)
+                    .transpose()
+                    .map_err(|e| Error::redis("waiting for replicas")(e.into()))?
+                    .unwrap_or(0);
+                durability.check(add.id, "added", confirmed)?;
+            }
         }
         Ok(entry)
     }

@@ -10,6 +10,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::state::Shared;
 use crate::config::ttl_ms;
+use crate::durability::Durability;
 use crate::protocol::{self, ReplyEnvelope, ReplyStatus, codes};
 use crate::scripts;
 
@@ -152,12 +153,38 @@ impl Shared {
         }
         cmd.ignore();
         pipe.cmd("EXEC");
-        self.run_with_retries::<(Value,)>(&pipe, "answering requests")
-            .await;
+        let durability = self.client.config().durability;
+        if durability.append_wait(&mut pipe) {
+            if let Some((_, confirmed)) = self
+                .run_with_retries::<(Value, i64)>(&pipe, "answering requests")
+                .await
+            {
+                self.check_replicated(&durability, batch, confirmed);
+            }
+        } else {
+            self.run_with_retries::<(Value,)>(&pipe, "answering requests")
+                .await;
+        }
         for c in batch.drain(..) {
             if let AfterAnswer::Task(done) = c.after {
                 let _ = done.send(());
             }
+        }
+    }
+
+    /// With replicated durability: warns when fewer replicas than asked for confirmed a batch of answers. Nobody
+    /// waits for this verdict: the replies went out, and a failover that loses the acks makes the entries come
+    /// back, to be answered from the stored replies (where those were replicated) or run again.
+    fn check_replicated(&self, durability: &Durability, batch: &[Completion], confirmed: i64) {
+        if let Some(first) = batch.first()
+            && let Err(err) = durability.check(&first.id, "answered", confirmed)
+        {
+            tracing::warn!(
+                error = %err,
+                answers = batch.len(),
+                ids = ?batch.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+                "answers not confirmed by enough replicas; a failover now could make them run again"
+            );
         }
     }
 

@@ -39,8 +39,7 @@ pub(crate) async fn read_loop(shared: Arc<Shared>) {
         let con = match reader.as_mut() {
             Some(con) => con,
             None => {
-                match connection::blocking_connection(shared.client.redis_client(), &config, block)
-                    .await
+                match connection::blocking_connection(shared.client.target(), &config, block).await
                 {
                     Ok(con) => reader.insert(con),
                     Err(err) => {

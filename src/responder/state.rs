@@ -6,8 +6,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::connection::ManagedConnection;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -49,7 +49,7 @@ pub(crate) struct Shared {
     pub(crate) settings: ResponderSettings,
     pub(super) handlers: HashMap<String, ErasedHandler>,
     /// Connection for short commands (answers, claims, acks); reconnects by itself.
-    pub(crate) con: ConnectionManager,
+    pub(crate) con: ManagedConnection,
     /// One permit per request being handled.
     pub(crate) permits: Arc<Semaphore>,
     /// Which first deliveries may have a stored reply already (see [`super::history`]).
@@ -79,7 +79,7 @@ impl Shared {
         settings: ResponderSettings,
         handlers: HashMap<String, ErasedHandler>,
     ) -> Result<Self> {
-        let con = connection::managed_connection(client.redis_client(), client.config()).await?;
+        let con = connection::managed_connection(client.target(), client.config()).await?;
         let (finished_tx, finished_rx) = mpsc::unbounded_channel();
         let inline_first_poll = matches!(
             tokio::runtime::Handle::current().runtime_flavor(),
@@ -183,7 +183,7 @@ impl Shared {
                     return Some(v);
                 }
                 Err(err)
-                    if connection::is_connection_error(&err)
+                    if connection::is_worth_reconnecting(&err)
                         && tokio::time::Instant::now() + backoff.peek() < give_up =>
                 {
                     if attempt == 1 {

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{RECONNECTING, Router};
+use crate::durability::Durability;
 use crate::error::{Error, Result};
 use crate::protocol::{self, ServiceKeys};
 
@@ -99,19 +100,24 @@ pub(super) async fn add_loop(
                 continue;
             }
         };
+        let strong_durability = strong.durability();
         drop(strong);
         let router = router.clone();
         // Sent from its own task, so the next batch can go out while this one waits for its answer.
+        let durability = strong_durability;
         tokio::spawn(async move {
-            let pipe = batch_pipeline(&batch);
-            let answer = pipe.query_async::<(Vec<Value>,)>(&mut con).await;
+            let mut pipe = batch_pipeline(&batch);
+            // One `WAIT` for the whole batch: it covers every write this connection made before it.
+            let waits = durability.append_wait(&mut pipe);
+            let answer = pipe.query_async::<Vec<Value>>(&mut con).await;
             let Some(router) = router.upgrade() else {
                 return;
             };
             if let Err(err) = &answer {
                 router.report_broken(err);
             }
-            deliver(&router, batch, answer.map(|(results,)| results));
+            let answer = answer.and_then(|answer| split_answer(answer, waits));
+            deliver(&router, &durability, batch, answer);
         });
     }
 }
@@ -150,10 +156,15 @@ fn batch_pipeline(batch: &[Queued]) -> redis::Pipeline {
 
 /// Hands each job its outcome from `EXEC`'s answer (`[OK, entry id]` per job, in order), after telling the router
 /// the adder is done with it.
-fn deliver(router: &Router, batch: Vec<Queued>, answer: RedisResult<Vec<Value>>) {
-    let mut results = match answer {
-        Ok(results) => Ok(results.into_iter()),
-        Err(err) => Err(err),
+fn deliver(
+    router: &Router,
+    durability: &Durability,
+    batch: Vec<Queued>,
+    answer: RedisResult<(Vec<Value>, Option<i64>)>,
+) {
+    let (mut results, confirmed) = match answer {
+        Ok((results, confirmed)) => (Ok(results.into_iter()), confirmed),
+        Err(err) => (Err(err), None),
     };
     for Queued { job, done } in batch {
         let outcome = match &mut results {
@@ -169,8 +180,32 @@ fn deliver(router: &Router, batch: Vec<Queued>, answer: RedisResult<Vec<Value>>)
             },
         };
         router.added(&job.channel, true, outcome.is_ok());
-        let _ = done.send(outcome.map_err(Error::redis(ADDING)));
+        let outcome = outcome.map_err(Error::redis(ADDING)).and_then(|entry| {
+            // Added, and Redis has it: whether enough replicas have it too.
+            match confirmed {
+                Some(confirmed) => durability
+                    .check(&job.id, "added", confirmed)
+                    .map(|()| entry),
+                None => Ok(entry),
+            }
+        });
+        let _ = done.send(outcome);
     }
+}
+
+/// `EXEC`'s answer and, when the batch waited for replicas, `WAIT`'s.
+fn split_answer(answer: Vec<Value>, waits: bool) -> RedisResult<(Vec<Value>, Option<i64>)> {
+    let mut answer = answer.into_iter();
+    let results = match answer.next() {
+        Some(exec) => redis::from_redis_value::<Vec<Value>>(exec)?,
+        None => return Err(unexpected("an empty answer to the batch")),
+    };
+    let confirmed = match (waits, answer.next()) {
+        (false, _) => None,
+        (true, Some(wait)) => Some(redis::from_redis_value::<i64>(wait)?),
+        (true, None) => return Err(unexpected("no answer to WAIT")),
+    };
+    Ok((results, confirmed))
 }
 
 fn unexpected(what: &'static str) -> RedisError {

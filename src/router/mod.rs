@@ -38,6 +38,7 @@ pub(crate) use waiters::Delivery;
 
 use crate::backoff::Backoff;
 use crate::config::ClientConfig;
+use crate::connection::Target;
 use crate::error::{Error, Result};
 use crate::protocol::ServiceKeys;
 use adder::Queued;
@@ -60,7 +61,8 @@ const RIDE_OUT_MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 /// The router. Cheap to share behind an `Arc`; dropping the last `Arc` stops its background tasks.
 pub(crate) struct Router {
-    client: redis::Client,
+    /// Where connections go; each reconnect opens a new one through it (for Sentinel: the current primary).
+    target: Target,
     config: ClientConfig,
     waiters: Arc<Waiters>,
     /// The current connection; `None` while reconnecting.
@@ -69,6 +71,8 @@ pub(crate) struct Router {
     generation: Arc<AtomicU64>,
     /// Wakes the reconnect loop.
     reconnect: Arc<Notify>,
+    /// Set when a command met a node that is no longer the primary: the connection must go even though it answers.
+    wrong_role: std::sync::atomic::AtomicBool,
     /// Wakes callers waiting for a connection ([`Router::connection_until`]) once one is in place.
     connected: Notify,
     unsubscribe_tx: mpsc::UnboundedSender<String>,
@@ -79,11 +83,11 @@ pub(crate) struct Router {
 
 impl Router {
     /// Connects and starts the router's background tasks.
-    pub(crate) async fn start(client: redis::Client, config: ClientConfig) -> Result<Arc<Self>> {
+    pub(crate) async fn start(target: Target, config: ClientConfig) -> Result<Arc<Self>> {
         let waiters = Arc::new(Waiters::default());
         let generation = Arc::new(AtomicU64::new(0));
         let reconnect = Arc::new(Notify::new());
-        let first = match reconnect::connect(&client, &config, &waiters, &generation, &reconnect)
+        let first = match reconnect::connect(&target, &config, &waiters, &generation, &reconnect)
             .await
         {
             Ok(con) => Some(con),
@@ -99,12 +103,13 @@ impl Router {
         let (unsubscribe_tx, unsubscribe_rx) = mpsc::unbounded_channel();
         let (adds_tx, adds_rx) = mpsc::unbounded_channel();
         let router = Arc::new(Self {
-            client,
+            target,
             config,
             waiters,
             connection: Arc::new(Mutex::new(first)),
             generation,
             reconnect,
+            wrong_role: std::sync::atomic::AtomicBool::new(false),
             connected: Notify::new(),
             unsubscribe_tx,
             adds_tx,
@@ -175,7 +180,8 @@ impl Router {
     }
 
     /// Runs `op` on the router's connection, again after every failure that means Redis is unreachable (see
-    /// [`Error::is_unreachable`]), on the next connection, until it succeeds or `deadline` passes. The operation
+    /// [`Error::is_unreachable`]) or that replicas did not confirm a write in time ([`Error::NotReplicated`]: after
+    /// a failover the new primary's replicas may still be syncing), on the next connection, until it succeeds or `deadline` passes. The operation
     /// must be safe to repeat: one whose answer was lost may have taken effect. At the deadline the error is the
     /// last attempt's (an attempt may have gone through), or [`Error::Unavailable`] when none was sent. With
     /// `fail_fast`, one attempt.
@@ -197,7 +203,7 @@ impl Router {
             };
             match op(con).await {
                 Err(err)
-                    if err.is_unreachable()
+                    if (err.is_unreachable() || err.is_not_replicated())
                         && !self.config.fail_fast
                         && tokio::time::Instant::now() < deadline =>
                 {
@@ -239,10 +245,23 @@ impl Router {
     }
 
     /// Reports a connection failure seen by a caller, so the router reconnects without waiting for the driver.
+    ///
+    /// A node that refuses writes because it is a replica now (`READONLY`, after a failover) counts as broken too:
+    /// the reconnect asks Sentinel for the new primary. The next stale-report check then must not keep the working
+    /// connection to the replica, hence `wrong_role`.
     pub(crate) fn report_broken(&self, err: &redis::RedisError) {
-        if crate::connection::is_connection_error(err) {
+        if crate::connection::is_wrong_role(err) {
+            self.wrong_role
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            self.reconnect.notify_one();
+        } else if crate::connection::is_connection_error(err) {
             self.reconnect.notify_one();
         }
+    }
+
+    /// The client's durability setting (whether adds wait for replicas).
+    pub(crate) fn durability(&self) -> crate::Durability {
+        self.config.durability
     }
 
     /// Registers a waiter for `channel`; `adding` when its request goes to the adder. Returns `None` when one is

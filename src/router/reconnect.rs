@@ -14,14 +14,15 @@ use super::waiters::{Delivery, Snapshot, Waiters};
 use super::{BULK_CHUNK, Router};
 use crate::backoff::Backoff;
 use crate::config::ClientConfig;
-use crate::error::{Error, Result};
+use crate::connection::Target;
+use crate::error::Result;
 
 /// Backoff between reconnect attempts grows up to this.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Opens a RESP3 connection whose push callback routes replies to waiters and reports disconnection.
 pub(super) async fn connect(
-    client: &redis::Client,
+    target: &Target,
     config: &ClientConfig,
     waiters: &Arc<Waiters>,
     generation: &Arc<AtomicU64>,
@@ -44,10 +45,7 @@ pub(super) async fn connect(
         .set_connection_timeout(Some(config.connect_timeout))
         .set_response_timeout(Some(config.command_timeout))
         .set_push_sender(on_push);
-    client
-        .get_multiplexed_async_connection_with_config(&cfg)
-        .await
-        .map_err(Error::redis("connecting the reply router"))
+    target.connect(&cfg, "connecting the reply router").await
 }
 
 /// Reconnects whenever the connection is reported broken, then restores every waiter's subscription and
@@ -66,7 +64,11 @@ pub(super) async fn reconnect_loop(router: Weak<Router>, cancel: CancellationTok
         // A report can be stale: a caller whose command failed on a connection already replaced, or one of many
         // callers reporting the same break. Tearing down a working connection would fail the commands in flight on
         // it, whose reports would tear down the next one: ask the current connection first.
-        if let Some(mut con) = r.current() {
+        // A connection to a node that was demoted to a replica still answers PING: it goes all the same.
+        let wrong_role = r.wrong_role.swap(false, Ordering::SeqCst);
+        if let Some(mut con) = r.current()
+            && !wrong_role
+        {
             let alive: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut con).await;
             if alive.is_ok() {
                 continue;
@@ -80,7 +82,7 @@ pub(super) async fn reconnect_loop(router: Weak<Router>, cancel: CancellationTok
                 return;
             }
             match connect(
-                &r.client,
+                &r.target,
                 &r.config,
                 &r.waiters,
                 &r.generation,

@@ -17,6 +17,7 @@ mod calls;
 mod env;
 mod inspect;
 mod process;
+pub mod sentinel;
 mod server;
 
 use std::future::Future;

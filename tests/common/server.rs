@@ -24,8 +24,12 @@ impl RedisServer {
 
     /// Starts a server with `opts` on a fresh free port. Panics (with the server's stderr and log tail) if it does not
     /// come up.
+    ///
+    /// When the environment variable [`TEST_SERVER_VAR`] names a server binary (`valkey-server`, or a path to one),
+    /// that binary starts instead of `redis-server`, unless `opts` names a binary of its own: the suite then runs
+    /// against Valkey.
     pub fn start_with(opts: RedisOptions) -> Self {
-        match redis_server::RedisServer::start_with(opts) {
+        match redis_server::RedisServer::start_with(with_test_server(opts)) {
             Ok(server) => RedisServer(server),
             Err(err) => panic!("{err}"),
         }
@@ -77,6 +81,25 @@ impl Deref for RedisServer {
 impl DerefMut for RedisServer {
     fn deref_mut(&mut self) -> &mut Self::Target {
         &mut self.0
+    }
+}
+
+/// The environment variable that picks the server binary of a test run (`REDCALL_TEST_SERVER=valkey-server`, or a
+/// path); unset or empty means `redis-server`.
+pub const TEST_SERVER_VAR: &str = "REDCALL_TEST_SERVER";
+
+/// The server binary of this test run ([`TEST_SERVER_VAR`]), when it is not `redis-server`.
+pub fn test_server() -> Option<String> {
+    std::env::var(TEST_SERVER_VAR)
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+/// `opts`, with the binary of [`TEST_SERVER_VAR`] when it names one and `opts` does not name its own.
+pub fn with_test_server(opts: RedisOptions) -> RedisOptions {
+    match test_server() {
+        Some(binary) if opts.has_default_binary() => opts.binary(binary),
+        _ => opts,
     }
 }
 

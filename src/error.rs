@@ -156,7 +156,7 @@ pub enum Error {
     /// confirmed it (`WAIT`) by the request's deadline (each attempt waits up to the durability timeout, and is
     /// tried again under the same id, counted once). It may still be answered, but a failover could lose it.
     #[error(
-        "request {id}: {what} on the primary, but only {confirmed} of {wanted} replicas confirmed it within          {timeout:?} (a failover now could lose it)"
+        "request {id}: {what} on the primary, but only {confirmed} of {wanted} replicas confirmed it within {timeout:?} (a failover now could lose it)"
     )]
     NotReplicated {
         /// The request id.
@@ -242,6 +242,8 @@ impl ErrorKind {
             ErrorKind::Lost => "lost",
             ErrorKind::Config => "config",
             ErrorKind::InvalidArgument => "invalid_argument",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::NotReplicated => "not_replicated",
         }
     }
 }
@@ -284,7 +286,8 @@ impl Error {
             | Error::DeadLettered { id, .. }
             | Error::Expired { id, .. }
             | Error::Malformed { id, .. }
-            | Error::Lost { id, .. } => Some(id),
+            | Error::Lost { id, .. }
+            | Error::NotReplicated { id, .. } => Some(id),
             _ => None,
         }
     }

@@ -76,9 +76,10 @@ pub struct Cli {
     /// With `--durability replicated`: how many replicas must confirm.
     #[arg(long, global = true, default_value_t = 1, value_name = "N")]
     pub durability_replicas: u32,
-    /// With `--durability replicated`: how long to wait for them, in milliseconds (below the command timeout).
-    #[arg(long, global = true, default_value_t = 1000, value_name = "MS")]
-    pub durability_timeout_ms: u64,
+    /// With `--durability replicated`: how long to wait for them (below the command timeout); a bare number is
+    /// milliseconds.
+    #[arg(long, global = true, default_value = "1s", value_name = "DURATION", value_parser = duration::millis)]
+    pub durability_timeout: Duration,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -150,10 +151,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         .namespace(cli.namespace.clone())
         .payload_limit(cli.payload_limit)
         .fail_fast(cli.fail_fast)
-        .durability(cli.durability.to_durability(
-            cli.durability_replicas,
-            Duration::from_millis(cli.durability_timeout_ms),
-        ));
+        .durability(
+            cli.durability
+                .to_durability(cli.durability_replicas, cli.durability_timeout),
+        );
     if let Some(path) = &cli.tls_ca_cert {
         match std::fs::read(path) {
             Ok(pem) => builder = builder.tls_ca_cert_pem(pem),
@@ -203,7 +204,8 @@ pub struct Context<'a> {
 
 /// Exit codes, documented in the README: 1 other, 2 usage (also an argument or a configuration the library
 /// refuses), 3 timeout, 4 the request failed remotely, 5 not found, 6 duplicate id or already answered, 7 Redis
-/// unreachable or a Redis command failed, 8 the request was lost by Redis after accepting it (Redis restarted
+/// unreachable, a Redis command failed, replicas did not confirm a write in time (`--durability replicated`) or
+/// the server is too old, 8 the request was lost by Redis after accepting it (Redis restarted
 /// without persistence; it may or may not have run: send again only if that is safe).
 pub fn exit_code(err: &Error) -> u8 {
     match err.kind() {
@@ -216,7 +218,10 @@ pub fn exit_code(err: &Error) -> u8 {
         ErrorKind::NotFound => 5,
         ErrorKind::InvalidArgument | ErrorKind::Config => 2,
         ErrorKind::DuplicateId | ErrorKind::AlreadyAnswered => 6,
-        ErrorKind::Unavailable | ErrorKind::Redis => 7,
+        ErrorKind::Unavailable
+        | ErrorKind::Redis
+        | ErrorKind::NotReplicated
+        | ErrorKind::Unsupported => 7,
         ErrorKind::Lost => 8,
         _ => 1,
     }

@@ -58,6 +58,7 @@ mod scripts;
 pub use client::{Client, ClientBuilder};
 pub use error::{Error, ErrorKind, Result};
 pub use requester::{CallInfo, PendingReply, Requester, new_request_id};
+pub use responder::in_handler::in_handler;
 pub use responder::reaper::{ReapReport, Reaper};
 pub use responder::{HandlerError, RequestContext, Responder, ResponderBuilder, ResponderSettings};
 pub use retention::{RetentionPolicy, TrimReport};

@@ -12,6 +12,7 @@ mod dead_letter;
 mod dispatch;
 mod handler;
 mod history;
+pub(crate) mod in_handler;
 mod keepalive;
 mod reader;
 pub(crate) mod reaper;

@@ -13,6 +13,7 @@ use redis::{
 };
 
 use crate::config::ClientConfig;
+use crate::connect_error::diagnose;
 use crate::error::{Error, Result};
 
 /// Certificates for `rediss://` beyond the system's trust store, all PEM.
@@ -44,7 +45,7 @@ impl std::fmt::Debug for TlsSettings {
 /// pub/sub messages together. A `rediss://` URL uses TLS: with the system's trust store, or with the CA and
 /// client certificate in `tls`.
 pub(crate) fn resp3_client(url: &str, tls: &TlsSettings) -> Result<redis::Client> {
-    let bad_url = |e: redis::RedisError| Error::Config(format!("bad Redis URL: {e}"));
+    let bad_url = |e: redis::RedisError| crate::connect_error::bad_url(url, &e);
     let info = url.into_connection_info().map_err(bad_url)?;
     let settings = info
         .redis_settings()
@@ -93,26 +94,42 @@ pub(crate) async fn blocking_connection(
     let cfg = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
         .set_response_timeout(Some(block + config.command_timeout));
-    client
+    match client
         .get_multiplexed_async_connection_with_config(&cfg)
         .await
-        .map_err(Error::redis("connecting a reader"))
+    {
+        Ok(con) => Ok(con),
+        Err(err) => Err(diagnose(client, config, "connecting a reader", err).await),
+    }
 }
 
 /// A self-reconnecting connection for the responder's and the admin's short commands.
+///
+/// One plain connection is tried first: the manager retries its first connect, which would stretch a failure that
+/// waiting does not fix (a `rediss://` URL for a plain Redis times out each time) to several connect timeouts. So
+/// a Redis that cannot be used fails within one connect timeout, with its cause ([`crate::connect_error`]).
 pub(crate) async fn managed_connection(
     client: &redis::Client,
     config: &ClientConfig,
 ) -> Result<ConnectionManager> {
+    let once = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout))
+        .set_response_timeout(Some(config.command_timeout));
+    if let Err(err) = client
+        .get_multiplexed_async_connection_with_config(&once)
+        .await
+    {
+        return Err(diagnose(client, config, "connecting", err).await);
+    }
     let cfg = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
         .set_response_timeout(Some(config.command_timeout))
         .set_number_of_retries(3)
         .set_max_delay(Duration::from_secs(1));
-    client
-        .get_connection_manager_with_config(cfg)
-        .await
-        .map_err(Error::redis("connecting"))
+    match client.get_connection_manager_with_config(cfg).await {
+        Ok(con) => Ok(con),
+        Err(err) => Err(diagnose(client, config, "connecting", err).await),
+    }
 }
 
 /// The one command error inside a failed pipeline, as its own error, without the client's "pipeline failure"

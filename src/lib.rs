@@ -45,6 +45,7 @@ pub mod admin;
 mod backoff;
 mod client;
 mod config;
+mod connect_error;
 mod connection;
 mod error;
 mod names;
@@ -56,7 +57,7 @@ mod router;
 mod scripts;
 
 pub use client::{Client, ClientBuilder};
-pub use error::{Error, ErrorKind, Result};
+pub use error::{ConnectFailure, Error, ErrorKind, Result};
 pub use requester::{CallInfo, PendingReply, Requester, new_request_id};
 pub use responder::in_handler::in_handler;
 pub use responder::reaper::{ReapReport, Reaper};

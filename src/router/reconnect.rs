@@ -14,7 +14,7 @@ use super::waiters::{Delivery, Snapshot, Waiters};
 use super::{BULK_CHUNK, Router};
 use crate::backoff::Backoff;
 use crate::config::ClientConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Backoff between reconnect attempts grows up to this.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -44,10 +44,16 @@ pub(super) async fn connect(
         .set_connection_timeout(Some(config.connect_timeout))
         .set_response_timeout(Some(config.command_timeout))
         .set_push_sender(on_push);
-    client
+    match client
         .get_multiplexed_async_connection_with_config(&cfg)
         .await
-        .map_err(Error::redis("connecting the reply router"))
+    {
+        Ok(con) => Ok(con),
+        Err(err) => {
+            let context = "connecting the reply router";
+            Err(crate::connect_error::diagnose(client, config, context, err).await)
+        }
+    }
 }
 
 /// Reconnects whenever the connection is reported broken, then restores every waiter's subscription and

@@ -52,7 +52,7 @@ impl Client {
 
     /// A client for `url` (`redis://` or `rediss://`, with user name and password where needed) with default
     /// settings. Connections are opened on first use, so an unreachable Redis is not an error here: it shows at the
-    /// first request (as [`Error::Redis`]).
+    /// first request (as [`Error::Connect`]).
     ///
     /// # Errors
     /// [`Error::Config`] when `url` is not a usable Redis URL.

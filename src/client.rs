@@ -53,7 +53,7 @@ impl Client {
     /// A client for `url` (`redis://` or `rediss://`, with user name and password where needed, or
     /// `redis+sentinel://[user:pass@]host:port[,host:port...]/<primary-name>` for a primary watched by Redis Sentinel)
     /// with default settings. Connections are opened on first use, so an unreachable Redis is not an error here: it shows at the
-    /// first request (as [`Error::Redis`]).
+    /// first request (as [`Error::Connect`]).
     ///
     /// # Errors
     /// [`Error::Config`] when `url` is not a usable Redis URL.

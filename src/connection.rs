@@ -56,7 +56,7 @@ impl std::fmt::Debug for TlsSettings {
 /// pub/sub messages together. A `rediss://` URL uses TLS: with the system's trust store, or with the CA and
 /// client certificate in `tls`.
 pub(crate) fn resp3_client(url: &str, tls: &TlsSettings) -> Result<redis::Client> {
-    let bad_url = |e: redis::RedisError| Error::Config(format!("bad Redis URL: {e}"));
+    let bad_url = |e: redis::RedisError| crate::connect_error::bad_url(url, &e);
     let info = url.into_connection_info().map_err(bad_url)?;
     let settings = info
         .redis_settings()
@@ -105,10 +105,12 @@ pub(crate) async fn blocking_connection(
     let cfg = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
         .set_response_timeout(Some(block + config.command_timeout));
-    target.connect(&cfg, "connecting a reader").await
+    target.connect(&cfg, config, "connecting a reader").await
 }
 
-/// A self-reconnecting connection for the responder's and the admin's short commands.
+/// A self-reconnecting connection for the responder's and the admin's short commands. Its first connection is
+/// made once, without retries, so a Redis that cannot be used fails within one connect timeout, with its cause
+/// ([`crate::connect_error`]).
 pub(crate) async fn managed_connection(
     target: &Target,
     config: &ClientConfig,

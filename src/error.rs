@@ -134,6 +134,18 @@ pub enum Error {
         /// What was being attempted.
         context: &'static str,
     },
+    /// Redis could not be connected to; nothing was sent. The [`ConnectFailure`] says why, and [`Error::kind`] whether
+    /// waiting may help: [`ErrorKind::Unavailable`] for an unreachable Redis (refused, timed out), which may come
+    /// back; [`ErrorKind::Config`] for what only a change of the settings fixes (a password, TLS, the wrong port).
+    #[error("cannot connect to Redis at {addr}: {failure} (while {context})")]
+    Connect {
+        /// What was being attempted.
+        context: &'static str,
+        /// The address connected to (`host:port`, or a socket path).
+        addr: String,
+        /// Why it failed.
+        failure: ConnectFailure,
+    },
     /// A Redis command failed.
     #[error("Redis error while {context}: {source}")]
     Redis {
@@ -177,6 +189,47 @@ pub enum Error {
     /// was sent.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+}
+
+/// Why a connection to Redis failed ([`Error::Connect`]), in words an operator can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectFailure {
+    /// Nothing answered (the connection was refused or timed out) or Redis is not ready yet: it may come back.
+    #[error("unreachable ({detail})")]
+    Unreachable {
+        /// The underlying error, such as `Connection refused (os error 111)`.
+        detail: String,
+    },
+    /// The server wants a password and the URL gave none.
+    #[error(
+        "this Redis requires a password: give it in the URL (redis://:PASSWORD@HOST:PORT, or \
+         redis://USER:PASSWORD@HOST:PORT for an ACL user)"
+    )]
+    PasswordRequired,
+    /// The server refused the URL's user name and password.
+    #[error("wrong password (or user name, or the user is disabled)")]
+    WrongPassword,
+    /// Something answers on the port, but not in the Redis protocol.
+    #[error("this is not a Redis server (it answered {answer:?}): check the host and port")]
+    NotRedis {
+        /// The start of what it sent, printable.
+        answer: String,
+    },
+    /// A `rediss://` URL, but the server speaks plain Redis on that port.
+    #[error(
+        "the TLS handshake got no answer: this port speaks plain Redis, without TLS (use redis://, not rediss://)"
+    )]
+    NoTls,
+    /// A `redis://` URL, but the server expects TLS on that port.
+    #[error("this port expects TLS (use rediss://, not redis://)")]
+    TlsRequired,
+    /// The TLS handshake failed (an untrusted or expired certificate, a client certificate refused).
+    #[error("the TLS handshake failed: {detail}")]
+    Tls {
+        /// The TLS library's error.
+        detail: String,
+    },
 }
 
 /// The cause of an [`Error`], for callers that branch on it.
@@ -265,6 +318,10 @@ impl Error {
             Error::PayloadTooLarge { .. } => ErrorKind::PayloadTooLarge,
             Error::Encode { .. } | Error::Decode { .. } => ErrorKind::Codec,
             Error::Unavailable { .. } => ErrorKind::Unavailable,
+            Error::Connect { failure, .. } => match failure {
+                ConnectFailure::Unreachable { .. } => ErrorKind::Unavailable,
+                _ => ErrorKind::Config,
+            },
             Error::Redis { .. } => ErrorKind::Redis,
             Error::Lost { .. } => ErrorKind::Lost,
             Error::Config(_) => ErrorKind::Config,
@@ -305,6 +362,7 @@ impl Error {
     pub(crate) fn is_unreachable(&self) -> bool {
         match self {
             Error::Unavailable { .. } => true,
+            Error::Connect { failure, .. } => matches!(failure, ConnectFailure::Unreachable { .. }),
             Error::Redis { source, .. } => source
                 .downcast_ref::<redis::RedisError>()
                 .is_some_and(crate::connection::is_transient),

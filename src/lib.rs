@@ -45,6 +45,7 @@ pub mod admin;
 mod backoff;
 mod client;
 mod config;
+mod connect_error;
 mod connection;
 mod durability;
 mod error;
@@ -58,8 +59,9 @@ mod scripts;
 
 pub use client::{Client, ClientBuilder};
 pub use durability::Durability;
-pub use error::{Error, ErrorKind, Result};
+pub use error::{ConnectFailure, Error, ErrorKind, Result};
 pub use requester::{CallInfo, PendingReply, Requester, new_request_id};
+pub use responder::in_handler::in_handler;
 pub use responder::reaper::{ReapReport, Reaper};
 pub use responder::{HandlerError, RequestContext, Responder, ResponderBuilder, ResponderSettings};
 pub use retention::{RetentionPolicy, TrimReport};

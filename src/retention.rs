@@ -202,9 +202,20 @@ impl TrimSchedule {
         let mut con = con.clone();
         match trim(&mut con, keys, policy).await {
             Ok(report) if report.trimmed > 0 || report.dead_letters_trimmed > 0 => {
-                tracing::info!(?report, "trimmed by the retention policy")
+                tracing::info!(
+                    stream = keys.requests(),
+                    trimmed = report.trimmed,
+                    dead_letters_trimmed = report.dead_letters_trimmed,
+                    applied_bound = report.applied_bound.as_deref(),
+                    "trimmed by the retention policy"
+                )
             }
-            Ok(report) => tracing::debug!(?report, "nothing to trim"),
+            Ok(report) => tracing::debug!(
+                stream = keys.requests(),
+                policy_bound = report.policy_bound.as_deref(),
+                safe_bound = report.safe_bound.as_deref(),
+                "nothing to trim"
+            ),
             Err(err) => tracing::warn!(error = %err, "trim failed"),
         }
     }

@@ -279,7 +279,7 @@ impl Admin {
                 "queued" | "would_queue" => {
                     if opts.include_in_flight || seen.insert(request_id.clone()) {
                         let entry_id = (outcome == "queued").then_some(detail);
-                        tracing::info!(%request_id, %from, ?entry_id, dry_run = opts.dry_run, "replayed");
+                        tracing::info!(id = %request_id, %from, entry_id = entry_id.as_deref(), dry_run = opts.dry_run, "replayed");
                         report.replayed.push(Replayed {
                             from,
                             request_id,

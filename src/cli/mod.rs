@@ -12,6 +12,7 @@ mod demo;
 mod dlq;
 pub mod duration;
 mod info;
+pub mod logging;
 mod reap;
 // The spawner shared with the integration tests: the bench uses a part of it.
 #[allow(dead_code)]
@@ -52,6 +53,17 @@ pub struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Log lines on stderr: `text` for people, `json` for one JSON object per line (timestamp, level, message,
+    /// and the request's `id`, `service` and `func` where known).
+    #[arg(
+        long,
+        global = true,
+        env = "REDCALL_LOG_FORMAT",
+        value_name = "FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: logging::LogFormat,
     /// PEM file of the CA to trust for `rediss://` (for a Redis whose certificate comes from a private CA).
     #[arg(long, global = true, env = "REDCALL_TLS_CA_CERT", value_name = "PATH")]
     pub tls_ca_cert: Option<std::path::PathBuf>,
@@ -112,18 +124,14 @@ pub enum Command {
     BenchWorker(bench::WorkerArgs),
 }
 
-/// Sets up logging: `RUST_LOG` wins; otherwise `serve` and `reap` log lifecycle events, others only warnings.
+/// Sets up logging (see [`logging`]): `RUST_LOG` wins; otherwise `serve` and `reap` log lifecycle events, others
+/// only warnings.
 pub fn init_tracing(cli: &Cli) {
     let default = match cli.command {
         Command::Serve(_) | Command::Reap(_) => "info",
         _ => "warn",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init(cli.log_format, default);
 }
 
 /// The `--durability` choices.

@@ -32,6 +32,10 @@ pub struct Args {
     /// Do not run the reaper in this responder (it then does not trim either).
     #[arg(long)]
     pub no_reaper: bool,
+    /// Exit (code 7) when Redis is unreachable at start, instead of trying again with backoff until it is there
+    /// (each attempt logged), as a service manager expects by default.
+    #[arg(long)]
+    pub exit_if_unreachable: bool,
     /// How this responder's reaper trims the requests stream.
     #[command(flatten)]
     pub retention: super::retention::RetentionArgs,
@@ -110,9 +114,15 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
         builder = builder.consumer(name.clone());
     }
     let redis = connect_plain(ctx.cli).await?;
-    let responder = demo_handlers(builder, &ctx.client, &ctx.cli.service, redis)
-        .start()
-        .await?;
+    let builder = demo_handlers(builder, &ctx.client, &ctx.cli.service, redis);
+    let responder = if args.exit_if_unreachable {
+        builder.start().await?
+    } else {
+        match builder.start_retrying(wait_for_signal()).await? {
+            Some(responder) => responder,
+            None => return Ok(()),
+        }
+    };
     errln!(
         "serving {:?} as consumer {} (handlers: echo, sleep, fail, panic, retry, work); Ctrl-C to stop",
         ctx.cli.service,
@@ -124,11 +134,11 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
 }
 
 /// A plain self-reconnecting Redis connection for the demo handlers' own bookkeeping (same URL, credentials and
-/// CA as the redcall client).
+/// CA as the redcall client). It connects on first use: whether Redis can be reached is the responder's to find
+/// out and report.
 pub async fn connect_plain(cli: &super::Cli) -> redcall::Result<redis::aio::ConnectionManager> {
-    super::plain_redis(cli)?
-        .get_connection_manager()
-        .await
+    let config = redis::aio::ConnectionManagerConfig::new();
+    redis::aio::ConnectionManager::new_lazy_with_config(super::plain_redis(cli)?, config)
         .map_err(super::redis_error("connecting"))
 }
 

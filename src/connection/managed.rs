@@ -47,12 +47,12 @@ impl ManagedConnection {
     /// Opens the first connection (checking the server's version on the client's first connection).
     ///
     /// # Errors
-    /// [`crate::Error::Redis`] when Redis cannot be reached; [`crate::Error::UnsupportedServer`].
+    /// As [`Target::connect`].
     pub(crate) async fn connect(target: &Target, config: &ClientConfig) -> Result<Self> {
         let cfg = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.command_timeout));
-        let con = target.connect(&cfg, "connecting").await?;
+        let con = target.connect(&cfg, config, "connecting").await?;
         Ok(ManagedConnection {
             inner: Arc::new(Inner {
                 target: target.clone(),

@@ -20,6 +20,7 @@ use tokio::sync::{Mutex, OnceCell};
 
 use super::sentinel::SentinelSpec;
 use super::version::{self, Server};
+use crate::config::ClientConfig;
 use crate::error::{Error, Result};
 
 /// Where to connect. Cheap to clone; clones share the sentinel connections and the version check.
@@ -106,33 +107,50 @@ impl Target {
         &self,
         cfg: &AsyncConnectionConfig,
     ) -> redis::RedisResult<MultiplexedConnection> {
-        let client = match &self.inner.kind {
-            Kind::Direct(client) => client.clone(),
+        self.resolve()
+            .await?
+            .get_multiplexed_async_connection_with_config(cfg)
+            .await
+    }
+
+    /// The client of the Redis to connect to now: the one address, or the primary the sentinels name.
+    async fn resolve(&self) -> redis::RedisResult<redis::Client> {
+        match &self.inner.kind {
+            Kind::Direct(client) => Ok(client.clone()),
             Kind::Sentinel {
                 primary,
                 node,
                 sentinels,
             } => {
                 let mut sentinels = sentinels.lock().await;
-                sentinels.async_master_for(primary, Some(node)).await?
+                sentinels.async_master_for(primary, Some(node)).await
             }
-        };
-        client
-            .get_multiplexed_async_connection_with_config(cfg)
-            .await
+        }
     }
 
     /// Opens a new connection as [`Target::open`]; on the client's first connection also checks the server's
     /// version. `what` names the connection in errors.
     ///
     /// # Errors
-    /// [`Error::Redis`] when the connection fails; [`Error::UnsupportedServer`] for a server too old.
+    /// [`Error::Connect`] with its cause when the Redis cannot be connected to or refuses the connection's
+    /// settings ([`crate::connect_error`]); [`Error::Redis`] when the sentinels cannot name a primary or for a cause
+    /// not told apart; [`Error::UnsupportedServer`] for a server too old.
     pub(crate) async fn connect(
         &self,
         cfg: &AsyncConnectionConfig,
+        config: &ClientConfig,
         what: &'static str,
     ) -> Result<MultiplexedConnection> {
-        let mut con = self.open(cfg).await.map_err(Error::redis(what))?;
+        let client = self.resolve().await.map_err(Error::redis(what))?;
+        let mut con = match client
+            .get_multiplexed_async_connection_with_config(cfg)
+            .await
+        {
+            Ok(con) => con,
+            Err(err) => {
+                return Err(crate::connect_error::diagnose(&client, config, what, err).await);
+            }
+        };
         self.check_version(&mut con).await?;
         Ok(con)
     }

@@ -26,6 +26,8 @@ use crate::router::Router;
 pub struct Requester {
     client: Client,
     keys: Arc<ServiceKeys>,
+    /// The service's name, for log fields.
+    service: Arc<str>,
     /// Why the service name is unusable, if it is: every operation then fails with it, before touching Redis.
     bad_service: Option<Arc<str>>,
 }
@@ -45,6 +47,7 @@ impl Requester {
         Self {
             client,
             keys,
+            service: service.into(),
             bad_service,
         }
     }

@@ -210,7 +210,7 @@ impl Requester {
         };
         match entry {
             Some(entry_id) => {
-                tracing::debug!(id, func_key, entry_id, "request added");
+                tracing::debug!(id, service = %self.service, func = func_key, entry_id, "request added");
                 Ok(pending)
             }
             None => Err(Error::DuplicateId { id: id.to_owned() }),

@@ -90,13 +90,13 @@ impl Shared {
         let mut bytes = match protocol::encode(&reply) {
             Ok(b) => b,
             Err(err) => {
-                tracing::error!(%id, error = %err, "could not encode the reply");
+                tracing::error!(%id, service = %self.service, error = %err, "could not encode the reply");
                 return false;
             }
         };
         if let Err(too_large) = self.client.config().check_payload("reply", bytes.len()) {
             let message = too_large.to_string();
-            tracing::warn!(%id, %message, "reply too large; answering with an error instead");
+            tracing::warn!(%id, service = %self.service, %message, "reply too large; answering with an error instead");
             reply =
                 ReplyEnvelope::failure(&id, ReplyStatus::Error, codes::PAYLOAD_TOO_LARGE, message);
             bytes = match protocol::encode(&reply) {

@@ -71,7 +71,15 @@ impl Shared {
         letter: DeadLetter<'_>,
     ) {
         let id = entry.request_id.as_deref().unwrap_or("");
-        tracing::warn!(%id, entry_id = %entry.entry_id, reason = letter.reason, error = %letter.error, "dead-lettering");
+        tracing::warn!(
+            %id,
+            service = %self.service,
+            func = request.map(|r| r.func_key.as_str()),
+            entry_id = %entry.entry_id,
+            reason = letter.reason,
+            error = %letter.error,
+            "dead-lettering"
+        );
         let reply = match letter.reply.as_ref().map(protocol::encode).transpose() {
             Ok(r) => r.unwrap_or_default(),
             Err(_) => Vec::new(),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use futures_util::FutureExt;
 use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
 
 use super::ack::{AfterAnswer, Held};
 use super::dead_letter::DeadLetter;
@@ -105,6 +106,9 @@ impl Shared {
         let Some((request, handler)) = self.admit_quickly(&entry) else {
             return self.spawn_entry(entry, 1, stored, Some(permit));
         };
+        let span = self.request_span(&request);
+        let _in_span = span.enter();
+        tracing::debug!(entry_id = %entry.entry_id, delivery = 1, "handling");
         let ctx = self.context(&request, &entry, 1);
         // The handler's own code runs inside both guards: building its future and its first poll may panic.
         let first_poll =
@@ -118,10 +122,13 @@ impl Shared {
                             // Still running: from here on it is an ordinary request task, whose claim is kept alive.
                             let tracked = self.track(&entry.entry_id);
                             let shared = self.clone();
-                            self.requests.spawn(async move {
-                                let (_permit, _tracked) = (permit, tracked);
-                                shared.run_and_conclude(&entry, request, 1, run).await;
-                            });
+                            self.requests.spawn(
+                                async move {
+                                    let (_permit, _tracked) = (permit, tracked);
+                                    shared.run_and_conclude(&entry, request, 1, run).await;
+                                }
+                                .instrument(span.clone()),
+                            );
                             return;
                         }
                     }
@@ -136,10 +143,13 @@ impl Shared {
             }
             next => {
                 let shared = self.clone();
-                self.requests.spawn(async move {
-                    let _permit = permit;
-                    shared.conclude(&entry, request, 1, next).await;
-                });
+                self.requests.spawn(
+                    async move {
+                        let _permit = permit;
+                        shared.conclude(&entry, request, 1, next).await;
+                    }
+                    .instrument(span.clone()),
+                );
             }
         }
     }
@@ -153,6 +163,13 @@ impl Shared {
         }
         let handler = self.handlers.get(&request.func_key)?.clone();
         Some((request, handler))
+    }
+
+    /// The span of one handled request: its id, service and function key, for every event logged while it is
+    /// handled (the handler's own events too). At debug level, so that serving with info logs creates no span per
+    /// request; events at info and above name the request themselves.
+    fn request_span(&self, request: &RequestEnvelope) -> tracing::Span {
+        tracing::debug_span!("request", id = %request.id, service = %self.service, func = %request.func_key)
     }
 
     fn context(
@@ -182,7 +199,12 @@ impl Shared {
         let outcome = tokio::select! {
             outcome = run => outcome,
             _ = self.abort.cancelled() => {
-                tracing::warn!(id = %request.id, "shutdown grace over; leaving the request pending");
+                tracing::warn!(
+                    id = %request.id,
+                    service = %self.service,
+                    func = %request.func_key,
+                    "shutdown grace over; leaving the request pending"
+                );
                 return;
             }
         };
@@ -193,7 +215,7 @@ impl Shared {
     /// Everything that happens to one delivered entry; never panics, never returns an error: every failure ends
     /// as a reply, a dead letter, or an entry left pending for redelivery.
     async fn handle_entry(self: &Arc<Self>, entry: RawEntry, delivery: u64, stored: Stored) {
-        let mut request = match entry.check(self.client.config()) {
+        let request = match entry.check(self.client.config()) {
             Ok(request) => request,
             Err((code, message)) => {
                 let letter = DeadLetter::replying(
@@ -208,8 +230,22 @@ impl Shared {
                 return;
             }
         };
+        let span = self.request_span(&request);
+        self.handle_request(entry, request, delivery, stored)
+            .instrument(span)
+            .await;
+    }
+
+    /// [`Shared::handle_entry`] for a well-formed request, inside its span.
+    async fn handle_request(
+        self: &Arc<Self>,
+        entry: RawEntry,
+        mut request: RequestEnvelope,
+        delivery: u64,
+        stored: Stored,
+    ) {
         let id = request.id.clone();
-        tracing::debug!(%id, func_key = %request.func_key, entry_id = %entry.entry_id, delivery, "handling");
+        tracing::debug!(entry_id = %entry.entry_id, delivery, "handling");
 
         // Answered once (DESIGN 6): a request with a stored reply is answered from it, on every delivery.
         if (stored != Stored::None || delivery > 1)
@@ -219,7 +255,7 @@ impl Shared {
             return;
         }
         if request.is_expired(protocol::now_ms()) {
-            tracing::info!(%id, "deadline passed before start; not running it");
+            tracing::info!(%id, service = %self.service, func = %request.func_key, "deadline passed before start; not running it");
             let reply = ReplyEnvelope::failure(
                 &id,
                 ReplyStatus::Expired,
@@ -230,7 +266,7 @@ impl Shared {
             return;
         }
         let Some(handler) = self.handlers.get(&request.func_key).cloned() else {
-            tracing::warn!(%id, func_key = %request.func_key, "no handler for this function key");
+            tracing::warn!(%id, service = %self.service, func = %request.func_key, "no handler for this function key");
             let letter = DeadLetter::replying(
                 &entry,
                 ReplyStatus::Error,
@@ -264,12 +300,26 @@ impl Shared {
         match next {
             Next::Answer(reply) => self.finish(id, &entry.entry_id, delivery, reply).await,
             Next::Retry(reason) => {
-                tracing::info!(%id, %reason, "handler asked for a retry; leaving the request pending");
+                tracing::info!(
+                    %id,
+                    service = %self.service,
+                    func = %request.func_key,
+                    delivery,
+                    %reason,
+                    "handler asked for a retry; leaving the request pending"
+                );
                 self.remember_error(id, &format!("retry requested: {reason}"))
                     .await;
             }
             Next::Panicked(message) => {
-                tracing::error!(%id, %message, "handler panicked; the request stays pending for redelivery");
+                tracing::error!(
+                    %id,
+                    service = %self.service,
+                    func = %request.func_key,
+                    delivery,
+                    panic = %message,
+                    "handler panicked; the request stays pending for redelivery"
+                );
                 self.remember_error(id, &format!("handler panicked: {message}"))
                     .await;
             }

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::in_handler::{Entered, Marked};
 use crate::protocol::{self, codes};
 
 /// What a handler sees of the request besides its params.
@@ -103,6 +104,8 @@ where
 {
     let f = Arc::new(f);
     Arc::new(move |ctx: RequestContext, raw: &[u8]| -> BoxFuture {
+        // Decoding the params and building the future run the application's code (its `Deserialize`, its function).
+        let _entered = Entered::new();
         let params: P = match protocol::decode(raw, "request params") {
             Ok(p) => p,
             Err(err) => {
@@ -112,7 +115,11 @@ where
         };
         let fut = f(ctx, params);
         Box::pin(async move {
-            match fut.await {
+            let fut = std::pin::pin!(fut);
+            let outcome = Marked(fut).await;
+            // Encoding runs the application's `Serialize`.
+            let _entered = Entered::new();
+            match outcome {
                 Ok(result) => match protocol::encode(&result) {
                     Ok(bytes) => Outcome::Reply(bytes),
                     Err(err) => {

@@ -12,6 +12,7 @@ mod dead_letter;
 mod dispatch;
 mod handler;
 mod history;
+pub(crate) mod in_handler;
 mod keepalive;
 mod reader;
 pub(crate) mod reaper;
@@ -34,6 +35,9 @@ use crate::client::Client;
 use crate::error::Result;
 use handler::ErasedHandler;
 use state::Shared;
+
+/// Longest pause between two attempts of [`ResponderBuilder::start_retrying`].
+const START_MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Configures and starts a responder. Made by [`Client::responder`].
 pub struct ResponderBuilder {
@@ -172,14 +176,68 @@ impl ResponderBuilder {
     /// # Errors
     /// - [`Error::Config`](crate::Error::Config) when the settings cannot work (see
     ///   [`ResponderSettings::validate`]);
-    /// - [`Error::Redis`](crate::Error::Redis) when connecting fails or the consumer group cannot be created (for
-    ///   example when the requests stream's key holds another type). Nothing was started.
+    /// - [`Error::Connect`](crate::Error::Connect) when Redis cannot be connected to: kind
+    ///   [`Unavailable`](crate::ErrorKind::Unavailable) when it is unreachable (see
+    ///   [`ResponderBuilder::start_retrying`]), [`Config`](crate::ErrorKind::Config) for a refused password, TLS
+    ///   or a port that is not Redis;
+    /// - [`Error::Redis`](crate::Error::Redis) when the consumer group cannot be created (for example when the
+    ///   requests stream's key holds another type). Nothing was started.
     pub async fn start(self) -> Result<Responder> {
-        let settings = self.settings.clamped();
+        self.start_once().await
+    }
+
+    /// Starts the responder as [`ResponderBuilder::start`] does, but while Redis is unreachable (an error of kind
+    /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable)) keeps trying, with pauses that double from 50 ms
+    /// up to 5 s, logging each failed attempt at `warn`: what a service started before its Redis (or by a service
+    /// manager during an outage) wants. Returns `Ok(None)` when `stop` completes first.
+    ///
+    /// # Errors
+    /// As [`ResponderBuilder::start`], except that an unreachable Redis is tried again instead: a refused password,
+    /// a TLS or configuration problem fails at once.
+    pub async fn start_retrying(self, stop: impl Future<Output = ()>) -> Result<Option<Responder>> {
+        let mut backoff = crate::backoff::Backoff::up_to(START_MAX_BACKOFF);
+        let mut stop = std::pin::pin!(stop);
+        for attempt in 1u64.. {
+            let err = match self.start_once().await {
+                Ok(responder) => {
+                    if attempt > 1 {
+                        tracing::info!(service = %self.service, attempt, "Redis is reachable again");
+                    }
+                    return Ok(Some(responder));
+                }
+                Err(err) if err.is_unreachable() => err,
+                Err(err) => return Err(err),
+            };
+            let pause = backoff.next_pause();
+            tracing::warn!(
+                service = %self.service,
+                attempt,
+                retry_in_ms = pause.as_millis() as u64,
+                error = %err,
+                "cannot start the responder: Redis is unreachable; trying again"
+            );
+            tokio::select! {
+                _ = &mut stop => return Ok(None),
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// One attempt of [`ResponderBuilder::start`]; the builder stays usable for another.
+    async fn start_once(&self) -> Result<Responder> {
+        let settings = self.settings.clone().clamped();
         crate::names::check_service(&self.service).map_err(crate::Error::InvalidArgument)?;
         settings.validate()?;
-        let shared =
-            Arc::new(Shared::connect(self.client, &self.service, settings, self.handlers).await?);
+        let shared = Arc::new(
+            Shared::connect(
+                self.client.clone(),
+                &self.service,
+                settings,
+                self.handlers.clone(),
+            )
+            .await?,
+        );
         shared.ensure_group().await?;
         let tasks = TaskTracker::new();
         tasks.spawn(reader::read_loop(shared.clone()));

@@ -69,7 +69,14 @@ pub(crate) async fn reaper_loop(shared: Arc<Shared>, kind: ReaperKind) {
             };
             match pass {
                 Ok(report) if report != ReapReport::default() => {
-                    tracing::info!(?report, "reaper pass")
+                    tracing::info!(
+                        service = %shared.service,
+                        reclaimed = report.reclaimed,
+                        dead_lettered = report.dead_lettered,
+                        deleted = report.deleted,
+                        consumers_removed = report.consumers_removed,
+                        "reaper pass"
+                    )
                 }
                 Ok(_) => {}
                 Err(err) => tracing::warn!(error = %err, "reaper pass failed"),
@@ -149,7 +156,12 @@ async fn reclaim(shared: &Arc<Shared>) -> Result<ReapReport> {
         .map_err(Error::redis("claiming stale entries"))?;
     report.deleted = claimed.deleted_ids.len();
     if report.deleted > 0 {
-        tracing::info!(ids = ?claimed.deleted_ids, "pending entries whose stream entry was deleted were dropped");
+        tracing::info!(
+            service = %shared.service,
+            count = report.deleted,
+            entry_ids = %claimed.deleted_ids.join(","),
+            "pending entries whose stream entry was deleted were dropped"
+        );
     }
     if claimed.claimed.is_empty() {
         return Ok(report);

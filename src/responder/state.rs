@@ -45,6 +45,8 @@ impl Drop for InFlight {
 /// State shared by a responder's tasks.
 pub(crate) struct Shared {
     pub(crate) client: Client,
+    /// The service's name, for log fields.
+    pub(crate) service: String,
     pub(crate) keys: ServiceKeys,
     pub(crate) settings: ResponderSettings,
     pub(super) handlers: HashMap<String, ErasedHandler>,
@@ -90,6 +92,7 @@ impl Shared {
             finished_tx,
             finished_rx: Mutex::new(Some(finished_rx)),
             keys: client.keys(service),
+            service: service.to_owned(),
             permits: Arc::new(Semaphore::new(settings.concurrency)),
             client,
             settings,

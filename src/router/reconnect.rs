@@ -45,7 +45,9 @@ pub(super) async fn connect(
         .set_connection_timeout(Some(config.connect_timeout))
         .set_response_timeout(Some(config.command_timeout))
         .set_push_sender(on_push);
-    target.connect(&cfg, "connecting the reply router").await
+    target
+        .connect(&cfg, config, "connecting the reply router")
+        .await
 }
 
 /// Reconnects whenever the connection is reported broken, then restores every waiter's subscription and

@@ -46,7 +46,6 @@ use crate::protocol::ServiceKeys;
 use crate::retention::{self, RetentionPolicy, TrimReport};
 
 pub use dead_letters::{DeadLetterEntry, PurgeReport};
-pub use find::{CLOCK_SKEW_MS, SEARCH_LIMIT};
 pub use last_read::{LastRead, SeenConsumer};
 pub use replay_report::{
     DEFAULT_REPLAY_TIMEOUT, ReplayOptions, ReplayReport, Replayed, SkipReason, Skipped,

@@ -374,6 +374,13 @@ async fn a_request_past_its_deadline_without_a_reply_is_expired() {
         shown.contains("expired: the deadline passed without a reply"),
         "{shown}"
     );
+
+    // A responder that reads it now answers `expired` without running it: still expired, with that reply.
+    let _serve = env.serve("too-late", &[], &[]);
+    let answered = await_status(&env, "late-1", |s| s.reply.is_some()).await;
+    assert_eq!(answered.state, RequestState::Expired);
+    let value = status_json(&env, "late-1").await;
+    assert_eq!(value["reply"]["status"], "expired");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,10 +33,10 @@ use crate::protocol::entry::parse_entry_id;
 use crate::protocol::{FIELD_ENVELOPE, FIELD_ID};
 
 /// How far apart the requester's clock and Redis's clock may be for the searches to find an entry, ms.
-pub const CLOCK_SKEW_MS: u64 = 10_000;
+pub(super) const CLOCK_SKEW_MS: u64 = 10_000;
 
 /// The most entries one search reads (in each of the two streams).
-pub const SEARCH_LIMIT: u64 = 10_000;
+pub(super) const SEARCH_LIMIT: u64 = 10_000;
 
 /// Entries per page of a search: small, since every entry carries its envelope (params included).
 const PAGE: usize = 100;

@@ -22,7 +22,7 @@
 //! its fixed bounds, on a short page, or after [`SEARCH_LIMIT`] entries.
 
 use redis::Value;
-use redis::aio::ConnectionManager;
+use redis::aio::ConnectionLike;
 use redis::streams::{StreamId, StreamRangeReply};
 
 use super::Admin;
@@ -81,7 +81,11 @@ struct Side {
 
 impl Side {
     /// The next page, or `None` once this side reached its far end.
-    async fn next(&mut self, con: &mut ConnectionManager, stream: &str) -> Result<Vec<StreamId>> {
+    async fn next<C: ConnectionLike + Send>(
+        &mut self,
+        con: &mut C,
+        stream: &str,
+    ) -> Result<Vec<StreamId>> {
         if self.done {
             return Ok(Vec::new());
         }
@@ -106,9 +110,9 @@ impl Admin {
     /// The id of request `id`'s newest entry in the requests stream, when it can be found (see the module doc):
     /// `T:latest:<id>` when a replay wrote it, else a bounded search around `created_ms` for the entry carrying
     /// `envelope` (the record's bytes).
-    pub(super) async fn find_request_entry(
+    pub(super) async fn find_request_entry<C: ConnectionLike + Send>(
         &self,
-        con: &mut ConnectionManager,
+        con: &mut C,
         id: &str,
         envelope: &[u8],
         created_ms: u64,
@@ -158,9 +162,9 @@ impl Admin {
     /// The newest dead letter of request `id`: one carrying `envelope` when given (the record's bytes), else any
     /// naming the id; searched from the newest dead letter down to `after_ms` (`None`: the whole stream), at most
     /// [`SEARCH_LIMIT`] entries.
-    pub(super) async fn find_dead_letter(
+    pub(super) async fn find_dead_letter<C: ConnectionLike + Send>(
         &self,
-        con: &mut ConnectionManager,
+        con: &mut C,
         id: &str,
         envelope: Option<&[u8]>,
         after_ms: Option<u64>,

@@ -14,7 +14,7 @@
 //!
 //! The snapshot is not atomic: a request can move on between two reads, so a status may be a step behind.
 
-use redis::aio::ConnectionManager;
+use redis::aio::ConnectionLike;
 use redis::streams::{StreamInfoGroupsReply, StreamPendingCountReply, StreamRangeReply};
 use serde::Serialize;
 
@@ -301,7 +301,7 @@ impl Admin {
     }
 
     /// Where the requests stream entry `entry` is, over every consumer group.
-    async fn place(&self, con: &mut ConnectionManager, entry: &str) -> Result<Place> {
+    async fn place<C: ConnectionLike + Send>(&self, con: &mut C, entry: &str) -> Result<Place> {
         let requests = self.keys.requests();
         let (exists, present): (bool, StreamRangeReply) = redis::pipe()
             .exists(requests)

@@ -1,7 +1,8 @@
 //! The admin API: what operators need to see and repair a service — [stats](Admin::stats), the
 //! [dead letters](Admin::dead_letters) (list, show, [replay](Admin::replay_dead_letters),
 //! [purge](Admin::purge_dead_letters)), [replay of a range](Admin::replay_range) of the requests stream, and an
-//! on-demand [trim](Admin::trim) by a retention policy.
+//! on-demand [trim](Admin::trim) by a retention policy; for one request, [its whole story](Admin::status); for
+//! the service, [when its requests were last read](Admin::last_read) (is anyone serving it?).
 //!
 //! ## Replays keep the request id
 //! A replay re-queues a request **under its original id**: in one script it deletes the id's stored reply and last
@@ -23,11 +24,14 @@
 //! Long operations take a `progress` callback that receives the number of entries processed so far.
 
 mod dead_letters;
+mod find;
+mod last_read;
 mod pager;
 mod range_replay;
 mod replay;
 mod replay_report;
 mod stats;
+mod status;
 
 use std::sync::Arc;
 
@@ -42,10 +46,12 @@ use crate::protocol::ServiceKeys;
 use crate::retention::{self, RetentionPolicy, TrimReport};
 
 pub use dead_letters::{DeadLetterEntry, PurgeReport};
+pub use last_read::{LastRead, SeenConsumer};
 pub use replay_report::{
     DEFAULT_REPLAY_TIMEOUT, ReplayOptions, ReplayReport, Replayed, SkipReason, Skipped,
 };
 pub use stats::{ConsumerStats, GroupStats, OldestPending, ServiceStats};
+pub use status::{Answer, RequestState, RequestStatus, RequestSummary};
 
 /// Entries read per round trip when paging through a stream.
 const PAGE: usize = 200;

@@ -441,11 +441,18 @@ async fn dlq_commands_of_the_binary() {
     assert_eq!(show["request"]["func_key"], "count");
     let missing = run_cli(&server, service, &["dlq", "show", "1-1"]);
     assert_eq!(missing.status.code(), Some(5), "not found exits with 5");
-    let bad = run_cli(&server, service, &["dlq", "show", "nope"]);
+    // Not an entry id: a request id, whose dead letter does not exist.
+    let missing = run_cli(&server, service, &["dlq", "show", "nope"]);
+    assert_eq!(
+        missing.status.code(),
+        Some(5),
+        "no dead letter for request nope"
+    );
+    let bad = run_cli(&server, service, &["dlq", "show", "bad\u{1}id"]);
     assert_eq!(
         bad.status.code(),
         Some(2),
-        "a malformed entry id is a usage error"
+        "neither an entry id nor a usable request id is a usage error"
     );
     let text = run_cli(&server, service, &["dlq", "list"]);
     assert!(String::from_utf8_lossy(&text.stdout).contains("unknown_function"));

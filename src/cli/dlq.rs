@@ -1,4 +1,5 @@
-//! `redcall dlq list|show|replay|purge`: the dead-letter stream. IDs are dead-letter stream entry ids (as listed).
+//! `redcall dlq list|show|replay|purge`: the dead-letter stream. IDs are dead-letter stream entry ids (as listed);
+//! `show` also takes a request id.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -29,7 +30,8 @@ pub enum DlqCommand {
     },
     /// Show one dead letter with its request (function key, params, deadline, replay info).
     Show {
-        /// Dead-letter id.
+        /// Dead-letter id, or a request id (its newest dead letter). An id of the form `<ms>-<seq>` is tried as a
+        /// dead-letter id first, then as a request id.
         id: String,
     },
     /// Re-queue dead letters under their request ids; each leaves the dead-letter stream once re-queued.
@@ -92,7 +94,7 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> ExitCode {
     let admin = ctx.client.admin(&ctx.cli.service);
     let done = match &args.command {
         DlqCommand::List { limit, after } => list(ctx, &admin, *limit, after.as_deref()).await,
-        DlqCommand::Show { id } => match admin.dead_letter(id).await {
+        DlqCommand::Show { id } => match show(&admin, id).await {
             Ok(entry) => {
                 print_json(ctx.cli, &describe(&entry));
                 Ok(())
@@ -113,6 +115,35 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => super::fail(&err),
     }
+}
+
+/// A dead letter by its dead-letter id or by request id. An id that looks like a stream entry id (`<ms>-<seq>`) is
+/// first a dead-letter id and, when there is no such dead letter, a request id (request ids may look like
+/// anything); any other id is a request id, whose newest dead letter is shown.
+async fn show(admin: &Admin, id: &str) -> redcall::Result<DeadLetterEntry> {
+    if !looks_like_entry_id(id) {
+        return admin.dead_letter_of_request(id).await;
+    }
+    match admin.dead_letter(id).await {
+        Err(err) if err.kind() == redcall::ErrorKind::NotFound => {
+            match admin.dead_letter_of_request(id).await {
+                Err(again) if again.kind() == redcall::ErrorKind::NotFound => {
+                    Err(redcall::Error::EntryNotFound {
+                        stream: "dead-letter",
+                        entry_id: format!("{id} (nor one for a request of that id)"),
+                    })
+                }
+                other => other,
+            }
+        }
+        other => other,
+    }
+}
+
+/// Whether `id` has the form of a stream entry id, `<ms>-<seq>`.
+fn looks_like_entry_id(id: &str) -> bool {
+    id.split_once('-')
+        .is_some_and(|(ms, seq)| ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok())
 }
 
 /// Named dead letters that exist but were not replayed (in flight, malformed, too large, ...): what to tell.

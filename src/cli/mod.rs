@@ -11,6 +11,7 @@ mod call;
 mod demo;
 mod dlq;
 pub mod duration;
+mod hint;
 mod info;
 pub mod logging;
 mod reap;
@@ -22,6 +23,7 @@ mod reply;
 mod retention;
 mod serve;
 mod stats;
+mod status;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -103,6 +105,8 @@ pub enum Command {
     Call(call::Args),
     /// Print the function key and params of a request.
     Info(info::Args),
+    /// Show the whole story of one request: what it asked for, replays, where it is now, its reply.
+    Status(status::Args),
     /// Answer a request by id.
     Reply(reply::Args),
     /// Run a responder with the built-in demo handlers (echo, sleep, fail, panic, retry, work).
@@ -186,8 +190,9 @@ pub async fn run(cli: Cli) -> ExitCode {
     let result = match &cli.command {
         Command::Bench(args) => return bench::run(&ctx, args).await,
         Command::BenchWorker(args) => return bench::run_worker(&ctx, args).await,
-        Command::Call(args) => call::run(&ctx, args).await,
+        Command::Call(args) => return hint::run_call(&ctx, args).await,
         Command::Info(args) => info::run(&ctx, args).await,
+        Command::Status(args) => status::run(&ctx, args).await,
         Command::Reply(args) => reply::run(&ctx, args).await,
         Command::Serve(args) => serve::run(&ctx, args).await,
         Command::Reap(args) => reap::run(&ctx, args).await,
@@ -241,22 +246,41 @@ static JSON_ERRORS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBoo
 /// Prints `err` on stderr (text, or under `--json` one object `{"error": {"kind", "message", "id"}}`) and gives
 /// its exit code.
 pub fn fail(err: &Error) -> ExitCode {
+    fail_with_hint(err, None)
+}
+
+/// [`fail`], with a hint for what to look at: a second line `hint: ...` in text, a `hint` field under `--json`.
+pub fn fail_with_hint(err: &Error, hint: Option<&str>) -> ExitCode {
     let kind = if err.kind() == ErrorKind::InvalidArgument || err.kind() == ErrorKind::Config {
         "usage"
     } else {
         err.kind().as_str()
     };
-    print_error(kind, &err.to_string(), err.request_id());
+    print_error_with_hint(kind, &err.to_string(), err.request_id(), hint);
     ExitCode::from(exit_code(err))
 }
 
 /// Prints an error on stderr, as text or (under `--json`) as one JSON object.
 pub fn print_error(kind: &str, message: &str, id: Option<&str>) {
+    print_error_with_hint(kind, message, id, None);
+}
+
+/// [`print_error`] with an optional hint (the JSON object's `hint` field is there only when there is one).
+pub fn print_error_with_hint(kind: &str, message: &str, id: Option<&str>, hint: Option<&str>) {
     if JSON_ERRORS.load(std::sync::atomic::Ordering::Relaxed) {
-        let value = serde_json::json!({ "error": { "kind": kind, "message": message, "id": id } });
+        let mut value =
+            serde_json::json!({ "error": { "kind": kind, "message": message, "id": id } });
+        if let (Some(hint), Some(error)) =
+            (hint, value.get_mut("error").and_then(|e| e.as_object_mut()))
+        {
+            error.insert("hint".to_owned(), hint.into());
+        }
         errln!("{value}");
     } else {
         errln!("error: {message}");
+        if let Some(hint) = hint {
+            errln!("hint: {hint}");
+        }
     }
 }
 
@@ -269,6 +293,15 @@ const IGNORED_GLOBALS: &[(&[&str], &[&str])] = &[
         &["payload_limit", "record_retention", "reply_ttl"],
     ),
     (&["reply"], &["record_retention"]),
+    (
+        &["status"],
+        &[
+            "payload_limit",
+            "record_retention",
+            "reply_ttl",
+            "fail_fast",
+        ],
+    ),
     (&["serve"], &["fail_fast"]),
     (&["reap"], &["payload_limit", "fail_fast"]),
     (&["demo"], &["service"]),

@@ -8,10 +8,12 @@ pub mod output;
 
 mod bench;
 mod call;
+mod completions;
 mod demo;
 mod dlq;
 pub mod duration;
 mod info;
+mod input;
 mod reap;
 // The spawner shared with the integration tests: the bench uses a part of it.
 #[allow(dead_code)]
@@ -96,6 +98,8 @@ pub enum Command {
     Replay(replay::Args),
     /// Measure redcall against a bare-command baseline (latency, throughput, commands, CPU, memory).
     Bench(bench::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::Args),
     /// One worker process of `redcall bench` (started by it; not for people).
     #[command(hide = true)]
     BenchWorker(bench::WorkerArgs),
@@ -117,6 +121,13 @@ pub fn init_tracing(cli: &Cli) {
 
 /// Runs the chosen subcommand and maps its error to a message and an exit code.
 pub async fn run(cli: Cli) -> ExitCode {
+    // Needs no client: a completion script is made even where the URL is unusable.
+    if let Command::Completions(args) = &cli.command {
+        return match completions::run(&cli, args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => fail(&err),
+        };
+    }
     let mut builder = Client::builder(&cli.url)
         .namespace(cli.namespace.clone())
         .payload_limit(cli.payload_limit)
@@ -153,6 +164,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Stats(args) => stats::run(&ctx, args).await,
         Command::Dlq(args) => return dlq::run(&ctx, args).await,
         Command::Replay(args) => replay::run(&ctx, args).await,
+        Command::Completions(_) => Ok(()), // answered above, before the client
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -169,7 +181,7 @@ pub struct Context<'a> {
 }
 
 /// Exit codes, documented in the README: 1 other, 2 usage (also an argument or a configuration the library
-/// refuses), 3 timeout, 4 the request failed remotely, 5 not found, 6 duplicate id or already answered, 7 Redis
+/// refuses, and params or reply data over the payload limit), 3 timeout, 4 the request failed remotely, 5 not found, 6 duplicate id or already answered, 7 Redis
 /// unreachable or a Redis command failed, 8 the request was sent but the connection broke before its reply (it
 /// may have run: send again only if that is safe).
 pub fn exit_code(err: &Error) -> u8 {
@@ -181,7 +193,8 @@ pub fn exit_code(err: &Error) -> u8 {
         | ErrorKind::Expired
         | ErrorKind::Malformed => 4,
         ErrorKind::NotFound => 5,
-        ErrorKind::InvalidArgument | ErrorKind::Config => 2,
+        // A payload over the limit is always the caller's own (nothing was sent): an argument refused.
+        ErrorKind::InvalidArgument | ErrorKind::Config | ErrorKind::PayloadTooLarge => 2,
         ErrorKind::DuplicateId | ErrorKind::AlreadyAnswered => 6,
         ErrorKind::Unavailable | ErrorKind::Redis => 7,
         ErrorKind::Lost => 8,
@@ -264,6 +277,20 @@ const IGNORED_GLOBALS: &[(&[&str], &[&str])] = &[
     ),
     (&["dlq", "replay"], &["reply_ttl", "fail_fast"]),
     (&["replay"], &["reply_ttl", "fail_fast"]),
+    (
+        &["completions"],
+        &[
+            "url",
+            "service",
+            "namespace",
+            "json",
+            "tls_ca_cert",
+            "payload_limit",
+            "record_retention",
+            "reply_ttl",
+            "fail_fast",
+        ],
+    ),
     (
         &["bench"],
         &[

@@ -163,7 +163,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Demo(args) => demo::run(&ctx, args).await,
         Command::Stats(args) => stats::run(&ctx, args).await,
         Command::Dlq(args) => return dlq::run(&ctx, args).await,
-        Command::Replay(args) => replay::run(&ctx, args).await,
+        Command::Replay(args) => return replay::run(&ctx, args).await,
         Command::Completions(_) => Ok(()), // answered above, before the client
     };
     match result {

@@ -1,4 +1,5 @@
-//! `redcall serve`: a responder with built-in demo handlers, stopped cleanly by SIGINT or SIGTERM.
+//! `redcall serve`: a responder with built-in demo handlers, stopped cleanly by SIGINT or SIGTERM. With `--json`
+//! its lifecycle events are JSON lines on stdout (`started`, `stopped`); logs stay on stderr.
 
 use std::time::Duration;
 
@@ -46,6 +47,9 @@ struct SleepParams {
 struct Slept {
     slept_ms: u64,
 }
+
+/// The function keys of the demo handlers [`demo_handlers`] registers.
+pub const DEMO_HANDLERS: &[&str] = &["echo", "sleep", "fail", "panic", "retry", "work"];
 
 /// Registers the demo handlers: `echo`, `sleep`, `fail`, `panic`, `retry` and `work`.
 pub fn demo_handlers(
@@ -113,13 +117,34 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
     let responder = demo_handlers(builder, &ctx.client, &ctx.cli.service, redis)
         .start()
         .await?;
-    errln!(
-        "serving {:?} as consumer {} (handlers: echo, sleep, fail, panic, retry, work); Ctrl-C to stop",
-        ctx.cli.service,
-        responder.consumer()
-    );
+    if ctx.cli.json {
+        super::print_json(
+            ctx.cli,
+            &serde_json::json!({
+                "event": "started",
+                "service": ctx.cli.service,
+                "consumer": responder.consumer(),
+                "group": args.group,
+                "handlers": DEMO_HANDLERS,
+            }),
+        );
+    } else {
+        errln!(
+            "serving {:?} as consumer {} (handlers: {}); Ctrl-C to stop",
+            ctx.cli.service,
+            responder.consumer(),
+            DEMO_HANDLERS.join(", ")
+        );
+    }
     let cut_off = responder.run_until(wait_for_signal()).await?;
-    errln!("stopped ({cut_off} unfinished requests left pending)");
+    if ctx.cli.json {
+        super::print_json(
+            ctx.cli,
+            &serde_json::json!({ "event": "stopped", "unfinished": cut_off }),
+        );
+    } else {
+        errln!("stopped ({cut_off} unfinished requests left pending)");
+    }
     Ok(())
 }
 

@@ -180,10 +180,10 @@ pub struct Context<'a> {
     pub cli: &'a Cli,
 }
 
-/// Exit codes, documented in the README: 1 other, 2 usage (also an argument or a configuration the library
-/// refuses, and params or reply data over the payload limit), 3 timeout, 4 the request failed remotely, 5 not found, 6 duplicate id or already answered, 7 Redis
-/// unreachable or a Redis command failed, 8 the request was sent but the connection broke before its reply (it
-/// may have run: send again only if that is safe).
+/// Exit codes, documented in the README's table: 1 other, 2 usage (also an argument or a configuration the library
+/// refuses, and params or reply data over the payload limit), 3 timeout, 4 the request failed remotely, 5 not
+/// found, 6 duplicate id or already answered, 7 Redis unreachable or a Redis command failed, 8 the request was
+/// accepted and then lost by Redis (it may have run: send again only if that is safe).
 pub fn exit_code(err: &Error) -> u8 {
     match err.kind() {
         ErrorKind::Timeout => 3,

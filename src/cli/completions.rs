@@ -7,11 +7,16 @@
 
 use redcall::Error;
 
+/// How to install the script, shown under `redcall completions --help`.
+pub const INSTALL: &str = "Install, for example:
+  redcall completions bash > ~/.local/share/bash-completion/completions/redcall
+  redcall completions zsh > ~/.zfunc/_redcall      (with ~/.zfunc in fpath)
+  redcall completions fish > ~/.config/fish/completions/redcall.fish";
+
 /// Arguments of `redcall completions`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The shell to complete for. Install, e.g.: `redcall completions bash > ~/.local/share/bash-completion/completions/redcall`,
-    /// `redcall completions zsh > ~/.zfunc/_redcall`, `redcall completions fish > ~/.config/fish/completions/redcall.fish`.
+    /// The shell to complete for.
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
 }

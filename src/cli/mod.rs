@@ -99,6 +99,7 @@ pub enum Command {
     /// Measure redcall against a bare-command baseline (latency, throughput, commands, CPU, memory).
     Bench(bench::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = completions::INSTALL)]
     Completions(completions::Args),
     /// One worker process of `redcall bench` (started by it; not for people).
     #[command(hide = true)]

@@ -72,6 +72,7 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
     } else {
         let group = settings.group.clone();
         let reaper = Reaper::start(ctx.client.clone(), &ctx.cli.service, settings).await?;
+        let stop = super::serve::wait_for_signal();
         if ctx.cli.json {
             let started = serde_json::json!({
                 "event": "started",
@@ -82,7 +83,7 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
         } else {
             errln!("reaping {:?}; Ctrl-C to stop", ctx.cli.service);
         }
-        super::serve::wait_for_signal().await;
+        stop.await;
         reaper.shutdown().await;
         if ctx.cli.json {
             super::print_json(ctx.cli, &serde_json::json!({ "event": "stopped" }));

@@ -117,6 +117,7 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
     let responder = demo_handlers(builder, &ctx.client, &ctx.cli.service, redis)
         .start()
         .await?;
+    let stop = wait_for_signal();
     if ctx.cli.json {
         super::print_json(
             ctx.cli,
@@ -136,7 +137,7 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
             DEMO_HANDLERS.join(", ")
         );
     }
-    let cut_off = responder.run_until(wait_for_signal()).await?;
+    let cut_off = responder.run_until(stop).await?;
     if ctx.cli.json {
         super::print_json(
             ctx.cli,
@@ -162,21 +163,24 @@ fn always_panic(delivery: u64) -> Result<Value, HandlerError> {
     panic!("the panic handler always panics (delivery {delivery})")
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn wait_for_signal() {
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when the future is first
+/// polled: call it before telling anyone the process runs (the `started` event), or a signal sent at once would
+/// still find the default action and kill the process without its drain.
+pub fn wait_for_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
+    let int = signal(SignalKind::interrupt());
+    let term = signal(SignalKind::terminate());
+    async move {
+        match (int, term) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
             }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }

@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # Interactive demo of redcall against a real Redis.
 #
-# Uses $REDIS_URL (default redis://127.0.0.1:6379) if it answers PING;
-# otherwise starts a throwaway redis-server on a free port in a temp dir
-# (installing redis-server via apt-get if needed). It then builds redcall,
-# starts a responder (`serve`) and walks through a few calls, including the
-# two-program flow where a caller waits and a second program replies by id.
-# Everything the script starts is stopped by PID on exit.
+# Starts a throwaway redis-server on a free loopback port in a temp dir
+# (installing redis-server via apt-get if needed), unless REDIS_URL is set:
+# then it uses that Redis, and stops if it does not answer PING (a Redis you
+# run already, say on 127.0.0.1:6379, is never used unless you ask). It then
+# builds redcall (cargo's progress shown: a first release build takes
+# minutes), starts a responder (`serve`) and walks through a few calls,
+# including params from a file and the two-program flow where a caller waits
+# and a second program replies by id. Everything the script starts is stopped
+# by PID on exit.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/redis-lib.sh
 source scripts/redis-lib.sh
 
-REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
+REDIS_URL="${REDIS_URL:-}"
 BIN=target/release/redcall
 SERVICE="demo-$$"
 MANUAL_SERVICE="demo-$$-manual"
@@ -69,11 +72,12 @@ demo() {
 }
 
 # --- Redis -----------------------------------------------------------------
-if redis_answers "$REDIS_URL"; then
+if [[ -n "$REDIS_URL" ]]; then
+    redis_answers "$REDIS_URL" || die "REDIS_URL is set, but no Redis answers PING at $REDIS_URL (unset it for a throwaway redis-server)"
     URL="$REDIS_URL"
-    log "using Redis at $URL"
+    log "using Redis at $URL (from REDIS_URL)"
 else
-    log "no Redis answering at $REDIS_URL; starting a throwaway one"
+    log "REDIS_URL not set; starting a throwaway redis-server"
     ensure_redis
     start_throwaway_redis "$TMP/redis" || die "no throwaway redis-server"
     log "started throwaway redis-server (pid $REDIS_PID) at $URL"
@@ -81,8 +85,8 @@ fi
 
 # --- Build & responder -----------------------------------------------------
 command -v cargo >/dev/null 2>&1 || die "cargo not found; install Rust from https://rustup.rs"
-log "building redcall (release)"
-cargo build --release --quiet
+log "building redcall (release; the first build takes a few minutes)"
+cargo build --release
 
 log "starting responder: redcall --service $SERVICE serve (log: $TMP/serve.log)"
 "$BIN" --url "$URL" --service "$SERVICE" serve >"$TMP/serve.log" 2>&1 &
@@ -93,6 +97,10 @@ kill -0 "$SERVE_PID" 2>/dev/null || { wait "$SERVE_PID" || true; SERVE_PID=""; d
 # --- Calls handled by the responder ----------------------------------------
 demo call echo '{"key1":"value1"}'
 demo call sleep '{"ms":200}'
+
+# Params from a file (`@PATH`; `-` reads stdin): past the 128 KiB the kernel allows one argument.
+printf '{"from":"a file","items":[1,2,3]}\n' >"$TMP/params.json"
+demo call echo "@$TMP/params.json"
 
 heading "call fail (expected to fail)"
 show_cmd redcall --url "$URL" --service "$SERVICE" call fail '{}'

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the full redcall test suite (unit, integration and doc tests), after checking that the library builds
-# alone, without the `cli` feature's dependencies (what a user with `default-features = false` compiles).
+# alone, without the `cli` feature's dependencies (what a user with `default-features = false` compiles), and
+# building the examples (docs/examples/, run by tests/examples.rs).
 #
 # Integration tests start their own throwaway redis-server processes, so
 # redis-server must be installed; it is installed via apt-get if missing, as is openssl (for the TLS tests).
@@ -67,6 +68,10 @@ if cargo clippy --version >/dev/null 2>&1; then
 else
     log "cargo clippy not installed; skipping its check of the library alone"
 fi
+# The examples under docs/examples/: tests/examples.rs runs the built binaries (cargo test builds them too, but
+# not when it is given a single --test).
+log "the examples: cargo build --examples"
+cargo build --examples
 log "using $(redis-server --version | head -n1)"
 log "the API docs: cargo doc --no-deps with warnings as errors (broken intra-doc links, bad code blocks)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --lib

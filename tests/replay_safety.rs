@@ -258,7 +258,19 @@ async fn a_work_request_replayed_twice_runs_twice_in_all() {
 
     let first = cli_json(&server, service, &["replay", "--from", "-", "--to", "+"]);
     assert_eq!(request_ids(&first["replayed"]), ["w"], "{first}");
-    let second = cli_json(&server, service, &["replay", "--from", "-", "--to", "+"]);
+    // The second replays nothing (both entries in flight): a replay that did nothing exits 1, report printed.
+    let out = run_cli(
+        &server,
+        service,
+        &["--json", "replay", "--from", "-", "--to", "+"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let second: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     // Wait until everything in the stream was handled, then count.
     let drained = wait_until(WAIT, || {
         let admin = admin.clone();

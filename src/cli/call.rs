@@ -1,16 +1,18 @@
-//! `redcall call FUNC [PARAMS_JSON] [--id ID] [--timeout DURATION]`: the request operation.
+//! `redcall call FUNC [PARAMS] [--id ID] [--timeout DURATION]`: the request operation. PARAMS is JSON, `@PATH`
+//! or `-` (see [`super::input`]).
 
 use std::time::Duration;
 
-use super::{Context, parse_json, print_json};
+use super::{Context, print_json};
 
 /// Arguments of `redcall call`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Function key to call.
     pub func: String,
-    /// Params as JSON.
-    #[arg(default_value = "null")]
+    /// Params: JSON, `@PATH` to read them from a file, or `-` from stdin (a JSON string starting with `@` is
+    /// written quoted: '"@x"').
+    #[arg(default_value = "null", value_name = "PARAMS")]
     pub params: String,
     /// Request id [default: a new UUID v7].
     #[arg(long)]
@@ -22,7 +24,7 @@ pub struct Args {
 
 /// Sends the request, waits, prints the reply.
 pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
-    let params = parse_json("params", &args.params)?;
+    let params = super::input::json_arg("params", &args.params)?;
     let timeout = args.timeout;
     let id = args.id.clone().unwrap_or_else(redcall::new_request_id);
     let requester = ctx.client.requester(&ctx.cli.service);

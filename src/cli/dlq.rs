@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use redcall::admin::{Admin, DeadLetterEntry, ReplayOptions, ReplayReport, SkipReason, Skipped};
+use redcall::admin::{Admin, DeadLetterEntry, ReplayOptions, ReplayReport, SkipReason};
 
 use super::{Context, human_ms, msgpack_to_json, print_json, progress_bar};
 
@@ -104,7 +104,7 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> ExitCode {
         DlqCommand::Replay(replay) => match run_replay(ctx, &admin, replay).await {
             Ok(LeftAlone(None)) => Ok(()),
             Ok(LeftAlone(Some(message))) => {
-                errln!("error: {message}");
+                super::print_error("not_replayed", &message, None);
                 return ExitCode::from(1);
             }
             Err(err) => Err(err),
@@ -225,13 +225,15 @@ async fn run_replay(
         // Nothing was named: what `--all` found is what it worked on.
         return Ok(LeftAlone(None));
     }
-    named_outcome(&report.skipped)
+    named_outcome(&report)
 }
 
 /// The exit status of a replay of named dead letters, once its report is printed: not found (5) when any named
 /// id does not exist, an error (1) when any other was left alone (in flight, malformed, too large, ...), success
-/// only when every named dead letter was replayed (or left out by `--func`).
-fn named_outcome(skipped: &[Skipped]) -> redcall::Result<LeftAlone> {
+/// when every named dead letter was replayed, or some were and the others left out by `--func`; when `--func`
+/// left out every one, nothing was done: 1.
+fn named_outcome(report: &ReplayReport) -> redcall::Result<LeftAlone> {
+    let skipped = &report.skipped;
     let missing: Vec<&str> = skipped
         .iter()
         .filter(|s| s.reason == SkipReason::NotFound)
@@ -244,6 +246,12 @@ fn named_outcome(skipped: &[Skipped]) -> redcall::Result<LeftAlone> {
         });
     }
     if skipped.is_empty() {
+        if report.replayed.is_empty() && report.not_matching > 0 {
+            return Ok(LeftAlone(Some(format!(
+                "none of the {} named dead letters is for the function key asked for (--func); nothing replayed",
+                report.not_matching
+            ))));
+        }
         return Ok(LeftAlone(None));
     }
     let left: Vec<String> = skipped

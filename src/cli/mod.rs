@@ -8,11 +8,13 @@ pub mod output;
 
 mod bench;
 mod call;
+mod completions;
 mod demo;
 mod dlq;
 pub mod duration;
 mod hint;
 mod info;
+mod input;
 pub mod logging;
 mod reap;
 // The spawner shared with the integration tests: the bench uses a part of it.
@@ -123,6 +125,9 @@ pub enum Command {
     Replay(replay::Args),
     /// Measure redcall against a bare-command baseline (latency, throughput, commands, CPU, memory).
     Bench(bench::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = completions::INSTALL)]
+    Completions(completions::Args),
     /// One worker process of `redcall bench` (started by it; not for people).
     #[command(hide = true)]
     BenchWorker(bench::WorkerArgs),
@@ -159,6 +164,13 @@ impl DurabilityArg {
 
 /// Runs the chosen subcommand and maps its error to a message and an exit code.
 pub async fn run(cli: Cli) -> ExitCode {
+    // Needs no client: a completion script is made even where the URL is unusable.
+    if let Command::Completions(args) = &cli.command {
+        return match completions::run(&cli, args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => fail(&err),
+        };
+    }
     let mut builder = Client::builder(&cli.url)
         .namespace(cli.namespace.clone())
         .payload_limit(cli.payload_limit)
@@ -199,7 +211,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Demo(args) => demo::run(&ctx, args).await,
         Command::Stats(args) => stats::run(&ctx, args).await,
         Command::Dlq(args) => return dlq::run(&ctx, args).await,
-        Command::Replay(args) => replay::run(&ctx, args).await,
+        Command::Replay(args) => return replay::run(&ctx, args).await,
+        Command::Completions(_) => Ok(()), // answered above, before the client
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -215,11 +228,11 @@ pub struct Context<'a> {
     pub cli: &'a Cli,
 }
 
-/// Exit codes, documented in the README: 1 other, 2 usage (also an argument or a configuration the library
-/// refuses), 3 timeout, 4 the request failed remotely, 5 not found, 6 duplicate id or already answered, 7 Redis
-/// unreachable, a Redis command failed, replicas did not confirm a write in time (`--durability replicated`) or
-/// the server is too old, 8 the request was lost by Redis after accepting it (Redis restarted
-/// without persistence; it may or may not have run: send again only if that is safe).
+/// Exit codes, documented in the README's table: 1 other, 2 usage (also an argument or a configuration the library
+/// refuses, and params or reply data over the payload limit), 3 timeout, 4 the request failed remotely, 5 not
+/// found, 6 duplicate id or already answered, 7 Redis unreachable, a Redis command failed, replicas did not
+/// confirm a write in time (`--durability replicated`) or the server is too old, 8 the request was accepted and
+/// then lost by Redis (it may have run: send again only if that is safe).
 pub fn exit_code(err: &Error) -> u8 {
     match err.kind() {
         ErrorKind::Timeout => 3,
@@ -229,7 +242,8 @@ pub fn exit_code(err: &Error) -> u8 {
         | ErrorKind::Expired
         | ErrorKind::Malformed => 4,
         ErrorKind::NotFound => 5,
-        ErrorKind::InvalidArgument | ErrorKind::Config => 2,
+        // A payload over the limit is always the caller's own (nothing was sent): an argument refused.
+        ErrorKind::InvalidArgument | ErrorKind::Config | ErrorKind::PayloadTooLarge => 2,
         ErrorKind::DuplicateId | ErrorKind::AlreadyAnswered => 6,
         ErrorKind::Unavailable
         | ErrorKind::Redis
@@ -284,86 +298,76 @@ pub fn print_error_with_hint(kind: &str, message: &str, id: Option<&str>, hint: 
     }
 }
 
-/// The global flags each subcommand ignores (by argument id), hidden from its help so that no command lists a flag
-/// it does not use. They are still accepted there: scripts put global flags before the subcommand.
-const IGNORED_GLOBALS: &[(&[&str], &[&str])] = &[
-    (&["call"], &["reply_ttl"]),
+/// The global flags (by argument id) that only some commands use, with the commands (space-separated paths) that
+/// use them. Everywhere else they are hidden from the help, so that no command lists a flag it ignores; they are
+/// still accepted there, since scripts put global flags before the subcommand. A global flag not listed here is used
+/// by every command that talks to Redis.
+const GLOBALS_USED_BY: &[(&str, &[&str])] = &[
     (
-        &["info"],
-        &["payload_limit", "record_retention", "reply_ttl"],
-    ),
-    (&["reply"], &["record_retention"]),
-    (
-        &["status"],
-        &[
-            "payload_limit",
-            "record_retention",
-            "reply_ttl",
-            "fail_fast",
-        ],
-    ),
-    (&["serve"], &["fail_fast"]),
-    (&["reap"], &["payload_limit", "fail_fast"]),
-    (&["demo"], &["service"]),
-    (
-        &["stats"],
-        &[
-            "payload_limit",
-            "record_retention",
-            "reply_ttl",
-            "fail_fast",
-        ],
+        "payload_limit",
+        &["call", "reply", "serve", "demo", "dlq replay", "replay"],
     ),
     (
-        &["dlq", "list"],
-        &[
-            "payload_limit",
-            "record_retention",
-            "reply_ttl",
-            "fail_fast",
-        ],
+        "record_retention",
+        &["call", "serve", "reap", "demo", "dlq replay", "replay"],
     ),
-    (
-        &["dlq", "show"],
-        &[
-            "payload_limit",
-            "record_retention",
-            "reply_ttl",
-            "fail_fast",
-        ],
-    ),
-    (
-        &["dlq", "purge"],
-        &[
-            "payload_limit",
-            "record_retention",
-            "reply_ttl",
-            "fail_fast",
-        ],
-    ),
-    (&["dlq", "replay"], &["reply_ttl", "fail_fast"]),
-    (&["replay"], &["reply_ttl", "fail_fast"]),
-    (
-        &["bench"],
-        &[
-            "service",
-            "tls_ca_cert",
-            "payload_limit",
-            "record_retention",
-            "reply_ttl",
-            "fail_fast",
-        ],
-    ),
+    ("reply_ttl", &["reply", "serve", "reap", "demo"]),
+    ("fail_fast", &["call", "info", "reply", "demo"]),
+    ("durability", DURABLE_WRITERS),
+    ("durability_replicas", DURABLE_WRITERS),
+    ("durability_timeout", DURABLE_WRITERS),
+    ("tls_ca_cert", TALK_TO_REDIS_BUT_BENCH),
+    ("service", SERVICE_USERS),
 ];
+
+/// The commands whose writes wait for replicas under `--durability replicated`: adding a request, and answering it.
+const DURABLE_WRITERS: &[&str] = &["call", "serve", "demo"];
+
+/// The commands that talk to a Redis given by the global flags with TLS settings (the bench starts its own).
+const TALK_TO_REDIS_BUT_BENCH: &[&str] = &[
+    "call",
+    "info",
+    "status",
+    "reply",
+    "serve",
+    "reap",
+    "demo",
+    "stats",
+    "services",
+    "dlq list",
+    "dlq show",
+    "dlq replay",
+    "dlq purge",
+    "replay",
+];
+
+/// The commands that work on the one service `--service` names (`demo` makes its own, `services` lists them all
+/// unless `--only`).
+const SERVICE_USERS: &[&str] = &[
+    "call",
+    "info",
+    "status",
+    "reply",
+    "serve",
+    "reap",
+    "stats",
+    "services",
+    "dlq list",
+    "dlq show",
+    "dlq replay",
+    "dlq purge",
+    "replay",
+];
+
+/// The commands that talk to no Redis: every global flag but the log format is hidden in their help.
+const NO_REDIS: &[&str] = &["completions"];
 
 /// The `clap` command of [`Cli`], with [`IGNORED_GLOBALS`] hidden where they are ignored.
 pub fn command() -> clap::Command {
     let mut cmd = Cli::command();
     // Global flags reach the subcommands when the command is built; only then can a subcommand's copy be hidden.
     cmd.build();
-    for (path, ignored) in IGNORED_GLOBALS {
-        cmd = hide_in(cmd, path, ignored);
-    }
+    cmd = cmd.mut_subcommands(|sub| hide_ignored_globals(sub, ""));
     negative_durations_reach_the_parser(cmd)
 }
 
@@ -383,24 +387,33 @@ fn negative_durations_reach_the_parser(cmd: clap::Command) -> clap::Command {
     .mut_subcommands(negative_durations_reach_the_parser)
 }
 
-/// Hides the global flags `ignored` in the subcommand at `path`.
-fn hide_in(cmd: clap::Command, path: &[&str], ignored: &[&str]) -> clap::Command {
+/// Hides, in `cmd` (at `parent` + its name) and below it, the global flags it does not use ([`GLOBALS_USED_BY`]).
+fn hide_ignored_globals(cmd: clap::Command, parent: &str) -> clap::Command {
+    let path = if parent.is_empty() {
+        cmd.get_name().to_owned()
+    } else {
+        format!("{parent} {}", cmd.get_name())
+    };
+    let no_redis = NO_REDIS.contains(&path.as_str());
+    let has_subcommands = cmd.has_subcommands();
     // In place (`mut_args`, `mut_subcommands`): a built command's arguments are looked up by position, and
     // `mut_arg` would move one to the end.
-    match path.split_first() {
-        None => cmd.mut_args(|arg| {
-            let hide = ignored.contains(&arg.get_id().as_str());
-            let hidden = hide || arg.is_hide_set();
-            arg.hide(hidden)
-        }),
-        Some((name, rest)) => cmd.mut_subcommands(|sub| {
-            if sub.get_name() == *name {
-                hide_in(sub, rest, ignored)
-            } else {
-                sub
-            }
-        }),
-    }
+    let cmd = cmd.mut_args(|arg| {
+        if !arg.is_global_set() || has_subcommands {
+            return arg;
+        }
+        let id = arg.get_id().as_str();
+        let ignored = if no_redis {
+            id != "log_format"
+        } else {
+            GLOBALS_USED_BY
+                .iter()
+                .any(|(flag, users)| *flag == id && !users.contains(&path.as_str()))
+        };
+        let hidden = ignored || arg.is_hide_set();
+        arg.hide(hidden)
+    });
+    cmd.mut_subcommands(|sub| hide_ignored_globals(sub, &path))
 }
 
 /// Parses the command line. Under `--json` a usage error is one JSON object on stderr like every other error

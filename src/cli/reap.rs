@@ -1,4 +1,5 @@
-//! `redcall reap`: the reaper on its own.
+//! `redcall reap`: the reaper on its own. With `--json`, `--once` prints its report as one object, and the
+//! long-running reaper its lifecycle events as JSON lines (`started`, `stopped`).
 
 use std::time::Duration;
 
@@ -69,10 +70,24 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
             );
         }
     } else {
+        let group = settings.group.clone();
         let reaper = Reaper::start(ctx.client.clone(), &ctx.cli.service, settings).await?;
-        errln!("reaping {:?}; Ctrl-C to stop", ctx.cli.service);
-        super::serve::wait_for_signal().await;
+        let stop = super::serve::wait_for_signal();
+        if ctx.cli.json {
+            let started = serde_json::json!({
+                "event": "started",
+                "service": ctx.cli.service,
+                "group": group,
+            });
+            super::print_json(ctx.cli, &started);
+        } else {
+            errln!("reaping {:?}; Ctrl-C to stop", ctx.cli.service);
+        }
+        stop.await;
         reaper.shutdown().await;
+        if ctx.cli.json {
+            super::print_json(ctx.cli, &serde_json::json!({ "event": "stopped" }));
+        }
     }
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! `redcall serve`: a responder with built-in demo handlers, stopped cleanly by SIGINT or SIGTERM.
+//! `redcall serve`: a responder with built-in demo handlers, stopped cleanly by SIGINT or SIGTERM. With `--json`
+//! its lifecycle events are JSON lines on stdout (`started`, `stopped`); logs stay on stderr.
 
 use std::time::Duration;
 
@@ -50,6 +51,9 @@ struct SleepParams {
 struct Slept {
     slept_ms: u64,
 }
+
+/// The function keys of the demo handlers [`demo_handlers`] registers.
+pub const DEMO_HANDLERS: &[&str] = &["echo", "sleep", "fail", "panic", "retry", "work"];
 
 /// Registers the demo handlers: `echo`, `sleep`, `fail`, `panic`, `retry` and `work`.
 pub fn demo_handlers(
@@ -123,13 +127,35 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
             None => return Ok(()),
         }
     };
-    errln!(
-        "serving {:?} as consumer {} (handlers: echo, sleep, fail, panic, retry, work); Ctrl-C to stop",
-        ctx.cli.service,
-        responder.consumer()
-    );
-    let cut_off = responder.run_until(wait_for_signal()).await?;
-    errln!("stopped ({cut_off} unfinished requests left pending)");
+    let stop = wait_for_signal();
+    if ctx.cli.json {
+        super::print_json(
+            ctx.cli,
+            &serde_json::json!({
+                "event": "started",
+                "service": ctx.cli.service,
+                "consumer": responder.consumer(),
+                "group": args.group,
+                "handlers": DEMO_HANDLERS,
+            }),
+        );
+    } else {
+        errln!(
+            "serving {:?} as consumer {} (handlers: {}); Ctrl-C to stop",
+            ctx.cli.service,
+            responder.consumer(),
+            DEMO_HANDLERS.join(", ")
+        );
+    }
+    let cut_off = responder.run_until(stop).await?;
+    if ctx.cli.json {
+        super::print_json(
+            ctx.cli,
+            &serde_json::json!({ "event": "stopped", "unfinished": cut_off }),
+        );
+    } else {
+        errln!("stopped ({cut_off} unfinished requests left pending)");
+    }
     Ok(())
 }
 
@@ -147,21 +173,24 @@ fn always_panic(delivery: u64) -> Result<Value, HandlerError> {
     panic!("the panic handler always panics (delivery {delivery})")
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn wait_for_signal() {
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when the future is first
+/// polled: call it before telling anyone the process runs (the `started` event), or a signal sent at once would
+/// still find the default action and kill the process without its drain.
+pub fn wait_for_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
+    let int = signal(SignalKind::interrupt());
+    let term = signal(SignalKind::terminate());
+    async move {
+        match (int, term) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
             }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }

@@ -27,6 +27,7 @@ mod pager;
 mod range_replay;
 mod replay;
 mod replay_report;
+mod responders;
 mod stats;
 
 use std::sync::Arc;
@@ -77,6 +78,13 @@ impl Admin {
             keys,
             con: Arc::new(OnceCell::new()),
         }
+    }
+
+    /// An admin for `service` that uses `con` (a responder's own connection) instead of opening one.
+    pub(crate) fn with_connection(client: Client, service: &str, con: ConnectionManager) -> Self {
+        let admin = Self::new(client, service);
+        let _ = admin.con.set(con);
+        admin
     }
 
     /// The service's name, as given to [`Client::admin`].

@@ -47,6 +47,7 @@ mod client;
 mod config;
 mod connection;
 mod error;
+pub mod metrics;
 mod names;
 pub mod protocol;
 mod requester;

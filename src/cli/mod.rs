@@ -12,6 +12,7 @@ mod demo;
 mod dlq;
 pub mod duration;
 mod info;
+mod metrics_server;
 mod reap;
 // The spawner shared with the integration tests: the bench uses a part of it.
 #[allow(dead_code)]
@@ -466,6 +467,7 @@ mod tests {
         assert_eq!(serve.concurrency, library.concurrency);
         assert_eq!(serve.group, library.group);
         assert_eq!(serve.grace, library.grace);
+        assert_eq!(serve.heartbeat_interval, library.heartbeat_interval);
         let Command::Reap(reap) = parse(&["redcall", "reap"]).command else {
             panic!("not reap")
         };

@@ -35,6 +35,9 @@ pub struct ResponderSettings {
     /// How the reaper trims the requests stream (default: entries older than 24 h, never a pending or
     /// undelivered one; see [`RetentionPolicy`]).
     pub retention: RetentionPolicy,
+    /// How often the responder refreshes its heartbeat record and its in-flight gauge (default 5 s); the queue
+    /// gauges (see [`crate::metrics`]) are sampled every third time.
+    pub heartbeat_interval: Duration,
 }
 
 impl Default for ResponderSettings {
@@ -52,6 +55,7 @@ impl Default for ResponderSettings {
             reap_interval: None,
             dead_consumer_idle: Duration::from_secs(600),
             retention: RetentionPolicy::default(),
+            heartbeat_interval: Duration::from_secs(5),
         }
     }
 }
@@ -94,6 +98,7 @@ impl ResponderSettings {
         self.reap_interval = self.reap_interval.map(clamp);
         self.dead_consumer_idle = clamp(self.dead_consumer_idle);
         self.retention = self.retention.clamped();
+        self.heartbeat_interval = clamp(self.heartbeat_interval).max(Duration::from_millis(50));
         self
     }
 

@@ -46,6 +46,8 @@ pub use dead_letters::{DeadLetterEntry, PurgeReport};
 pub use replay_report::{
     DEFAULT_REPLAY_TIMEOUT, ReplayOptions, ReplayReport, Replayed, SkipReason, Skipped,
 };
+pub(crate) use responders::HEARTBEAT_VERSION;
+pub use responders::ResponderInfo;
 pub use stats::{ConsumerStats, GroupStats, OldestPending, ServiceStats};
 
 /// Entries read per round trip when paging through a stream.

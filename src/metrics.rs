@@ -274,7 +274,6 @@ impl ResponderMetrics {
     }
 
     /// The totals so far: deliveries concluded, failed ones, and the mean handler time.
-    #[allow(dead_code)] // read by the heartbeat record
     pub(crate) fn totals(&self) -> Totals {
         let runs = self.handler_runs.load(Ordering::Relaxed);
         let nanos = self.handler_nanos.load(Ordering::Relaxed);
@@ -291,7 +290,6 @@ impl ResponderMetrics {
 }
 
 /// What a responder has done so far (see [`ResponderMetrics::totals`]).
-#[allow(dead_code)] // read by the heartbeat record
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Totals {
     pub(crate) handled: u64,

@@ -21,6 +21,7 @@ mod replay;
 mod reply;
 mod retention;
 mod serve;
+mod services;
 mod stats;
 
 use std::io::IsTerminal;
@@ -91,6 +92,8 @@ pub enum Command {
     Demo(demo::Args),
     /// Show stream length, pending, lag, oldest pending age, consumers and dead letters per service.
     Stats(stats::Args),
+    /// List the live responders of every service: host, pid, functions, counts (from their heartbeat records).
+    Services(services::Args),
     /// Dead letters: list, show, replay, purge.
     Dlq(dlq::Args),
     /// Re-queue a range of the requests stream under the original request ids.
@@ -152,6 +155,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Reap(args) => reap::run(&ctx, args).await,
         Command::Demo(args) => demo::run(&ctx, args).await,
         Command::Stats(args) => stats::run(&ctx, args).await,
+        Command::Services(args) => services::run(&ctx, args).await,
         Command::Dlq(args) => return dlq::run(&ctx, args).await,
         Command::Replay(args) => replay::run(&ctx, args).await,
     };
@@ -227,6 +231,15 @@ const IGNORED_GLOBALS: &[(&[&str], &[&str])] = &[
     (&["serve"], &["fail_fast"]),
     (&["reap"], &["payload_limit", "fail_fast"]),
     (&["demo"], &["service"]),
+    (
+        &["services"],
+        &[
+            "payload_limit",
+            "record_retention",
+            "reply_ttl",
+            "fail_fast",
+        ],
+    ),
     (
         &["stats"],
         &[

@@ -115,13 +115,18 @@ impl ResponderSettings {
     }
 }
 
-/// `host-pid-xxxx`: readable in `XINFO CONSUMERS`, unique across restarts of the same process id.
-fn default_consumer_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+/// This machine's host name (`host` when it cannot be read).
+pub(crate) fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "host".to_owned());
+        .unwrap_or_else(|| "host".to_owned())
+}
+
+/// `host-pid-xxxx`: readable in `XINFO CONSUMERS`, unique across restarts of the same process id.
+fn default_consumer_name() -> String {
+    let host = host_name();
     let suffix = uuid::Uuid::now_v7().simple().to_string();
     format!(
         "{host}-{}-{}",

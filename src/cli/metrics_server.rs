@@ -179,3 +179,12 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
+
+/// Drains the recorder's histograms every [`UPKEEP_EVERY`], forever (for a process that renders rarely or never).
+pub async fn upkeep(handle: PrometheusHandle) {
+    let mut tick = tokio::time::interval(UPKEEP_EVERY);
+    loop {
+        tick.tick().await;
+        handle.run_upkeep();
+    }
+}

@@ -12,7 +12,7 @@ mod demo;
 mod dlq;
 pub mod duration;
 mod info;
-mod metrics_server;
+pub mod metrics_server;
 mod reap;
 // The spawner shared with the integration tests: the bench uses a part of it.
 #[allow(dead_code)]

@@ -14,6 +14,7 @@ pub fn report(measurements: &[Measurement], json: bool) {
         .filter(|m| m.system == System::RedcallMetrics)
         .map(|m| m.concurrency)
         .collect();
+    levels.sort_unstable();
     levels.dedup();
     if levels.is_empty() {
         return;

@@ -30,6 +30,7 @@ mod pager;
 mod range_replay;
 mod replay;
 mod replay_report;
+mod responders;
 mod stats;
 mod status;
 
@@ -50,6 +51,8 @@ pub use last_read::{LastRead, SeenConsumer};
 pub use replay_report::{
     DEFAULT_REPLAY_TIMEOUT, ReplayOptions, ReplayReport, Replayed, SkipReason, Skipped,
 };
+pub(crate) use responders::HEARTBEAT_VERSION;
+pub use responders::ResponderInfo;
 pub use stats::{ConsumerStats, GroupStats, OldestPending, ServiceStats};
 pub use status::{Answer, RequestState, RequestStatus, RequestSummary};
 
@@ -83,6 +86,17 @@ impl Admin {
             keys,
             con: Arc::new(OnceCell::new()),
         }
+    }
+
+    /// An admin for `service` that uses `con` (a responder's own connection) instead of opening one.
+    pub(crate) fn with_connection(
+        client: Client,
+        service: &str,
+        con: crate::connection::ManagedConnection,
+    ) -> Self {
+        let admin = Self::new(client, service);
+        let _ = admin.con.set(con);
+        admin
     }
 
     /// The service's name, as given to [`Client::admin`].

@@ -49,6 +49,7 @@ mod connect_error;
 mod connection;
 mod durability;
 mod error;
+pub mod metrics;
 mod names;
 pub mod protocol;
 mod requester;

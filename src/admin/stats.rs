@@ -96,6 +96,12 @@ impl Admin {
     /// [`Error::Redis`] when the admin's first connection or one of the reads fails, or a reply does not have the
     /// expected shape.
     pub async fn stats(&self) -> Result<ServiceStats> {
+        self.stats_with(true).await
+    }
+
+    /// [`Admin::stats`]; with `attribute` false, dead letters of a service with several groups are not counted per
+    /// group (which reads the whole dead-letter stream): what the metrics sampler needs.
+    pub(crate) async fn stats_with(&self, attribute: bool) -> Result<ServiceStats> {
         let mut con = self.con().await?;
         let requests = self.keys.requests();
         let ((secs, micros), exists, stream_length, dead_letters, first, last): (
@@ -172,7 +178,7 @@ impl Admin {
         if let [only] = groups.as_mut_slice() {
             only.dead_letters = dead_letters;
             dead_letters_unattributed = 0;
-        } else if groups.len() > 1 && dead_letters > 0 {
+        } else if attribute && groups.len() > 1 && dead_letters > 0 {
             let by_group = self.dead_letters_by_group(dead_letters).await?;
             for group in &mut groups {
                 group.dead_letters = by_group.get(&group.name).copied().unwrap_or(0);

@@ -16,6 +16,7 @@ mod hint;
 mod info;
 mod input;
 pub mod logging;
+pub mod metrics_server;
 mod reap;
 // The spawner shared with the integration tests: the bench uses a part of it.
 #[allow(dead_code)]
@@ -24,6 +25,7 @@ mod replay;
 mod reply;
 mod retention;
 mod serve;
+mod services;
 mod stats;
 mod status;
 
@@ -119,6 +121,8 @@ pub enum Command {
     Demo(demo::Args),
     /// Show stream length, pending, lag, oldest pending age, consumers and dead letters per service.
     Stats(stats::Args),
+    /// List the live responders of every service: host, pid, functions, counts (from their heartbeat records).
+    Services(services::Args),
     /// Dead letters: list, show, replay, purge.
     Dlq(dlq::Args),
     /// Re-queue a range of the requests stream under the original request ids.
@@ -210,6 +214,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Reap(args) => reap::run(&ctx, args).await,
         Command::Demo(args) => demo::run(&ctx, args).await,
         Command::Stats(args) => stats::run(&ctx, args).await,
+        Command::Services(args) => services::run(&ctx, args).await,
         Command::Dlq(args) => return dlq::run(&ctx, args).await,
         Command::Replay(args) => return replay::run(&ctx, args).await,
         Command::Completions(_) => Ok(()), // answered above, before the client
@@ -558,6 +563,7 @@ mod tests {
         assert_eq!(serve.concurrency, library.concurrency);
         assert_eq!(serve.group, library.group);
         assert_eq!(serve.grace, library.grace);
+        assert_eq!(serve.heartbeat_interval, library.heartbeat_interval);
         let Command::Reap(reap) = parse(&["redcall", "reap"]).command else {
             panic!("not reap")
         };

@@ -40,6 +40,12 @@ pub struct Args {
     /// How this responder's reaper trims the requests stream.
     #[command(flatten)]
     pub retention: super::retention::RetentionArgs,
+    /// Serve Prometheus metrics at `http://<ADDR>/metrics`, with `/healthz` and `/readyz`, e.g. `127.0.0.1:9464`.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// How often the heartbeat record and the metrics gauges are refreshed; a bare number is milliseconds.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = super::duration::millis)]
+    pub heartbeat_interval: Duration,
 }
 
 #[derive(Deserialize)]
@@ -113,10 +119,16 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
         .max_deliveries(args.max_deliveries)
         .concurrency(args.concurrency)
         .group(args.group.clone())
-        .grace(args.grace);
+        .grace(args.grace)
+        .heartbeat_interval(args.heartbeat_interval);
     if let Some(name) = &args.consumer {
         builder = builder.consumer(name.clone());
     }
+    // Before the responder starts: it makes its metric handles then.
+    let endpoint = match args.metrics_addr {
+        Some(addr) => Some(super::metrics_server::Endpoint::bind(addr).await?),
+        None => None,
+    };
     let redis = connect_plain(ctx.cli).await?;
     let builder = demo_handlers(builder, &ctx.client, &ctx.cli.service, redis);
     let responder = if args.exit_if_unreachable {
@@ -147,6 +159,13 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
             DEMO_HANDLERS.join(", ")
         );
     }
+    let _metrics = endpoint.map(|endpoint| {
+        if let Some(addr) = endpoint.local_addr() {
+            errln!("metrics at http://{addr}/metrics");
+        }
+        let admin = ctx.client.admin(&ctx.cli.service);
+        super::metrics_server::AbortOnDrop(tokio::spawn(endpoint.serve(admin, args.group.clone())))
+    });
     let cut_off = responder.run_until(stop).await?;
     if ctx.cli.json {
         super::print_json(

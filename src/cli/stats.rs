@@ -20,21 +20,39 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
         vec![ctx.cli.service.clone()]
     };
     let mut all = Vec::with_capacity(services.len());
+    let mut live = Vec::with_capacity(services.len());
     for service in &services {
-        all.push(ctx.client.admin(service).stats().await?);
+        let admin = ctx.client.admin(service);
+        all.push(admin.stats().await?);
+        live.push(admin.responders().await?);
     }
     if ctx.cli.json {
+        // Each service's object gets its live responders (`redcall services`) as `responders`.
+        let mut values: Vec<serde_json::Value> = all
+            .iter()
+            .zip(&live)
+            .map(|(stats, responders)| {
+                let mut value = serde_json::to_value(stats).unwrap_or_default();
+                if let Some(object) = value.as_object_mut() {
+                    let responders = serde_json::to_value(responders).unwrap_or_default();
+                    object.insert("responders".to_owned(), responders);
+                }
+                value
+            })
+            .collect();
         let value = if args.all {
-            serde_json::to_value(&all)
+            serde_json::Value::Array(values)
         } else {
-            serde_json::to_value(all.first())
+            values.pop().unwrap_or_default()
         };
-        print_json(ctx.cli, &value.unwrap_or_default());
+        print_json(ctx.cli, &value);
     } else if all.is_empty() {
         outln!("no services in namespace {:?}", ctx.cli.namespace);
     } else {
-        for stats in &all {
+        for (stats, responders) in all.iter().zip(&live) {
             out!("{}", render(stats));
+            outln!("  live responders {}", responders.len());
+            out!("{}", super::services::render_responders(responders));
         }
     }
     Ok(())

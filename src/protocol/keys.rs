@@ -69,6 +69,17 @@ impl ServiceKeys {
         self.per_id(":err:", id)
     }
 
+    /// The index of live responders' heartbeat records: a sorted set of consumer names scored by their last
+    /// heartbeat (ms since the epoch, by the responder's clock).
+    pub fn responders(&self) -> String {
+        format!("{}:responders", self.tag)
+    }
+
+    /// The heartbeat record of the responder named `consumer` (MessagePack, expiring; see `docs/protocol.md`).
+    pub fn responder(&self, consumer: &str) -> String {
+        self.per_id(":responder:", consumer)
+    }
+
     /// The pub/sub channel the reply to `id` is published on.
     pub fn reply_channel(&self, id: &str) -> String {
         self.per_id(":chan:", id)

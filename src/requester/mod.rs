@@ -30,6 +30,8 @@ pub struct Requester {
     service: Arc<str>,
     /// Why the service name is unusable, if it is: every operation then fails with it, before touching Redis.
     bad_service: Option<Arc<str>>,
+    /// Metric handles per function key, made on first use and shared by clones.
+    metrics: Arc<crate::metrics::RequesterMetrics>,
 }
 
 impl std::fmt::Debug for Requester {
@@ -45,6 +47,7 @@ impl Requester {
         let keys = Arc::new(client.keys(service));
         let bad_service = crate::names::check_service(service).err().map(Arc::from);
         Self {
+            metrics: Arc::new(crate::metrics::RequesterMetrics::new(service)),
             client,
             keys,
             service: service.into(),

@@ -22,6 +22,8 @@ pub struct PendingReply {
     pub(super) deadline: Instant,
     pub(super) timeout: Duration,
     pub(super) router: Arc<Router>,
+    /// Counts the outcome when the wait ends.
+    pub(super) metrics: Arc<crate::metrics::RequestMetrics>,
 }
 
 impl std::fmt::Debug for PendingReply {
@@ -66,7 +68,15 @@ impl PendingReply {
     ///
     /// Never [`Error::Unavailable`] or [`Error::Redis`]: the request was sent, so a Redis unreachable at the last
     /// look still means [`Error::Timeout`].
-    pub async fn wait<R: DeserializeOwned>(mut self) -> Result<R> {
+    pub async fn wait<R: DeserializeOwned>(self) -> Result<R> {
+        let started = self.deadline - self.timeout;
+        let metrics = self.metrics.clone();
+        let result = self.wait_inner().await;
+        metrics.record(result.as_ref().map(|_| ()), started.elapsed());
+        result
+    }
+
+    async fn wait_inner<R: DeserializeOwned>(mut self) -> Result<R> {
         let Some(rx) = self.rx.take() else {
             return Err(self.timed_out());
         };

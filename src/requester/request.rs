@@ -115,9 +115,33 @@ impl Requester {
             .await
     }
 
+    /// Adds a request (see [`Requester::add_uncounted`]); a failure is counted in the requester's metrics.
+    async fn add<P>(
+        &self,
+        id: &str,
+        func_key: &str,
+        params: &P,
+        timeout: Duration,
+        origin: IdOrigin,
+    ) -> Result<PendingReply>
+    where
+        P: Serialize + ?Sized,
+    {
+        let started = Instant::now();
+        let added = self
+            .add_uncounted(id, func_key, params, timeout, origin)
+            .await;
+        if let Err(err) = &added {
+            self.metrics
+                .function(func_key)
+                .record(Err(err), started.elapsed());
+        }
+        added
+    }
+
     /// Adds a request: subscribe to its reply channel, then store record and stream entry atomically, in one
     /// pipeline.
-    async fn add<P>(
+    async fn add_uncounted<P>(
         &self,
         id: &str,
         func_key: &str,
@@ -163,6 +187,7 @@ impl Requester {
             deadline: started + timeout,
             timeout,
             router: router.clone(),
+            metrics: self.metrics.function(func_key),
         };
 
         let record_ttl = ttl_ms(crate::config::add(timeout, config.record_retention));

@@ -114,7 +114,14 @@ impl Shared {
             .arg(func_key)
             .arg(&remember)
             .arg(ttl_ms(self.client.config().record_retention));
-        self.run_with_retries::<(String,)>(&pipe, "dead-lettering")
-            .await;
+        if self
+            .run_with_retries::<(String,)>(&pipe, "dead-lettering")
+            .await
+            .is_some()
+        {
+            self.metrics.dead_lettered(letter.reason);
+            self.metrics
+                .handled(func_key, crate::metrics::Handled::DeadLettered, None);
+        }
     }
 }

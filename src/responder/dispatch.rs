@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use tokio::sync::OwnedSemaphorePermit;
@@ -14,6 +15,7 @@ use super::ack::{AfterAnswer, Held};
 use super::dead_letter::DeadLetter;
 use super::handler::{ErasedHandler, HandlerError, Outcome, RequestContext};
 use super::state::Shared;
+use crate::metrics::Handled;
 use crate::protocol::entry::RawEntry;
 use crate::protocol::{self, ReplyEnvelope, ReplyStatus, RequestEnvelope, codes};
 
@@ -110,6 +112,7 @@ impl Shared {
         let _in_span = span.enter();
         tracing::debug!(entry_id = %entry.entry_id, delivery = 1, "handling");
         let ctx = self.context(&request, &entry, 1);
+        let started = Instant::now();
         // The handler's own code runs inside both guards: building its future and its first poll may panic.
         let first_poll =
             match std::panic::catch_unwind(AssertUnwindSafe(|| handler(ctx, &request.params))) {
@@ -125,7 +128,9 @@ impl Shared {
                             self.requests.spawn(
                                 async move {
                                     let (_permit, _tracked) = (permit, tracked);
-                                    shared.run_and_conclude(&entry, request, 1, run).await;
+                                    shared
+                                        .run_and_conclude(&entry, request, 1, run, started)
+                                        .await;
                                 }
                                 .instrument(span.clone()),
                             );
@@ -134,8 +139,16 @@ impl Shared {
                     }
                 }
             };
-        match next_step(&request.id, first_poll) {
+        let next = next_step(&request.id, first_poll);
+        let ran = started.elapsed();
+        match next {
             Next::Answer(reply) => {
+                let outcome = if reply.status == ReplyStatus::Ok {
+                    Handled::Ok
+                } else {
+                    Handled::Error
+                };
+                self.metrics.handled(&request.func_key, outcome, Some(ran));
                 let held = AfterAnswer::Inline {
                     _held: Held::new(self, permit),
                 };
@@ -146,7 +159,7 @@ impl Shared {
                 self.requests.spawn(
                     async move {
                         let _permit = permit;
-                        shared.conclude(&entry, request, 1, next).await;
+                        shared.conclude(&entry, request, 1, next, ran).await;
                     }
                     .instrument(span.clone()),
                 );
@@ -195,6 +208,7 @@ impl Shared {
         request: RequestEnvelope,
         delivery: u64,
         run: impl Future<Output = HandlerResult>,
+        started: Instant,
     ) {
         let outcome = tokio::select! {
             outcome = run => outcome,
@@ -209,7 +223,8 @@ impl Shared {
             }
         };
         let next = next_step(&request.id, outcome);
-        self.conclude(entry, request, delivery, next).await;
+        let ran = started.elapsed();
+        self.conclude(entry, request, delivery, next, ran).await;
     }
 
     /// Everything that happens to one delivered entry; never panics, never returns an error: every failure ends
@@ -252,6 +267,8 @@ impl Shared {
             && self.answer_from_stored(&id, &entry.entry_id).await
         {
             tracing::debug!(%id, "answered from the stored reply; handler not run again");
+            self.metrics
+                .handled(&request.func_key, Handled::AnsweredFromStored, None);
             return;
         }
         if request.is_expired(protocol::now_ms()) {
@@ -262,6 +279,8 @@ impl Shared {
                 codes::EXPIRED,
                 "deadline passed before start",
             );
+            self.metrics
+                .handled(&request.func_key, Handled::Expired, None);
             self.finish(&id, &entry.entry_id, delivery, reply).await;
             return;
         }
@@ -284,8 +303,10 @@ impl Shared {
         // escape either.
         // The future owns the params; what follows needs only the rest (a dead letter keeps the entry's raw envelope).
         let params = std::mem::take(&mut request.params);
+        let started = Instant::now();
         let run = AssertUnwindSafe(async move { handler(ctx, &params).await }).catch_unwind();
-        self.run_and_conclude(&entry, request, delivery, run).await;
+        self.run_and_conclude(&entry, request, delivery, run, started)
+            .await;
     }
 
     /// Does what a handler's outcome calls for: an answer, a retry left pending, or a dead letter.
@@ -295,8 +316,13 @@ impl Shared {
         request: RequestEnvelope,
         delivery: u64,
         next: Next,
+        ran: Duration,
     ) {
         let id = &request.id;
+        self.count_outcome(&request.func_key, &next, ran);
+        if matches!(next, Next::Retry(_) | Next::Panicked(_)) {
+            self.left_pending(&entry.entry_id);
+        }
         match next {
             Next::Answer(reply) => self.finish(id, &entry.entry_id, delivery, reply).await,
             Next::Retry(reason) => {
@@ -335,6 +361,21 @@ impl Shared {
                 self.dead_letter(entry, Some(&request), letter).await;
             }
         }
+    }
+}
+
+impl Shared {
+    /// Counts a handler's outcome for `func_key` (an invalid-params outcome is counted as the dead letter it
+    /// becomes).
+    fn count_outcome(&self, func_key: &str, next: &Next, ran: Duration) {
+        let outcome = match next {
+            Next::Answer(reply) if reply.status == ReplyStatus::Ok => Handled::Ok,
+            Next::Answer(_) => Handled::Error,
+            Next::Retry(_) => Handled::Retry,
+            Next::Panicked(_) => Handled::Panic,
+            Next::InvalidParams(_) => return,
+        };
+        self.metrics.handled(func_key, outcome, Some(ran));
     }
 }
 

@@ -11,6 +11,7 @@ mod ack;
 mod dead_letter;
 mod dispatch;
 mod handler;
+mod heartbeat;
 mod history;
 pub(crate) mod in_handler;
 mod keepalive;
@@ -164,6 +165,13 @@ impl ResponderBuilder {
         self
     }
 
+    /// How often this responder refreshes its heartbeat record and samples its metrics gauges (default 5 s; see
+    /// [`ResponderSettings::heartbeat_interval`]).
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.settings.heartbeat_interval = interval;
+        self
+    }
+
     /// Time between two trims by this responder's reaper (default 60 s).
     pub fn trim_interval(mut self, interval: Duration) -> Self {
         self.settings.retention.interval = interval;
@@ -247,6 +255,7 @@ impl ResponderBuilder {
                 reaper::ReaperKind::InResponder,
             ));
         }
+        tasks.spawn(heartbeat::heartbeat_loop(shared.clone()));
         tasks.close();
         // The keepalive outlives the loops: it must refresh claims while in-flight work drains at shutdown.
         let keepalive = tokio::spawn(keepalive::keepalive_loop(shared.clone()));

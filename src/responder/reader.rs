@@ -77,6 +77,9 @@ pub(crate) async fn read_loop(shared: Arc<Shared>) {
         match read {
             Ok((by_hand, Some(entries))) => {
                 backoff.reset();
+                shared
+                    .metrics
+                    .delivered(crate::metrics::Delivered::First, entries.len() as u64);
                 let stored = stored_replies(con, &shared, by_hand, &entries).await;
                 for (entry, stored) in entries.into_iter().zip(stored) {
                     // Taken before the next read, so the next read sees only truly free permits. The reaper may

@@ -23,6 +23,7 @@ use super::settings::ResponderSettings;
 use super::state::Shared;
 use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::metrics::{Delivered, Handled};
 use crate::protocol::entry::RawEntry;
 use crate::protocol::{ReplyStatus, codes};
 use crate::retention::{self, TrimReport, TrimSchedule};
@@ -169,6 +170,7 @@ async fn reclaim(shared: &Arc<Shared>) -> Result<ReapReport> {
     let counts = delivery_counts(shared, claimed.claimed.iter().map(|e| e.id.as_str())).await?;
     for entry in claimed.claimed {
         let deliveries = counts.get(&entry.id).copied().unwrap_or(1);
+        shared.metrics.delivered(shared.claimed_kind(&entry.id), 1);
         let raw = RawEntry::from_stream_id(entry);
         if deliveries > settings.max_deliveries {
             if settle_exhausted(shared, &raw, deliveries).await {
@@ -217,18 +219,31 @@ async fn delivery_counts<'a>(
 /// or an answer whose ack was lost: answered once, never dead-lettered after the fact), dead-lettered otherwise.
 /// True when dead-lettered.
 async fn settle_exhausted(shared: &Shared, entry: &RawEntry, deliveries: u64) -> bool {
+    let request = entry
+        .envelope
+        .as_deref()
+        .and_then(|b| crate::protocol::decode_request(b).ok());
     if let Some(id) = entry.request_id.as_deref()
         && shared.answer_from_stored(id, &entry.entry_id).await
     {
         tracing::debug!(%id, "exhausted entry answered from its stored reply");
+        let func_key = request.as_ref().map_or("", |r| r.func_key.as_str());
+        shared
+            .metrics
+            .handled(func_key, Handled::AnsweredFromStored, None);
         return false;
     }
-    dead_letter_exhausted(shared, entry, deliveries).await;
+    dead_letter_exhausted(shared, entry, request.as_ref(), deliveries).await;
     true
 }
 
 /// Dead-letters an entry that used up its deliveries, with the last error its handler left.
-async fn dead_letter_exhausted(shared: &Shared, entry: &RawEntry, deliveries: u64) {
+async fn dead_letter_exhausted(
+    shared: &Shared,
+    entry: &RawEntry,
+    request: Option<&crate::protocol::RequestEnvelope>,
+    deliveries: u64,
+) {
     let last_error = match entry.request_id.as_deref() {
         Some(id) => shared.last_error(id).await,
         None => None,
@@ -240,10 +255,6 @@ async fn dead_letter_exhausted(shared: &Shared, entry: &RawEntry, deliveries: u6
         "delivered {deliveries} times, over max_deliveries {}; last error: {last_error}",
         shared.settings.max_deliveries
     );
-    let request = entry
-        .envelope
-        .as_deref()
-        .and_then(|b| crate::protocol::decode_request(b).ok());
     let letter = DeadLetter::replying(
         entry,
         ReplyStatus::DeadLettered,
@@ -252,7 +263,7 @@ async fn dead_letter_exhausted(shared: &Shared, entry: &RawEntry, deliveries: u6
         last_error,
         deliveries,
     );
-    shared.dead_letter(entry, request.as_ref(), letter).await;
+    shared.dead_letter(entry, request, letter).await;
 }
 
 /// Removes consumers that hold nothing and have been idle longer than the configured limit.
@@ -414,6 +425,7 @@ async fn standalone_pass(shared: &Shared) -> Result<ReapReport> {
         let counts: HashMap<&str, u64> =
             exhausted.iter().map(|(id, n)| (id.as_str(), *n)).collect();
         for entry in claimed.ids {
+            shared.metrics.delivered(Delivered::Claimed, 1);
             let deliveries = counts
                 .get(entry.id.as_str())
                 .copied()

@@ -35,6 +35,9 @@ pub struct ResponderSettings {
     /// How the reaper trims the requests stream (default: entries older than 24 h, never a pending or
     /// undelivered one; see [`RetentionPolicy`]).
     pub retention: RetentionPolicy,
+    /// How often the responder refreshes its heartbeat record and its in-flight gauge (default 5 s); the queue
+    /// gauges (see [`crate::metrics`]) are sampled every third time.
+    pub heartbeat_interval: Duration,
 }
 
 impl Default for ResponderSettings {
@@ -52,6 +55,7 @@ impl Default for ResponderSettings {
             reap_interval: None,
             dead_consumer_idle: Duration::from_secs(600),
             retention: RetentionPolicy::default(),
+            heartbeat_interval: Duration::from_secs(5),
         }
     }
 }
@@ -94,6 +98,7 @@ impl ResponderSettings {
         self.reap_interval = self.reap_interval.map(clamp);
         self.dead_consumer_idle = clamp(self.dead_consumer_idle);
         self.retention = self.retention.clamped();
+        self.heartbeat_interval = clamp(self.heartbeat_interval).max(Duration::from_millis(50));
         self
     }
 
@@ -110,13 +115,18 @@ impl ResponderSettings {
     }
 }
 
-/// `host-pid-xxxx`: readable in `XINFO CONSUMERS`, unique across restarts of the same process id.
-fn default_consumer_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+/// This machine's host name (`host` when it cannot be read).
+pub(crate) fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "host".to_owned());
+        .unwrap_or_else(|| "host".to_owned())
+}
+
+/// `host-pid-xxxx`: readable in `XINFO CONSUMERS`, unique across restarts of the same process id.
+fn default_consumer_name() -> String {
+    let host = host_name();
     let suffix = uuid::Uuid::now_v7().simple().to_string();
     format!(
         "{host}-{}-{}",

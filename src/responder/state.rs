@@ -20,6 +20,7 @@ use crate::backoff::Backoff;
 use crate::client::Client;
 use crate::connection;
 use crate::error::{Error, Result};
+use crate::metrics::ResponderMetrics;
 use crate::protocol::ServiceKeys;
 use crate::scripts;
 
@@ -71,7 +72,15 @@ pub(crate) struct Shared {
     /// Finished requests on their way to the finisher, which answers them in batches.
     pub(super) finished_tx: mpsc::UnboundedSender<Completion>,
     pub(super) finished_rx: Mutex<Option<mpsc::UnboundedReceiver<Completion>>>,
+    /// Metric handles, made once (see [`crate::metrics`]).
+    pub(crate) metrics: ResponderMetrics,
+    /// Entries this responder left pending (a retry, a panic): claimed back, they count as redeliveries, not
+    /// claims from another consumer. Bounded by [`LEFT_PENDING_LIMIT`].
+    pub(super) left_pending: Mutex<HashSet<String, foldhash::fast::RandomState>>,
 }
+
+/// Most entry ids [`Shared::left_pending`] remembers; past it, it starts over (a metric label may then be off).
+const LEFT_PENDING_LIMIT: usize = 4096;
 
 impl Shared {
     /// Connects the responder's command connection; starts nothing.
@@ -87,7 +96,10 @@ impl Shared {
             tokio::runtime::Handle::current().runtime_flavor(),
             tokio::runtime::RuntimeFlavor::CurrentThread
         );
+        let metrics = ResponderMetrics::new(service, handlers.keys().map(String::as_str));
         Ok(Self {
+            metrics,
+            left_pending: Mutex::default(),
             inline_first_poll,
             finished_tx,
             finished_rx: Mutex::new(Some(finished_rx)),
@@ -140,6 +152,36 @@ impl Shared {
             }
         }
         Ok(())
+    }
+
+    /// Notes that this responder leaves `entry_id` pending for a redelivery.
+    pub(super) fn left_pending(&self, entry_id: &str) {
+        let mut left = self.left_pending.lock().unwrap_or_else(|p| p.into_inner());
+        if left.len() >= LEFT_PENDING_LIMIT {
+            left.clear();
+        }
+        left.insert(entry_id.to_owned());
+    }
+
+    /// How a claimed entry came back: a redelivery of one this responder left pending, or a claim from another.
+    pub(super) fn claimed_kind(&self, entry_id: &str) -> crate::metrics::Delivered {
+        let mine = self
+            .left_pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(entry_id);
+        if mine {
+            crate::metrics::Delivered::Redelivery
+        } else {
+            crate::metrics::Delivered::Claimed
+        }
+    }
+
+    /// Requests being handled now: the permits taken.
+    pub(crate) fn busy(&self) -> usize {
+        self.settings
+            .concurrency
+            .saturating_sub(self.permits.available_permits())
     }
 
     pub(crate) fn in_flight_count(&self) -> usize {

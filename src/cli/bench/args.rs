@@ -9,6 +9,8 @@ pub enum System {
     Redcall,
     /// The same round trip in bare Redis commands.
     Baseline,
+    /// The redcall library with a Prometheus metrics recorder installed in every worker (`--metrics`).
+    RedcallMetrics,
 }
 
 impl System {
@@ -17,6 +19,7 @@ impl System {
         match self {
             System::Redcall => "redcall",
             System::Baseline => "baseline",
+            System::RedcallMetrics => "redcall-metrics",
         }
     }
 }
@@ -89,6 +92,10 @@ pub struct Args {
     /// Redis memory, stream length, the requester's RSS and in-flight count.
     #[arg(long, value_name = "N")]
     pub soak: Option<u64>,
+    /// Also measure redcall with a Prometheus metrics recorder installed in every worker (`redcall-metrics`), and
+    /// report its throughput against plain redcall's in the same rounds: what metrics cost.
+    #[arg(long)]
+    pub metrics: bool,
     /// Soak: how long request records (after the call timeout) and stored replies are kept; a bare number is
     /// seconds.
     #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = secs_f64)]
@@ -144,10 +151,14 @@ impl Args {
 
     /// The systems to measure, redcall first.
     pub fn systems(&self) -> Vec<System> {
-        match self.system {
+        let mut systems = match self.system {
             Systems::Both => vec![System::Redcall, System::Baseline],
             Systems::Redcall => vec![System::Redcall],
             Systems::Baseline => vec![System::Baseline],
+        };
+        if self.metrics && systems.contains(&System::Redcall) {
+            systems.insert(1, System::RedcallMetrics);
         }
+        systems
     }
 }

@@ -75,10 +75,19 @@ pub async fn run(ctx: &Context<'_>, args: &WorkerArgs) -> Result<(), String> {
     let cli = ctx.cli;
     let retention = args.retention.map(secs).transpose()?;
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+    // The recorder before the responder or requester: their metric handles are made when they start.
+    let _upkeep = if args.system == System::RedcallMetrics {
+        let handle = crate::cli::metrics_server::install_recorder().map_err(|e| e.to_string())?;
+        Some(crate::cli::metrics_server::AbortOnDrop(tokio::spawn(
+            crate::cli::metrics_server::upkeep(handle),
+        )))
+    } else {
+        None
+    };
     match args.role {
         Role::Responder => {
             let responder = match args.system {
-                System::Redcall => {
+                System::Redcall | System::RedcallMetrics => {
                     let client = redcall_side::client(&cli.url, &cli.namespace, retention)
                         .map_err(|e| e.to_string())?;
                     Running::Redcall(
@@ -120,7 +129,7 @@ pub async fn run(ctx: &Context<'_>, args: &WorkerArgs) -> Result<(), String> {
             let payload: Arc<str> = "x".repeat(args.payload_size).into();
             let timeout = secs(args.timeout)?;
             let caller = match args.system {
-                System::Redcall => {
+                System::Redcall | System::RedcallMetrics => {
                     let client = redcall_side::client(&cli.url, &cli.namespace, retention)
                         .map_err(|e| e.to_string())?;
                     Caller::Redcall(RedcallCaller::new(client, &cli.service, payload, timeout))

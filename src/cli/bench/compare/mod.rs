@@ -4,6 +4,7 @@
 
 mod measure;
 mod measurement;
+mod metrics_cost;
 mod ratios;
 mod table;
 
@@ -70,6 +71,7 @@ pub async fn run(env: &Env<'_>) -> Result<(), String> {
         }
         outln!("\n{}", ratios.to_text());
     }
+    metrics_cost::report(&measurements, env.json);
     // Failed calls are a finding, not noise: the run is reported in full, then fails.
     if ratios.no_errors() {
         Ok(())

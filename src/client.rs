@@ -8,7 +8,7 @@ use tokio::sync::OnceCell;
 
 use crate::admin::Admin;
 use crate::config::ClientConfig;
-use crate::connection::{self, SentinelSpec, Target, TlsSettings};
+use crate::connection::{self, ManagedConnection, SentinelSpec, Target, TlsSettings};
 use crate::error::{Error, Result};
 use crate::protocol::ServiceKeys;
 use crate::requester::Requester;
@@ -132,6 +132,17 @@ impl Client {
     /// gauge for metrics, and a way to tell that a shutdown would leave callers waiting.
     pub fn in_flight(&self) -> usize {
         self.inner.router.get().map_or(0, |r| r.in_flight())
+    }
+
+    /// A self-reconnecting connection to this client's Redis, for commands of your own (a handler's bookkeeping,
+    /// an inspection script): same address, credentials and TLS as redcall's connections, and under Sentinel it
+    /// follows a failover to the new primary. It connects on its first command; a command that fails on a broken
+    /// connection is not retried, but the next one reconnects. Clones share one connection.
+    pub fn redis_connection(&self) -> RedisConnection {
+        RedisConnection(ManagedConnection::lazy(
+            &self.inner.target,
+            &self.inner.config,
+        ))
     }
 
     /// Where this client's connections go (one address, or the primary Sentinel names), with its TLS settings and
@@ -334,5 +345,38 @@ impl ClientBuilder {
             (None, Some(url)) => Ok(Target::direct(connection::resp3_client(url, &self.tls)?)),
             (None, None) => Err(Error::Config("no Redis URL given".into())),
         }
+    }
+}
+
+/// A connection to a client's Redis for commands of your own ([`Client::redis_connection`]): use it with the
+/// redis crate's `AsyncCommands` or `redis::cmd(..).query_async(&mut con)`.
+#[derive(Clone)]
+pub struct RedisConnection(ManagedConnection);
+
+impl std::fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConnection").finish_non_exhaustive()
+    }
+}
+
+impl redis::aio::ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        self.0.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        self.0.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
     }
 }

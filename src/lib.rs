@@ -58,7 +58,7 @@ mod retention;
 mod router;
 mod scripts;
 
-pub use client::{Client, ClientBuilder};
+pub use client::{Client, ClientBuilder, RedisConnection};
 pub use durability::Durability;
 pub use error::{ConnectFailure, Error, ErrorKind, Result};
 pub use requester::{CallInfo, PendingReply, Requester, new_request_id};

@@ -103,6 +103,47 @@ async fn round_trip_through_sentinel_for_library_admin_and_cli() {
         String::from_utf8_lossy(&out.stdout)
     );
     responder.shutdown().await.expect("shutdown");
+
+    // `redcall serve` takes it too, its demo handlers' own connection included (`work` counts its runs with
+    // `Client::redis_connection`).
+    let served = unique_service("sentinel-serve");
+    let mut serve = std::process::Command::new(redcall_bin());
+    serve
+        .args(["--url", &set.url(), "--service", &served])
+        .args(["serve", "--consumer", "sentinel-serve"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _serve = common::ChildGuard::spawn(&mut serve);
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new(redcall_bin())
+            .args(["--url", &set.url(), "--service", &served])
+            .args([
+                "call",
+                "work",
+                r#"{"ms":1}"#,
+                "--id",
+                "sentinel-work-1",
+                "--timeout",
+                "20s",
+            ])
+            .output()
+            .expect("run redcall")
+    });
+    assert!(
+        out.status.success(),
+        "redcall call work through Sentinel failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs_key = format!("{}:runs", client.keys(&served).tag());
+    let mut con = client.redis_connection();
+    let runs: Option<i64> = redis::AsyncCommands::hget(&mut con, &runs_key, "sentinel-work-1")
+        .await
+        .expect("HGET through the client's connection");
+    assert_eq!(
+        runs,
+        Some(1),
+        "the work handler counted its run on the primary"
+    );
 }
 
 /// What became of the requests of one failover run.

@@ -31,7 +31,7 @@ pub async fn run(ctx: &Context<'_>, _args: &Args) -> redcall::Result<()> {
     let suffix = redcall::new_request_id();
     let service = format!("demo-{}", &suffix[suffix.len() - 8..]);
     let manual_service = format!("{service}-manual");
-    let redis = super::serve::connect_plain(ctx.cli).await?;
+    let redis = ctx.client.redis_connection();
     let builder = ctx.client.responder(&service);
     let responder = super::serve::demo_handlers(builder, &ctx.client, &service, redis)
         .start()
@@ -115,7 +115,7 @@ pub async fn run(ctx: &Context<'_>, _args: &Args) -> redcall::Result<()> {
     );
 
     // Leave no streams behind in a Redis that may be shared (records and replies expire on their own).
-    let mut con = super::serve::connect_plain(ctx.cli).await?;
+    let mut con = ctx.client.redis_connection();
     let mut streams = Vec::new();
     for svc in [&service, &manual_service] {
         let keys = ctx.client.keys(svc);

@@ -454,21 +454,12 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// A plain `redis` client for what the CLI does in Redis besides redcall's own work (the demo handlers'
-/// bookkeeping, the demo's clean-up): same URL, credentials and CA as the redcall client.
-pub fn plain_redis(cli: &Cli) -> redcall::Result<redis::Client> {
-    let bad = |e: redis::RedisError| Error::Config(format!("bad Redis URL: {e}"));
-    match &cli.tls_ca_cert {
-        None => redis::Client::open(cli.url.as_str()).map_err(bad),
-        Some(path) => {
-            let pem = std::fs::read(path)
-                .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
-            let certificates = redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(pem),
-            };
-            redis::Client::build_with_tls(cli.url.as_str(), certificates).map_err(bad)
-        }
+/// A long-running command's status line for people (`serving ...`, `stopped ...`) on stderr: plain text, or under
+/// `--log-format json` an info event like every other log line, so that stderr stays all JSON.
+pub fn status_line(cli: &Cli, line: std::fmt::Arguments<'_>) {
+    match cli.log_format {
+        logging::LogFormat::Json => tracing::info!("{line}"),
+        logging::LogFormat::Text => errln!("{line}"),
     }
 }
 

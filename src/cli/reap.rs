@@ -81,7 +81,10 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
             });
             super::print_json(ctx.cli, &started);
         } else {
-            errln!("reaping {:?}; Ctrl-C to stop", ctx.cli.service);
+            super::status_line(
+                ctx.cli,
+                format_args!("reaping {:?}; Ctrl-C to stop", ctx.cli.service),
+            );
         }
         stop.await;
         reaper.shutdown().await;

@@ -66,7 +66,7 @@ pub fn demo_handlers(
     builder: ResponderBuilder,
     client: &redcall::Client,
     service: &str,
-    redis: redis::aio::ConnectionManager,
+    redis: redcall::RedisConnection,
 ) -> ResponderBuilder {
     let runs_key = format!("{}:runs", client.keys(service).tag());
     builder
@@ -129,7 +129,8 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
         Some(addr) => Some(super::metrics_server::Endpoint::bind(addr).await?),
         None => None,
     };
-    let redis = connect_plain(ctx.cli).await?;
+    // The demo handlers' own bookkeeping: the client's connection, so it follows a Sentinel failover too.
+    let redis = ctx.client.redis_connection();
     let builder = demo_handlers(builder, &ctx.client, &ctx.cli.service, redis);
     let responder = if args.exit_if_unreachable {
         builder.start().await?
@@ -152,16 +153,19 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
             }),
         );
     } else {
-        errln!(
-            "serving {:?} as consumer {} (handlers: {}); Ctrl-C to stop",
-            ctx.cli.service,
-            responder.consumer(),
-            DEMO_HANDLERS.join(", ")
+        super::status_line(
+            ctx.cli,
+            format_args!(
+                "serving {:?} as consumer {} (handlers: {}); Ctrl-C to stop",
+                ctx.cli.service,
+                responder.consumer(),
+                DEMO_HANDLERS.join(", ")
+            ),
         );
     }
     let _metrics = endpoint.map(|endpoint| {
         if let Some(addr) = endpoint.local_addr() {
-            errln!("metrics at http://{addr}/metrics");
+            super::status_line(ctx.cli, format_args!("metrics at http://{addr}/metrics"));
         }
         let admin = ctx.client.admin(&ctx.cli.service);
         super::metrics_server::AbortOnDrop(tokio::spawn(endpoint.serve(admin, args.group.clone())))
@@ -173,18 +177,12 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
             &serde_json::json!({ "event": "stopped", "unfinished": cut_off }),
         );
     } else {
-        errln!("stopped ({cut_off} unfinished requests left pending)");
+        super::status_line(
+            ctx.cli,
+            format_args!("stopped ({cut_off} unfinished requests left pending)"),
+        );
     }
     Ok(())
-}
-
-/// A plain self-reconnecting Redis connection for the demo handlers' own bookkeeping (same URL, credentials and
-/// CA as the redcall client). It connects on first use: whether Redis can be reached is the responder's to find
-/// out and report.
-pub async fn connect_plain(cli: &super::Cli) -> redcall::Result<redis::aio::ConnectionManager> {
-    let config = redis::aio::ConnectionManagerConfig::new();
-    redis::aio::ConnectionManager::new_lazy_with_config(super::plain_redis(cli)?, config)
-        .map_err(super::redis_error("connecting"))
 }
 
 /// The `panic` demo handler's body.

@@ -63,6 +63,21 @@ impl ManagedConnection {
         })
     }
 
+    /// A connection that opens on its first command (no version check: that is the client's first connection's).
+    pub(crate) fn lazy(target: &Target, config: &ClientConfig) -> Self {
+        let cfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_response_timeout(Some(config.command_timeout));
+        ManagedConnection {
+            inner: Arc::new(Inner {
+                target: target.clone(),
+                cfg,
+                current: Mutex::new(None),
+                opening: tokio::sync::Mutex::new(0),
+            }),
+        }
+    }
+
     fn current(&self) -> Option<(u64, MultiplexedConnection)> {
         self.inner
             .current

@@ -171,7 +171,7 @@ fn reason(url: &str) -> Option<String> {
     ];
     if !known.contains(&scheme.to_ascii_lowercase().as_str()) {
         return Some(format!(
-            "unknown scheme {scheme:?} (use redis:// or rediss://)"
+            "unknown scheme {scheme:?} (use redis://, rediss:// or redis+sentinel://)"
         ));
     }
     if scheme.ends_with("unix") {

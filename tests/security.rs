@@ -71,6 +71,11 @@ fn acl_rules(ns: &str, svc: &str) -> Vec<String> {
             "+time",
             // the server version check on a client's first connection (`INFO server`)
             "+info",
+            // the responder's heartbeat record and its index (`redcall services`, `Admin::responders`)
+            "+zadd",
+            "+zrem",
+            "+zremrangebyscore",
+            "+zrange",
             // the demo `work` handler of `redcall serve` only
             "+hincrby",
         ]

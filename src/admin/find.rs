@@ -9,17 +9,17 @@
 //!   Redis names entries by its own clock, so the search allows [`CLOCK_SKEW_MS`] either way. It pages outward from
 //!   `created_ms` in both directions at once (forward up to the deadline plus the skew, backward down to
 //!   `created_ms` minus the skew), so it costs about twice the number of entries added between the requester's
-//!   clock reading and the `XADD` (a handful, usually), and at most [`SEARCH_LIMIT`] entries. An entry is the
+//!   clock reading and the `XADD` (a handful, usually), and at most `SEARCH_LIMIT` (10,000) entries. An entry is the
 //!   request's only when its `id` field is the request id **and** its `env` field is byte for byte the record's
 //!   envelope: an older request under the same id (made before the record expired) does not match.
 //! - **The dead letter.** Dead letters are written after the request was made, so the search pages newest first
 //!   from the end of the dead-letter stream down to `created_ms` minus the skew (the whole stream when no record is
-//!   known), at most [`SEARCH_LIMIT`] entries. With a record, a dead letter matches when its `env` is the record's
+//!   known), at most `SEARCH_LIMIT` (10,000) entries. With a record, a dead letter matches when its `env` is the record's
 //!   envelope (the dead-letter script copies the entry's envelope, the same bytes); without one, the newest dead
 //!   letter naming the id is taken.
 //!
 //! Termination: each page starts after the last entry of the one before (exclusive bounds), every search stops at
-//! its fixed bounds, on a short page, or after [`SEARCH_LIMIT`] entries.
+//! its fixed bounds, on a short page, or after `SEARCH_LIMIT` (10,000) entries.
 
 use redis::Value;
 use redis::aio::ConnectionLike;
@@ -45,7 +45,7 @@ const PAGE: usize = 100;
 pub(super) enum DeadLetterSearch {
     /// The dead letter.
     Found(Box<DeadLetterEntry>),
-    /// None within the bounds; `exhausted` is true when the search stopped at [`SEARCH_LIMIT`] rather than at its
+    /// None within the bounds; `exhausted` is true when the search stopped at `SEARCH_LIMIT` (10,000) rather than at its
     /// bounds (an older dead letter may exist).
     NotFound {
         /// Whether the search stopped at its limit.
@@ -161,7 +161,7 @@ impl Admin {
 
     /// The newest dead letter of request `id`: one carrying `envelope` when given (the record's bytes), else any
     /// naming the id; searched from the newest dead letter down to `after_ms` (`None`: the whole stream), at most
-    /// [`SEARCH_LIMIT`] entries.
+    /// `SEARCH_LIMIT` (10,000) entries.
     pub(super) async fn find_dead_letter<C: ConnectionLike + Send>(
         &self,
         con: &mut C,
@@ -192,7 +192,7 @@ impl Admin {
     }
 
     /// The newest dead letter naming request `id`, for `redcall dlq show REQUEST_ID`: dead letters are read newest
-    /// first, at most [`SEARCH_LIMIT`] of them. (A request id is normally dead-lettered once at a time: replaying a
+    /// first, at most `SEARCH_LIMIT` (10,000) of them. (A request id is normally dead-lettered once at a time: replaying a
     /// dead letter removes it. Several dead letters name one id only when the id was used again after its record
     /// expired, or after a range replay; the newest is the latest request's.)
     ///

@@ -57,6 +57,7 @@ mod responder;
 mod retention;
 mod router;
 mod scripts;
+pub mod trace;
 
 pub use client::{Client, ClientBuilder, RedisConnection};
 pub use durability::Durability;
@@ -66,6 +67,7 @@ pub use responder::in_handler::in_handler;
 pub use responder::reaper::{ReapReport, Reaper};
 pub use responder::{HandlerError, RequestContext, Responder, ResponderBuilder, ResponderSettings};
 pub use retention::{RetentionPolicy, TrimReport};
+pub use trace::{RequestOptions, TraceContext, TraceParent};
 
 /// The README's examples, compiled as doc tests so they cannot rot.
 #[doc = include_str!("../README.md")]

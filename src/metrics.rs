@@ -121,6 +121,14 @@ impl Handled {
         Handled::AnsweredFromStored,
     ];
 
+    /// The `error.type` of a request span that ended so: `None` for a success.
+    fn error_type(self) -> Option<&'static str> {
+        match self {
+            Handled::Ok | Handled::AnsweredFromStored => None,
+            other => Some(other.label()),
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Handled::Ok => "ok",
@@ -239,6 +247,10 @@ impl ResponderMetrics {
 
     /// Counts one delivery's outcome for `func_key`; `ran` is how long its handler ran, when it did.
     pub(crate) fn handled(&self, func_key: &str, outcome: Handled, ran: Option<Duration>) {
+        if outcome != Handled::DeadLettered {
+            // A dead letter's span gets its reason, recorded by `dead_lettered` just before.
+            crate::trace::record_current_outcome(outcome.error_type());
+        }
         let function = self.function(func_key);
         function.handled[outcome as usize].increment(1);
         self.handled.fetch_add(1, Ordering::Relaxed);
@@ -260,6 +272,7 @@ impl ResponderMetrics {
 
     /// Counts one dead letter for `reason`.
     pub(crate) fn dead_lettered(&self, reason: &str) {
+        crate::trace::record_current_outcome(Some(reason));
         if let Some(i) = DEAD_LETTER_REASONS.iter().position(|r| *r == reason) {
             self.dead_letters[i].increment(1);
         } else {

@@ -31,6 +31,7 @@ fn valid_request() -> impl Strategy<Value = RequestEnvelope> {
             deadline_ms,
             created_ms,
             replay: None,
+            trace: None,
         },
     )
 }
@@ -533,6 +534,7 @@ fn deep_values_under_an_unknown_key_do_not_exhaust_the_stack() {
         deadline_ms: 2,
         created_ms: 1,
         replay: None,
+        trace: None,
     };
     for open in [0x91u8, 0x81] {
         let mut bytes = Mp::Map(named(request_fields(&request))).encode();

@@ -54,6 +54,7 @@ fn envelope(v: u8, id: &str, params: &[u8]) -> Vec<u8> {
         deadline_ms: now + 60_000,
         created_ms: now,
         replay: None,
+        trace: None,
     })
     .expect("encode")
 }

@@ -464,6 +464,7 @@ mod tests {
             deadline_ms: 100,
             created_ms: 50,
             replay: None,
+            trace: None,
         };
         let once = replay_envelope(
             original.clone(),

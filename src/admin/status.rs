@@ -42,6 +42,10 @@ pub struct RequestSummary {
     /// Set when the request was replayed: how often, from which entry, when. The record holds the latest
     /// replay's envelope, so this is the latest replay.
     pub replay: Option<ReplayInfo>,
+    /// The trace the request belongs to, when its envelope carried a valid trace context.
+    pub trace_id: Option<crate::trace::TraceId>,
+    /// The `traceparent` the request carried (its parent: the requester's `send` span).
+    pub traceparent: Option<crate::trace::TraceParent>,
 }
 
 /// How an answered request ended.
@@ -215,6 +219,8 @@ impl Admin {
             created_ms: envelope.created_ms,
             deadline_ms: envelope.deadline_ms,
             replay: envelope.replay.clone(),
+            trace_id: envelope.trace.as_ref().map(|t| t.traceparent.trace_id()),
+            traceparent: envelope.trace.as_ref().map(|t| t.traceparent),
         });
         let reply = reply.map(|bytes| decode_reply_of(id, &bytes)).transpose()?;
         let dead_letter_sign = reply.as_ref().and_then(|r| match r.status {

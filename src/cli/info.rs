@@ -33,6 +33,9 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
             "deadline_ms": millis(info.deadline),
             "created_ms": millis(info.created),
             "replay": info.replay,
+            "trace_id": info.trace.as_ref().map(|t| t.traceparent.trace_id()),
+            "traceparent": info.trace.as_ref().map(|t| t.traceparent),
+            "tracestate": info.trace.as_ref().and_then(|t| t.tracestate.as_deref()),
         }),
     );
     Ok(())

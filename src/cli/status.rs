@@ -131,6 +131,12 @@ fn print_text(status: &RequestStatus) {
             request.deadline_ms,
             relative(request.deadline_ms, now)
         );
+        if let Some(traceparent) = &request.traceparent {
+            outln!(
+                "  trace       {} (traceparent {traceparent})",
+                traceparent.trace_id()
+            );
+        }
         if let Some(replay) = &request.replay {
             let from = match replay.source {
                 ReplaySource::DeadLetter => "dead letter",

@@ -30,7 +30,7 @@ pub(super) fn request(bytes: &[u8]) -> Result<RequestEnvelope> {
     let pairs = map_len(reader.head()?, "the envelope")?;
     let mut keys = Keys::new("");
     let (mut v, mut id, mut func_key, mut params) = (None, None, None, None);
-    let (mut deadline_ms, mut created_ms, mut replay) = (None, None, None);
+    let (mut deadline_ms, mut created_ms, mut replay, mut trace) = (None, None, None, None);
     for _ in 0..pairs {
         let key = key(&mut reader)?;
         let head = reader.head()?;
@@ -52,6 +52,10 @@ pub(super) fn request(bytes: &[u8]) -> Result<RequestEnvelope> {
                 keys.first(6, "replay")?;
                 replay = replay_info(&mut reader, head)?;
             }
+            b"trace" => {
+                keys.first(7, "trace")?;
+                trace = trace_context(&mut reader, head)?;
+            }
             _ => keys.unknown(key, &mut reader, head)?,
         }
     }
@@ -64,6 +68,7 @@ pub(super) fn request(bytes: &[u8]) -> Result<RequestEnvelope> {
         deadline_ms: required(deadline_ms, "deadline_ms")?,
         created_ms: required(created_ms, "created_ms")?,
         replay,
+        trace,
     })
 }
 
@@ -139,6 +144,57 @@ fn replay_info<'a>(reader: &mut Reader<'a>, head: Head<'a>) -> Result<Option<Rep
         from: required(from, "replay.from")?.to_owned(),
         at_ms: required(at_ms, "replay.at_ms")?,
     }))
+}
+
+/// The `trace` map (its head already read), read leniently: whatever is not a map holding a valid `traceparent`
+/// str (and, optionally, a `tracestate` str) is dropped (`None`), never refused, so a bad trace context costs the
+/// request nothing but its trace. Only what breaks MessagePack itself (a truncated value) is an error.
+fn trace_context<'a>(
+    reader: &mut Reader<'a>,
+    head: Head<'a>,
+) -> Result<Option<crate::trace::TraceContext>> {
+    let Head::Map(pairs) = head else {
+        reader.skip_after(head)?;
+        return Ok(None);
+    };
+    let (mut traceparent, mut tracestate) = (None, None);
+    let mut usable = true;
+    for _ in 0..pairs {
+        let key = reader.head()?;
+        let slot = match key {
+            Head::Str(b"traceparent") => Some(&mut traceparent),
+            Head::Str(b"tracestate") => Some(&mut tracestate),
+            Head::Str(_) => None,
+            other => {
+                // A key that is not a str: skip it (a container key's contents come before the value) and drop
+                // the context.
+                reader.skip_after(other)?;
+                usable = false;
+                None
+            }
+        };
+        let value = reader.head()?;
+        match (slot, value) {
+            (Some(slot), Head::Str(bytes)) if slot.is_none() => {
+                *slot = Some(std::str::from_utf8(bytes).ok());
+            }
+            (Some(slot), Head::Nil) if slot.is_none() => *slot = Some(None),
+            (None, other) => reader.skip_after(other)?,
+            (Some(_), other) => {
+                // Another type, or a key given twice.
+                reader.skip_after(other)?;
+                usable = false;
+            }
+        }
+    }
+    if !usable {
+        return Ok(None);
+    }
+    let Some(Some(traceparent)) = traceparent else {
+        return Ok(None);
+    };
+    let tracestate = tracestate.flatten();
+    Ok(crate::trace::TraceContext::parse(traceparent, tracestate).ok())
 }
 
 /// The keys of one map seen so far, to refuse a repeated one. Unknown keys are remembered (borrowed) only when

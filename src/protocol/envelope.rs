@@ -31,6 +31,10 @@ pub struct RequestEnvelope {
     /// a request as first made, so envelopes of ordinary requests are unchanged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replay: Option<ReplayInfo>,
+    /// The W3C trace context the requester sent (key `trace`; see [`crate::trace`]): absent (not even encoded)
+    /// when there is none. A decoder drops a malformed one rather than refuse the request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 /// Where a replayed request came from.

@@ -94,6 +94,7 @@ mod tests {
             deadline_ms: 10,
             created_ms: 5,
             replay: None,
+            trace: None,
         };
         let bytes = encode(&env).expect("encode");
         assert_eq!(decode_request(&bytes).expect("decode"), env);
@@ -161,6 +162,7 @@ mod tests {
             deadline_ms: 1_764_500_000_000,
             created_ms: 1_764_499_990_000,
             replay: None,
+            trace: None,
         };
         let request_bytes = hex(concat!(
             "86a17601a26964ab726571756573745f313233a2666eac536f6d6546756e6374696f6ea6706172616d73c40d81a46b",

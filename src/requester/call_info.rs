@@ -24,6 +24,8 @@ pub struct CallInfo {
     pub created: SystemTime,
     /// Set when the request was replayed (from the dead-letter stream or a range of the requests stream).
     pub replay: Option<protocol::ReplayInfo>,
+    /// The W3C trace context the request carried, if any (valid ones only).
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 impl CallInfo {
@@ -40,6 +42,7 @@ impl CallInfo {
             deadline: env.deadline(),
             created: SystemTime::UNIX_EPOCH + Duration::from_millis(env.created_ms),
             replay: env.replay,
+            trace: env.trace,
             id: env.id,
             func_key: env.func_key,
             params_msgpack: env.params,

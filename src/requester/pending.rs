@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use super::fetch_stored;
 use crate::error::{Error, Result};
@@ -24,6 +25,8 @@ pub struct PendingReply {
     pub(super) router: Arc<Router>,
     /// Counts the outcome when the wait ends.
     pub(super) metrics: Arc<crate::metrics::RequestMetrics>,
+    /// The request's `send` span ([`crate::trace`]), open until the wait ends or the handle is dropped.
+    pub(super) span: tracing::Span,
 }
 
 impl std::fmt::Debug for PendingReply {
@@ -71,8 +74,10 @@ impl PendingReply {
     pub async fn wait<R: DeserializeOwned>(self) -> Result<R> {
         let started = self.deadline - self.timeout;
         let metrics = self.metrics.clone();
-        let result = self.wait_inner().await;
+        let span = self.span.clone();
+        let result = self.wait_inner().instrument(span.clone()).await;
         metrics.record(result.as_ref().map(|_| ()), started.elapsed());
+        crate::trace::record_outcome(&span, result.as_ref().err().map(|e| e.kind().as_str()));
         result
     }
 

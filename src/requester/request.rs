@@ -16,6 +16,8 @@ use redis::aio::MultiplexedConnection;
 
 use crate::router::{AddJob, Router};
 use crate::scripts;
+use crate::trace::{RequestOptions, TraceContext};
+use tracing::Instrument;
 
 impl Requester {
     /// Sends a request with the given id and waits for its reply, at most `timeout`.
@@ -83,7 +85,7 @@ impl Requester {
         P: Serialize + ?Sized,
     {
         let id = new_request_id();
-        self.add(&id, func_key, params, timeout, IdOrigin::Generated)
+        self.add(&id, func_key, params, timeout, IdOrigin::Generated, None)
             .await
     }
 
@@ -111,8 +113,38 @@ impl Requester {
     where
         P: Serialize + ?Sized,
     {
-        self.add(id, func_key, params, timeout, IdOrigin::Caller)
+        self.add(id, func_key, params, timeout, IdOrigin::Caller, None)
             .await
+    }
+
+    /// [`Requester::send`] (with `id`) or [`Requester::submit`] (with `None`: an id made by redcall), with
+    /// per-request [`RequestOptions`]: the caller's trace context, so the request joins the caller's trace.
+    ///
+    /// # Errors
+    /// Those of [`Requester::send`], or of [`Requester::submit`] for `id = None`.
+    pub async fn send_with<P>(
+        &self,
+        id: Option<&str>,
+        func_key: &str,
+        params: &P,
+        timeout: Duration,
+        options: &RequestOptions,
+    ) -> Result<PendingReply>
+    where
+        P: Serialize + ?Sized,
+    {
+        let trace = options.trace.as_ref();
+        match id {
+            Some(id) => {
+                self.add(id, func_key, params, timeout, IdOrigin::Caller, trace)
+                    .await
+            }
+            None => {
+                let id = new_request_id();
+                self.add(&id, func_key, params, timeout, IdOrigin::Generated, trace)
+                    .await
+            }
+        }
     }
 
     /// Adds a request (see [`Requester::add_uncounted`]); a failure is counted in the requester's metrics.
@@ -123,20 +155,27 @@ impl Requester {
         params: &P,
         timeout: Duration,
         origin: IdOrigin,
+        parent: Option<&TraceContext>,
     ) -> Result<PendingReply>
     where
         P: Serialize + ?Sized,
     {
         let started = Instant::now();
+        let (span, trace) = crate::trace::send_span(&self.service, func_key, id, parent);
         let added = self
-            .add_uncounted(id, func_key, params, timeout, origin)
+            .add_uncounted(id, func_key, params, timeout, origin, trace)
+            .instrument(span.clone())
             .await;
         if let Err(err) = &added {
+            crate::trace::record_outcome(&span, Some(err.kind().as_str()));
             self.metrics
                 .function(func_key)
                 .record(Err(err), started.elapsed());
         }
-        added
+        added.map(|mut pending| {
+            pending.span = span;
+            pending
+        })
     }
 
     /// Adds a request: subscribe to its reply channel, then store record and stream entry atomically, in one
@@ -148,6 +187,7 @@ impl Requester {
         params: &P,
         timeout: Duration,
         origin: IdOrigin,
+        trace: TraceContext,
     ) -> Result<PendingReply>
     where
         P: Serialize + ?Sized,
@@ -165,6 +205,7 @@ impl Requester {
             deadline_ms: now + timeout.as_millis() as u64,
             created_ms: now,
             replay: None,
+            trace: Some(trace),
         };
         let bytes = Arc::new(protocol::encode(&envelope)?);
         config.check_payload("request", bytes.len())?;
@@ -188,6 +229,7 @@ impl Requester {
             timeout,
             router: router.clone(),
             metrics: self.metrics.function(func_key),
+            span: tracing::Span::none(),
         };
 
         let record_ttl = ttl_ms(crate::config::add(timeout, config.record_retention));

@@ -105,10 +105,10 @@ impl Shared {
         let Some(permit) = permit else {
             return self.spawn_entry(entry, 1, stored, None);
         };
-        let Some((request, handler)) = self.admit_quickly(&entry) else {
+        let Some((mut request, handler)) = self.admit_quickly(&entry) else {
             return self.spawn_entry(entry, 1, stored, Some(permit));
         };
-        let span = self.request_span(&request);
+        let span = self.request_span(&mut request);
         let _in_span = span.enter();
         tracing::debug!(entry_id = %entry.entry_id, delivery = 1, "handling");
         let ctx = self.context(&request, &entry, 1);
@@ -179,10 +179,21 @@ impl Shared {
     }
 
     /// The span of one handled request: its id, service and function key, for every event logged while it is
-    /// handled (the handler's own events too). At debug level, so that serving with info logs creates no span per
-    /// request; events at info and above name the request themselves.
-    fn request_span(&self, request: &RequestEnvelope) -> tracing::Span {
-        tracing::debug_span!("request", id = %request.id, service = %self.service, func = %request.func_key)
+    /// handled (the handler's own events too), and its trace ([`crate::trace::process_span`]: the OpenTelemetry
+    /// messaging attributes, `trace_id`, `span_id`, `parent_span_id`). At debug level, so that serving with info
+    /// logs creates no span per request; events at info and above name the request themselves. Replaces the
+    /// request's trace context by the handler's own (same trace, this span's id), which [`Shared::context`] hands
+    /// to the handler.
+    fn request_span(&self, request: &mut RequestEnvelope) -> tracing::Span {
+        let (span, trace) = crate::trace::process_span(
+            &self.service,
+            &self.settings.group,
+            &request.func_key,
+            &request.id,
+            request.trace.as_ref(),
+        );
+        request.trace = trace;
+        span
     }
 
     fn context(
@@ -197,6 +208,7 @@ impl Shared {
             entry_id: entry.entry_id.clone(),
             delivery,
             deadline: request.deadline(),
+            trace: request.trace.clone(),
         }
     }
 
@@ -230,7 +242,7 @@ impl Shared {
     /// Everything that happens to one delivered entry; never panics, never returns an error: every failure ends
     /// as a reply, a dead letter, or an entry left pending for redelivery.
     async fn handle_entry(self: &Arc<Self>, entry: RawEntry, delivery: u64, stored: Stored) {
-        let request = match entry.check(self.client.config()) {
+        let mut request = match entry.check(self.client.config()) {
             Ok(request) => request,
             Err((code, message)) => {
                 let letter = DeadLetter::replying(
@@ -245,7 +257,7 @@ impl Shared {
                 return;
             }
         };
-        let span = self.request_span(&request);
+        let span = self.request_span(&mut request);
         self.handle_request(entry, request, delivery, stored)
             .instrument(span)
             .await;

@@ -25,9 +25,19 @@ pub struct RequestContext {
     pub delivery: u64,
     /// The request's absolute deadline; past it, the requester no longer waits.
     pub deadline: SystemTime,
+    /// The handler's trace context: the requester's trace, with the responder's `process` span as parent
+    /// (`None` when the request carried no valid trace context). Pass it on
+    /// ([`RequestOptions::trace`](crate::RequestOptions::trace)) so that requests made while handling this one
+    /// join its trace.
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 impl RequestContext {
+    /// The handler's `traceparent` (see [`RequestContext::trace`]).
+    pub fn traceparent(&self) -> Option<crate::trace::TraceParent> {
+        self.trace.as_ref().map(|t| t.traceparent)
+    }
+
     /// Time left until the deadline (zero when it has passed): a bound for the handler's own calls, since past the
     /// deadline nobody waits for the result.
     pub fn remaining(&self) -> Duration {

@@ -131,6 +131,7 @@ impl BaselineCaller {
             deadline_ms: now + inner.timeout.as_millis() as u64,
             created_ms: now,
             replay: None,
+            trace: None,
         };
         let bytes = protocol::encode(&envelope).map_err(|e| e.to_string())?;
         let channel = inner.keys.reply_channel(&id);

@@ -47,5 +47,62 @@ async fn round_trip_on_a_cluster() {
         .await
         .expect("round trip with a caller's id");
     assert_eq!(reply, json!(1));
+
+    // Call info, and a reply by hand, on a service nobody serves.
+    let by_hand = client.requester(&unique_service("cluster-hand"));
+    let pending = by_hand
+        .send("hand-1", "manual", &json!({"n": 7}), GENEROUS)
+        .await
+        .expect("send");
+    let info = by_hand.call_info("hand-1").await.expect("call info");
+    assert_eq!(info.func_key, "manual");
+    assert_eq!(info.params::<Value>().expect("params"), json!({"n": 7}));
+    by_hand
+        .publish_reply("hand-1", &json!("by hand"))
+        .await
+        .expect("reply by hand");
+    let reply: Value = pending.wait().await.expect("the reply by hand");
+    assert_eq!(reply, json!("by hand"));
+
+    // A dead letter (a function nobody has), replayed to a responder that has it.
+    let err = requester
+        .call::<_, Value>("later", &json!(3), GENEROUS)
+        .await
+        .expect_err("unknown function");
+    assert_eq!(err.kind(), redcall::ErrorKind::UnknownFunction, "{err}");
+    let admin = client.admin(&service);
+    let dead = admin.dead_letters(None, 10).await.expect("dead letters");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let stats = admin.stats().await.expect("stats");
+    assert_eq!(
+        (stats.stream_length, stats.dead_letters),
+        (3, 1),
+        "{stats:?}"
+    );
+    responder.shutdown().await.expect("shutdown");
+    let responder = client
+        .responder(&service)
+        .handler("later", |_ctx: RequestContext, v: Value| async move {
+            Ok::<_, HandlerError>(v)
+        })
+        .start()
+        .await
+        .expect("a responder that has it");
+    let report = admin
+        .replay_all_dead_letters(&redcall::admin::ReplayOptions::default(), |_| {})
+        .await
+        .expect("replay");
+    assert_eq!(report.replayed.len(), 1, "{report:?}");
+    let answered = common::wait_until(Duration::from_secs(10), || async {
+        let stats = admin.stats().await.expect("stats");
+        stats.dead_letters == 0
+            && stats.stream_length == 4
+            && stats
+                .groups
+                .iter()
+                .all(|g| g.pending == 0 && g.lag == Some(0))
+    })
+    .await;
+    assert!(answered, "{:?}", admin.stats().await);
     responder.shutdown().await.expect("shutdown");
 }

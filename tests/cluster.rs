@@ -106,3 +106,97 @@ async fn round_trip_on_a_cluster() {
     assert!(answered, "{:?}", admin.stats().await);
     responder.shutdown().await.expect("shutdown");
 }
+
+/// Runs `redcall --cluster --url <node 0> --url <node 1> --service <service> <args>` and returns its output.
+fn cli(cluster: &RedisCluster, service: &str, args: &[&str]) -> std::process::Output {
+    let seeds = cluster.seeds();
+    std::process::Command::new(common::redcall_bin())
+        .args([
+            "--cluster",
+            "--url",
+            &seeds[0],
+            "--url",
+            &seeds[1],
+            "--service",
+            service,
+        ])
+        .args(args)
+        .output()
+        .expect("run redcall")
+}
+
+fn ok_stdout(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn cli_serve_call_info_reply_stats_and_dlq_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    let service = unique_service("cluster-cli");
+    let seeds = cluster.seeds();
+    let _serve = common::spawn_serve(
+        &cluster.nodes()[0],
+        &service,
+        "serve-1",
+        // Comma-separated seeds work as repeated ones.
+        &["--cluster", "--url", &format!("{},{}", seeds[1], seeds[2])],
+        &[],
+    );
+    let out = ok_stdout(&cli(
+        &cluster,
+        &service,
+        &["call", "echo", r#"{"a":1}"#, "--timeout", "20"],
+    ));
+    assert!(out.contains("\"a\""), "{out}");
+    // Call info and a reply by hand, on a service nobody serves.
+    let other = unique_service("cluster-cli-hand");
+    let mut waiting = std::process::Command::new(common::redcall_bin())
+        .args(["--url", &cluster.url(), "--service", &other])
+        .args([
+            "call",
+            "manual",
+            "5",
+            "--id",
+            "cli-hand-1",
+            "--timeout",
+            "20",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn call");
+    let found = (0..200).any(|_| {
+        let out = cli(&cluster, &other, &["info", "cli-hand-1"]);
+        if out.status.success() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        false
+    });
+    assert!(found, "the request never showed in `info`");
+    ok_stdout(&cli(
+        &cluster,
+        &other,
+        &["reply", "cli-hand-1", r#""by hand""#],
+    ));
+    let waited = waiting.wait_with_output().expect("call exits");
+    assert!(ok_stdout(&waited).contains("by hand"));
+    // A dead letter, listed.
+    let out = cli(
+        &cluster,
+        &service,
+        &["call", "nobody-has-it", "1", "--timeout", "20"],
+    );
+    assert!(!out.status.success());
+    let out = ok_stdout(&cli(&cluster, &service, &["--json", "dlq", "list"]));
+    assert!(out.contains("nobody-has-it"), "{out}");
+    let out = ok_stdout(&cli(&cluster, &service, &["--json", "stats"]));
+    assert!(out.contains("\"stream_length\":2"), "{out}");
+}

@@ -157,7 +157,7 @@ fn cli_serve_call_info_reply_stats_and_dlq_on_a_cluster() {
     assert!(out.contains("\"a\""), "{out}");
     // Call info and a reply by hand, on a service nobody serves.
     let other = unique_service("cluster-cli-hand");
-    let mut waiting = std::process::Command::new(common::redcall_bin())
+    let waiting = std::process::Command::new(common::redcall_bin())
         .args(["--url", &cluster.url(), "--service", &other])
         .args([
             "call",

@@ -52,9 +52,9 @@ pub(crate) fn seeds<S: AsRef<str>>(urls: &[S]) -> Result<Vec<String>> {
             )));
         }
         for host in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
-            if !host
+            if host
                 .rsplit_once(':')
-                .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
+                .is_none_or(|(_, port)| port.parse::<u16>().is_err())
             {
                 return Err(Error::Config(format!(
                     "a cluster seed node needs host:port, not {host:?}"

@@ -67,11 +67,7 @@ pub(crate) fn hash_tag(name: &str) -> &str {
 
 /// `items` grouped by the hash tag of `name(item)`, groups in the order of their first item: each group goes to one
 /// slot of a cluster. One group for one Redis (where nothing needs splitting), so its commands stay as they were.
-pub(crate) fn by_slot<'a, T>(
-    items: &'a [T],
-    pubsub: PubSub,
-    name: impl Fn(&T) -> &str,
-) -> Vec<Vec<&'a T>> {
+pub(crate) fn by_slot<T>(items: &[T], pubsub: PubSub, name: impl Fn(&T) -> &str) -> Vec<Vec<&T>> {
     if !pubsub.is_sharded() {
         return vec![items.iter().collect()];
     }

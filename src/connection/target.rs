@@ -54,8 +54,8 @@ enum Kind {
         /// The sentinels and the crate's cached connections to them; one lookup at a time.
         sentinels: Mutex<Sentinel>,
     },
-    /// A Redis Cluster, reached through its seed nodes.
-    Cluster(ClusterClient),
+    /// A Redis Cluster, reached through its seed nodes (checked `redis://` URLs).
+    Cluster(Vec<String>),
 }
 
 /// A callback for the pushes of a connection (pub/sub messages, subscription changes, disconnection).
@@ -70,6 +70,19 @@ pub(crate) struct ConnectionSettings {
     pub(crate) response_timeout: Duration,
     /// Where pushes go; none when the connection subscribes to nothing.
     pub(crate) push: Option<PushCallback>,
+}
+
+/// A cluster client over `seeds` whose requests end within the response timeout of `cfg`, retries and redirects
+/// included. The crate takes that bound (`overall_response_timeout`) from the builder only, never from a
+/// connection's config: without it a request to a primary that died is retried for as long as the stale slot map
+/// names it, and its caller waits forever.
+fn cluster_client(seeds: &[String], cfg: &ConnectionSettings) -> redis::RedisResult<ClusterClient> {
+    ClusterClient::builder(seeds.iter().map(String::as_str))
+        .use_protocol(ProtocolVersion::RESP3)
+        .connection_timeout(cfg.connect_timeout)
+        .response_timeout(cfg.response_timeout)
+        .overall_response_timeout(Some(cfg.response_timeout))
+        .build()
 }
 
 impl ConnectionSettings {
@@ -105,6 +118,8 @@ impl ConnectionSettings {
     }
 
     fn cluster(&self) -> ClusterConfig {
+        // The response timeout is set on the client too ([`cluster_client`]): only there does it bound a request's
+        // retries as a whole.
         let cfg = ClusterConfig::new()
             .set_connection_timeout(self.connect_timeout)
             .set_response_timeout(self.response_timeout);
@@ -174,11 +189,12 @@ impl Target {
                 "a cluster needs at least one seed node".into(),
             ));
         }
-        let client = ClusterClient::builder(seeds.iter().map(String::as_str))
-            .use_protocol(ProtocolVersion::RESP3)
-            .build()
-            .map_err(bad)?;
-        Ok(Self::of(Kind::Cluster(client)))
+        cluster_client(
+            seeds,
+            &ConnectionSettings::new(Duration::from_secs(1), Duration::from_secs(1)),
+        )
+        .map_err(bad)?;
+        Ok(Self::of(Kind::Cluster(seeds.to_vec())))
     }
 
     /// Which pub/sub commands carry replies: sharded ones on a cluster.
@@ -201,8 +217,8 @@ impl Target {
     /// Opens a new connection with `cfg` to the target: for Sentinel, to the primary the sentinels name now.
     /// Redis errors only (no version check), for callers inside the redis crate's traits.
     pub(crate) async fn open(&self, cfg: &ConnectionSettings) -> redis::RedisResult<Connection> {
-        if let Kind::Cluster(client) = &self.inner.kind {
-            return client
+        if let Kind::Cluster(seeds) = &self.inner.kind {
+            return cluster_client(seeds, cfg)?
                 .get_async_connection_with_config(cfg.cluster())
                 .await
                 .map(Connection::Cluster);

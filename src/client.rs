@@ -51,8 +51,8 @@ impl Client {
     pub const DEFAULT_PAYLOAD_LIMIT: usize = crate::config::DEFAULT_PAYLOAD_LIMIT;
 
     /// A client for `url` (`redis://` or `rediss://`, with user name and password where needed, or
-    /// `redis+sentinel://[user:pass@]host:port[,host:port...]/<primary-name>` for a primary watched by Redis Sentinel)
-    /// with default settings. Connections are opened on first use, so an unreachable Redis is not an error here: it shows at the
+    /// `redis+sentinel://[user:pass@]host:port[,host:port...]/<primary-name>` for a primary watched by Redis Sentinel,
+    /// or `redis+cluster://[user:pass@]host:port[,host:port...]` for a Redis Cluster) with default settings. Connections are opened on first use, so an unreachable Redis is not an error here: it shows at the
     /// first request (as [`Error::Connect`]).
     ///
     /// # Errors
@@ -72,6 +72,7 @@ impl Client {
         ClientBuilder {
             url: Some(url.to_owned()),
             sentinel: None,
+            cluster: None,
             config: ClientConfig::default(),
             tls: TlsSettings::default(),
         }
@@ -92,6 +93,28 @@ impl Client {
         ClientBuilder {
             url,
             sentinel,
+            cluster: None,
+            config: ClientConfig::default(),
+            tls: TlsSettings::default(),
+        }
+    }
+
+    /// A builder for the Redis Cluster that the `seeds` belong to (each a `redis://` or `rediss://` URL of one of
+    /// its nodes, with credentials where needed, or a bare `host:port`): the same as a `redis+cluster://` URL.
+    ///
+    /// Every key and channel of a service shares one hash tag, so a service lives on the one shard that owns its
+    /// slot: each command goes there, replies travel over sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`) on that shard,
+    /// and the connections follow slot moves and failovers by themselves.
+    pub fn cluster<I, S>(seeds: I) -> ClientBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let seeds: Vec<String> = seeds.into_iter().map(|s| s.as_ref().to_owned()).collect();
+        ClientBuilder {
+            url: None,
+            sentinel: None,
+            cluster: Some(connection::cluster_seeds(&seeds).map_err(|e| e.to_string())),
             config: ClientConfig::default(),
             tls: TlsSettings::default(),
         }
@@ -169,6 +192,8 @@ pub struct ClientBuilder {
     url: Option<String>,
     /// The sentinels and primary of [`Client::sentinel`] (an error found there is reported by `build`).
     sentinel: Option<std::result::Result<SentinelSpec, String>>,
+    /// The seed nodes of [`Client::cluster`] (an error found there is reported by `build`).
+    cluster: Option<std::result::Result<Vec<String>, String>>,
     config: ClientConfig,
     tls: TlsSettings,
 }
@@ -290,7 +315,7 @@ impl ClientBuilder {
     /// [`Error::Config`] when a setting cannot work: a zero command or connect timeout, an empty namespace or one
     /// with braces (they would break the hash tag), a zero payload limit, a URL that is not a Redis URL, TLS
     /// certificates with a URL that is not `rediss://`, certificates that cannot be used, a Sentinel URL that cannot
-    /// be parsed (or one with TLS settings: not supported yet), replicated durability without a replica or with a
+    /// be parsed (or one with TLS settings: not supported yet), cluster seed nodes that cannot be parsed (or TLS certificates with a cluster), replicated durability without a replica or with a
     /// timeout not shorter than the command timeout.
     pub fn build(mut self) -> Result<Client> {
         let c = &mut self.config;
@@ -325,6 +350,22 @@ impl ClientBuilder {
 
     /// Where the client's connections go: the primary the sentinels name, or the URL's one address.
     fn target(&self) -> Result<Target> {
+        let cluster = match (&self.cluster, &self.url) {
+            (Some(Ok(seeds)), _) => Some(seeds.clone()),
+            (Some(Err(err)), _) => return Err(Error::Config(err.clone())),
+            (None, Some(url)) if connection::is_cluster_url(url) => {
+                Some(connection::cluster_seeds(&[url])?)
+            }
+            (None, _) => None,
+        };
+        if let Some(seeds) = cluster {
+            if self.tls.ca_cert.is_some() || self.tls.client_cert.is_some() {
+                return Err(Error::Config(
+                    "TLS certificates with Redis Cluster are not supported yet".into(),
+                ));
+            }
+            return Target::cluster(&seeds);
+        }
         let spec = match (&self.sentinel, &self.url) {
             (Some(Ok(spec)), _) => Some(spec.clone()),
             (Some(Err(err)), _) => return Err(Error::Config(err.clone())),

@@ -7,6 +7,8 @@
 //! Every connection is opened through a [`Target`] (one address, or the primary Redis Sentinel names), never from
 //! an address remembered earlier, so that a reconnect after a failover reaches the new primary ([`target`]).
 
+mod cluster;
+mod conn;
 mod managed;
 mod sentinel;
 mod target;
@@ -14,18 +16,18 @@ mod version;
 
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use redis::{
-    AsyncConnectionConfig, ClientTlsConfig, ConnectionAddr, IntoConnectionInfo, ProtocolVersion,
-    TlsCertificates,
+    ClientTlsConfig, ConnectionAddr, IntoConnectionInfo, ProtocolVersion, TlsCertificates,
 };
 
 use crate::config::ClientConfig;
 use crate::error::{Error, Result};
 
+pub(crate) use cluster::{is_cluster_url, seeds as cluster_seeds};
+pub(crate) use conn::{Connection, PubSub, by_slot};
 pub(crate) use managed::ManagedConnection;
 pub(crate) use sentinel::SentinelSpec;
-pub(crate) use target::Target;
+pub(crate) use target::{ConnectionSettings, Target};
 
 /// Certificates for `rediss://` beyond the system's trust store, all PEM.
 #[derive(Clone, Default)]
@@ -101,10 +103,8 @@ pub(crate) async fn blocking_connection(
     target: &Target,
     config: &ClientConfig,
     block: Duration,
-) -> Result<MultiplexedConnection> {
-    let cfg = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(config.connect_timeout))
-        .set_response_timeout(Some(block + config.command_timeout));
+) -> Result<Connection> {
+    let cfg = ConnectionSettings::new(config.connect_timeout, block + config.command_timeout);
     target.connect(&cfg, config, "connecting a reader").await
 }
 

@@ -3,20 +3,58 @@
 //! Every script touches only keys of one service (one hash tag), so they are legal on Redis Cluster too. Scripts
 //! are called by SHA (`EVALSHA`); after a Redis restart the script cache is empty, so a `NOSCRIPT` answer loads
 //! them again and retries once.
+//!
+//! On a cluster replies travel over sharded pub/sub: a script that publishes a reply runs there in its sharded
+//! form ([`Lua::on`]), the same body with `SPUBLISH` in place of `PUBLISH` (the channel shares the keys' hash tag,
+//! so it is local to the script's slot). The plain bodies, which `docs/protocol.md` quotes, stay as they are.
 
 use redis::Pipeline;
-use std::sync::LazyLock;
+use std::borrow::Cow;
+use std::sync::{LazyLock, OnceLock};
+
+use crate::connection::PubSub;
 
 /// A Lua script and its SHA1, as Redis names it in `EVALSHA`.
 pub(crate) struct Lua {
-    code: &'static str,
+    code: Cow<'static, str>,
     hash: String,
+    /// The sharded form, made on first use (only scripts that publish differ).
+    sharded: OnceLock<Box<Lua>>,
 }
+
+/// How a plain script publishes a reply, and how its sharded form does.
+const PUBLISH_CALL: &str = "redis.call('PUBLISH',";
+const SPUBLISH_CALL: &str = "redis.call('SPUBLISH',";
 
 impl Lua {
     fn new(code: &'static str) -> Self {
-        let hash = redis::Script::new(code).get_hash().to_owned();
-        Self { code, hash }
+        Self::of(Cow::Borrowed(code))
+    }
+
+    fn of(code: Cow<'static, str>) -> Self {
+        let hash = redis::Script::new(&code).get_hash().to_owned();
+        Self {
+            code,
+            hash,
+            sharded: OnceLock::new(),
+        }
+    }
+
+    /// Whether the script publishes (and so has a sharded form of its own).
+    fn publishes(&self) -> bool {
+        self.code.contains(PUBLISH_CALL)
+    }
+
+    /// The script for replies over `pubsub`: itself, or on a cluster its sharded form (`SPUBLISH`).
+    pub(crate) fn on(&self, pubsub: PubSub) -> &Lua {
+        if !pubsub.is_sharded() || !self.publishes() {
+            return self;
+        }
+        self.sharded.get_or_init(|| {
+            Box::new(Lua::of(Cow::Owned(
+                self.code.replace(PUBLISH_CALL, SPUBLISH_CALL),
+            )))
+        })
     }
 }
 
@@ -406,15 +444,28 @@ pub(crate) fn is_noscript(err: &redis::RedisError) -> bool {
     err.code() == Some("NOSCRIPT")
 }
 
-/// Loads every script into the server's cache.
+/// Loads every script, and the sharded form of each that publishes, into the server's cache. One command per
+/// script: a cluster connection sends a lone `SCRIPT LOAD` to every primary (a pipeline of them would go to one
+/// node only).
 pub(crate) async fn load_all<C: redis::aio::ConnectionLike + Send>(
     con: &mut C,
 ) -> redis::RedisResult<()> {
-    let mut pipe = redis::pipe();
     for script in all() {
-        pipe.cmd("SCRIPT").arg("LOAD").arg(script.code).ignore();
+        let forms = [script, script.on(PubSub::Sharded)];
+        let forms = if script.publishes() {
+            &forms[..]
+        } else {
+            &forms[..1]
+        };
+        for form in forms {
+            redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(form.code.as_ref())
+                .query_async::<()>(con)
+                .await?;
+        }
     }
-    pipe.query_async::<()>(con).await
+    Ok(())
 }
 
 /// Appends an `EVALSHA` of `script` to a pipeline; the caller adds keys count, keys and args through the returned
@@ -453,5 +504,22 @@ mod tests {
         assert!(REPLAY.code.contains(&fields), "REPLAY");
         let fields = format!("'{FIELD_ID}', ARGV[3], '{FIELD_ENVELOPE}', ARGV[4]");
         assert!(DEAD_LETTER.code.contains(&fields), "DEAD_LETTER");
+    }
+
+    /// The sharded form of a script differs only in how it publishes; scripts that publish nothing have none.
+    #[test]
+    fn sharded_forms_publish_with_spublish_only() {
+        for script in [&*PUBLISH_REPLY, &*ANSWER_FROM_STORED, &*DEAD_LETTER] {
+            let sharded = script.on(PubSub::Sharded);
+            assert!(!sharded.code.contains(PUBLISH_CALL));
+            assert_eq!(
+                sharded.code.replace(SPUBLISH_CALL, PUBLISH_CALL),
+                script.code,
+                "only the publish calls differ"
+            );
+            assert_ne!(sharded.hash, script.hash);
+            assert!(std::ptr::eq(script.on(PubSub::Plain), script));
+        }
+        assert!(std::ptr::eq(ADD_REQUEST.on(PubSub::Sharded), &*ADD_REQUEST));
     }
 }

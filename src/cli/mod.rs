@@ -42,14 +42,19 @@ use redcall::{Client, Error, ErrorKind};
 #[derive(Debug, Parser)]
 #[command(name = "redcall", version, about, next_help_heading = "Global options")]
 pub struct Cli {
-    /// Redis URL (`redis://` or `rediss://`, with `user:password@` for ACL users).
+    /// Redis URL (`redis://` or `rediss://`, with `user:password@` for ACL users). With `--cluster`: seed nodes of a
+    /// Redis Cluster (repeat the flag, or comma-separate them).
     #[arg(
-        long,
+        long = "url",
         global = true,
         env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
+        default_value = "redis://127.0.0.1:6379",
+        action = clap::ArgAction::Append
     )]
-    pub url: String,
+    pub urls: Vec<String>,
+    /// Talk to a Redis Cluster whose seed nodes `--url` names (one or more).
+    #[arg(long, global = true)]
+    pub cluster: bool,
     /// Service to talk to: one request stream and its consumer group.
     #[arg(long, global = true, default_value = "default")]
     pub service: String,
@@ -175,7 +180,15 @@ pub async fn run(cli: Cli) -> ExitCode {
             Err(err) => fail(&err),
         };
     }
-    let mut builder = Client::builder(&cli.url)
+    let builder = if cli.cluster {
+        Client::cluster(&cli.urls)
+    } else if cli.urls.len() > 1 {
+        let err = Error::Config("--url was given more than once: that needs --cluster".into());
+        return fail(&err);
+    } else {
+        Client::builder(cli.url())
+    };
+    let mut builder = builder
         .namespace(cli.namespace.clone())
         .payload_limit(cli.payload_limit)
         .fail_fast(cli.fail_fast)
@@ -300,6 +313,15 @@ pub fn print_error_with_hint(kind: &str, message: &str, id: Option<&str>, hint: 
         if let Some(hint) = hint {
             errln!("hint: {hint}");
         }
+    }
+}
+
+impl Cli {
+    /// The first `--url` (the only one, unless `--cluster`).
+    pub fn url(&self) -> &str {
+        self.urls
+            .first()
+            .map_or("redis://127.0.0.1:6379", String::as_str)
     }
 }
 

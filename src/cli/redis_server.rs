@@ -70,6 +70,7 @@ pub struct RedisOptions {
     dir_prefix: String,
     startup_timeout: Duration,
     attempts: usize,
+    cluster_port: bool,
 }
 
 impl Default for RedisOptions {
@@ -82,6 +83,7 @@ impl Default for RedisOptions {
             dir_prefix: "redcall-redis-".to_owned(),
             startup_timeout: Duration::from_secs(10),
             attempts: 5,
+            cluster_port: false,
         }
     }
 }
@@ -142,6 +144,13 @@ impl RedisOptions {
     /// How long one attempt waits for the server to answer `PING`.
     pub fn startup_timeout(mut self, timeout: Duration) -> Self {
         self.startup_timeout = timeout;
+        self
+    }
+
+    /// Picks a port a Redis Cluster node can use ([`free_cluster_port`]): its bus port (+10000) must exist and be
+    /// free too.
+    pub fn cluster_port(mut self) -> Self {
+        self.cluster_port = true;
         self
     }
 
@@ -295,7 +304,12 @@ impl RedisServer {
         };
         let mut last = String::new();
         for _ in 0..server.opts.attempts {
-            server.port = free_port().map_err(Error::NoFreePort)?;
+            server.port = if server.opts.cluster_port {
+                free_cluster_port()
+            } else {
+                free_port()
+            }
+            .map_err(Error::NoFreePort)?;
             match server.spawn_ready() {
                 Ok(child) => {
                     server.child = Some(child);
@@ -542,6 +556,32 @@ impl Drop for RedisServer {
 /// A loopback port that is free right now (another process may take it before it is used).
 pub fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A loopback port in 20000–55000 that is free right now and whose cluster bus port (port + 10000) is free too: a
+/// cluster node refuses a port above 55535, which the kernel's free ports often are.
+pub fn free_cluster_port() -> io::Result<u16> {
+    let seed = std::process::id() as u64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+    let mut x = seed | 1;
+    for _ in 0..1000 {
+        // xorshift: a different sequence per process and start, so parallel tests rarely pick the same ports.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = 20000 + (x % 35001) as u16;
+        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10000) {
+            return Ok(port);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        "no free port pair (port, port + 10000) in 20000-55000",
+    ))
 }
 
 /// Whether something on 127.0.0.1:`port` answers a `PING` with `+PONG` right now.

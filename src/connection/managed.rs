@@ -11,11 +11,12 @@
 use std::sync::Arc;
 use std::sync::Mutex;
 
-use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Value};
+use redis::aio::ConnectionLike;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 
+use super::conn::Connection;
 use super::is_worth_reconnecting;
-use super::target::Target;
+use super::target::{ConnectionSettings, Target};
 use crate::config::ClientConfig;
 use crate::error::Result;
 
@@ -27,9 +28,9 @@ pub(crate) struct ManagedConnection {
 
 struct Inner {
     target: Target,
-    cfg: AsyncConnectionConfig,
+    cfg: ConnectionSettings,
     /// The connection and its number (so a failure retires only the connection it happened on).
-    current: Mutex<Option<(u64, MultiplexedConnection)>>,
+    current: Mutex<Option<(u64, Connection)>>,
     /// Held while opening a connection: one reconnect at a time.
     opening: tokio::sync::Mutex<u64>,
 }
@@ -49,9 +50,7 @@ impl ManagedConnection {
     /// # Errors
     /// As [`Target::connect`].
     pub(crate) async fn connect(target: &Target, config: &ClientConfig) -> Result<Self> {
-        let cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.command_timeout));
+        let cfg = ConnectionSettings::new(config.connect_timeout, config.command_timeout);
         let con = target.connect(&cfg, config, "connecting").await?;
         Ok(ManagedConnection {
             inner: Arc::new(Inner {
@@ -65,9 +64,7 @@ impl ManagedConnection {
 
     /// A connection that opens on its first command (no version check: that is the client's first connection's).
     pub(crate) fn lazy(target: &Target, config: &ClientConfig) -> Self {
-        let cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.command_timeout));
+        let cfg = ConnectionSettings::new(config.connect_timeout, config.command_timeout);
         ManagedConnection {
             inner: Arc::new(Inner {
                 target: target.clone(),
@@ -78,7 +75,7 @@ impl ManagedConnection {
         }
     }
 
-    fn current(&self) -> Option<(u64, MultiplexedConnection)> {
+    fn current(&self) -> Option<(u64, Connection)> {
         self.inner
             .current
             .lock()
@@ -87,7 +84,7 @@ impl ManagedConnection {
     }
 
     /// The current connection, or a new one when there is none.
-    async fn get(&self) -> redis::RedisResult<(u64, MultiplexedConnection)> {
+    async fn get(&self) -> redis::RedisResult<(u64, Connection)> {
         if let Some(current) = self.current() {
             return Ok(current);
         }

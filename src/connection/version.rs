@@ -12,7 +12,7 @@
 //! reports `valkey_version` (and, for compatibility, a `redis_version` of 7.2.4), so `valkey_version` is read first.
 //! A user whose ACL does not grant `INFO` is not refused: the check is skipped with a warning.
 
-use redis::aio::MultiplexedConnection;
+use super::conn::Connection;
 
 use crate::error::{Error, Result};
 
@@ -83,8 +83,10 @@ impl Server {
 
 /// Asks the server on `con` what it is, and refuses one too old. `Ok(None)` when the version cannot be read (no
 /// `INFO` permission, or a server that names no version): redcall then goes on without the check.
-pub(crate) async fn check(con: &mut MultiplexedConnection) -> Result<Option<Server>> {
-    let info: redis::RedisResult<String> = redis::cmd("INFO").arg("server").query_async(con).await;
+pub(crate) async fn check(con: &mut Connection) -> Result<Option<Server>> {
+    // One node's answer: on a cluster `INFO` would otherwise go to every primary.
+    let info: redis::RedisResult<String> =
+        con.query_one_node(redis::cmd("INFO").arg("server")).await;
     let info = match info {
         Ok(info) => info,
         Err(err) if err.code() == Some("NOPERM") => {

@@ -9,8 +9,8 @@ mod request;
 
 use std::sync::Arc;
 
+use crate::connection::Connection;
 use redis::AsyncCommands;
-use redis::aio::MultiplexedConnection;
 
 pub use call_info::CallInfo;
 pub use pending::PendingReply;
@@ -77,7 +77,7 @@ impl Requester {
 /// `GET key` on `con`, a connection of the router; `context` says what for, in errors.
 async fn get_bytes(
     router: &Router,
-    mut con: MultiplexedConnection,
+    mut con: Connection,
     key: &str,
     context: &'static str,
 ) -> Result<Option<Vec<u8>>> {
@@ -91,7 +91,7 @@ async fn get_bytes(
 /// as undecodable, never taken as this request's answer).
 async fn fetch_stored(
     router: &Router,
-    con: MultiplexedConnection,
+    con: Connection,
     keys: &ServiceKeys,
     id: &str,
 ) -> Result<Option<ReplyEnvelope>> {

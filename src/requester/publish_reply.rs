@@ -55,7 +55,7 @@ impl Requester {
         config.check_payload("reply", bytes.len())?;
         let router = self.client.router().await?;
         let mut pipe = redis::pipe();
-        scripts::evalsha(&mut pipe, &scripts::PUBLISH_REPLY)
+        scripts::evalsha(&mut pipe, scripts::PUBLISH_REPLY.on(router.pubsub()))
             .arg(5)
             .arg(self.keys.reply(&reply.id))
             .arg(self.keys.last_error(&reply.id))

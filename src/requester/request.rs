@@ -9,10 +9,10 @@ use serde::de::DeserializeOwned;
 
 use super::{PendingReply, Requester, new_request_id};
 use crate::config::ttl_ms;
+use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::protocol::{self, FORMAT_VERSION, RequestEnvelope};
 use redis::Value;
-use redis::aio::MultiplexedConnection;
 
 use crate::router::{AddJob, Router};
 use crate::scripts;
@@ -212,12 +212,11 @@ impl Requester {
 
         let router = self.client.router().await?;
         let channel = self.keys.reply_channel(id);
+        // The adder's batches mix services, which a cluster places on different slots: there, every request goes
+        // through the script, one slot per pipeline.
+        let batched = matches!(origin, IdOrigin::Generated) && !router.pubsub().is_sharded();
         let rx = router
-            .register(
-                &channel,
-                self.keys.clone(),
-                matches!(origin, IdOrigin::Generated),
-            )
+            .register(&channel, self.keys.clone(), batched)
             .ok_or_else(|| Error::DuplicateId { id: id.to_owned() })?;
         // From here on, the guard releases the waiter and its subscription on every early return.
         let pending = PendingReply {
@@ -242,8 +241,8 @@ impl Requester {
         // A generated id cannot collide: its first attempt goes to the router's adder, which subscribes and adds
         // many requests per transaction, and marks the waiter accepted. A caller's id may exist already: the
         // script refuses it, and clears what an expired namesake left.
-        let first = match origin {
-            IdOrigin::Generated => Some(
+        let first = if batched {
+            Some(
                 router
                     .add(AddJob {
                         keys: self.keys.clone(),
@@ -254,8 +253,9 @@ impl Requester {
                         record_ttl_ms: record_ttl,
                     })
                     .await,
-            ),
-            IdOrigin::Caller => None,
+            )
+        } else {
+            None
         };
         let entry = match first {
             Some(Ok(entry)) => Some(entry),
@@ -300,11 +300,13 @@ impl Requester {
     async fn add_by_script(
         &self,
         router: &Router,
-        mut con: MultiplexedConnection,
+        mut con: Connection,
         add: &Add<'_>,
     ) -> Result<Option<String>> {
         let mut pipe = redis::pipe();
-        pipe.cmd("SUBSCRIBE").arg(add.channel).ignore();
+        pipe.cmd(router.pubsub().subscribe())
+            .arg(add.channel)
+            .ignore();
         scripts::evalsha(&mut pipe, &scripts::ADD_REQUEST)
             .arg(4)
             .arg(self.keys.record(add.id))

@@ -123,6 +123,7 @@ impl Shared {
     /// which is the stored reply, since each store-and-publish runs atomically and in order.
     async fn finish_batch(&self, batch: &mut Vec<Completion>) {
         let ttl = ttl_ms(self.client.config().reply_ttl);
+        let pubsub = self.client.target().pubsub();
         let mut pipe = redis::Pipeline::with_capacity(2 * batch.len() + 3);
         pipe.cmd("MULTI").ignore();
         for c in batch.iter() {
@@ -138,7 +139,7 @@ impl Shared {
             pipe.add_command(set).ignore();
             let channel = self.keys.reply_channel(&c.id);
             let mut publish = redis::Cmd::with_capacity(3, channel.len() + c.reply.len() + 8);
-            publish.arg("PUBLISH").arg(channel).arg(&c.reply);
+            publish.arg(pubsub.publish()).arg(channel).arg(&c.reply);
             pipe.add_command(publish).ignore();
             if c.clear_error {
                 pipe.cmd("DEL").arg(self.keys.last_error(&c.id)).ignore();
@@ -191,13 +192,16 @@ impl Shared {
     /// For a redelivered request: answers from the stored reply if there is one. True when answered.
     pub(crate) async fn answer_from_stored(&self, id: &str, entry_id: &str) -> bool {
         let mut pipe = redis::pipe();
-        scripts::evalsha(&mut pipe, &scripts::ANSWER_FROM_STORED)
-            .arg(2)
-            .arg(self.keys.reply(id))
-            .arg(self.keys.requests())
-            .arg(self.keys.reply_channel(id))
-            .arg(&self.settings.group)
-            .arg(entry_id);
+        scripts::evalsha(
+            &mut pipe,
+            scripts::ANSWER_FROM_STORED.on(self.client.target().pubsub()),
+        )
+        .arg(2)
+        .arg(self.keys.reply(id))
+        .arg(self.keys.requests())
+        .arg(self.keys.reply_channel(id))
+        .arg(&self.settings.group)
+        .arg(entry_id);
         matches!(
             self.run_with_retries::<(i64,)>(&pipe, "checking for a stored reply")
                 .await,

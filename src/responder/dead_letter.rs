@@ -94,26 +94,29 @@ impl Shared {
             _ => String::new(),
         };
         let mut pipe = redis::pipe();
-        scripts::evalsha(&mut pipe, &scripts::DEAD_LETTER)
-            .arg(4)
-            .arg(self.keys.requests())
-            .arg(self.keys.dead_letters())
-            .arg(self.keys.reply(id))
-            .arg(self.keys.last_error(id))
-            .arg(&self.settings.group)
-            .arg(&entry.entry_id)
-            .arg(id)
-            .arg(entry.envelope.as_deref().unwrap_or(&[]))
-            .arg(letter.reason)
-            .arg(&letter.error)
-            .arg(letter.deliveries)
-            .arg(protocol::now_ms())
-            .arg(&reply)
-            .arg(ttl_ms(self.client.config().reply_ttl))
-            .arg(self.keys.reply_channel(id))
-            .arg(func_key)
-            .arg(&remember)
-            .arg(ttl_ms(self.client.config().record_retention));
+        scripts::evalsha(
+            &mut pipe,
+            scripts::DEAD_LETTER.on(self.client.target().pubsub()),
+        )
+        .arg(4)
+        .arg(self.keys.requests())
+        .arg(self.keys.dead_letters())
+        .arg(self.keys.reply(id))
+        .arg(self.keys.last_error(id))
+        .arg(&self.settings.group)
+        .arg(&entry.entry_id)
+        .arg(id)
+        .arg(entry.envelope.as_deref().unwrap_or(&[]))
+        .arg(letter.reason)
+        .arg(&letter.error)
+        .arg(letter.deliveries)
+        .arg(protocol::now_ms())
+        .arg(&reply)
+        .arg(ttl_ms(self.client.config().reply_ttl))
+        .arg(self.keys.reply_channel(id))
+        .arg(func_key)
+        .arg(&remember)
+        .arg(ttl_ms(self.client.config().record_retention));
         if self
             .run_with_retries::<(String,)>(&pipe, "dead-lettering")
             .await

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Value;
-use redis::aio::MultiplexedConnection;
 
 use super::dispatch::Stored;
 use super::state::Shared;
@@ -21,7 +20,7 @@ const READ_MAX_BACKOFF: Duration = Duration::from_secs(2);
 pub(crate) async fn read_loop(shared: Arc<Shared>) {
     let config = shared.client.config().clone();
     let block = shared.settings.block;
-    let mut reader: Option<MultiplexedConnection> = None;
+    let mut reader: Option<connection::Connection> = None;
     let mut backoff = Backoff::up_to(READ_MAX_BACKOFF);
     loop {
         // Read only when a permit is free, and only as many entries as there are free permits: nothing read waits
@@ -116,7 +115,7 @@ pub(crate) async fn read_loop(shared: Arc<Shared>) {
 /// reader's own connection, idle between reads); the others, the usual case, cost nothing. When Redis cannot be
 /// asked, an entry counts as [`Stored::Maybe`]: it is then checked on its own before its handler runs.
 async fn stored_replies(
-    con: &mut MultiplexedConnection,
+    con: &mut connection::Connection,
     shared: &Shared,
     by_hand: Option<Vec<u8>>,
     entries: &[RawEntry],

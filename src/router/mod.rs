@@ -20,6 +20,7 @@
 //! [`Error::Unavailable`] instead.
 
 mod adder;
+mod lost;
 mod reconnect;
 mod unsubscribe;
 mod waiters;
@@ -29,7 +30,6 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -38,7 +38,7 @@ pub(crate) use waiters::Delivery;
 
 use crate::backoff::Backoff;
 use crate::config::ClientConfig;
-use crate::connection::Target;
+use crate::connection::{Connection, PubSub, Target};
 use crate::error::{Error, Result};
 use crate::protocol::ServiceKeys;
 use adder::Queued;
@@ -66,7 +66,7 @@ pub(crate) struct Router {
     config: ClientConfig,
     waiters: Arc<Waiters>,
     /// The current connection; `None` while reconnecting.
-    connection: Arc<Mutex<Option<MultiplexedConnection>>>,
+    connection: Arc<Mutex<Option<Connection>>>,
     /// Counts connections, so an old connection's farewell does not tear down its replacement.
     generation: Arc<AtomicU64>,
     /// Wakes the reconnect loop.
@@ -76,6 +76,9 @@ pub(crate) struct Router {
     /// Wakes callers waiting for a connection ([`Router::connection_until`]) once one is in place.
     connected: Notify,
     unsubscribe_tx: mpsc::UnboundedSender<String>,
+    /// Channels whose subscription the server ended while they are waited on (a sharded channel's slot moved):
+    /// subscribed again and their stored replies read ([`lost`]).
+    lost_tx: mpsc::UnboundedSender<String>,
     /// Requests with generated ids, on their way to the adder (see [`adder`]).
     adds_tx: mpsc::UnboundedSender<Queued>,
     cancel: CancellationToken,
@@ -87,8 +90,16 @@ impl Router {
         let waiters = Arc::new(Waiters::default());
         let generation = Arc::new(AtomicU64::new(0));
         let reconnect = Arc::new(Notify::new());
-        let first = match reconnect::connect(&target, &config, &waiters, &generation, &reconnect)
-            .await
+        let (lost_tx, lost_rx) = mpsc::unbounded_channel();
+        let first = match reconnect::connect(
+            &target,
+            &config,
+            &waiters,
+            &generation,
+            &reconnect,
+            &lost_tx,
+        )
+        .await
         {
             Ok(con) => Some(con),
             // Redis is away right now: start without a connection and let the reconnect loop find it, while
@@ -112,6 +123,7 @@ impl Router {
             wrong_role: std::sync::atomic::AtomicBool::new(false),
             connected: Notify::new(),
             unsubscribe_tx,
+            lost_tx,
             adds_tx,
             cancel: CancellationToken::new(),
         });
@@ -123,6 +135,11 @@ impl Router {
             router.connection.clone(),
             router.waiters.clone(),
             unsubscribe_rx,
+            router.cancel.clone(),
+        ));
+        tokio::spawn(lost::resubscribe_loop(
+            Arc::downgrade(&router),
+            lost_rx,
             router.cancel.clone(),
         ));
         tokio::spawn(adder::add_loop(
@@ -137,18 +154,18 @@ impl Router {
     }
 
     /// The current connection, or [`Error::Unavailable`] while reconnecting (so callers fail fast).
-    pub(crate) fn connection(&self) -> Result<MultiplexedConnection> {
+    pub(crate) fn connection(&self) -> Result<Connection> {
         self.current().ok_or(RECONNECTING)
     }
 
-    fn current(&self) -> Option<MultiplexedConnection> {
+    fn current(&self) -> Option<Connection> {
         self.connection
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
-    fn set_connection(&self, con: Option<MultiplexedConnection>) {
+    fn set_connection(&self, con: Option<Connection>) {
         let connected = con.is_some();
         *self.connection.lock().unwrap_or_else(|p| p.into_inner()) = con;
         if connected {
@@ -161,7 +178,7 @@ impl Router {
     pub(crate) async fn connection_until(
         &self,
         deadline: tokio::time::Instant,
-    ) -> Result<MultiplexedConnection> {
+    ) -> Result<Connection> {
         loop {
             // Registered before the look, so a connection set in between still wakes this caller.
             let mut connected = std::pin::pin!(self.connected.notified());
@@ -191,7 +208,7 @@ impl Router {
         mut op: F,
     ) -> Result<T>
     where
-        F: FnMut(MultiplexedConnection) -> Fut,
+        F: FnMut(Connection) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
         let mut backoff = Backoff::up_to(RIDE_OUT_MAX_BACKOFF);
@@ -257,6 +274,11 @@ impl Router {
         } else if crate::connection::is_connection_error(err) {
             self.reconnect.notify_one();
         }
+    }
+
+    /// Which pub/sub commands carry replies (sharded ones on a cluster).
+    pub(crate) fn pubsub(&self) -> PubSub {
+        self.target.pubsub()
     }
 
     /// The client's durability setting (whether adds wait for replicas).

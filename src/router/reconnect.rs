@@ -1,20 +1,24 @@
 //! The router's connection: opening it with the push callback that routes replies, and reconnecting after it
 //! broke, restoring every waiter's subscription and reading the replies published while nobody listened.
+//!
+//! On a cluster the connection is the redis crate's cluster connection, which repairs a node's connection by
+//! itself and never breaks as a whole; but while one node's connection was down, the sharded subscriptions on it
+//! heard nothing. So on a cluster every `Disconnection` push restores every waiter's subscription and reads the
+//! stored replies on the current connection, and only when that fails is a new cluster connection opened.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
-use tokio::sync::Notify;
+use redis::{PushInfo, PushKind, Value};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::waiters::{Delivery, Snapshot, Waiters};
 use super::{BULK_CHUNK, Router};
 use crate::backoff::Backoff;
 use crate::config::ClientConfig;
-use crate::connection::Target;
+use crate::connection::{Connection, ConnectionSettings, Target, by_slot};
 use crate::error::Result;
 
 /// Backoff between reconnect attempts grows up to this.
@@ -27,24 +31,34 @@ pub(super) async fn connect(
     waiters: &Arc<Waiters>,
     generation: &Arc<AtomicU64>,
     reconnect: &Arc<Notify>,
-) -> Result<MultiplexedConnection> {
+    lost: &mpsc::UnboundedSender<String>,
+) -> Result<Connection> {
     let this_generation = generation.fetch_add(1, Ordering::SeqCst) + 1;
-    let (waiters, generation, reconnect) = (waiters.clone(), generation.clone(), reconnect.clone());
-    let on_push = move |push: PushInfo| -> std::result::Result<(), std::convert::Infallible> {
-        match push.kind {
-            PushKind::Message => waiters.route_message(push.data),
-            // An old connection's farewell must not tear down its replacement.
-            PushKind::Disconnection if generation.load(Ordering::SeqCst) == this_generation => {
-                reconnect.notify_one();
-            }
-            _ => {}
+    let (waiters, generation, reconnect, lost) = (
+        waiters.clone(),
+        generation.clone(),
+        reconnect.clone(),
+        lost.clone(),
+    );
+    let on_push = move |push: PushInfo| match push.kind {
+        PushKind::Message | PushKind::SMessage => waiters.route_message(push.data),
+        // An old connection's farewell must not tear down its replacement.
+        PushKind::Disconnection if generation.load(Ordering::SeqCst) == this_generation => {
+            reconnect.notify_one();
         }
-        Ok(())
+        // The server ends a sharded subscription by itself when the channel's slot moves to another shard (or its
+        // node stops being a primary). A channel still waited on must be subscribed again, on the new owner.
+        PushKind::SUnsubscribe => {
+            if let Some(channel) = push.data.first().and_then(channel_name)
+                && waiters.is_waited(&channel)
+            {
+                let _ = lost.send(channel);
+            }
+        }
+        _ => {}
     };
-    let cfg = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(config.connect_timeout))
-        .set_response_timeout(Some(config.command_timeout))
-        .set_push_sender(on_push);
+    let cfg = ConnectionSettings::new(config.connect_timeout, config.command_timeout)
+        .with_push(Arc::new(on_push));
     target
         .connect(&cfg, config, "connecting the reply router")
         .await
@@ -72,8 +86,21 @@ pub(super) async fn reconnect_loop(router: Weak<Router>, cancel: CancellationTok
             && !wrong_role
         {
             let alive: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut con).await;
-            if alive.is_ok() {
+            if alive.is_ok() && !con.pubsub().is_sharded() {
                 continue;
+            }
+            // A cluster connection answers after one of its nodes came back, but what was published on that node
+            // meanwhile went unheard: restore and read, on the same connection, while it works.
+            if alive.is_ok() {
+                match resubscribe(&r.waiters, &mut con, r.waiters.snapshot_all()).await {
+                    Ok(_) => {
+                        tracing::info!("reply router restored its sharded subscriptions");
+                        continue;
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "restoring sharded subscriptions failed; reconnecting")
+                    }
+                }
             }
         }
         r.set_connection(None);
@@ -89,6 +116,7 @@ pub(super) async fn reconnect_loop(router: Weak<Router>, cancel: CancellationTok
                 &r.waiters,
                 &r.generation,
                 &r.reconnect,
+                &r.lost_tx,
             )
             .await
             {
@@ -125,12 +153,34 @@ pub(super) async fn reconnect_loop(router: Weak<Router>, cancel: CancellationTok
 /// has no reply) learns that Redis lost its request. Returns the channels subscribed.
 pub(super) async fn resubscribe(
     waiters: &Waiters,
-    con: &mut MultiplexedConnection,
+    con: &mut Connection,
     pending: Vec<Snapshot>,
 ) -> redis::RedisResult<Vec<String>> {
+    let mut lost = 0usize;
+    // On a cluster, per slot (a pipeline or a subscribe spans one); on one Redis, one group of all.
+    for group in by_slot(&pending, con.pubsub(), |w| w.channel.as_str()) {
+        lost += resubscribe_group(waiters, con, &group).await?;
+    }
+    if lost > 0 {
+        tracing::error!(
+            lost,
+            "requests Redis had accepted are gone from it (restarted without persistence, or it \
+             lost its last writes); their callers were told"
+        );
+    }
+    Ok(pending.into_iter().map(|w| w.channel).collect())
+}
+
+/// [`resubscribe`] of one group of channels that a pipeline may span. Returns how many callers were told that their
+/// request was lost.
+async fn resubscribe_group(
+    waiters: &Waiters,
+    con: &mut Connection,
+    pending: &[&Snapshot],
+) -> redis::RedisResult<usize> {
     for chunk in pending.chunks(BULK_CHUNK) {
         let channels: Vec<&str> = chunk.iter().map(|w| w.channel.as_str()).collect();
-        con.subscribe(&channels).await?;
+        con.subscribe_channels(&channels).await?;
     }
     let mut lost = 0usize;
     for chunk in pending.chunks(BULK_CHUNK) {
@@ -160,12 +210,14 @@ pub(super) async fn resubscribe(
             }
         }
     }
-    if lost > 0 {
-        tracing::error!(
-            lost,
-            "requests Redis had accepted are gone from it (restarted without persistence, or it \
-             lost its last writes); their callers were told"
-        );
+    Ok(lost)
+}
+
+/// The channel name of a subscription push's first item.
+fn channel_name(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
     }
-    Ok(pending.into_iter().map(|w| w.channel).collect())
 }

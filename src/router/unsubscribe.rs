@@ -3,13 +3,13 @@
 
 use std::sync::{Arc, Mutex};
 
-use redis::aio::MultiplexedConnection;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::BULK_CHUNK;
 use super::reconnect::resubscribe;
 use super::waiters::Waiters;
+use crate::connection::Connection;
 
 /// Sends UNSUBSCRIBE for released channels, many per command.
 ///
@@ -20,7 +20,7 @@ use super::waiters::Waiters;
 /// reconnect ([`resubscribe`]). Everything this loop sends goes out in order, so a caller released meanwhile is
 /// unsubscribed after that `SUBSCRIBE`, in a later round.
 pub(super) async fn unsubscribe_loop(
-    connection: Arc<Mutex<Option<MultiplexedConnection>>>,
+    connection: Arc<Mutex<Option<Connection>>>,
     waiters: Arc<Waiters>,
     mut rx: mpsc::UnboundedReceiver<String>,
     cancel: CancellationToken,
@@ -37,7 +37,7 @@ pub(super) async fn unsubscribe_loop(
         let con = connection.lock().unwrap_or_else(|p| p.into_inner()).clone();
         // Without a connection there is nothing to unsubscribe: a reconnect subscribes only live waiters.
         if let Some(mut con) = con {
-            match con.unsubscribe(&batch).await {
+            match con.unsubscribe_channels(&batch).await {
                 Ok(()) => {
                     // Nothing to do, and no round trip, in the usual case.
                     let waited = waiters.snapshot_of(&batch);

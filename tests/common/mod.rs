@@ -14,6 +14,7 @@
 #![allow(dead_code)]
 
 mod calls;
+pub mod cluster;
 mod env;
 mod inspect;
 mod process;

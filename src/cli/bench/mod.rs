@@ -66,7 +66,7 @@ async fn bench(ctx: &Context<'_>, args: &Args) -> Result<(), String> {
     // Declared first so that it is dropped (killed) last, after the workers.
     let mut redis_process = None;
     let url = if args.external {
-        ctx.cli.url.clone()
+        ctx.cli.url().to_owned()
     } else {
         let server = RedisServer::start_with(
             RedisOptions::new()

@@ -88,7 +88,7 @@ pub async fn run(ctx: &Context<'_>, args: &WorkerArgs) -> Result<(), String> {
         Role::Responder => {
             let responder = match args.system {
                 System::Redcall | System::RedcallMetrics => {
-                    let client = redcall_side::client(&cli.url, &cli.namespace, retention)
+                    let client = redcall_side::client(cli.url(), &cli.namespace, retention)
                         .map_err(|e| e.to_string())?;
                     Running::Redcall(
                         redcall_side::start_responder(
@@ -102,7 +102,7 @@ pub async fn run(ctx: &Context<'_>, args: &WorkerArgs) -> Result<(), String> {
                     )
                 }
                 System::Baseline => {
-                    let client = baseline::resp3_client(&cli.url)?;
+                    let client = baseline::resp3_client(cli.url())?;
                     let keys = redcall::protocol::ServiceKeys::new(&cli.namespace, &cli.service);
                     Running::Baseline(BaselineResponder::start(&client, keys, args.readers).await?)
                 }
@@ -130,12 +130,12 @@ pub async fn run(ctx: &Context<'_>, args: &WorkerArgs) -> Result<(), String> {
             let timeout = secs(args.timeout)?;
             let caller = match args.system {
                 System::Redcall | System::RedcallMetrics => {
-                    let client = redcall_side::client(&cli.url, &cli.namespace, retention)
+                    let client = redcall_side::client(cli.url(), &cli.namespace, retention)
                         .map_err(|e| e.to_string())?;
                     Caller::Redcall(RedcallCaller::new(client, &cli.service, payload, timeout))
                 }
                 System::Baseline => {
-                    let client = baseline::resp3_client(&cli.url)?;
+                    let client = baseline::resp3_client(cli.url())?;
                     let keys = redcall::protocol::ServiceKeys::new(&cli.namespace, &cli.service);
                     Caller::Baseline(
                         BaselineCaller::connect(&client, keys, args.connections, payload, timeout)

@@ -1,0 +1,202 @@
+//! Redis Cluster, for real: 3 primaries and 3 replicas on loopback ports (`common::cluster`). A service lives on the
+//! shard of its hash tag's slot; replies travel over sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`). Each test starts its
+//! own cluster (a few seconds), and runs several checks on it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::GENEROUS;
+use common::cluster::RedisCluster;
+use redcall::{Client, HandlerError, RequestContext};
+use serde_json::{Value, json};
+
+fn unique_service(what: &str) -> String {
+    format!("{what}-{}", uuid::Uuid::now_v7().simple())
+}
+
+/// A responder with `echo` and `fail` (an error reply), on `service`.
+async fn echo_responder(client: &Client, service: &str) -> redcall::Responder {
+    client
+        .responder(service)
+        .visibility_timeout(Duration::from_secs(2))
+        .handler("echo", |_ctx: RequestContext, v: Value| async move {
+            Ok::<_, HandlerError>(v)
+        })
+        .start()
+        .await
+        .expect("start a responder on the cluster")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_on_a_cluster() {
+    let cluster = tokio::task::block_in_place(RedisCluster::start);
+    let client = Client::cluster(cluster.seeds())
+        .build()
+        .expect("cluster client");
+    let service = unique_service("cluster-rt");
+    let responder = echo_responder(&client, &service).await;
+    let requester = client.requester(&service);
+    let reply: Value = requester
+        .call("echo", &json!({"via": "cluster"}), GENEROUS)
+        .await
+        .expect("round trip on the cluster");
+    assert_eq!(reply, json!({"via": "cluster"}));
+    let reply: Value = requester
+        .request("rt-1", "echo", &json!(1), GENEROUS)
+        .await
+        .expect("round trip with a caller's id");
+    assert_eq!(reply, json!(1));
+
+    // Call info, and a reply by hand, on a service nobody serves.
+    let by_hand = client.requester(&unique_service("cluster-hand"));
+    let pending = by_hand
+        .send("hand-1", "manual", &json!({"n": 7}), GENEROUS)
+        .await
+        .expect("send");
+    let info = by_hand.call_info("hand-1").await.expect("call info");
+    assert_eq!(info.func_key, "manual");
+    assert_eq!(info.params::<Value>().expect("params"), json!({"n": 7}));
+    by_hand
+        .publish_reply("hand-1", &json!("by hand"))
+        .await
+        .expect("reply by hand");
+    let reply: Value = pending.wait().await.expect("the reply by hand");
+    assert_eq!(reply, json!("by hand"));
+
+    // A dead letter (a function nobody has), replayed to a responder that has it.
+    let err = requester
+        .call::<_, Value>("later", &json!(3), GENEROUS)
+        .await
+        .expect_err("unknown function");
+    assert_eq!(err.kind(), redcall::ErrorKind::UnknownFunction, "{err}");
+    let admin = client.admin(&service);
+    let dead = admin.dead_letters(None, 10).await.expect("dead letters");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let stats = admin.stats().await.expect("stats");
+    assert_eq!(
+        (stats.stream_length, stats.dead_letters),
+        (3, 1),
+        "{stats:?}"
+    );
+    responder.shutdown().await.expect("shutdown");
+    let responder = client
+        .responder(&service)
+        .handler("later", |_ctx: RequestContext, v: Value| async move {
+            Ok::<_, HandlerError>(v)
+        })
+        .start()
+        .await
+        .expect("a responder that has it");
+    let report = admin
+        .replay_all_dead_letters(&redcall::admin::ReplayOptions::default(), |_| {})
+        .await
+        .expect("replay");
+    assert_eq!(report.replayed.len(), 1, "{report:?}");
+    let answered = common::wait_until(Duration::from_secs(10), || async {
+        let stats = admin.stats().await.expect("stats");
+        stats.dead_letters == 0
+            && stats.stream_length == 4
+            && stats
+                .groups
+                .iter()
+                .all(|g| g.pending == 0 && g.lag == Some(0))
+    })
+    .await;
+    assert!(answered, "{:?}", admin.stats().await);
+    responder.shutdown().await.expect("shutdown");
+}
+
+/// Runs `redcall --cluster --url <node 0> --url <node 1> --service <service> <args>` and returns its output.
+fn cli(cluster: &RedisCluster, service: &str, args: &[&str]) -> std::process::Output {
+    let seeds = cluster.seeds();
+    std::process::Command::new(common::redcall_bin())
+        .args([
+            "--cluster",
+            "--url",
+            &seeds[0],
+            "--url",
+            &seeds[1],
+            "--service",
+            service,
+        ])
+        .args(args)
+        .output()
+        .expect("run redcall")
+}
+
+fn ok_stdout(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn cli_serve_call_info_reply_stats_and_dlq_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    let service = unique_service("cluster-cli");
+    let seeds = cluster.seeds();
+    let _serve = common::spawn_serve(
+        &cluster.nodes()[0],
+        &service,
+        "serve-1",
+        // Comma-separated seeds work as repeated ones.
+        &["--cluster", "--url", &format!("{},{}", seeds[1], seeds[2])],
+        &[],
+    );
+    let out = ok_stdout(&cli(
+        &cluster,
+        &service,
+        &["call", "echo", r#"{"a":1}"#, "--timeout", "20"],
+    ));
+    assert!(out.contains("\"a\""), "{out}");
+    // Call info and a reply by hand, on a service nobody serves.
+    let other = unique_service("cluster-cli-hand");
+    let waiting = std::process::Command::new(common::redcall_bin())
+        .args(["--url", &cluster.url(), "--service", &other])
+        .args([
+            "call",
+            "manual",
+            "5",
+            "--id",
+            "cli-hand-1",
+            "--timeout",
+            "20",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn call");
+    let found = (0..200).any(|_| {
+        let out = cli(&cluster, &other, &["info", "cli-hand-1"]);
+        if out.status.success() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        false
+    });
+    assert!(found, "the request never showed in `info`");
+    ok_stdout(&cli(
+        &cluster,
+        &other,
+        &["reply", "cli-hand-1", r#""by hand""#],
+    ));
+    let waited = waiting.wait_with_output().expect("call exits");
+    assert!(ok_stdout(&waited).contains("by hand"));
+    // A dead letter, listed.
+    let out = cli(
+        &cluster,
+        &service,
+        &["call", "nobody-has-it", "1", "--timeout", "20"],
+    );
+    assert!(!out.status.success());
+    let out = ok_stdout(&cli(&cluster, &service, &["--json", "dlq", "list"]));
+    assert!(out.contains("nobody-has-it"), "{out}");
+    let out = ok_stdout(&cli(&cluster, &service, &["--json", "stats"]));
+    assert!(out.contains("\"stream_length\":2"), "{out}");
+}

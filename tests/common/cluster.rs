@@ -1,0 +1,181 @@
+//! A throwaway Redis Cluster: 3 primaries and 3 replicas on free loopback ports (each with its bus port, +10000,
+//! free too), joined by `redis-cli --cluster create`, healthy (`cluster_state:ok`, every replica's link up) before a
+//! test begins, every node stopped by its PID on drop.
+//!
+//! The nodes: `--cluster-node-timeout 1500` (a dead primary's replica is promoted within a few seconds) and
+//! `--repl-diskless-sync-delay 0` (a replica syncs at once; one not synced yet cannot be promoted).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::server::{RedisOptions, RedisServer};
+
+/// Primaries of the cluster.
+pub const PRIMARIES: usize = 3;
+
+/// A running cluster. Nodes are killed by PID on drop.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts 6 nodes, joins them (one replica per primary) and waits until the cluster is healthy. Panics (with the
+    /// tool's output) if it does not come up.
+    pub fn start() -> Self {
+        let started = Instant::now();
+        let nodes: Vec<RedisServer> = (0..2 * PRIMARIES)
+            .map(|_| {
+                RedisServer::start_with(
+                    RedisOptions::default()
+                        .cluster_port()
+                        .dir_prefix("redcall-cluster-")
+                        .args([
+                            "--cluster-enabled",
+                            "yes",
+                            "--cluster-config-file",
+                            "nodes.conf",
+                            "--cluster-node-timeout",
+                            "1500",
+                            "--repl-diskless-sync-delay",
+                            "0",
+                        ]),
+                )
+            })
+            .collect();
+        let cluster = RedisCluster { nodes };
+        let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
+        args.extend(
+            cluster
+                .nodes
+                .iter()
+                .map(|n| format!("127.0.0.1:{}", n.port())),
+        );
+        args.extend(["--cluster-replicas", "1", "--cluster-yes"].map(String::from));
+        let out = Command::new("redis-cli")
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("[OK]"),
+            "redis-cli --cluster create failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cluster.wait_healthy(Duration::from_secs(30));
+        eprintln!(
+            "cluster of {} nodes healthy after {:?}",
+            cluster.nodes.len(),
+            started.elapsed()
+        );
+        cluster
+    }
+
+    /// Waits until every live node reports `cluster_state:ok`, and every replica's link to its primary is up.
+    /// Panics after `deadline`.
+    pub fn wait_healthy(&self, deadline: Duration) {
+        let end = Instant::now() + deadline;
+        loop {
+            if self.is_healthy() {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "the cluster did not become healthy within {deadline:?}:\n{}",
+                self.live()
+                    .map(|n| n.cli(&["cluster", "info"]))
+                    .next()
+                    .unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.live().all(|n| {
+            let info = n.cli(&["cluster", "info"]);
+            if !info.contains("cluster_state:ok") {
+                return false;
+            }
+            let repl = n.cli(&["info", "replication"]);
+            !repl.contains("role:slave") || repl.contains("master_link_status:up")
+        })
+    }
+
+    fn live(&self) -> impl Iterator<Item = &RedisServer> {
+        self.nodes.iter().filter(|n| n.ping())
+    }
+
+    /// Seed URLs of every node (`redis://127.0.0.1:PORT`).
+    pub fn seeds(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.url()).collect()
+    }
+
+    /// The cluster as one URL, `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,...`.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// A live node, for `redis-cli` calls that any node answers.
+    pub fn any(&self) -> &RedisServer {
+        self.live().next().expect("a live cluster node")
+    }
+
+    /// The slot of `key` (`CLUSTER KEYSLOT`).
+    pub fn slot(&self, key: &str) -> u16 {
+        self.any()
+            .cli(&["cluster", "keyslot", key])
+            .trim()
+            .parse()
+            .expect("a slot number")
+    }
+
+    /// The index (into [`RedisCluster::nodes`]) of the primary serving `slot` now, from a live node's view.
+    pub fn primary_of_slot(&self, slot: u16) -> usize {
+        let nodes = self.any().cli(&["cluster", "nodes"]);
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let serves = fields[8..].iter().any(|range| {
+                let mut ends = range.split('-');
+                let (Some(lo), hi) = (ends.next(), ends.next()) else {
+                    return false;
+                };
+                let (Ok(lo), Ok(hi)) = (lo.parse::<u16>(), hi.unwrap_or(lo).parse::<u16>()) else {
+                    return false;
+                };
+                (lo..=hi).contains(&slot)
+            });
+            if serves {
+                let port: u16 = fields[1]
+                    .split(['@', ':'])
+                    .nth(1)
+                    .and_then(|p| p.parse().ok())
+                    .expect("a node address");
+                return self
+                    .nodes
+                    .iter()
+                    .position(|n| n.port() == port)
+                    .expect("a node of this cluster");
+            }
+        }
+        panic!("no primary serves slot {slot}:\n{nodes}");
+    }
+
+    /// SIGKILLs node `index`.
+    pub fn kill(&mut self, index: usize) {
+        self.nodes[index].kill();
+    }
+}

@@ -64,7 +64,9 @@ pub use error::{ConnectFailure, Error, ErrorKind, Result};
 pub use requester::{CallInfo, PendingReply, Requester, new_request_id};
 pub use responder::in_handler::in_handler;
 pub use responder::reaper::{ReapReport, Reaper};
-pub use responder::{HandlerError, RequestContext, Responder, ResponderBuilder, ResponderSettings};
+pub use responder::{
+    HandlerError, RequestContext, Responder, ResponderBuilder, ResponderSettings, RetryPolicy,
+};
 pub use retention::{RetentionPolicy, TrimReport};
 
 /// The README's examples, compiled as doc tests so they cannot rot.

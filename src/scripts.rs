@@ -388,8 +388,33 @@ return #head
     )
 });
 
+/// Takes back, for a retry after its backoff, an entry this responder left pending after a known failure: claims it
+/// to the same consumer with `XCLAIM ... 0 <entry id>` (which counts a delivery), but only while it is still this
+/// consumer's and still on the delivery that failed. Anything else means another consumer took it meanwhile (the
+/// visibility timeout passed, say during an outage): it is theirs now, and running it here too would run it twice.
+///
+/// KEYS: requests stream. ARGV: group, consumer, entry id, the delivery count of the failed delivery.
+/// Returns the new delivery count, 0 when the entry is not this consumer's on that delivery any more (or not
+/// pending), -1 when its stream entry was deleted (`XCLAIM` then drops it from the pending list).
+pub(crate) static RETRY_CLAIM: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r#"
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+local p = pending[1]
+if not p or p[2] ~= ARGV[2] or p[4] ~= tonumber(ARGV[4]) then
+  return 0
+end
+local claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3])
+if not claimed[1] then
+  return -1
+end
+return p[4] + 1
+"#,
+    )
+});
+
 /// Every script, for loading after a `NOSCRIPT` answer.
-pub(crate) fn all() -> [&'static Lua; 7] {
+pub(crate) fn all() -> [&'static Lua; 8] {
     [
         &ADD_REQUEST,
         &PUBLISH_REPLY,
@@ -398,6 +423,7 @@ pub(crate) fn all() -> [&'static Lua; 7] {
         &REPLAY,
         &TRIM,
         &PURGE_UPTO,
+        &RETRY_CLAIM,
     ]
 }
 

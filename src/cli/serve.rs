@@ -18,6 +18,13 @@ pub struct Args {
     /// Deliveries after which a failing request is dead-lettered.
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub max_deliveries: u64,
+    /// Pause before a request whose handler asked for a retry or panicked is delivered again, doubling with each
+    /// delivery (with up to 20% jitter off); a bare number is milliseconds.
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = super::duration::millis)]
+    pub retry_backoff: Duration,
+    /// Longest pause between two deliveries of a failing request; a bare number is milliseconds.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::duration::millis)]
+    pub retry_backoff_max: Duration,
     /// Most requests handled at once.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub concurrency: usize,
@@ -117,6 +124,10 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
     builder = builder
         .visibility_timeout(args.visibility_timeout)
         .max_deliveries(args.max_deliveries)
+        .retry_backoff(redcall::RetryPolicy::exponential(
+            args.retry_backoff,
+            args.retry_backoff_max,
+        ))
         .concurrency(args.concurrency)
         .group(args.group.clone())
         .grace(args.grace)

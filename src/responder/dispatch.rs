@@ -40,9 +40,9 @@ type HandlerResult = std::thread::Result<Outcome>;
 enum Next {
     /// Answer the requester: the result, or an error reply.
     Answer(ReplyEnvelope),
-    /// The handler asked for a retry (why): leave the entry pending.
-    Retry(String),
-    /// The handler panicked (its message): leave the entry pending.
+    /// The handler asked for a retry (why, and after how long if it said): deliver it again after a backoff.
+    Retry(String, Option<Duration>),
+    /// The handler panicked (its message): deliver it again after a backoff.
     Panicked(String),
     /// The params did not decode (why): dead-letter, with an error reply.
     InvalidParams(String),
@@ -55,7 +55,10 @@ fn next_step(id: &str, outcome: HandlerResult) -> Next {
         Ok(Outcome::Failed(HandlerError::Fail { code, message })) => Next::Answer(
             ReplyEnvelope::failure(id, ReplyStatus::Error, &code, message),
         ),
-        Ok(Outcome::Failed(HandlerError::Retry { reason })) => Next::Retry(reason),
+        Ok(Outcome::Failed(HandlerError::Retry { reason })) => Next::Retry(reason, None),
+        Ok(Outcome::Failed(HandlerError::RetryAfter { reason, delay })) => {
+            Next::Retry(reason, Some(delay))
+        }
         Ok(Outcome::InvalidParams(message)) => Next::InvalidParams(message),
         Err(panic) => Next::Panicked(panic_message(panic.as_ref())),
     }
@@ -203,7 +206,7 @@ impl Shared {
     /// Awaits a running handler, then does what its outcome calls for; unless the shutdown grace period ends first,
     /// which leaves the request pending.
     async fn run_and_conclude(
-        &self,
+        self: &Arc<Self>,
         entry: &RawEntry,
         request: RequestEnvelope,
         delivery: u64,
@@ -309,9 +312,9 @@ impl Shared {
             .await;
     }
 
-    /// Does what a handler's outcome calls for: an answer, a retry left pending, or a dead letter.
+    /// Does what a handler's outcome calls for: an answer, a retry after a backoff, or a dead letter.
     async fn conclude(
-        &self,
+        self: &Arc<Self>,
         entry: &RawEntry,
         request: RequestEnvelope,
         delivery: u64,
@@ -320,22 +323,23 @@ impl Shared {
     ) {
         let id = &request.id;
         self.count_outcome(&request.func_key, &next, ran);
-        if matches!(next, Next::Retry(_) | Next::Panicked(_)) {
+        if matches!(next, Next::Retry(..) | Next::Panicked(_)) {
             self.left_pending(&entry.entry_id);
         }
         match next {
             Next::Answer(reply) => self.finish(id, &entry.entry_id, delivery, reply).await,
-            Next::Retry(reason) => {
+            Next::Retry(reason, asked) => {
                 tracing::info!(
                     %id,
                     service = %self.service,
                     func = %request.func_key,
                     delivery,
                     %reason,
-                    "handler asked for a retry; leaving the request pending"
+                    "handler asked for a retry; delivering it again after a backoff"
                 );
                 self.remember_error(id, &format!("retry requested: {reason}"))
                     .await;
+                self.schedule_retry(entry, &request.func_key, delivery, asked);
             }
             Next::Panicked(message) => {
                 tracing::error!(
@@ -344,10 +348,11 @@ impl Shared {
                     func = %request.func_key,
                     delivery,
                     panic = %message,
-                    "handler panicked; the request stays pending for redelivery"
+                    "handler panicked; delivering it again after a backoff"
                 );
                 self.remember_error(id, &format!("handler panicked: {message}"))
                     .await;
+                self.schedule_retry(entry, &request.func_key, delivery, None);
             }
             Next::InvalidParams(message) => {
                 let letter = DeadLetter::replying(
@@ -371,7 +376,7 @@ impl Shared {
         let outcome = match next {
             Next::Answer(reply) if reply.status == ReplyStatus::Ok => Handled::Ok,
             Next::Answer(_) => Handled::Error,
-            Next::Retry(_) => Handled::Retry,
+            Next::Retry(..) => Handled::Retry,
             Next::Panicked(_) => Handled::Panic,
             Next::InvalidParams(_) => return,
         };

@@ -47,11 +47,19 @@ pub enum HandlerError {
         /// Human-readable message.
         message: String,
     },
-    /// Do not answer; leave the request pending so it is delivered again after the visibility timeout (and
-    /// dead-lettered after `max_deliveries`).
+    /// Do not answer; deliver the request again after the responder's retry backoff (see
+    /// [`crate::RetryPolicy`]), and dead-letter it after `max_deliveries`.
     Retry {
         /// Why, kept as the last error for the dead-letter record.
         reason: String,
+    },
+    /// Like [`HandlerError::Retry`], but deliver the request again after `delay` instead of the policy's backoff
+    /// (say, the time a rate limit named).
+    RetryAfter {
+        /// Why, kept as the last error for the dead-letter record.
+        reason: String,
+        /// How long to wait before the next delivery.
+        delay: Duration,
     },
 }
 
@@ -64,10 +72,18 @@ impl HandlerError {
         }
     }
 
-    /// A request to deliver the request again later.
+    /// A request to deliver the request again later, after the responder's retry backoff.
     pub fn retry(reason: impl Into<String>) -> Self {
         HandlerError::Retry {
             reason: reason.into(),
+        }
+    }
+
+    /// A request to deliver the request again after `delay` (the last delivery allowed is dead-lettered at once).
+    pub fn retry_after(reason: impl Into<String>, delay: Duration) -> Self {
+        HandlerError::RetryAfter {
+            reason: reason.into(),
+            delay,
         }
     }
 }

@@ -17,6 +17,7 @@ pub(crate) mod in_handler;
 mod keepalive;
 mod reader;
 pub(crate) mod reaper;
+mod retry;
 mod settings;
 mod state;
 
@@ -30,6 +31,7 @@ use serde::de::DeserializeOwned;
 use tokio_util::task::TaskTracker;
 
 pub use handler::{HandlerError, RequestContext};
+pub use retry::RetryPolicy;
 pub use settings::ResponderSettings;
 
 use crate::client::Client;
@@ -99,6 +101,19 @@ impl ResponderBuilder {
     /// change single fields of them.
     pub fn settings(mut self, settings: ResponderSettings) -> Self {
         self.settings = settings;
+        self
+    }
+
+    /// How long to wait before delivering a request again after its handler asked for a retry or panicked
+    /// (default: 100 ms, doubling, at most 10 s; see [`RetryPolicy`]).
+    pub fn retry_backoff(mut self, policy: RetryPolicy) -> Self {
+        self.settings.retry = policy;
+        self
+    }
+
+    /// A retry policy for the requests to `func_key` alone, replacing [`ResponderBuilder::retry_backoff`]'s for them.
+    pub fn retry_backoff_for(mut self, func_key: &str, policy: RetryPolicy) -> Self {
+        self.settings.retry_for.insert(func_key.to_owned(), policy);
         self
     }
 

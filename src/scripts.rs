@@ -413,8 +413,51 @@ return p[4] + 1
     )
 });
 
+/// Cancels a request by id: unless a reply is stored already (the first reply wins), stores and publishes the
+/// `cancelled` reply, publishes the id on the service's cancel channel (responders running it tell its handler),
+/// forgets the last delivery error, and sets `T:byhand` like `PUBLISH_REPLY`, so that a responder reading the
+/// entry later answers it from the stored reply without running it. The reply is kept at least as long as the
+/// request record, so it answers every later delivery of the request.
+///
+/// A stored reply byte-identical to this one is this very cancel, stored by an earlier attempt whose answer was
+/// lost: it counts once, as cancelled.
+///
+/// KEYS: record, reply, last error, `T:byhand`, requests stream. ARGV: cancelled reply envelope, reply TTL (ms),
+/// reply channel, cancel channel, request id. Returns 1 when cancelled, 0 when a reply was stored already, -1 when
+/// the request is unknown.
+pub(crate) static CANCEL: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return -1
+end
+local stored = redis.call('GET', KEYS[2])
+if stored == ARGV[1] then
+  return 1
+end
+if stored then
+  return 0
+end
+local keep = tonumber(ARGV[2])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > keep then
+  keep = ttl
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', keep)
+redis.call('PUBLISH', ARGV[3], ARGV[1])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+redis.call('DEL', KEYS[3])
+local newest = redis.pcall('XREVRANGE', KEYS[5], '+', '-', 'COUNT', 1)
+if type(newest) == 'table' and newest.err == nil and newest[1] then
+  redis.pcall('SET', KEYS[4], newest[1][1])
+end
+return 1
+"#,
+    )
+});
+
 /// Every script, for loading after a `NOSCRIPT` answer.
-pub(crate) fn all() -> [&'static Lua; 8] {
+pub(crate) fn all() -> [&'static Lua; 9] {
     [
         &ADD_REQUEST,
         &PUBLISH_REPLY,
@@ -424,6 +467,7 @@ pub(crate) fn all() -> [&'static Lua; 8] {
         &TRIM,
         &PURGE_UPTO,
         &RETRY_CLAIM,
+        &CANCEL,
     ]
 }
 

@@ -60,8 +60,7 @@ pub enum Answer {
     },
 }
 
-/// Where a request is now. New states may be added (a cancelled request, once cancellation exists): match with a
-/// fallback arm.
+/// Where a request is now. New states may be added: match with a fallback arm.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 #[non_exhaustive]
@@ -89,6 +88,9 @@ pub enum RequestState {
         /// How it ended.
         answer: Answer,
     },
+    /// Cancelled by id ([`crate::Requester::cancel`]) before it was answered: its stored reply is the `cancelled`
+    /// one, and it is not run (or its late result was dropped).
+    Cancelled,
     /// Moved to the dead-letter stream.
     DeadLettered {
         /// The dead letter's id (what `redcall dlq show|replay` take); `None` when the reply says dead-lettered but
@@ -119,6 +121,7 @@ impl RequestState {
             RequestState::Answered { .. } => "answered",
             RequestState::DeadLettered { .. } => "dead_lettered",
             RequestState::Expired => "expired",
+            RequestState::Cancelled => "cancelled",
             RequestState::Acknowledged => "acknowledged",
             RequestState::InFlight => "in_flight",
             RequestState::Unknown => "unknown",
@@ -261,6 +264,11 @@ impl Admin {
         if let Some(reply) = reply {
             status.state = match reply.status {
                 ReplyStatus::Ok => RequestState::Answered { answer: Answer::Ok },
+                ReplyStatus::Error
+                    if reply.code.as_deref() == Some(crate::protocol::codes::CANCELLED) =>
+                {
+                    RequestState::Cancelled
+                }
                 ReplyStatus::Error => RequestState::Answered {
                     answer: Answer::Error {
                         code: reply.code.clone().unwrap_or_default(),

@@ -91,6 +91,7 @@ fn describe_state(state: &RequestState) -> String {
             reason,
         } => format!("dead-lettered ({reason}): the dead letter is gone (purged) or was not found"),
         RequestState::Expired => "expired: the deadline passed without a reply".to_owned(),
+        RequestState::Cancelled => "cancelled: cancelled by id before it was answered".to_owned(),
         RequestState::Acknowledged => {
             "acknowledged by every group, but no reply is stored".to_owned()
         }

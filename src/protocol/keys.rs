@@ -64,6 +64,12 @@ impl ServiceKeys {
         key
     }
 
+    /// The service's cancel channel: a cancelled request's id is published on it, and every responder of the
+    /// service listens, so a running handler learns of its cancellation at once.
+    pub fn cancels(&self) -> String {
+        format!("{}:cancels", self.tag)
+    }
+
     /// The last error of a failed delivery (kept for the dead-letter record).
     pub fn last_error(&self, id: &str) -> String {
         self.per_id(":err:", id)

@@ -3,6 +3,7 @@
 //! a request sent, whose reply is awaited later).
 
 mod call_info;
+mod cancel;
 mod pending;
 mod publish_reply;
 mod request;

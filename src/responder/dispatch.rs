@@ -111,10 +111,14 @@ impl Shared {
         let Some((request, handler)) = self.admit_quickly(&entry) else {
             return self.spawn_entry(entry, 1, stored, Some(permit));
         };
+        if self.cancels.recently_cancelled(&request.id) {
+            return self.spawn_entry(entry, 1, Stored::Maybe, Some(permit));
+        }
         let span = self.request_span(&request);
         let _in_span = span.enter();
         tracing::debug!(entry_id = %entry.entry_id, delivery = 1, "handling");
         let ctx = self.context(&request, &entry, 1);
+        let cancel = ctx.cancel.clone();
         let started = Instant::now();
         // The handler's own code runs inside both guards: building its future and its first poll may panic.
         let first_poll =
@@ -127,10 +131,11 @@ impl Shared {
                         None => {
                             // Still running: from here on it is an ordinary request task, whose claim is kept alive.
                             let tracked = self.track(&entry.entry_id);
+                            let running = self.running(&request.id, &cancel);
                             let shared = self.clone();
                             self.requests.spawn(
                                 async move {
-                                    let (_permit, _tracked) = (permit, tracked);
+                                    let (_permit, _tracked, _running) = (permit, tracked, running);
                                     shared
                                         .run_and_conclude(&entry, request, 1, run, started)
                                         .await;
@@ -200,6 +205,7 @@ impl Shared {
             entry_id: entry.entry_id.clone(),
             delivery,
             deadline: request.deadline(),
+            cancel: tokio_util::sync::CancellationToken::new(),
         }
     }
 
@@ -265,8 +271,9 @@ impl Shared {
         let id = request.id.clone();
         tracing::debug!(entry_id = %entry.entry_id, delivery, "handling");
 
-        // Answered once (DESIGN 6): a request with a stored reply is answered from it, on every delivery.
-        if (stored != Stored::None || delivery > 1)
+        // Answered once (DESIGN 6): a request with a stored reply is answered from it, on every delivery. A request
+        // cancelled since it was read has one too (the `cancelled` reply).
+        if (stored != Stored::None || delivery > 1 || self.cancels.recently_cancelled(&id))
             && self.answer_from_stored(&id, &entry.entry_id).await
         {
             tracing::debug!(%id, "answered from the stored reply; handler not run again");
@@ -302,6 +309,7 @@ impl Shared {
         };
 
         let ctx = self.context(&request, &entry, delivery);
+        let _running = self.running(&id, &ctx.cancel);
         // The handler call itself is inside the guarded future too: a panic while building the future must not
         // escape either.
         // The future owns the params; what follows needs only the rest (a dead letter keeps the entry's raw envelope).

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
 
 use super::in_handler::{Entered, Marked};
 use crate::protocol::{self, codes};
@@ -25,6 +26,8 @@ pub struct RequestContext {
     pub delivery: u64,
     /// The request's absolute deadline; past it, the requester no longer waits.
     pub deadline: SystemTime,
+    /// Cancelled when the request is cancelled by id while its handler runs.
+    pub(crate) cancel: CancellationToken,
 }
 
 impl RequestContext {
@@ -34,6 +37,17 @@ impl RequestContext {
         self.deadline
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO)
+    }
+
+    /// Whether the request was cancelled by id ([`crate::Requester::cancel`]) while this handler runs. The caller
+    /// has its `Cancelled` answer already; whatever the handler returns now is dropped, so it may as well stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Resolves when the request is cancelled by id (never, if it is not): select on it to stop work at once.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await;
     }
 }
 

@@ -8,6 +8,7 @@
 //! worked on) and the reaper ([`reaper`]: claims entries left idle by dead consumers). They share one [`state`].
 
 mod ack;
+mod cancel;
 mod dead_letter;
 mod dispatch;
 mod handler;
@@ -271,6 +272,7 @@ impl ResponderBuilder {
             ));
         }
         tasks.spawn(heartbeat::heartbeat_loop(shared.clone()));
+        tasks.spawn(cancel::cancel_loop(shared.clone()));
         tasks.close();
         // The keepalive outlives the loops: it must refresh claims while in-flight work drains at shutdown.
         let keepalive = tokio::spawn(keepalive::keepalive_loop(shared.clone()));

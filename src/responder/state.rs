@@ -85,6 +85,8 @@ pub(crate) struct Shared {
     /// Entries this responder left pending (a retry, a panic): claimed back, they count as redeliveries, not
     /// claims from another consumer. Bounded by [`LEFT_PENDING_LIMIT`].
     pub(super) left_pending: Mutex<HashSet<String, foldhash::fast::RandomState>>,
+    /// The requests running here, for cancels to reach them, and recent cancels (see [`super::cancel`]).
+    pub(super) cancels: super::cancel::Cancels,
 }
 
 /// Most entry ids [`Shared::left_pending`] remembers; past it, it starts over (a metric label may then be off).
@@ -108,6 +110,7 @@ impl Shared {
         Ok(Self {
             metrics,
             left_pending: Mutex::default(),
+            cancels: super::cancel::Cancels::default(),
             inline_first_poll,
             finished_tx,
             finished_rx: Mutex::new(Some(finished_rx)),

@@ -82,6 +82,11 @@ pub(crate) struct Router {
 }
 
 impl Router {
+    /// The client's settings the router was started with.
+    pub(crate) fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
     /// Connects and starts the router's background tasks.
     pub(crate) async fn start(target: Target, config: ClientConfig) -> Result<Arc<Self>> {
         let waiters = Arc::new(Waiters::default());

@@ -61,7 +61,7 @@ mod scripts;
 pub use client::{Client, ClientBuilder};
 pub use durability::Durability;
 pub use error::{ConnectFailure, Error, ErrorKind, Result};
-pub use requester::{CallInfo, PendingReply, Requester, new_request_id};
+pub use requester::{CallInfo, PendingReply, ProgressUpdates, Requester, new_request_id};
 pub use responder::in_handler::in_handler;
 pub use responder::reaper::{ReapReport, Reaper};
 pub use responder::{

@@ -148,6 +148,8 @@ pub struct RequestStatus {
     pub reply: Option<ReplyEnvelope>,
     /// The last error of a failed delivery (a retry or a panic), kept until the request is answered.
     pub last_error: Option<String>,
+    /// The last progress its handler reported (its `data` is MessagePack), while kept (the reply TTL).
+    pub last_progress: Option<protocol::ProgressEnvelope>,
     /// Redis's clock when the status was read, ms since the epoch (deadlines are compared with it).
     pub server_time_ms: u64,
 }
@@ -185,12 +187,14 @@ impl Admin {
             .arg(self.keys.reply(id))
             .arg(self.keys.last_error(id))
             .arg(self.latest_key(id))
+            .arg(self.keys.progress(id))
             .query_async(&mut con)
             .await
             .map_err(Error::redis("reading a request's keys"))?;
         let now = secs * 1000 + micros / 1000;
         let mut keys = keys.into_iter();
-        let (record, reply, last_error, latest) = (
+        let (record, reply, last_error, latest, progress) = (
+            keys.next().flatten(),
             keys.next().flatten(),
             keys.next().flatten(),
             keys.next().flatten(),
@@ -204,6 +208,9 @@ impl Admin {
             entry_id: None,
             reply: None,
             last_error: last_error.map(|e| String::from_utf8_lossy(&e).into_owned()),
+            last_progress: progress
+                .and_then(|p| protocol::decode_progress(&p).ok())
+                .filter(|p| p.id == id),
             server_time_ms: now,
         };
         let Some(record) = record else {

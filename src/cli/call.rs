@@ -20,6 +20,9 @@ pub struct Args {
     /// How long to wait for the reply; a bare number is seconds.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::duration::secs)]
     pub timeout: Duration,
+    /// Print each progress update the handler reports (one JSON line on stderr each) while waiting.
+    #[arg(long)]
+    pub progress: bool,
 }
 
 /// Sends the request, waits, prints the reply.
@@ -28,7 +31,28 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
     let timeout = args.timeout;
     let id = args.id.clone().unwrap_or_else(redcall::new_request_id);
     let requester = ctx.client.requester(&ctx.cli.service);
-    let reply: serde_json::Value = requester.request(&id, &args.func, &params, timeout).await?;
+    let reply: serde_json::Value = if args.progress {
+        let pending = requester.send(&id, &args.func, &params, timeout).await?;
+        let mut updates = pending.progress().await?;
+        let wait = pending.wait();
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                reply = &mut wait => break reply?,
+                update = updates.next::<serde_json::Value>() => match update {
+                    Some(Ok(value)) if ctx.cli.json => {
+                        errln!("{}", serde_json::json!({ "id": id, "progress": value }));
+                    }
+                    Some(Ok(value)) => errln!("progress: {value}"),
+                    Some(Err(err)) => errln!("progress: {err}"),
+                    // The progress connection is gone: the reply still comes.
+                    None => break wait.await?,
+                },
+            }
+        }
+    } else {
+        requester.request(&id, &args.func, &params, timeout).await?
+    };
     if ctx.cli.json {
         print_json(ctx.cli, &serde_json::json!({ "id": id, "reply": reply }));
     } else {

@@ -60,15 +60,23 @@ struct SleepParams {
     ms: u64,
 }
 
+#[derive(Deserialize)]
+struct ProgressParams {
+    steps: u64,
+    ms: u64,
+}
+
 #[derive(Serialize)]
 struct Slept {
     slept_ms: u64,
 }
 
 /// The function keys of the demo handlers [`demo_handlers`] registers.
-pub const DEMO_HANDLERS: &[&str] = &["echo", "sleep", "fail", "panic", "retry", "work"];
+pub const DEMO_HANDLERS: &[&str] = &[
+    "echo", "sleep", "fail", "panic", "retry", "work", "progress",
+];
 
-/// Registers the demo handlers: `echo`, `sleep`, `fail`, `panic`, `retry` and `work`.
+/// Registers the demo handlers: `echo`, `sleep`, `fail`, `panic`, `retry`, `work` and `progress`.
 pub fn demo_handlers(
     builder: ResponderBuilder,
     client: &redcall::Client,
@@ -98,6 +106,19 @@ pub fn demo_handlers(
                 "asked to retry (delivery {})",
                 ctx.delivery
             )))
+        })
+        // `steps` steps of `ms` milliseconds each, reporting progress after each one; stops early when cancelled.
+        .handler("progress", |ctx: RequestContext, p: ProgressParams| async move {
+            for step in 1..=p.steps {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(p.ms)) => {}
+                    _ = ctx.cancelled() => return Err(HandlerError::fail("cancelled", "cancelled")),
+                }
+                ctx.progress(&serde_json::json!({ "step": step, "of": p.steps }))
+                    .await
+                    .map_err(|e| HandlerError::retry(e.to_string()))?;
+            }
+            Ok::<_, HandlerError>(serde_json::json!({ "steps": p.steps }))
         })
         // Sleeps like `sleep`, then counts the run in a hash `{ns:service}:runs` (field: request id), so tests and
         // demos can see how many times each request really ran.

@@ -45,6 +45,13 @@ fn to_json(status: &RequestStatus) -> serde_json::Value {
             .map_or(serde_json::Value::Null, msgpack_to_json);
         map.insert("data".to_owned(), data);
     }
+    if let Some(progress) = &status.last_progress
+        && let Some(map) = value
+            .get_mut("last_progress")
+            .and_then(|r| r.as_object_mut())
+    {
+        map.insert("data".to_owned(), msgpack_to_json(&progress.data));
+    }
     value
 }
 
@@ -149,6 +156,13 @@ fn print_text(status: &RequestStatus) {
     }
     if let Some(entry) = &status.entry_id {
         outln!("  entry       {entry}");
+    }
+    if let Some(progress) = &status.last_progress {
+        outln!(
+            "  progress    {} ({})",
+            msgpack_to_json(&progress.data),
+            relative(progress.ts_ms, status.server_time_ms)
+        );
     }
     if let Some(error) = &status.last_error {
         outln!("  last error  {error}");

@@ -64,6 +64,12 @@ impl ServiceKeys {
         key
     }
 
+    /// A request's progress: the key holding its last progress envelope, and the channel each one is published on
+    /// (keys and channels are apart in Redis, so they share the name).
+    pub fn progress(&self, id: &str) -> String {
+        self.per_id(":progress:", id)
+    }
+
     /// The service's cancel channel: a cancelled request's id is published on it, and every responder of the
     /// service listens, so a running handler learns of its cancellation at once.
     pub fn cancels(&self) -> String {

@@ -5,6 +5,7 @@
 mod call_info;
 mod cancel;
 mod pending;
+mod progress;
 mod publish_reply;
 mod request;
 
@@ -15,6 +16,7 @@ use redis::aio::MultiplexedConnection;
 
 pub use call_info::CallInfo;
 pub use pending::PendingReply;
+pub use progress::ProgressUpdates;
 
 use crate::client::Client;
 use crate::error::{Error, Result};

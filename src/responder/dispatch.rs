@@ -206,6 +206,7 @@ impl Shared {
             delivery,
             deadline: request.deadline(),
             cancel: tokio_util::sync::CancellationToken::new(),
+            progress: self.progress.clone(),
         }
     }
 

@@ -28,6 +28,8 @@ pub struct RequestContext {
     pub deadline: SystemTime,
     /// Cancelled when the request is cancelled by id while its handler runs.
     pub(crate) cancel: CancellationToken,
+    /// Where progress goes (one per responder).
+    pub(crate) progress: Arc<super::progress::ProgressSink>,
 }
 
 impl RequestContext {
@@ -43,6 +45,17 @@ impl RequestContext {
     /// has its `Cancelled` answer already; whatever the handler returns now is dropped, so it may as well stop.
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
+    }
+
+    /// Reports progress: `value` (any serde value) becomes the request's last progress, shown by `redcall status`,
+    /// and is published to a caller watching [`crate::PendingReply::progress`]. Only the last value is kept.
+    ///
+    /// # Errors
+    /// [`crate::Error::Encode`] when `value` cannot be encoded, [`crate::Error::PayloadTooLarge`] when it is over
+    /// the payload limit, [`crate::Error::Redis`] when Redis cannot be written to; the request itself goes on.
+    pub async fn progress<T: Serialize + ?Sized>(&self, value: &T) -> crate::Result<()> {
+        let data = protocol::encode(value)?;
+        self.progress.report(&self.id, data).await
     }
 
     /// Resolves when the request is cancelled by id (never, if it is not): select on it to stop work at once.

@@ -16,6 +16,7 @@ mod heartbeat;
 mod history;
 pub(crate) mod in_handler;
 mod keepalive;
+mod progress;
 mod reader;
 pub(crate) mod reaper;
 mod retry;

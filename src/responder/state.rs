@@ -87,6 +87,8 @@ pub(crate) struct Shared {
     pub(super) left_pending: Mutex<HashSet<String, foldhash::fast::RandomState>>,
     /// The requests running here, for cancels to reach them, and recent cancels (see [`super::cancel`]).
     pub(super) cancels: super::cancel::Cancels,
+    /// How handlers report progress (see [`super::progress`]).
+    pub(super) progress: Arc<super::progress::ProgressSink>,
 }
 
 /// Most entry ids [`Shared::left_pending`] remembers; past it, it starts over (a metric label may then be off).
@@ -111,6 +113,11 @@ impl Shared {
             metrics,
             left_pending: Mutex::default(),
             cancels: super::cancel::Cancels::default(),
+            progress: Arc::new(super::progress::ProgressSink::new(
+                con.clone(),
+                client.keys(service),
+                client.config(),
+            )),
             inline_first_poll,
             finished_tx,
             finished_rx: Mutex::new(Some(finished_rx)),

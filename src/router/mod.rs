@@ -82,6 +82,11 @@ pub(crate) struct Router {
 }
 
 impl Router {
+    /// Where the router's connections go (for connections of other parts that must follow it, e.g. a failover).
+    pub(crate) fn target(&self) -> &Target {
+        &self.target
+    }
+
     /// The client's settings the router was started with.
     pub(crate) fn config(&self) -> &ClientConfig {
         &self.config

@@ -456,8 +456,71 @@ return 1
     )
 });
 
+/// Adds a delayed request: the record at once (call info works, the id is taken), and the id in the schedule
+/// `T:delayed` scored by when it is due (Redis's clock plus the delay), but no stream entry: responders promote it
+/// to the requests stream when it is due (`PROMOTE_DELAYED`). Same duplicate rules as `ADD_REQUEST`.
+///
+/// KEYS: record, schedule, reply, last error. ARGV: id, envelope, record TTL (ms), delay (ms).
+/// Returns `'scheduled'`, `'added'` when this very request was added already, or nil when the id exists.
+pub(crate) static ADD_DELAYED: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r#"
+local existing = redis.call('GET', KEYS[1])
+if existing then
+  if existing == ARGV[2] then
+    return 'added'
+  end
+  return false
+end
+local t = redis.call('TIME')
+local due = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[4])
+redis.call('ZADD', KEYS[2], due, ARGV[1])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('DEL', KEYS[3], KEYS[4])
+return 'scheduled'
+"#,
+    )
+});
+
+/// The delayed requests due now, by Redis's clock: at most ARGV[1] ids of the schedule.
+///
+/// KEYS: schedule. ARGV: most ids. Returns the ids.
+pub(crate) static DUE_DELAYED: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+"#,
+    )
+});
+
+/// Promotes one due delayed request to the requests stream, once: removes it from the schedule and adds its
+/// record's envelope as a stream entry, unless another responder promoted it already (not in the schedule any
+/// more), or its record expired, or a reply is stored for it (cancelled, or answered by hand): then it is only
+/// removed from the schedule.
+///
+/// KEYS: schedule, requests stream, record, reply. ARGV: id. Returns 1 when added, 0 when not scheduled (any
+/// more), -1 when dropped.
+pub(crate) static PROMOTE_DELAYED: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r#"
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  return 0
+end
+redis.call('ZREM', KEYS[1], ARGV[1])
+local record = redis.call('GET', KEYS[3])
+if not record or redis.call('EXISTS', KEYS[4]) == 1 then
+  return -1
+end
+redis.call('XADD', KEYS[2], '*', 'id', ARGV[1], 'env', record)
+return 1
+"#,
+    )
+});
+
 /// Every script, for loading after a `NOSCRIPT` answer.
-pub(crate) fn all() -> [&'static Lua; 9] {
+pub(crate) fn all() -> [&'static Lua; 12] {
     [
         &ADD_REQUEST,
         &PUBLISH_REPLY,
@@ -468,6 +531,9 @@ pub(crate) fn all() -> [&'static Lua; 9] {
         &PURGE_UPTO,
         &RETRY_CLAIM,
         &CANCEL,
+        &ADD_DELAYED,
+        &DUE_DELAYED,
+        &PROMOTE_DELAYED,
     ]
 }
 

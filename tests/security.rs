@@ -69,6 +69,15 @@ fn acl_rules(ns: &str, svc: &str) -> Vec<String> {
             "+xdel",
             "+xtrim",
             "+time",
+            // heartbeat records (the responders index)
+            "+zadd",
+            "+zremrangebyscore",
+            // cancels (`CANCEL` keeps the reply as long as the record) and the delayed-request schedule
+            "+pttl",
+            "+zscore",
+            "+zrem",
+            "+zrangebyscore",
+            "+zcard",
             // the server version check on a client's first connection (`INFO server`)
             "+info",
             // the demo `work` handler of `redcall serve` only

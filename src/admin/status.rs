@@ -65,6 +65,11 @@ pub enum Answer {
 #[serde(tag = "kind", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum RequestState {
+    /// A delayed request not yet due: in the schedule, not yet in the requests stream.
+    Scheduled {
+        /// When it is due, ms since the epoch (Redis's clock).
+        due_ms: u64,
+    },
     /// In the requests stream, not yet delivered to a consumer group: waiting for a responder.
     Queued {
         /// The first group (by name) it has not been delivered to; `None` when the stream has no group at all (no
@@ -116,6 +121,7 @@ impl RequestState {
     /// The state's stable name in `snake_case` (`queued`, `pending`, `answered`, ...), as the CLI prints it.
     pub fn as_str(&self) -> &'static str {
         match self {
+            RequestState::Scheduled { .. } => "scheduled",
             RequestState::Queued { .. } => "queued",
             RequestState::Pending { .. } => "pending",
             RequestState::Answered { .. } => "answered",
@@ -286,6 +292,16 @@ impl Admin {
                 _ => RequestState::Expired,
             };
             status.reply = Some(reply);
+            return Ok(status);
+        }
+        let due: Option<f64> = redis::cmd("ZSCORE")
+            .arg(self.keys.delayed())
+            .arg(id)
+            .query_async(&mut con)
+            .await
+            .map_err(Error::redis("reading the schedule"))?;
+        if let Some(due) = due {
+            status.state = RequestState::Scheduled { due_ms: due as u64 };
             return Ok(status);
         }
         let latest = latest.map(|l| String::from_utf8_lossy(&l).into_owned());

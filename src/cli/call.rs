@@ -20,6 +20,10 @@ pub struct Args {
     /// How long to wait for the reply; a bare number is seconds.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::duration::secs)]
     pub timeout: Duration,
+    /// Do not hand the request to a handler before this delay has passed (it is stored at once); the timeout
+    /// counts from the send. A bare number is seconds.
+    #[arg(long, value_name = "DURATION", value_parser = super::duration::secs)]
+    pub delay: Option<Duration>,
     /// Print each progress update the handler reports (one JSON line on stderr each) while waiting.
     #[arg(long)]
     pub progress: bool,
@@ -31,25 +35,14 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
     let timeout = args.timeout;
     let id = args.id.clone().unwrap_or_else(redcall::new_request_id);
     let requester = ctx.client.requester(&ctx.cli.service);
-    let reply: serde_json::Value = if args.progress {
+    let reply: serde_json::Value = if let Some(delay) = args.delay {
+        let pending = requester
+            .send_in(&id, &args.func, &params, delay, timeout)
+            .await?;
+        wait_with_progress(ctx, &id, pending, args.progress).await?
+    } else if args.progress {
         let pending = requester.send(&id, &args.func, &params, timeout).await?;
-        let mut updates = pending.progress().await?;
-        let wait = pending.wait();
-        tokio::pin!(wait);
-        loop {
-            tokio::select! {
-                reply = &mut wait => break reply?,
-                update = updates.next::<serde_json::Value>() => match update {
-                    Some(Ok(value)) if ctx.cli.json => {
-                        errln!("{}", serde_json::json!({ "id": id, "progress": value }));
-                    }
-                    Some(Ok(value)) => errln!("progress: {value}"),
-                    Some(Err(err)) => errln!("progress: {err}"),
-                    // The progress connection is gone: the reply still comes.
-                    None => break wait.await?,
-                },
-            }
-        }
+        wait_with_progress(ctx, &id, pending, true).await?
     } else {
         requester.request(&id, &args.func, &params, timeout).await?
     };
@@ -59,4 +52,33 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
         print_json(ctx.cli, &reply);
     }
     Ok(())
+}
+
+/// Waits for the reply of `pending`, printing each progress update on stderr meanwhile when `progress`.
+async fn wait_with_progress(
+    ctx: &Context<'_>,
+    id: &str,
+    pending: redcall::PendingReply,
+    progress: bool,
+) -> redcall::Result<serde_json::Value> {
+    if !progress {
+        return pending.wait().await;
+    }
+    let mut updates = pending.progress().await?;
+    let wait = pending.wait();
+    tokio::pin!(wait);
+    loop {
+        tokio::select! {
+            reply = &mut wait => return reply,
+            update = updates.next::<serde_json::Value>() => match update {
+                Some(Ok(value)) if ctx.cli.json => {
+                    errln!("{}", serde_json::json!({ "id": id, "progress": value }));
+                }
+                Some(Ok(value)) => errln!("progress: {value}"),
+                Some(Err(err)) => errln!("progress: {err}"),
+                // The progress connection is gone: the reply still comes.
+                None => return wait.await,
+            },
+        }
+    }
 }

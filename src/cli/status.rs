@@ -67,6 +67,9 @@ fn relative(at_ms: u64, now_ms: u64) -> String {
 /// The state in one line for people.
 fn describe_state(state: &RequestState) -> String {
     match state {
+        RequestState::Scheduled { due_ms } => {
+            format!("scheduled: due at {due_ms} ms since the epoch (Redis's clock)")
+        }
         RequestState::Queued { group: Some(group) } => {
             format!("queued: not yet delivered to group {group:?}")
         }

@@ -64,6 +64,12 @@ impl ServiceKeys {
         key
     }
 
+    /// The schedule of delayed requests: a sorted set of request ids scored by when each is due (ms since the
+    /// epoch, Redis's clock).
+    pub fn delayed(&self) -> String {
+        format!("{}:delayed", self.tag)
+    }
+
     /// A request's progress: the key holding its last progress envelope, and the channel each one is published on
     /// (keys and channels are apart in Redis, so they share the name).
     pub fn progress(&self, id: &str) -> String {

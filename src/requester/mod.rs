@@ -4,6 +4,7 @@
 
 mod call_info;
 mod cancel;
+mod delayed;
 mod pending;
 mod progress;
 mod publish_reply;

@@ -83,7 +83,7 @@ impl Requester {
         P: Serialize + ?Sized,
     {
         let id = new_request_id();
-        self.add(&id, func_key, params, timeout, IdOrigin::Generated)
+        self.add(&id, func_key, params, timeout, IdOrigin::Generated, None)
             .await
     }
 
@@ -111,25 +111,27 @@ impl Requester {
     where
         P: Serialize + ?Sized,
     {
-        self.add(id, func_key, params, timeout, IdOrigin::Caller)
+        self.add(id, func_key, params, timeout, IdOrigin::Caller, None)
             .await
     }
 
-    /// Adds a request (see [`Requester::add_uncounted`]); a failure is counted in the requester's metrics.
-    async fn add<P>(
+    /// Adds a request (see [`Requester::add_uncounted`]); a failure is counted in the requester's metrics. With a
+    /// `delay` (a caller's id only), the request is scheduled instead of queued (see [`super::delayed`]).
+    pub(super) async fn add<P>(
         &self,
         id: &str,
         func_key: &str,
         params: &P,
         timeout: Duration,
         origin: IdOrigin,
+        delay: Option<Duration>,
     ) -> Result<PendingReply>
     where
         P: Serialize + ?Sized,
     {
         let started = Instant::now();
         let added = self
-            .add_uncounted(id, func_key, params, timeout, origin)
+            .add_uncounted(id, func_key, params, timeout, origin, delay)
             .await;
         if let Err(err) = &added {
             self.metrics
@@ -148,6 +150,7 @@ impl Requester {
         params: &P,
         timeout: Duration,
         origin: IdOrigin,
+        delay: Option<Duration>,
     ) -> Result<PendingReply>
     where
         P: Serialize + ?Sized,
@@ -196,6 +199,7 @@ impl Requester {
             channel: pending.channel(),
             envelope: bytes.as_slice(),
             record_ttl,
+            delay,
         };
         // A generated id cannot collide: its first attempt goes to the router's adder, which subscribes and adds
         // many requests per transaction, and marks the waiter accepted. A caller's id may exist already: the
@@ -249,6 +253,8 @@ struct Add<'a> {
     channel: &'a str,
     envelope: &'a [u8],
     record_ttl: u64,
+    /// For a delayed request: `ADD_DELAYED` with this delay instead.
+    delay: Option<Duration>,
 }
 
 impl Requester {
@@ -263,15 +269,24 @@ impl Requester {
     ) -> Result<Option<String>> {
         let mut pipe = redis::pipe();
         pipe.cmd("SUBSCRIBE").arg(add.channel).ignore();
-        scripts::evalsha(&mut pipe, &scripts::ADD_REQUEST)
-            .arg(4)
-            .arg(self.keys.record(add.id))
-            .arg(self.keys.requests())
-            .arg(self.keys.reply(add.id))
-            .arg(self.keys.last_error(add.id))
-            .arg(add.id)
-            .arg(add.envelope)
-            .arg(add.record_ttl);
+        match add.delay {
+            None => scripts::evalsha(&mut pipe, &scripts::ADD_REQUEST)
+                .arg(4)
+                .arg(self.keys.record(add.id))
+                .arg(self.keys.requests()),
+            Some(_) => scripts::evalsha(&mut pipe, &scripts::ADD_DELAYED)
+                .arg(4)
+                .arg(self.keys.record(add.id))
+                .arg(self.keys.delayed()),
+        }
+        .arg(self.keys.reply(add.id))
+        .arg(self.keys.last_error(add.id))
+        .arg(add.id)
+        .arg(add.envelope)
+        .arg(add.record_ttl);
+        if let Some(delay) = add.delay {
+            pipe.arg(delay.as_millis() as u64);
+        }
         let durability = router.durability();
         let waits = durability.append_wait(&mut pipe);
         let answer: Vec<Value> = scripts::query_with_scripts(&pipe, &mut con)
@@ -304,7 +319,7 @@ impl Requester {
 
 /// Where a request id came from, which decides how the request is added.
 #[derive(Clone, Copy)]
-enum IdOrigin {
+pub(super) enum IdOrigin {
     /// Given by the caller: may collide with an existing request.
     Caller,
     /// Made by redcall (UUID v7): unique.

@@ -10,6 +10,7 @@
 mod ack;
 mod cancel;
 mod dead_letter;
+mod delayed;
 mod dispatch;
 mod handler;
 mod heartbeat;
@@ -274,6 +275,7 @@ impl ResponderBuilder {
         }
         tasks.spawn(heartbeat::heartbeat_loop(shared.clone()));
         tasks.spawn(cancel::cancel_loop(shared.clone()));
+        tasks.spawn(delayed::promote_loop(shared.clone()));
         tasks.close();
         // The keepalive outlives the loops: it must refresh claims while in-flight work drains at shutdown.
         let keepalive = tokio::spawn(keepalive::keepalive_loop(shared.clone()));

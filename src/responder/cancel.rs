@@ -13,7 +13,7 @@
 //! so no cancel that reaches the listener is missed by a handler that is running.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,6 +37,8 @@ pub(crate) struct Cancels {
     /// registration.
     running: Mutex<HashMap<String, Vec<Registered>, foldhash::fast::RandomState>>,
     registrations: AtomicU64,
+    /// Whether any cancel was seen: until one is, checking a request costs no lock.
+    any_recent: AtomicBool,
     recent: Mutex<Recent>,
 }
 
@@ -77,6 +79,9 @@ impl Drop for Running {
 impl Cancels {
     /// Whether `id` was cancelled recently (seen on the cancel channel).
     pub(crate) fn recently_cancelled(&self, id: &str) -> bool {
+        if !self.any_recent.load(Ordering::Acquire) {
+            return false;
+        }
         let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         !recent.ids.is_empty() && recent.ids.contains(id)
     }
@@ -85,6 +90,7 @@ impl Cancels {
     fn cancelled(&self, id: String) {
         {
             let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            self.any_recent.store(true, Ordering::Release);
             if recent.ids.insert(id.clone()) {
                 recent.order.push_back(id.clone());
                 if recent.order.len() > RECENT_LIMIT

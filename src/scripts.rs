@@ -422,8 +422,10 @@ return p[4] + 1
 /// A stored reply byte-identical to this one is this very cancel, stored by an earlier attempt whose answer was
 /// lost: it counts once, as cancelled.
 ///
-/// KEYS: record, reply, last error, `T:byhand`, requests stream. ARGV: cancelled reply envelope, reply TTL (ms),
-/// reply channel, cancel channel, request id. Returns 1 when cancelled, 0 when a reply was stored already, -1 when
+/// A delayed request not yet due leaves the schedule at once (it would be dropped when due anyway).
+///
+/// KEYS: record, reply, last error, `T:byhand`, requests stream, schedule. ARGV: cancelled reply envelope, reply
+/// TTL (ms), reply channel, cancel channel, request id. Returns 1 when cancelled, 0 when a reply was stored already, -1 when
 /// the request is unknown.
 pub(crate) static CANCEL: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
@@ -447,6 +449,7 @@ redis.call('SET', KEYS[2], ARGV[1], 'PX', keep)
 redis.call('PUBLISH', ARGV[3], ARGV[1])
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 redis.call('DEL', KEYS[3])
+redis.call('ZREM', KEYS[6], ARGV[5])
 local newest = redis.pcall('XREVRANGE', KEYS[5], '+', '-', 'COUNT', 1)
 if type(newest) == 'table' and newest.err == nil and newest[1] then
   redis.pcall('SET', KEYS[4], newest[1][1])

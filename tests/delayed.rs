@@ -83,6 +83,11 @@ async fn a_cancelled_delayed_request_never_runs() {
         .await
         .expect("send_in");
     pending.cancel().await.expect("cancel");
+    assert_eq!(
+        env.admin().stats().await.expect("stats").delayed,
+        0,
+        "out of the schedule at once"
+    );
     let err = pending.wait::<Value>().await.expect_err("cancelled");
     assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
     // Past its time, it was dropped from the schedule without running.
@@ -136,4 +141,67 @@ async fn the_cli_delays_a_call() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "7");
     assert!(took >= Duration::from_millis(900), "took {took:?}");
+}
+
+/// The schedule is an ordinary key: with AOF, a delayed request survives a Redis restart (SIGKILL, then a start on
+/// the same port and directory) and still runs after its delay; its caller, waiting all along, gets the reply.
+/// The last progress of a request survives the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_request_and_the_last_progress_survive_a_redis_restart() {
+    use common::{AofPolicy, RedisOptions, RedisServer, kill_blocking, restart_blocking};
+    let mut server = RedisServer::start_with(RedisOptions::default().aof(AofPolicy::Always));
+    let client = redcall::Client::open(&server.url()).expect("client");
+    let service = "delayed-restart";
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let seen = ran.clone();
+    let _responder = client
+        .responder(service)
+        .handler("stamp", move |ctx: RequestContext, _p: Value| {
+            seen.lock().expect("lock").push(Instant::now());
+            async move {
+                ctx.progress(&"almost")
+                    .await
+                    .map_err(|e| HandlerError::fail("progress", e.to_string()))?;
+                Ok::<_, HandlerError>(json!("ran"))
+            }
+        })
+        .start()
+        .await
+        .expect("start responder");
+    let requester = client.requester(service);
+    let pending = requester
+        .send_in(
+            "survivor-1",
+            "stamp",
+            &json!({}),
+            Duration::from_millis(1500),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("send_in");
+    kill_blocking(&mut server);
+    restart_blocking(&mut server);
+    assert!(ran.lock().expect("lock").is_empty(), "ran before its time");
+    let reply: Value = tokio::time::timeout(Duration::from_secs(25), pending.wait())
+        .await
+        .expect("in time")
+        .expect("reply after the restart");
+    assert_eq!(reply, json!("ran"));
+    assert_eq!(ran.lock().expect("lock").len(), 1);
+
+    kill_blocking(&mut server);
+    restart_blocking(&mut server);
+    let status = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Ok(status) = client.admin(service).status("survivor-1").await {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("status after the second restart");
+    let last = status.last_progress.expect("the last progress survived");
+    let last: String = redcall::protocol::decode(&last.data, "progress").expect("decode");
+    assert_eq!(last, "almost");
 }

@@ -61,12 +61,13 @@ async fn cancel_request(
     let bytes = protocol::encode(&reply)?;
     let mut pipe = redis::pipe();
     scripts::evalsha(&mut pipe, &scripts::CANCEL)
-        .arg(5)
+        .arg(6)
         .arg(keys.record(id))
         .arg(keys.reply(id))
         .arg(keys.last_error(id))
         .arg(keys.by_hand())
         .arg(keys.requests())
+        .arg(keys.delayed())
         .arg(&bytes)
         .arg(ttl_ms(router.config().reply_ttl))
         .arg(keys.reply_channel(id))

@@ -84,6 +84,13 @@ pub enum Error {
         /// The request id.
         id: String,
     },
+    /// The request was cancelled by id ([`crate::Requester::cancel`]) before it was answered; its handler did not
+    /// run, or its result was dropped.
+    #[error("request {id}: cancelled")]
+    Cancelled {
+        /// The request id.
+        id: String,
+    },
     /// The request was refused by the responder as malformed (for example an unknown format version).
     #[error("request {id}: refused as malformed: {message}")]
     Malformed {
@@ -254,6 +261,8 @@ pub enum ErrorKind {
     Expired,
     /// See [`Error::Malformed`].
     Malformed,
+    /// See [`Error::Cancelled`].
+    Cancelled,
     /// See [`Error::PayloadTooLarge`].
     PayloadTooLarge,
     /// See [`Error::Encode`] and [`Error::Decode`].
@@ -288,6 +297,7 @@ impl ErrorKind {
             ErrorKind::DeadLettered => "dead_lettered",
             ErrorKind::Expired => "expired",
             ErrorKind::Malformed => "malformed",
+            ErrorKind::Cancelled => "cancelled",
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::Codec => "codec",
             ErrorKind::Unavailable => "unavailable",
@@ -315,6 +325,7 @@ impl Error {
             Error::DeadLettered { .. } => ErrorKind::DeadLettered,
             Error::Expired { .. } => ErrorKind::Expired,
             Error::Malformed { .. } => ErrorKind::Malformed,
+            Error::Cancelled { .. } => ErrorKind::Cancelled,
             Error::PayloadTooLarge { .. } => ErrorKind::PayloadTooLarge,
             Error::Encode { .. } | Error::Decode { .. } => ErrorKind::Codec,
             Error::Unavailable { .. } => ErrorKind::Unavailable,
@@ -343,6 +354,7 @@ impl Error {
             | Error::DeadLettered { id, .. }
             | Error::Expired { id, .. }
             | Error::Malformed { id, .. }
+            | Error::Cancelled { id }
             | Error::Lost { id, .. }
             | Error::NotReplicated { id, .. } => Some(id),
             _ => None,

@@ -62,10 +62,12 @@ pub mod trace;
 pub use client::{Client, ClientBuilder, RedisConnection};
 pub use durability::Durability;
 pub use error::{ConnectFailure, Error, ErrorKind, Result};
-pub use requester::{CallInfo, PendingReply, Requester, new_request_id};
+pub use requester::{CallInfo, PendingReply, ProgressUpdates, Requester, new_request_id};
 pub use responder::in_handler::in_handler;
 pub use responder::reaper::{ReapReport, Reaper};
-pub use responder::{HandlerError, RequestContext, Responder, ResponderBuilder, ResponderSettings};
+pub use responder::{
+    HandlerError, RequestContext, Responder, ResponderBuilder, ResponderSettings, RetryPolicy,
+};
 pub use retention::{RetentionPolicy, TrimReport};
 pub use trace::{RequestOptions, TraceContext, TraceParent};
 

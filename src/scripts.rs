@@ -426,8 +426,142 @@ return #head
     )
 });
 
+/// Takes back, for a retry after its backoff, an entry this responder left pending after a known failure: claims it
+/// to the same consumer with `XCLAIM ... 0 <entry id>` (which counts a delivery), but only while it is still this
+/// consumer's and still on the delivery that failed. Anything else means another consumer took it meanwhile (the
+/// visibility timeout passed, say during an outage): it is theirs now, and running it here too would run it twice.
+///
+/// KEYS: requests stream. ARGV: group, consumer, entry id, the delivery count of the failed delivery.
+/// Returns the new delivery count, 0 when the entry is not this consumer's on that delivery any more (or not
+/// pending), -1 when its stream entry was deleted (`XCLAIM` then drops it from the pending list).
+pub(crate) static RETRY_CLAIM: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r#"
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+local p = pending[1]
+if not p or p[2] ~= ARGV[2] or p[4] ~= tonumber(ARGV[4]) then
+  return 0
+end
+local claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3])
+if not claimed[1] then
+  return -1
+end
+return p[4] + 1
+"#,
+    )
+});
+
+/// Cancels a request by id: unless a reply is stored already (the first reply wins), stores and publishes the
+/// `cancelled` reply, publishes the id on the service's cancel channel (responders running it tell its handler),
+/// forgets the last delivery error, and sets `T:byhand` like `PUBLISH_REPLY`, so that a responder reading the
+/// entry later answers it from the stored reply without running it. The reply is kept at least as long as the
+/// request record, so it answers every later delivery of the request.
+///
+/// A stored reply byte-identical to this one is this very cancel, stored by an earlier attempt whose answer was
+/// lost: it counts once, as cancelled.
+///
+/// A delayed request not yet due leaves the schedule at once (it would be dropped when due anyway).
+///
+/// KEYS: record, reply, last error, `T:byhand`, requests stream, schedule. ARGV: cancelled reply envelope, reply
+/// TTL (ms), reply channel, cancel channel, request id. Returns 1 when cancelled, 0 when a reply was stored already, -1 when
+/// the request is unknown.
+pub(crate) static CANCEL: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return -1
+end
+local stored = redis.call('GET', KEYS[2])
+if stored == ARGV[1] then
+  return 1
+end
+if stored then
+  return 0
+end
+local keep = tonumber(ARGV[2])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > keep then
+  keep = ttl
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', keep)
+redis.call('PUBLISH', ARGV[3], ARGV[1])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+redis.call('DEL', KEYS[3])
+redis.call('ZREM', KEYS[6], ARGV[5])
+local newest = redis.pcall('XREVRANGE', KEYS[5], '+', '-', 'COUNT', 1)
+if type(newest) == 'table' and newest.err == nil and newest[1] then
+  redis.pcall('SET', KEYS[4], newest[1][1])
+end
+return 1
+"#,
+    )
+});
+
+/// Adds a delayed request: the record at once (call info works, the id is taken), and the id in the schedule
+/// `T:delayed` scored by when it is due (Redis's clock plus the delay), but no stream entry: responders promote it
+/// to the requests stream when it is due (`PROMOTE_DELAYED`). Same duplicate rules as `ADD_REQUEST`.
+///
+/// KEYS: record, schedule, reply, last error. ARGV: id, envelope, record TTL (ms), delay (ms).
+/// Returns `'scheduled'`, `'added'` when this very request was added already, or nil when the id exists.
+pub(crate) static ADD_DELAYED: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r#"
+local existing = redis.call('GET', KEYS[1])
+if existing then
+  if existing == ARGV[2] then
+    return 'added'
+  end
+  return false
+end
+local t = redis.call('TIME')
+local due = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[4])
+redis.call('ZADD', KEYS[2], due, ARGV[1])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('DEL', KEYS[3], KEYS[4])
+return 'scheduled'
+"#,
+    )
+});
+
+/// The delayed requests due now, by Redis's clock: at most ARGV[1] ids of the schedule.
+///
+/// KEYS: schedule. ARGV: most ids. Returns the ids.
+pub(crate) static DUE_DELAYED: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+"#,
+    )
+});
+
+/// Promotes one due delayed request to the requests stream, once: removes it from the schedule and adds its
+/// record's envelope as a stream entry, unless another responder promoted it already (not in the schedule any
+/// more), or its record expired, or a reply is stored for it (cancelled, or answered by hand): then it is only
+/// removed from the schedule.
+///
+/// KEYS: schedule, requests stream, record, reply. ARGV: id. Returns 1 when added, 0 when not scheduled (any
+/// more), -1 when dropped.
+pub(crate) static PROMOTE_DELAYED: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r#"
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  return 0
+end
+redis.call('ZREM', KEYS[1], ARGV[1])
+local record = redis.call('GET', KEYS[3])
+if not record or redis.call('EXISTS', KEYS[4]) == 1 then
+  return -1
+end
+redis.call('XADD', KEYS[2], '*', 'id', ARGV[1], 'env', record)
+return 1
+"#,
+    )
+});
+
 /// Every script, for loading after a `NOSCRIPT` answer.
-pub(crate) fn all() -> [&'static Lua; 7] {
+pub(crate) fn all() -> [&'static Lua; 12] {
     [
         &ADD_REQUEST,
         &PUBLISH_REPLY,
@@ -436,6 +570,11 @@ pub(crate) fn all() -> [&'static Lua; 7] {
         &REPLAY,
         &TRIM,
         &PURGE_UPTO,
+        &RETRY_CLAIM,
+        &CANCEL,
+        &ADD_DELAYED,
+        &DUE_DELAYED,
+        &PROMOTE_DELAYED,
     ]
 }
 

@@ -346,9 +346,19 @@ pub struct RequestOptions {
     /// The caller's trace context: the request's `send` span becomes a child of its span, and the responder's
     /// `process` span a child of the `send` span. Without one, each request starts a new trace.
     pub trace: Option<TraceContext>,
+    /// Hand the request to a handler only after this delay (it is stored at once; see [`Requester::send_in`]).
+    ///
+    /// [`Requester::send_in`]: crate::Requester::send_in
+    pub delay: Option<std::time::Duration>,
 }
 
 impl RequestOptions {
+    /// Schedules the request (see [`RequestOptions::delay`]).
+    pub fn delay(mut self, delay: std::time::Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
     /// Joins the caller's trace (see [`RequestOptions::trace`]).
     pub fn trace(mut self, trace: TraceContext) -> Self {
         self.trace = Some(trace);

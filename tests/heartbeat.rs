@@ -106,7 +106,7 @@ fn services_lists_a_live_responder_and_drops_it_after_it_is_killed() {
     assert!(text.contains("1 live responder"), "{text}");
     assert!(text.contains("svc-1"), "{text}");
     assert!(
-        text.contains("echo, fail, panic, retry, sleep, work"),
+        text.contains("echo, fail, panic, progress, retry, sleep, work"),
         "{text}"
     );
     let stats = run_cli(&env.server, service, &["stats"]);

@@ -69,6 +69,11 @@ fn acl_rules(ns: &str, svc: &str) -> Vec<String> {
             "+xdel",
             "+xtrim",
             "+time",
+            // cancels (`CANCEL` keeps the reply as long as the record) and the delayed-request schedule
+            "+pttl",
+            "+zscore",
+            "+zrangebyscore",
+            "+zcard",
             // the server version check on a client's first connection (`INFO server`)
             "+info",
             // the responder's heartbeat record and its index (`redcall services`, `Admin::responders`)

@@ -29,6 +29,8 @@ pub struct ServiceStats {
     pub first_entry_id: Option<String>,
     /// The newest entry id in the requests stream.
     pub last_entry_id: Option<String>,
+    /// Delayed requests not yet due (in the schedule, not yet in the requests stream).
+    pub delayed: u64,
     /// Entries in the dead-letter stream.
     pub dead_letters: u64,
     /// Dead letters that name no current group (written before groups were recorded, or by a group since
@@ -104,13 +106,14 @@ impl Admin {
     pub(crate) async fn stats_with(&self, attribute: bool) -> Result<ServiceStats> {
         let mut con = self.con().await?;
         let requests = self.keys.requests();
-        let ((secs, micros), exists, stream_length, dead_letters, first, last): (
+        let ((secs, micros), exists, stream_length, dead_letters, first, last, delayed): (
             (u64, u64),
             bool,
             u64,
             u64,
             StreamRangeReply,
             StreamRangeReply,
+            u64,
         ) = redis::pipe()
             .cmd("TIME")
             .exists(requests)
@@ -128,6 +131,8 @@ impl Admin {
             .arg("-")
             .arg("COUNT")
             .arg(1)
+            .cmd("ZCARD")
+            .arg(self.keys.delayed())
             .query_async(&mut con)
             .await
             .map_err(Error::redis("reading stream stats"))?;
@@ -192,6 +197,7 @@ impl Admin {
             stream_length,
             first_entry_id: first.ids.into_iter().next().map(|e| e.id),
             last_entry_id: last.ids.into_iter().next().map(|e| e.id),
+            delayed,
             dead_letters,
             dead_letters_unattributed,
             groups,

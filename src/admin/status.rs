@@ -64,12 +64,16 @@ pub enum Answer {
     },
 }
 
-/// Where a request is now. New states may be added (a cancelled request, once cancellation exists): match with a
-/// fallback arm.
+/// Where a request is now. New states may be added: match with a fallback arm.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum RequestState {
+    /// A delayed request not yet due: in the schedule, not yet in the requests stream.
+    Scheduled {
+        /// When it is due, ms since the epoch (Redis's clock).
+        due_ms: u64,
+    },
     /// In the requests stream, not yet delivered to a consumer group: waiting for a responder.
     Queued {
         /// The first group (by name) it has not been delivered to; `None` when the stream has no group at all (no
@@ -93,6 +97,9 @@ pub enum RequestState {
         /// How it ended.
         answer: Answer,
     },
+    /// Cancelled by id ([`crate::Requester::cancel`]) before it was answered: its stored reply is the `cancelled`
+    /// one, and it is not run (or its late result was dropped).
+    Cancelled,
     /// Moved to the dead-letter stream.
     DeadLettered {
         /// The dead letter's id (what `redcall dlq show|replay` take); `None` when the reply says dead-lettered but
@@ -118,11 +125,13 @@ impl RequestState {
     /// The state's stable name in `snake_case` (`queued`, `pending`, `answered`, ...), as the CLI prints it.
     pub fn as_str(&self) -> &'static str {
         match self {
+            RequestState::Scheduled { .. } => "scheduled",
             RequestState::Queued { .. } => "queued",
             RequestState::Pending { .. } => "pending",
             RequestState::Answered { .. } => "answered",
             RequestState::DeadLettered { .. } => "dead_lettered",
             RequestState::Expired => "expired",
+            RequestState::Cancelled => "cancelled",
             RequestState::Acknowledged => "acknowledged",
             RequestState::InFlight => "in_flight",
             RequestState::Unknown => "unknown",
@@ -149,6 +158,8 @@ pub struct RequestStatus {
     pub reply: Option<ReplyEnvelope>,
     /// The last error of a failed delivery (a retry or a panic), kept until the request is answered.
     pub last_error: Option<String>,
+    /// The last progress its handler reported (its `data` is MessagePack), while kept (the reply TTL).
+    pub last_progress: Option<protocol::ProgressEnvelope>,
     /// Redis's clock when the status was read, ms since the epoch (deadlines are compared with it).
     pub server_time_ms: u64,
 }
@@ -186,12 +197,14 @@ impl Admin {
             .arg(self.keys.reply(id))
             .arg(self.keys.last_error(id))
             .arg(self.latest_key(id))
+            .arg(self.keys.progress(id))
             .query_async(&mut con)
             .await
             .map_err(Error::redis("reading a request's keys"))?;
         let now = secs * 1000 + micros / 1000;
         let mut keys = keys.into_iter();
-        let (record, reply, last_error, latest) = (
+        let (record, reply, last_error, latest, progress) = (
+            keys.next().flatten(),
             keys.next().flatten(),
             keys.next().flatten(),
             keys.next().flatten(),
@@ -205,6 +218,9 @@ impl Admin {
             entry_id: None,
             reply: None,
             last_error: last_error.map(|e| String::from_utf8_lossy(&e).into_owned()),
+            last_progress: progress
+                .and_then(|p| protocol::decode_progress(&p).ok())
+                .filter(|p| p.id == id),
             server_time_ms: now,
         };
         let Some(record) = record else {
@@ -267,6 +283,11 @@ impl Admin {
         if let Some(reply) = reply {
             status.state = match reply.status {
                 ReplyStatus::Ok => RequestState::Answered { answer: Answer::Ok },
+                ReplyStatus::Error
+                    if reply.code.as_deref() == Some(crate::protocol::codes::CANCELLED) =>
+                {
+                    RequestState::Cancelled
+                }
                 ReplyStatus::Error => RequestState::Answered {
                     answer: Answer::Error {
                         code: reply.code.clone().unwrap_or_default(),
@@ -277,6 +298,16 @@ impl Admin {
                 _ => RequestState::Expired,
             };
             status.reply = Some(reply);
+            return Ok(status);
+        }
+        let due: Option<f64> = redis::cmd("ZSCORE")
+            .arg(self.keys.delayed())
+            .arg(id)
+            .query_async(&mut con)
+            .await
+            .map_err(Error::redis("reading the schedule"))?;
+        if let Some(due) = due {
+            status.state = RequestState::Scheduled { due_ms: due as u64 };
             return Ok(status);
         }
         let latest = latest.map(|l| String::from_utf8_lossy(&l).into_owned());

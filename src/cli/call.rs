@@ -27,6 +27,13 @@ pub struct Args {
     /// W3C `tracestate` sent along with `--traceparent` (printable ASCII, at most 512 bytes).
     #[arg(long, value_name = "TRACESTATE", env = "TRACESTATE", requires = "traceparent", value_parser = parse_tracestate)]
     pub tracestate: Option<String>,
+    /// Do not hand the request to a handler before this delay has passed (it is stored at once); the timeout
+    /// counts from the send. A bare number is seconds.
+    #[arg(long, value_name = "DURATION", value_parser = super::duration::secs)]
+    pub delay: Option<Duration>,
+    /// Print each progress update the handler reports (one JSON line on stderr each) while waiting.
+    #[arg(long)]
+    pub progress: bool,
 }
 
 /// `--traceparent`: a malformed one is a usage error (exit 2), naming what is wrong.
@@ -56,15 +63,46 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
             tracestate: args.tracestate.clone(),
         });
     }
-    let reply: serde_json::Value = requester
+    if let Some(delay) = args.delay {
+        options = options.delay(delay);
+    }
+    let pending = requester
         .send_with(Some(&id), &args.func, &params, timeout, &options)
-        .await?
-        .wait()
         .await?;
+    let reply: serde_json::Value = wait_with_progress(ctx, &id, pending, args.progress).await?;
     if ctx.cli.json {
         print_json(ctx.cli, &serde_json::json!({ "id": id, "reply": reply }));
     } else {
         print_json(ctx.cli, &reply);
     }
     Ok(())
+}
+
+/// Waits for the reply of `pending`, printing each progress update on stderr meanwhile when `progress`.
+async fn wait_with_progress(
+    ctx: &Context<'_>,
+    id: &str,
+    pending: redcall::PendingReply,
+    progress: bool,
+) -> redcall::Result<serde_json::Value> {
+    if !progress {
+        return pending.wait().await;
+    }
+    let mut updates = pending.progress().await?;
+    let wait = pending.wait();
+    tokio::pin!(wait);
+    loop {
+        tokio::select! {
+            reply = &mut wait => return reply,
+            update = updates.next::<serde_json::Value>() => match update {
+                Some(Ok(value)) if ctx.cli.json => {
+                    errln!("{}", serde_json::json!({ "id": id, "progress": value }));
+                }
+                Some(Ok(value)) => errln!("progress: {value}"),
+                Some(Err(err)) => errln!("progress: {err}"),
+                // The progress connection is gone: the reply still comes.
+                None => return wait.await,
+            },
+        }
+    }
 }

@@ -19,6 +19,7 @@ pub mod logging;
 pub mod metrics_server;
 mod reap;
 // The spawner shared with the integration tests: the bench uses a part of it.
+mod cancel;
 #[allow(dead_code)]
 mod redis_server;
 mod replay;
@@ -118,6 +119,8 @@ pub enum Command {
     Status(status::Args),
     /// Answer a request by id.
     Reply(reply::Args),
+    /// Cancel a request by id: its caller gets `cancelled`; not run if not started, its result dropped if running.
+    Cancel(cancel::Args),
     /// Run a responder with the built-in demo handlers (echo, sleep, fail, panic, retry, work).
     Serve(serve::Args),
     /// Run the reaper alone: dead-letter exhausted entries, remove dead consumers, trim by the retention policy.
@@ -223,6 +226,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Info(args) => info::run(&ctx, args).await,
         Command::Status(args) => status::run(&ctx, args).await,
         Command::Reply(args) => reply::run(&ctx, args).await,
+        Command::Cancel(args) => cancel::run(&ctx, args).await,
         Command::Serve(args) => serve::run(&ctx, args).await,
         Command::Reap(args) => reap::run(&ctx, args).await,
         Command::Demo(args) => demo::run(&ctx, args).await,
@@ -250,7 +254,7 @@ pub struct Context<'a> {
 /// refuses, and params or reply data over the payload limit), 3 timeout, 4 the request failed remotely, 5 not
 /// found, 6 duplicate id or already answered, 7 Redis unreachable, a Redis command failed, replicas did not
 /// confirm a write in time (`--durability replicated`) or the server is too old, 8 the request was accepted and
-/// then lost by Redis (it may have run: send again only if that is safe).
+/// then lost by Redis (it may have run: send again only if that is safe), 9 the request was cancelled.
 pub fn exit_code(err: &Error) -> u8 {
     match err.kind() {
         ErrorKind::Timeout => 3,
@@ -268,6 +272,7 @@ pub fn exit_code(err: &Error) -> u8 {
         | ErrorKind::NotReplicated
         | ErrorKind::Unsupported => 7,
         ErrorKind::Lost => 8,
+        ErrorKind::Cancelled => 9,
         _ => 1,
     }
 }
@@ -338,8 +343,8 @@ const GLOBALS_USED_BY: &[(&str, &[&str])] = &[
         "record_retention",
         &["call", "serve", "reap", "demo", "dlq replay", "replay"],
     ),
-    ("reply_ttl", &["reply", "serve", "reap", "demo"]),
-    ("fail_fast", &["call", "info", "reply", "demo"]),
+    ("reply_ttl", &["reply", "cancel", "serve", "reap", "demo"]),
+    ("fail_fast", &["call", "info", "reply", "cancel", "demo"]),
     ("durability", DURABLE_WRITERS),
     ("durability_replicas", DURABLE_WRITERS),
     ("durability_timeout", DURABLE_WRITERS),
@@ -356,6 +361,7 @@ const TALK_TO_REDIS_BUT_BENCH: &[&str] = &[
     "info",
     "status",
     "reply",
+    "cancel",
     "serve",
     "reap",
     "demo",
@@ -375,6 +381,7 @@ const SERVICE_USERS: &[&str] = &[
     "info",
     "status",
     "reply",
+    "cancel",
     "serve",
     "reap",
     "stats",
@@ -611,6 +618,7 @@ mod tests {
             (Error::DuplicateId { id: id() }, 6),
             (Error::AlreadyAnswered { id: id() }, 6),
             (Error::Lost { id: id() }, 8),
+            (Error::Cancelled { id: id() }, 9),
         ];
         for (err, code) in cases {
             assert_eq!(exit_code(&err), code, "{err}");

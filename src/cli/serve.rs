@@ -18,6 +18,13 @@ pub struct Args {
     /// Deliveries after which a failing request is dead-lettered.
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub max_deliveries: u64,
+    /// Pause before a request whose handler asked for a retry or panicked is delivered again, doubling with each
+    /// delivery (with up to 20% jitter off); a bare number is milliseconds.
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = super::duration::millis)]
+    pub retry_backoff: Duration,
+    /// Longest pause between two deliveries of a failing request; a bare number is milliseconds.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::duration::millis)]
+    pub retry_backoff_max: Duration,
     /// Most requests handled at once.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub concurrency: usize,
@@ -53,15 +60,23 @@ struct SleepParams {
     ms: u64,
 }
 
+#[derive(Deserialize)]
+struct ProgressParams {
+    steps: u64,
+    ms: u64,
+}
+
 #[derive(Serialize)]
 struct Slept {
     slept_ms: u64,
 }
 
 /// The function keys of the demo handlers [`demo_handlers`] registers.
-pub const DEMO_HANDLERS: &[&str] = &["echo", "sleep", "fail", "panic", "retry", "work"];
+pub const DEMO_HANDLERS: &[&str] = &[
+    "echo", "sleep", "fail", "panic", "retry", "work", "progress",
+];
 
-/// Registers the demo handlers: `echo`, `sleep`, `fail`, `panic`, `retry` and `work`.
+/// Registers the demo handlers: `echo`, `sleep`, `fail`, `panic`, `retry`, `work` and `progress`.
 pub fn demo_handlers(
     builder: ResponderBuilder,
     client: &redcall::Client,
@@ -92,6 +107,19 @@ pub fn demo_handlers(
                 ctx.delivery
             )))
         })
+        // `steps` steps of `ms` milliseconds each, reporting progress after each one; stops early when cancelled.
+        .handler("progress", |ctx: RequestContext, p: ProgressParams| async move {
+            for step in 1..=p.steps {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(p.ms)) => {}
+                    _ = ctx.cancelled() => return Err(HandlerError::fail("cancelled", "cancelled")),
+                }
+                ctx.progress(&serde_json::json!({ "step": step, "of": p.steps }))
+                    .await
+                    .map_err(|e| HandlerError::retry(e.to_string()))?;
+            }
+            Ok::<_, HandlerError>(serde_json::json!({ "steps": p.steps }))
+        })
         // Sleeps like `sleep`, then counts the run in a hash `{ns:service}:runs` (field: request id), so tests and
         // demos can see how many times each request really ran.
         .handler("work", move |ctx: RequestContext, p: SleepParams| {
@@ -117,6 +145,10 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
     builder = builder
         .visibility_timeout(args.visibility_timeout)
         .max_deliveries(args.max_deliveries)
+        .retry_backoff(redcall::RetryPolicy::exponential(
+            args.retry_backoff,
+            args.retry_backoff_max,
+        ))
         .concurrency(args.concurrency)
         .group(args.group.clone())
         .grace(args.grace)

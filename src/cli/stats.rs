@@ -66,6 +66,9 @@ fn render(s: &ServiceStats) -> String {
         _ => String::new(),
     };
     out += &format!("  stream        {} entries{span}\n", s.stream_length);
+    if s.delayed > 0 {
+        out += &format!("  delayed       {} requests not yet due\n", s.delayed);
+    }
     out += &format!("  dead letters  {}", s.dead_letters);
     if s.dead_letters_unattributed > 0 && !s.groups.is_empty() {
         out += &format!(

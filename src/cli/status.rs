@@ -45,6 +45,13 @@ fn to_json(status: &RequestStatus) -> serde_json::Value {
             .map_or(serde_json::Value::Null, msgpack_to_json);
         map.insert("data".to_owned(), data);
     }
+    if let Some(progress) = &status.last_progress
+        && let Some(map) = value
+            .get_mut("last_progress")
+            .and_then(|r| r.as_object_mut())
+    {
+        map.insert("data".to_owned(), msgpack_to_json(&progress.data));
+    }
     value
 }
 
@@ -60,6 +67,9 @@ fn relative(at_ms: u64, now_ms: u64) -> String {
 /// The state in one line for people.
 fn describe_state(state: &RequestState) -> String {
     match state {
+        RequestState::Scheduled { due_ms } => {
+            format!("scheduled: due at {due_ms} ms since the epoch (Redis's clock)")
+        }
         RequestState::Queued { group: Some(group) } => {
             format!("queued: not yet delivered to group {group:?}")
         }
@@ -91,6 +101,7 @@ fn describe_state(state: &RequestState) -> String {
             reason,
         } => format!("dead-lettered ({reason}): the dead letter is gone (purged) or was not found"),
         RequestState::Expired => "expired: the deadline passed without a reply".to_owned(),
+        RequestState::Cancelled => "cancelled: cancelled by id before it was answered".to_owned(),
         RequestState::Acknowledged => {
             "acknowledged by every group, but no reply is stored".to_owned()
         }
@@ -154,6 +165,13 @@ fn print_text(status: &RequestStatus) {
     }
     if let Some(entry) = &status.entry_id {
         outln!("  entry       {entry}");
+    }
+    if let Some(progress) = &status.last_progress {
+        outln!(
+            "  progress    {} ({})",
+            msgpack_to_json(&progress.data),
+            relative(progress.ts_ms, status.server_time_ms)
+        );
     }
     if let Some(error) = &status.last_error {
         outln!("  last error  {error}");

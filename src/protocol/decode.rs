@@ -352,3 +352,29 @@ fn replay_source(head: Head<'_>) -> Result<ReplaySource> {
         }
     })
 }
+
+/// A progress envelope (see `docs/protocol.md`, "Progress"): the same rules as the other envelopes.
+pub(super) fn progress(bytes: &[u8]) -> Result<super::progress::ProgressEnvelope> {
+    let mut reader = Reader::new(bytes);
+    let pairs = map_len(reader.head()?, "the envelope")?;
+    let mut keys = Keys::new("");
+    let (mut v, mut id, mut data, mut ts_ms) = (None, None, None, None);
+    for _ in 0..pairs {
+        let key = key(&mut reader)?;
+        let head = reader.head()?;
+        match key {
+            b"v" => v = Some(keys.first(0, "v").and(version(head))?),
+            b"id" => id = Some(keys.first(1, "id").and(text(head, "id"))?),
+            b"data" => data = Some(keys.first(2, "data").and(document(head, "data"))?),
+            b"ts_ms" => ts_ms = Some(keys.first(3, "ts_ms").and(uint(head, "ts_ms"))?),
+            _ => keys.unknown(key, &mut reader, head)?,
+        }
+    }
+    nothing_after(&reader)?;
+    Ok(super::progress::ProgressEnvelope {
+        v: required(v, "v")?,
+        id: required(id, "id")?.to_owned(),
+        data: required(data, "data")?.to_vec(),
+        ts_ms: required(ts_ms, "ts_ms")?,
+    })
+}

@@ -18,6 +18,7 @@ pub const FIELD_ID: &str = "id";
 pub const FIELD_ENVELOPE: &str = "env";
 
 /// A stream entry as read, before anything is trusted about it.
+#[derive(Clone)]
 pub(crate) struct RawEntry {
     pub(crate) entry_id: String,
     /// The request id, when the `id` field holds a usable one ([`crate::names`]); a reply can then be sent.

@@ -104,6 +104,9 @@ pub mod codes {
     /// The request was delivered more than `max_deliveries` times (status `dead_lettered`; also the dead-letter
     /// record's reason).
     pub const MAX_DELIVERIES_EXCEEDED: &str = "max_deliveries_exceeded";
+    /// The request was cancelled by id (status `error`); reserved: a handler's error with this code reads as a
+    /// cancellation too.
+    pub const CANCELLED: &str = "cancelled";
 }
 
 /// A reply as it is published on the reply channel and stored under the reply key.

@@ -64,6 +64,24 @@ impl ServiceKeys {
         key
     }
 
+    /// The schedule of delayed requests: a sorted set of request ids scored by when each is due (ms since the
+    /// epoch, Redis's clock).
+    pub fn delayed(&self) -> String {
+        format!("{}:delayed", self.tag)
+    }
+
+    /// A request's progress: the key holding its last progress envelope, and the channel each one is published on
+    /// (keys and channels are apart in Redis, so they share the name).
+    pub fn progress(&self, id: &str) -> String {
+        self.per_id(":progress:", id)
+    }
+
+    /// The service's cancel channel: a cancelled request's id is published on it, and every responder of the
+    /// service listens, so a running handler learns of its cancellation at once.
+    pub fn cancels(&self) -> String {
+        format!("{}:cancels", self.tag)
+    }
+
     /// The last error of a failed delivery (kept for the dead-letter record).
     pub fn last_error(&self, id: &str) -> String {
         self.per_id(":err:", id)

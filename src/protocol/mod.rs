@@ -14,6 +14,7 @@ pub(crate) mod entry;
 mod envelope;
 mod keys;
 mod msgpack;
+mod progress;
 #[cfg(test)]
 mod strict_tests;
 
@@ -21,6 +22,7 @@ pub use entry::{FIELD_ENVELOPE, FIELD_ID};
 pub use envelope::{ReplayInfo, ReplaySource, ReplyEnvelope, ReplyStatus, RequestEnvelope, codes};
 pub use keys::ServiceKeys;
 pub(crate) use keys::glob_escape;
+pub use progress::ProgressEnvelope;
 
 /// The envelope format version this build writes and accepts; an envelope of another version is refused, never
 /// guessed at.
@@ -76,6 +78,17 @@ pub fn decode_request(bytes: &[u8]) -> Result<RequestEnvelope> {
 pub fn decode_reply(bytes: &[u8]) -> Result<ReplyEnvelope> {
     decode::reply(bytes).map_err(|message| Error::Decode {
         what: "reply envelope",
+        message,
+    })
+}
+
+/// Decodes a progress envelope, accepting exactly the documented shape (see [`decode_reply`]).
+///
+/// # Errors
+/// [`Error::Decode`] for anything else.
+pub fn decode_progress(bytes: &[u8]) -> Result<ProgressEnvelope> {
+    decode::progress(bytes).map_err(|message| Error::Decode {
+        what: "progress envelope",
         message,
     })
 }

@@ -3,7 +3,10 @@
 //! a request sent, whose reply is awaited later).
 
 mod call_info;
+mod cancel;
+mod delayed;
 mod pending;
+mod progress;
 mod publish_reply;
 mod request;
 
@@ -14,6 +17,7 @@ use redis::AsyncCommands;
 
 pub use call_info::CallInfo;
 pub use pending::PendingReply;
+pub use progress::ProgressUpdates;
 
 use crate::client::Client;
 use crate::error::{Error, Result};

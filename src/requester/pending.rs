@@ -66,7 +66,7 @@ impl PendingReply {
     /// - [`Error::Lost`] when Redis lost the accepted request (gone after a reconnect), before the timeout;
     /// - the responder's answer: [`Error::Handler`] (the handler's code, or the responder's `invalid_params` and
     ///   `payload_too_large`), [`Error::UnknownFunction`], [`Error::Malformed`], [`Error::DeadLettered`] (after
-    ///   `max_deliveries`), [`Error::Expired`];
+    ///   `max_deliveries`), [`Error::Expired`], [`Error::Cancelled`] (cancelled by id);
     /// - [`Error::Decode`] when the reply envelope, or its data as `R`, does not decode.
     ///
     /// Never [`Error::Unavailable`] or [`Error::Redis`]: the request was sent, so a Redis unreachable at the last
@@ -141,6 +141,7 @@ pub(super) fn interpret_reply<R: DeserializeOwned>(id: &str, reply: ReplyEnvelop
                 id: id.to_owned(),
                 message,
             },
+            codes::CANCELLED => Error::Cancelled { id: id.to_owned() },
             _ => Error::Handler {
                 id: id.to_owned(),
                 code,

@@ -85,8 +85,16 @@ impl Requester {
         P: Serialize + ?Sized,
     {
         let id = new_request_id();
-        self.add(&id, func_key, params, timeout, IdOrigin::Generated, None)
-            .await
+        self.add(
+            &id,
+            func_key,
+            params,
+            timeout,
+            IdOrigin::Generated,
+            None,
+            None,
+        )
+        .await
     }
 
     /// Adds the request and returns as soon as Redis has accepted it, with a handle to await the reply later.
@@ -113,12 +121,13 @@ impl Requester {
     where
         P: Serialize + ?Sized,
     {
-        self.add(id, func_key, params, timeout, IdOrigin::Caller, None)
+        self.add(id, func_key, params, timeout, IdOrigin::Caller, None, None)
             .await
     }
 
     /// [`Requester::send`] (with `id`) or [`Requester::submit`] (with `None`: an id made by redcall), with
-    /// per-request [`RequestOptions`]: the caller's trace context, so the request joins the caller's trace.
+    /// per-request [`RequestOptions`]: the caller's trace context, so the request joins the caller's trace, and a
+    /// delay (as [`Requester::send_in`]).
     ///
     /// # Errors
     /// Those of [`Requester::send`], or of [`Requester::submit`] for `id = None`.
@@ -134,21 +143,39 @@ impl Requester {
         P: Serialize + ?Sized,
     {
         let trace = options.trace.as_ref();
+        let delay = options.delay.map(crate::config::clamp);
         match id {
             Some(id) => {
-                self.add(id, func_key, params, timeout, IdOrigin::Caller, trace)
-                    .await
+                self.add(
+                    id,
+                    func_key,
+                    params,
+                    timeout,
+                    IdOrigin::Caller,
+                    trace,
+                    delay,
+                )
+                .await
             }
             None => {
                 let id = new_request_id();
-                self.add(&id, func_key, params, timeout, IdOrigin::Generated, trace)
+                // A delayed request is scheduled by the add script; the router's batching adder queues at once.
+                let origin = if delay.is_some() {
+                    IdOrigin::Caller
+                } else {
+                    IdOrigin::Generated
+                };
+                self.add(&id, func_key, params, timeout, origin, trace, delay)
                     .await
             }
         }
     }
 
-    /// Adds a request (see [`Requester::add_uncounted`]); a failure is counted in the requester's metrics.
-    async fn add<P>(
+    /// Adds a request (see [`Requester::add_uncounted`]); a failure is counted in the requester's metrics. With a
+    /// `delay` (a caller's id only), the request is scheduled instead of queued (see [`super::delayed`]).
+    // The request's parts, then how to add it (id origin, trace parent, delay): all read once, here.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn add<P>(
         &self,
         id: &str,
         func_key: &str,
@@ -156,6 +183,7 @@ impl Requester {
         timeout: Duration,
         origin: IdOrigin,
         parent: Option<&TraceContext>,
+        delay: Option<Duration>,
     ) -> Result<PendingReply>
     where
         P: Serialize + ?Sized,
@@ -163,7 +191,7 @@ impl Requester {
         let started = Instant::now();
         let (span, trace) = crate::trace::send_span(&self.service, func_key, id, parent);
         let added = self
-            .add_uncounted(id, func_key, params, timeout, origin, trace)
+            .add_uncounted(id, func_key, params, timeout, origin, trace, delay)
             .instrument(span.clone())
             .await;
         if let Err(err) = &added {
@@ -180,6 +208,7 @@ impl Requester {
 
     /// Adds a request: subscribe to its reply channel, then store record and stream entry atomically, in one
     /// pipeline.
+    #[allow(clippy::too_many_arguments)]
     async fn add_uncounted<P>(
         &self,
         id: &str,
@@ -188,6 +217,7 @@ impl Requester {
         timeout: Duration,
         origin: IdOrigin,
         trace: TraceContext,
+        delay: Option<Duration>,
     ) -> Result<PendingReply>
     where
         P: Serialize + ?Sized,
@@ -237,6 +267,7 @@ impl Requester {
             channel: pending.channel(),
             envelope: bytes.as_slice(),
             record_ttl,
+            delay,
         };
         // A generated id cannot collide: its first attempt goes to the router's adder, which subscribes and adds
         // many requests per transaction, and marks the waiter accepted. A caller's id may exist already: the
@@ -291,6 +322,8 @@ struct Add<'a> {
     channel: &'a str,
     envelope: &'a [u8],
     record_ttl: u64,
+    /// For a delayed request: `ADD_DELAYED` with this delay instead.
+    delay: Option<Duration>,
 }
 
 impl Requester {
@@ -307,15 +340,24 @@ impl Requester {
         pipe.cmd(router.pubsub().subscribe())
             .arg(add.channel)
             .ignore();
-        scripts::evalsha(&mut pipe, &scripts::ADD_REQUEST)
-            .arg(4)
-            .arg(self.keys.record(add.id))
-            .arg(self.keys.requests())
-            .arg(self.keys.reply(add.id))
-            .arg(self.keys.last_error(add.id))
-            .arg(add.id)
-            .arg(add.envelope)
-            .arg(add.record_ttl);
+        match add.delay {
+            None => scripts::evalsha(&mut pipe, &scripts::ADD_REQUEST)
+                .arg(4)
+                .arg(self.keys.record(add.id))
+                .arg(self.keys.requests()),
+            Some(_) => scripts::evalsha(&mut pipe, &scripts::ADD_DELAYED)
+                .arg(4)
+                .arg(self.keys.record(add.id))
+                .arg(self.keys.delayed()),
+        }
+        .arg(self.keys.reply(add.id))
+        .arg(self.keys.last_error(add.id))
+        .arg(add.id)
+        .arg(add.envelope)
+        .arg(add.record_ttl);
+        if let Some(delay) = add.delay {
+            pipe.arg(delay.as_millis() as u64);
+        }
         let durability = router.durability();
         let waits = durability.append_wait(&mut pipe);
         let answer: Vec<Value> = scripts::query_with_scripts(&pipe, &mut con)
@@ -348,7 +390,7 @@ impl Requester {
 
 /// Where a request id came from, which decides how the request is added.
 #[derive(Clone, Copy)]
-enum IdOrigin {
+pub(super) enum IdOrigin {
     /// Given by the caller: may collide with an existing request.
     Caller,
     /// Made by redcall (UUID v7): unique.

@@ -40,9 +40,9 @@ type HandlerResult = std::thread::Result<Outcome>;
 enum Next {
     /// Answer the requester: the result, or an error reply.
     Answer(ReplyEnvelope),
-    /// The handler asked for a retry (why): leave the entry pending.
-    Retry(String),
-    /// The handler panicked (its message): leave the entry pending.
+    /// The handler asked for a retry (why, and after how long if it said): deliver it again after a backoff.
+    Retry(String, Option<Duration>),
+    /// The handler panicked (its message): deliver it again after a backoff.
     Panicked(String),
     /// The params did not decode (why): dead-letter, with an error reply.
     InvalidParams(String),
@@ -55,7 +55,10 @@ fn next_step(id: &str, outcome: HandlerResult) -> Next {
         Ok(Outcome::Failed(HandlerError::Fail { code, message })) => Next::Answer(
             ReplyEnvelope::failure(id, ReplyStatus::Error, &code, message),
         ),
-        Ok(Outcome::Failed(HandlerError::Retry { reason })) => Next::Retry(reason),
+        Ok(Outcome::Failed(HandlerError::Retry { reason })) => Next::Retry(reason, None),
+        Ok(Outcome::Failed(HandlerError::RetryAfter { reason, delay })) => {
+            Next::Retry(reason, Some(delay))
+        }
         Ok(Outcome::InvalidParams(message)) => Next::InvalidParams(message),
         Err(panic) => Next::Panicked(panic_message(panic.as_ref())),
     }
@@ -108,10 +111,14 @@ impl Shared {
         let Some((mut request, handler)) = self.admit_quickly(&entry) else {
             return self.spawn_entry(entry, 1, stored, Some(permit));
         };
+        if self.cancels.recently_cancelled(&request.id) {
+            return self.spawn_entry(entry, 1, Stored::Maybe, Some(permit));
+        }
         let span = self.request_span(&mut request);
         let _in_span = span.enter();
         tracing::debug!(entry_id = %entry.entry_id, delivery = 1, "handling");
         let ctx = self.context(&request, &entry, 1);
+        let cancel = ctx.cancel.clone();
         let started = Instant::now();
         // The handler's own code runs inside both guards: building its future and its first poll may panic.
         let first_poll =
@@ -124,10 +131,11 @@ impl Shared {
                         None => {
                             // Still running: from here on it is an ordinary request task, whose claim is kept alive.
                             let tracked = self.track(&entry.entry_id);
+                            let running = self.running(&request.id, &cancel);
                             let shared = self.clone();
                             self.requests.spawn(
                                 async move {
-                                    let (_permit, _tracked) = (permit, tracked);
+                                    let (_permit, _tracked, _running) = (permit, tracked, running);
                                     shared
                                         .run_and_conclude(&entry, request, 1, run, started)
                                         .await;
@@ -209,13 +217,15 @@ impl Shared {
             delivery,
             deadline: request.deadline(),
             trace: request.trace.clone(),
+            cancel: tokio_util::sync::CancellationToken::new(),
+            progress: self.progress.clone(),
         }
     }
 
     /// Awaits a running handler, then does what its outcome calls for; unless the shutdown grace period ends first,
     /// which leaves the request pending.
     async fn run_and_conclude(
-        &self,
+        self: &Arc<Self>,
         entry: &RawEntry,
         request: RequestEnvelope,
         delivery: u64,
@@ -274,8 +284,9 @@ impl Shared {
         let id = request.id.clone();
         tracing::debug!(entry_id = %entry.entry_id, delivery, "handling");
 
-        // Answered once (DESIGN 6): a request with a stored reply is answered from it, on every delivery.
-        if (stored != Stored::None || delivery > 1)
+        // Answered once (DESIGN 6): a request with a stored reply is answered from it, on every delivery. A request
+        // cancelled since it was read has one too (the `cancelled` reply).
+        if (stored != Stored::None || delivery > 1 || self.cancels.recently_cancelled(&id))
             && self.answer_from_stored(&id, &entry.entry_id).await
         {
             tracing::debug!(%id, "answered from the stored reply; handler not run again");
@@ -311,6 +322,7 @@ impl Shared {
         };
 
         let ctx = self.context(&request, &entry, delivery);
+        let _running = self.running(&id, &ctx.cancel);
         // The handler call itself is inside the guarded future too: a panic while building the future must not
         // escape either.
         // The future owns the params; what follows needs only the rest (a dead letter keeps the entry's raw envelope).
@@ -321,9 +333,9 @@ impl Shared {
             .await;
     }
 
-    /// Does what a handler's outcome calls for: an answer, a retry left pending, or a dead letter.
+    /// Does what a handler's outcome calls for: an answer, a retry after a backoff, or a dead letter.
     async fn conclude(
-        &self,
+        self: &Arc<Self>,
         entry: &RawEntry,
         request: RequestEnvelope,
         delivery: u64,
@@ -332,22 +344,23 @@ impl Shared {
     ) {
         let id = &request.id;
         self.count_outcome(&request.func_key, &next, ran);
-        if matches!(next, Next::Retry(_) | Next::Panicked(_)) {
+        if matches!(next, Next::Retry(..) | Next::Panicked(_)) {
             self.left_pending(&entry.entry_id);
         }
         match next {
             Next::Answer(reply) => self.finish(id, &entry.entry_id, delivery, reply).await,
-            Next::Retry(reason) => {
+            Next::Retry(reason, asked) => {
                 tracing::info!(
                     %id,
                     service = %self.service,
                     func = %request.func_key,
                     delivery,
                     %reason,
-                    "handler asked for a retry; leaving the request pending"
+                    "handler asked for a retry; delivering it again after a backoff"
                 );
                 self.remember_error(id, &format!("retry requested: {reason}"))
                     .await;
+                self.schedule_retry(entry, &request.func_key, delivery, asked);
             }
             Next::Panicked(message) => {
                 tracing::error!(
@@ -356,10 +369,11 @@ impl Shared {
                     func = %request.func_key,
                     delivery,
                     panic = %message,
-                    "handler panicked; the request stays pending for redelivery"
+                    "handler panicked; delivering it again after a backoff"
                 );
                 self.remember_error(id, &format!("handler panicked: {message}"))
                     .await;
+                self.schedule_retry(entry, &request.func_key, delivery, None);
             }
             Next::InvalidParams(message) => {
                 let letter = DeadLetter::replying(
@@ -383,7 +397,7 @@ impl Shared {
         let outcome = match next {
             Next::Answer(reply) if reply.status == ReplyStatus::Ok => Handled::Ok,
             Next::Answer(_) => Handled::Error,
-            Next::Retry(_) => Handled::Retry,
+            Next::Retry(..) => Handled::Retry,
             Next::Panicked(_) => Handled::Panic,
             Next::InvalidParams(_) => return,
         };

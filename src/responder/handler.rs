@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
 
 use super::in_handler::{Entered, Marked};
 use crate::protocol::{self, codes};
@@ -30,6 +31,10 @@ pub struct RequestContext {
     /// ([`RequestOptions::trace`](crate::RequestOptions::trace)) so that requests made while handling this one
     /// join its trace.
     pub trace: Option<crate::trace::TraceContext>,
+    /// Cancelled when the request is cancelled by id while its handler runs.
+    pub(crate) cancel: CancellationToken,
+    /// Where progress goes (one per responder).
+    pub(crate) progress: Arc<super::progress::ProgressSink>,
 }
 
 impl RequestContext {
@@ -45,6 +50,28 @@ impl RequestContext {
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO)
     }
+
+    /// Whether the request was cancelled by id ([`crate::Requester::cancel`]) while this handler runs. The caller
+    /// has its `Cancelled` answer already; whatever the handler returns now is dropped, so it may as well stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Reports progress: `value` (any serde value) becomes the request's last progress, shown by `redcall status`,
+    /// and is published to a caller watching [`crate::PendingReply::progress`]. Only the last value is kept.
+    ///
+    /// # Errors
+    /// [`crate::Error::Encode`] when `value` cannot be encoded, [`crate::Error::PayloadTooLarge`] when it is over
+    /// the payload limit, [`crate::Error::Redis`] when Redis cannot be written to; the request itself goes on.
+    pub async fn progress<T: Serialize + ?Sized>(&self, value: &T) -> crate::Result<()> {
+        let data = protocol::encode(value)?;
+        self.progress.report(&self.id, data).await
+    }
+
+    /// Resolves when the request is cancelled by id (never, if it is not): select on it to stop work at once.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await;
+    }
 }
 
 /// A handler's failure, which says what should happen next.
@@ -57,11 +84,19 @@ pub enum HandlerError {
         /// Human-readable message.
         message: String,
     },
-    /// Do not answer; leave the request pending so it is delivered again after the visibility timeout (and
-    /// dead-lettered after `max_deliveries`).
+    /// Do not answer; deliver the request again after the responder's retry backoff (see
+    /// [`crate::RetryPolicy`]), and dead-letter it after `max_deliveries`.
     Retry {
         /// Why, kept as the last error for the dead-letter record.
         reason: String,
+    },
+    /// Like [`HandlerError::Retry`], but deliver the request again after `delay` instead of the policy's backoff
+    /// (say, the time a rate limit named).
+    RetryAfter {
+        /// Why, kept as the last error for the dead-letter record.
+        reason: String,
+        /// How long to wait before the next delivery.
+        delay: Duration,
     },
 }
 
@@ -74,10 +109,18 @@ impl HandlerError {
         }
     }
 
-    /// A request to deliver the request again later.
+    /// A request to deliver the request again later, after the responder's retry backoff.
     pub fn retry(reason: impl Into<String>) -> Self {
         HandlerError::Retry {
             reason: reason.into(),
+        }
+    }
+
+    /// A request to deliver the request again after `delay` (the last delivery allowed is dead-lettered at once).
+    pub fn retry_after(reason: impl Into<String>, delay: Duration) -> Self {
+        HandlerError::RetryAfter {
+            reason: reason.into(),
+            delay,
         }
     }
 }

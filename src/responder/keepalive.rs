@@ -14,7 +14,7 @@ impl Shared {
             .in_flight
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .iter()
+            .keys()
             .cloned()
             .collect();
         for chunk in ids.chunks(1000) {

@@ -8,15 +8,19 @@
 //! worked on) and the reaper ([`reaper`]: claims entries left idle by dead consumers). They share one [`state`].
 
 mod ack;
+mod cancel;
 mod dead_letter;
+mod delayed;
 mod dispatch;
 mod handler;
 mod heartbeat;
 mod history;
 pub(crate) mod in_handler;
 mod keepalive;
+mod progress;
 mod reader;
 pub(crate) mod reaper;
+mod retry;
 mod settings;
 mod state;
 
@@ -30,6 +34,7 @@ use serde::de::DeserializeOwned;
 use tokio_util::task::TaskTracker;
 
 pub use handler::{HandlerError, RequestContext};
+pub use retry::RetryPolicy;
 pub use settings::ResponderSettings;
 
 use crate::client::Client;
@@ -99,6 +104,19 @@ impl ResponderBuilder {
     /// change single fields of them.
     pub fn settings(mut self, settings: ResponderSettings) -> Self {
         self.settings = settings;
+        self
+    }
+
+    /// How long to wait before delivering a request again after its handler asked for a retry or panicked
+    /// (default: 100 ms, doubling, at most 10 s; see [`RetryPolicy`]).
+    pub fn retry_backoff(mut self, policy: RetryPolicy) -> Self {
+        self.settings.retry = policy;
+        self
+    }
+
+    /// A retry policy for the requests to `func_key` alone, replacing [`ResponderBuilder::retry_backoff`]'s for them.
+    pub fn retry_backoff_for(mut self, func_key: &str, policy: RetryPolicy) -> Self {
+        self.settings.retry_for.insert(func_key.to_owned(), policy);
         self
     }
 
@@ -256,6 +274,8 @@ impl ResponderBuilder {
             ));
         }
         tasks.spawn(heartbeat::heartbeat_loop(shared.clone()));
+        tasks.spawn(cancel::cancel_loop(shared.clone()));
+        tasks.spawn(delayed::promote_loop(shared.clone()));
         tasks.close();
         // The keepalive outlives the loops: it must refresh claims while in-flight work drains at shutdown.
         let keepalive = tokio::spawn(keepalive::keepalive_loop(shared.clone()));

@@ -218,7 +218,7 @@ async fn delivery_counts<'a>(
 /// Settles an entry that used up its deliveries: answered from its stored reply when it has one (a reply by hand,
 /// or an answer whose ack was lost: answered once, never dead-lettered after the fact), dead-lettered otherwise.
 /// True when dead-lettered.
-async fn settle_exhausted(shared: &Shared, entry: &RawEntry, deliveries: u64) -> bool {
+pub(super) async fn settle_exhausted(shared: &Shared, entry: &RawEntry, deliveries: u64) -> bool {
     let request = entry
         .envelope
         .as_deref()

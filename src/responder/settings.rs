@@ -1,6 +1,9 @@
 //! The responder's knobs, their defaults and their limits, in one place.
 
+use std::collections::HashMap;
 use std::time::Duration;
+
+use super::retry::RetryPolicy;
 
 use crate::error::{Error, Result};
 use crate::retention::RetentionPolicy;
@@ -38,6 +41,12 @@ pub struct ResponderSettings {
     /// How often the responder refreshes its heartbeat record and its in-flight gauge (default 5 s); the queue
     /// gauges (see [`crate::metrics`]) are sampled every third time.
     pub heartbeat_interval: Duration,
+    /// How long to wait before delivering a request again after its handler asked for a retry or panicked
+    /// (default 100 ms, doubling, at most 10 s; see [`RetryPolicy`]). A stalled or dead responder's work is still
+    /// handed on after the visibility timeout.
+    pub retry: RetryPolicy,
+    /// Per function key, a retry policy that replaces [`ResponderSettings::retry`] for its requests (default none).
+    pub retry_for: HashMap<String, RetryPolicy>,
 }
 
 impl Default for ResponderSettings {
@@ -56,6 +65,8 @@ impl Default for ResponderSettings {
             dead_consumer_idle: Duration::from_secs(600),
             retention: RetentionPolicy::default(),
             heartbeat_interval: Duration::from_secs(5),
+            retry: RetryPolicy::default(),
+            retry_for: HashMap::new(),
         }
     }
 }
@@ -70,8 +81,8 @@ impl ResponderSettings {
     ///
     /// # Errors
     /// [`Error::Config`] for an empty group or consumer name, a zero concurrency or batch, a visibility timeout
-    /// under 100 ms, a zero `max_deliveries`, a zero read block time, or a retention policy that cannot work (see
-    /// [`RetentionPolicy::validate`]).
+    /// under 100 ms, a zero `max_deliveries`, a zero read block time, a retry policy that cannot work (see
+    /// [`RetryPolicy::validate`]), or a retention policy that cannot work (see [`RetentionPolicy::validate`]).
     pub fn validate(&self) -> Result<()> {
         let problem = if self.group.is_empty() || self.consumer.is_empty() {
             "group and consumer names must not be empty"
@@ -84,6 +95,10 @@ impl ResponderSettings {
         } else if self.block.is_zero() {
             "the read block time must be positive (BLOCK 0 would never return)"
         } else {
+            self.retry.validate()?;
+            for policy in self.retry_for.values() {
+                policy.validate()?;
+            }
             return self.retention.validate();
         };
         Err(Error::Config(problem.to_owned()))
@@ -98,6 +113,10 @@ impl ResponderSettings {
         self.reap_interval = self.reap_interval.map(clamp);
         self.dead_consumer_idle = clamp(self.dead_consumer_idle);
         self.retention = self.retention.clamped();
+        self.retry = self.retry.clamped();
+        for policy in self.retry_for.values_mut() {
+            *policy = policy.clamped();
+        }
         self.heartbeat_interval = clamp(self.heartbeat_interval).max(Duration::from_millis(50));
         self
     }

@@ -2,6 +2,7 @@
 //! commands, the concurrency permits, the entries in flight, and the two stop signals. Also the one way the
 //! responder runs a command that must not be lost to a brief outage ([`Shared::run_with_retries`]).
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,11 +36,17 @@ pub(super) struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.shared
+        let mut in_flight = self
+            .shared
             .in_flight
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.entry_id);
+            .unwrap_or_else(|p| p.into_inner());
+        if let Entry::Occupied(mut held) = in_flight.entry(std::mem::take(&mut self.entry_id)) {
+            *held.get_mut() -= 1;
+            if *held.get() == 0 {
+                held.remove();
+            }
+        }
     }
 }
 
@@ -57,8 +64,9 @@ pub(crate) struct Shared {
     pub(crate) permits: Arc<Semaphore>,
     /// Which first deliveries may have a stored reply already (see [`super::history`]).
     pub(super) history: History,
-    /// Entry ids being handled, whose claims the keepalive refreshes.
-    pub(super) in_flight: Mutex<HashSet<String, foldhash::fast::RandomState>>,
+    /// Entry ids being handled (or waiting for a retry), whose claims the keepalive refreshes, each with the number
+    /// of [`InFlight`] guards holding it (a retry is scheduled while its failed delivery's guard still lives).
+    pub(super) in_flight: Mutex<HashMap<String, usize, foldhash::fast::RandomState>>,
     /// Cancelled to stop reading and claiming.
     pub(crate) stop: CancellationToken,
     /// Cancelled when the grace period is over: running handlers are dropped, their entries stay pending.
@@ -77,6 +85,10 @@ pub(crate) struct Shared {
     /// Entries this responder left pending (a retry, a panic): claimed back, they count as redeliveries, not
     /// claims from another consumer. Bounded by [`LEFT_PENDING_LIMIT`].
     pub(super) left_pending: Mutex<HashSet<String, foldhash::fast::RandomState>>,
+    /// The requests running here, for cancels to reach them, and recent cancels (see [`super::cancel`]).
+    pub(super) cancels: super::cancel::Cancels,
+    /// How handlers report progress (see [`super::progress`]).
+    pub(super) progress: Arc<super::progress::ProgressSink>,
 }
 
 /// Most entry ids [`Shared::left_pending`] remembers; past it, it starts over (a metric label may then be off).
@@ -100,6 +112,12 @@ impl Shared {
         Ok(Self {
             metrics,
             left_pending: Mutex::default(),
+            cancels: super::cancel::Cancels::default(),
+            progress: Arc::new(super::progress::ProgressSink::new(
+                con.clone(),
+                client.keys(service),
+                client.config(),
+            )),
             inline_first_poll,
             finished_tx,
             finished_rx: Mutex::new(Some(finished_rx)),
@@ -194,10 +212,12 @@ impl Shared {
     /// Counts an entry as in flight (the keepalive refreshes its claim) until the returned guard is dropped, however
     /// the task holding it ends.
     pub(super) fn track(self: &Arc<Self>, entry_id: &str) -> InFlight {
-        self.in_flight
+        *self
+            .in_flight
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(entry_id.to_owned());
+            .entry(entry_id.to_owned())
+            .or_default() += 1;
         InFlight {
             shared: self.clone(),
             entry_id: entry_id.to_owned(),

@@ -85,6 +85,16 @@ pub(crate) struct Router {
 }
 
 impl Router {
+    /// Where the router's connections go (for connections of other parts that must follow it, e.g. a failover).
+    pub(crate) fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// The client's settings the router was started with.
+    pub(crate) fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
     /// Connects and starts the router's background tasks.
     pub(crate) async fn start(target: Target, config: ClientConfig) -> Result<Arc<Self>> {
         let waiters = Arc::new(Waiters::default());

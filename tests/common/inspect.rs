@@ -11,9 +11,10 @@ pub async fn redis_con(server: &RedisServer) -> redis::aio::MultiplexedConnectio
         .expect("connect")
 }
 
-/// Redis channels with at least one subscriber (the reply routers' subscriptions), one per line; empty when none.
+/// Reply channels (`T:chan:<id>`) with at least one subscriber (the reply routers' subscriptions), one per line;
+/// empty when none. Responders' cancel channels (`T:cancels`) are not reply channels and are left out.
 pub fn subscribed_channels(server: &RedisServer) -> String {
-    server.cli(&["PUBSUB", "CHANNELS", "*"])
+    server.cli(&["PUBSUB", "CHANNELS", "*:chan:*"])
 }
 
 /// How many entries `group` holds pending on `stream` (the count of `XPENDING <stream> <group>`).

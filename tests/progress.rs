@@ -1,0 +1,151 @@
+//! Progress (issue 17): a handler's `ctx.progress(..)` reaches a caller watching `PendingReply::progress()`, the
+//! last value shows in `status`, `redcall call --progress` prints each one, and requests that report nothing leave
+//! no trace.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestEnv, run_cli};
+use redcall::{HandlerError, RequestContext};
+use serde_json::{Value, json};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watching_caller_sees_every_update_then_the_reply() {
+    let env = TestEnv::new();
+    let _responder = env
+        .responder()
+        .handler("steps", |ctx: RequestContext, n: u64| async move {
+            for step in 1..=n {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                ctx.progress(&json!({ "step": step }))
+                    .await
+                    .map_err(|e| HandlerError::fail("progress", e.to_string()))?;
+            }
+            Ok::<_, HandlerError>(json!("done"))
+        })
+        .handler("plain", |_ctx: RequestContext, v: Value| async move {
+            Ok::<_, HandlerError>(v)
+        })
+        .start()
+        .await
+        .expect("start responder");
+    let requester = env.requester();
+    let pending = requester
+        .send("steps-1", "steps", &3u64, Duration::from_secs(20))
+        .await
+        .expect("send");
+    let mut updates = pending.progress().await.expect("watch progress");
+    let wait = pending.wait::<Value>();
+    tokio::pin!(wait);
+    let mut seen = Vec::new();
+    let reply = loop {
+        tokio::select! {
+            reply = &mut wait => break reply.expect("reply"),
+            update = updates.next::<Value>() => {
+                seen.push(update.expect("stream open").expect("decodes"));
+            }
+        }
+    };
+    assert_eq!(reply, json!("done"));
+    // The reply may overtake the last update's delivery: take what is left.
+    while seen.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(2), updates.next::<Value>()).await {
+            Ok(Some(update)) => seen.push(update.expect("decodes")),
+            _ => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![json!({"step": 1}), json!({"step": 2}), json!({"step": 3})]
+    );
+    let status = env.admin().status("steps-1").await.expect("status");
+    let last = status.last_progress.expect("last progress kept");
+    let last: Value = redcall::protocol::decode(&last.data, "progress").expect("decode");
+    assert_eq!(last, json!({"step": 3}));
+
+    // A request that reports nothing leaves no progress key behind.
+    let _: Value = requester
+        .request("plain-1", "plain", &json!(1), Duration::from_secs(10))
+        .await
+        .expect("plain");
+    let mut con = env.redis().await;
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(format!("{{redcall:{}}}:progress:plain-1", env.service()))
+        .query_async(&mut con)
+        .await
+        .expect("EXISTS");
+    assert_eq!(exists, 0);
+    let status = env.admin().status("plain-1").await.expect("status");
+    assert!(status.last_progress.is_none());
+}
+
+/// A watcher that starts after some updates were made gets the last one first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_watcher_starts_from_the_last_update() {
+    let env = TestEnv::new();
+    let _responder = env
+        .responder()
+        .handler("report", |ctx: RequestContext, _v: Value| async move {
+            ctx.progress(&"half way")
+                .await
+                .map_err(|e| HandlerError::fail("progress", e.to_string()))?;
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            Ok::<_, HandlerError>(json!("done"))
+        })
+        .start()
+        .await
+        .expect("start responder");
+    let requester = env.requester();
+    let pending = requester
+        .send("late-1", "report", &json!({}), Duration::from_secs(20))
+        .await
+        .expect("send");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut updates = pending.progress().await.expect("watch progress");
+    let first = tokio::time::timeout(Duration::from_secs(5), updates.next::<String>())
+        .await
+        .expect("an update in time")
+        .expect("stream open")
+        .expect("decodes");
+    assert_eq!(first, "half way");
+    assert_eq!(pending.wait::<Value>().await.expect("reply"), json!("done"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_prints_progress_and_status_shows_the_last() {
+    let env = TestEnv::new();
+    let _serve = env.serve("progress", &[], &[]);
+    let out = run_cli(
+        &env.server,
+        env.service(),
+        &[
+            "call",
+            "progress",
+            r#"{"steps": 3, "ms": 100}"#,
+            "--id",
+            "cli-progress-1",
+            "--progress",
+            "--timeout",
+            "20s",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("progress:"))
+        .collect();
+    assert!(
+        lines.last().is_some_and(|l| l.contains(r#""step":3"#)),
+        "{stderr}"
+    );
+    let reply: Value = serde_json::from_slice(&out.stdout).expect("JSON reply");
+    assert_eq!(reply, json!({"steps": 3}));
+    let status = run_cli(&env.server, env.service(), &["status", "cli-progress-1"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("progress") && text.contains(r#""step":3"#),
+        "{text}"
+    );
+}

@@ -200,3 +200,89 @@ fn cli_serve_call_info_reply_stats_and_dlq_on_a_cluster() {
     let out = ok_stdout(&cli(&cluster, &service, &["--json", "stats"]));
     assert!(out.contains("\"stream_length\":2"), "{out}");
 }
+
+/// Cancellation and progress on a cluster: the cancel reaches the waiting caller and the running handler at once
+/// (over sharded pub/sub, like replies), and progress updates reach the caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_and_progress_on_a_cluster() {
+    let cluster = tokio::task::block_in_place(RedisCluster::start);
+    let client = Client::cluster(cluster.seeds())
+        .build()
+        .expect("cluster client");
+    let service = unique_service("cluster-life");
+    let (saw_tx, saw_rx) = tokio::sync::oneshot::channel::<()>();
+    let saw_tx = std::sync::Arc::new(std::sync::Mutex::new(Some(saw_tx)));
+    let responder = client
+        .responder(&service)
+        .visibility_timeout(Duration::from_secs(2))
+        .handler("wait_for_cancel", move |ctx: RequestContext, _v: Value| {
+            let saw_tx = saw_tx.clone();
+            async move {
+                ctx.cancelled().await;
+                if let Some(tx) = saw_tx.lock().ok().and_then(|mut t| t.take()) {
+                    let _ = tx.send(());
+                }
+                Ok::<_, HandlerError>(json!("ignored the cancel"))
+            }
+        })
+        .handler("steps", |ctx: RequestContext, n: u64| async move {
+            for step in 1..=n {
+                ctx.progress(&json!({ "step": step }))
+                    .await
+                    .map_err(|e| HandlerError::retry(e.to_string()))?;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok::<_, HandlerError>(json!("done"))
+        })
+        .start()
+        .await
+        .expect("start a responder on the cluster");
+    let requester = client.requester(&service);
+
+    // Cancel while the handler runs: the caller gets Cancelled well before its timeout, and the handler saw it.
+    let pending = requester
+        .send(
+            "life-cancel-1",
+            "wait_for_cancel",
+            &json!(null),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("send");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    requester.cancel("life-cancel-1").await.expect("cancel");
+    let waited = pending.wait::<Value>().await;
+    assert_eq!(
+        waited.as_ref().map_err(|e| e.kind()),
+        Err(redcall::ErrorKind::Cancelled),
+        "{waited:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    tokio::time::timeout(Duration::from_secs(10), saw_rx)
+        .await
+        .expect("the running handler saw the cancel")
+        .expect("sender kept");
+
+    // Progress: every update arrives, then the reply.
+    let pending = requester
+        .send("life-steps-1", "steps", &json!(3), GENEROUS)
+        .await
+        .expect("send");
+    let mut updates = pending.progress().await.expect("watch progress");
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(10), updates.next::<Value>()).await {
+            Ok(Some(Ok(update))) => seen.push(update),
+            other => panic!("progress stopped after {seen:?}: {other:?}"),
+        }
+    }
+    assert_eq!(seen.last(), Some(&json!({ "step": 3 })), "{seen:?}");
+    let reply: Value = pending.wait().await.expect("reply");
+    assert_eq!(reply, json!("done"));
+    responder.shutdown().await.expect("shutdown");
+}

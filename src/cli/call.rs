@@ -1,4 +1,5 @@
-//! `redcall call FUNC [PARAMS] [--id ID] [--timeout DURATION] [--traceparent TP [--tracestate TS]]`: the request operation. PARAMS is JSON, `@PATH`
+//! `redcall call FUNC [PARAMS] [--id ID] [--timeout DURATION] [--progress] [--delay DURATION] [--traceparent TP
+//! [--tracestate TS]]`: the request operation. PARAMS is JSON, `@PATH`
 //! or `-` (see [`super::input`]).
 
 use std::time::Duration;

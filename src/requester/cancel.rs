@@ -60,7 +60,7 @@ async fn cancel_request(
     );
     let bytes = protocol::encode(&reply)?;
     let mut pipe = redis::pipe();
-    scripts::evalsha(&mut pipe, &scripts::CANCEL)
+    scripts::evalsha(&mut pipe, scripts::CANCEL.on(router.pubsub()))
         .arg(6)
         .arg(keys.record(id))
         .arg(keys.reply(id))

@@ -72,7 +72,7 @@ impl PendingReply {
         let (tx, rx) = mpsc::unbounded_channel::<Option<Vec<u8>>>();
         let on_push = move |push: PushInfo| -> std::result::Result<(), std::convert::Infallible> {
             match push.kind {
-                PushKind::Message => {
+                PushKind::Message | PushKind::SMessage => {
                     if let Some(Value::BulkString(bytes)) = push.data.into_iter().nth(1) {
                         let _ = tx.send(Some(bytes));
                     }
@@ -98,7 +98,7 @@ impl PendingReply {
             .target()
             .connect(&cfg, config, "connecting to watch progress")
             .await?;
-        redis::cmd("SUBSCRIBE")
+        redis::cmd(self.router.pubsub().subscribe())
             .arg(&channel)
             .exec_async(&mut con)
             .await

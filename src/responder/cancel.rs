@@ -141,7 +141,7 @@ pub(crate) async fn cancel_loop(shared: Arc<Shared>) {
         let (tx, mut rx) = mpsc::unbounded_channel::<Option<String>>();
         let on_push = move |push: PushInfo| -> std::result::Result<(), std::convert::Infallible> {
             match push.kind {
-                PushKind::Message => {
+                PushKind::Message | PushKind::SMessage => {
                     if let Some(Value::BulkString(id)) = push.data.into_iter().nth(1)
                         && let Ok(id) = String::from_utf8(id)
                     {
@@ -169,7 +169,7 @@ pub(crate) async fn cancel_loop(shared: Arc<Shared>) {
             _ = shared.stop.cancelled() => return,
         };
         let subscribed = match connected {
-            Ok(mut con) => redis::cmd("SUBSCRIBE")
+            Ok(mut con) => redis::cmd(shared.client.target().pubsub().subscribe())
                 .arg(&channel)
                 .exec_async(&mut con)
                 .await

@@ -16,6 +16,8 @@ pub(crate) struct ProgressSink {
     pub(crate) ttl_ms: u64,
     /// The client's settings (the payload limit).
     pub(crate) config: crate::config::ClientConfig,
+    /// Plain or sharded pub/sub (a cluster), as the reply channels.
+    pub(crate) pubsub: crate::connection::PubSub,
 }
 
 impl std::fmt::Debug for ProgressSink {
@@ -32,12 +34,14 @@ impl ProgressSink {
         con: ManagedConnection,
         keys: ServiceKeys,
         config: &crate::config::ClientConfig,
+        pubsub: crate::connection::PubSub,
     ) -> Self {
         Self {
             con,
             keys,
             ttl_ms: ttl_ms(config.reply_ttl),
             config: config.clone(),
+            pubsub,
         }
     }
 
@@ -54,7 +58,7 @@ impl ProgressSink {
             .arg("PX")
             .arg(self.ttl_ms)
             .ignore()
-            .cmd("PUBLISH")
+            .cmd(self.pubsub.publish())
             .arg(&key)
             .arg(&bytes)
             .ignore();

@@ -117,6 +117,7 @@ impl Shared {
                 con.clone(),
                 client.keys(service),
                 client.config(),
+                client.target().pubsub(),
             )),
             inline_first_poll,
             finished_tx,

@@ -78,6 +78,43 @@ async fn the_handler_joins_the_callers_trace_with_a_new_span() {
     responder.shutdown().await.expect("shutdown");
 }
 
+/// `send_with` carries a trace and a delay together, with a caller's id and with a generated one: the request
+/// waits out its delay, then its handler joins the caller's trace.
+#[tokio::test]
+async fn a_delayed_request_keeps_the_callers_trace() {
+    let env = TestEnv::new();
+    let (responder, mut seen) = tracing_responder(&env).await;
+    let parent = TraceContext::parse(PARENT, None).expect("valid");
+    let delay = Duration::from_millis(400);
+    let options = RequestOptions::default().trace(parent.clone()).delay(delay);
+    for id in [Some("traced-delayed-1"), None] {
+        let sent = std::time::Instant::now();
+        let pending = env
+            .requester()
+            .send_with(id, "trace", &(), Duration::from_secs(10), &options)
+            .await
+            .expect("send with a trace and a delay");
+        let reply: Option<String> = pending.wait().await.expect("reply");
+        assert!(
+            sent.elapsed() >= delay,
+            "{id:?}: answered before its delay, after {:?}",
+            sent.elapsed()
+        );
+        let (seen_id, trace) = seen.recv().await.expect("handler ran");
+        if let Some(id) = id {
+            assert_eq!(seen_id, id);
+        }
+        let trace = trace.expect("the delayed request carries the trace context");
+        assert_eq!(
+            trace.traceparent.trace_id(),
+            parent.traceparent.trace_id(),
+            "{id:?}"
+        );
+        assert_eq!(reply, Some(trace.traceparent.to_string()));
+    }
+    responder.shutdown().await.expect("shutdown");
+}
+
 #[tokio::test]
 async fn a_request_without_a_caller_trace_starts_a_new_one() {
     let env = TestEnv::new();

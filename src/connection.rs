@@ -9,6 +9,7 @@
 
 mod cluster;
 mod conn;
+mod listen;
 mod managed;
 mod sentinel;
 mod target;
@@ -25,6 +26,7 @@ use crate::error::{Error, Result};
 
 pub(crate) use cluster::{is_cluster_url, seeds as cluster_seeds};
 pub(crate) use conn::{Connection, PubSub, by_slot};
+pub(crate) use listen::{Messages, listen};
 pub(crate) use managed::ManagedConnection;
 pub(crate) use sentinel::SentinelSpec;
 pub(crate) use target::{ConnectionSettings, Target};

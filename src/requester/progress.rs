@@ -2,9 +2,7 @@
 //! caller asks ([`PendingReply::progress`]), so requests nobody watches cost nothing. After subscribing it reads
 //! the last progress kept (`GET T:progress:<id>`), so an update made before the subscription is not missed.
 
-use redis::{PushInfo, PushKind, Value};
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc;
 
 use super::pending::PendingReply;
 use crate::error::{Error, Result};
@@ -14,7 +12,7 @@ use crate::protocol;
 /// from [`PendingReply::wait`]; this ends (`None`) only when its connection is lost or the handle is dropped.
 pub struct ProgressUpdates {
     id: String,
-    rx: mpsc::UnboundedReceiver<Option<Vec<u8>>>,
+    rx: crate::connection::Messages,
     /// The last update handed out, to skip the copy of it the subscription may deliver again.
     last: Option<Vec<u8>>,
     /// The last progress kept when the subscription started, handed out first.
@@ -69,40 +67,13 @@ impl PendingReply {
     /// [`Error::Connect`] or [`Error::Redis`] when the connection or its subscription fails.
     pub async fn progress(&self) -> Result<ProgressUpdates> {
         let channel = self.keys.progress(&self.id);
-        let (tx, rx) = mpsc::unbounded_channel::<Option<Vec<u8>>>();
-        let on_push = move |push: PushInfo| -> std::result::Result<(), std::convert::Infallible> {
-            match push.kind {
-                PushKind::Message | PushKind::SMessage => {
-                    if let Some(Value::BulkString(bytes)) = push.data.into_iter().nth(1) {
-                        let _ = tx.send(Some(bytes));
-                    }
-                }
-                PushKind::Disconnection => {
-                    let _ = tx.send(None);
-                }
-                _ => {}
-            }
-            Ok(())
-        };
-        let config = self.router.config();
-        let on_push = move |push: PushInfo| {
-            let _ = on_push(push);
-        };
-        let cfg = crate::connection::ConnectionSettings::new(
-            config.connect_timeout,
-            config.command_timeout,
+        let (mut con, rx) = crate::connection::listen(
+            self.router.target(),
+            self.router.config(),
+            &channel,
+            "subscribing to progress",
         )
-        .with_push(std::sync::Arc::new(on_push));
-        let mut con = self
-            .router
-            .target()
-            .connect(&cfg, config, "connecting to watch progress")
-            .await?;
-        redis::cmd(self.router.pubsub().subscribe())
-            .arg(&channel)
-            .exec_async(&mut con)
-            .await
-            .map_err(Error::redis("subscribing to progress"))?;
+        .await?;
         let first: Option<Vec<u8>> = redis::cmd("GET")
             .arg(&channel)
             .query_async(&mut con)

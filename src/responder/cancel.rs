@@ -17,8 +17,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::{PushInfo, PushKind, Value};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::state::Shared;
@@ -138,49 +136,20 @@ pub(crate) async fn cancel_loop(shared: Arc<Shared>) {
     let channel = shared.keys.cancels();
     let mut backoff = Backoff::up_to(MAX_BACKOFF);
     loop {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Option<String>>();
-        let on_push = move |push: PushInfo| -> std::result::Result<(), std::convert::Infallible> {
-            match push.kind {
-                PushKind::Message | PushKind::SMessage => {
-                    if let Some(Value::BulkString(id)) = push.data.into_iter().nth(1)
-                        && let Ok(id) = String::from_utf8(id)
-                    {
-                        let _ = tx.send(Some(id));
-                    }
-                }
-                PushKind::Disconnection => {
-                    let _ = tx.send(None);
-                }
-                _ => {}
-            }
-            Ok(())
-        };
-        let config = shared.client.config();
-        let on_push = move |push: PushInfo| {
-            let _ = on_push(push);
-        };
-        let cfg = crate::connection::ConnectionSettings::new(
-            config.connect_timeout,
-            config.command_timeout,
-        )
-        .with_push(std::sync::Arc::new(on_push));
-        let connected = tokio::select! {
-            con = shared.client.target().connect(&cfg, config, "connecting the cancel listener") => con,
+        let target = shared.client.target();
+        let subscribed = tokio::select! {
+            listening = crate::connection::listen(
+                target,
+                shared.client.config(),
+                &channel,
+                "listening for cancels",
+            ) => listening,
             _ = shared.stop.cancelled() => return,
         };
-        let subscribed = match connected {
-            Ok(mut con) => redis::cmd(shared.client.target().pubsub().subscribe())
-                .arg(&channel)
-                .exec_async(&mut con)
-                .await
-                .map(|()| con)
-                .map_err(|e| e.to_string()),
-            Err(err) => Err(err.to_string()),
-        };
-        let _con = match subscribed {
-            Ok(con) => {
+        let (_con, mut rx) = match subscribed {
+            Ok(listening) => {
                 backoff.reset();
-                con
+                listening
             }
             Err(err) => {
                 tracing::warn!(error = %err, "cannot listen for cancels; trying again");
@@ -193,7 +162,11 @@ pub(crate) async fn cancel_loop(shared: Arc<Shared>) {
         loop {
             tokio::select! {
                 message = rx.recv() => match message {
-                    Some(Some(id)) => shared.cancels.cancelled(id),
+                    Some(Some(id)) => {
+                        if let Ok(id) = String::from_utf8(id) {
+                            shared.cancels.cancelled(id);
+                        }
+                    }
                     // Disconnected (or the connection is gone): subscribe again.
                     Some(None) | None => break,
                 },

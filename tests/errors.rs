@@ -11,7 +11,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{GENEROUS, Quote, TestEnv, WAIT, order, pending_count, start_responder, wait_until};
-use redcall::{Error, ErrorKind, HandlerError, RequestContext};
+use redcall::{Error, ErrorKind, HandlerError, RequestContext, RetryPolicy};
 
 #[tokio::test]
 async fn duplicate_id_in_flight_is_refused() {
@@ -196,11 +196,19 @@ async fn payload_too_large_is_refused_before_sending() {
 
 /// A handler that panics before it even returns its future (in the handler function itself, not in the async
 /// block) leaves the request pending with the panic as its last error, and the responder keeps serving.
+///
+/// The retry backoff is longer than the test: with the default (100 ms, doubling) the fourth delivery lands near
+/// the caller's 700 ms deadline, and one that starts past it answers the request `expired` (clearing the last
+/// error and acking the entry), which made this test fail on a loaded machine.
 #[tokio::test]
 async fn handler_panicking_before_its_future_leaves_the_request_pending() {
     let env = TestEnv::new();
     let _responder = env
         .responder()
+        .retry_backoff(RetryPolicy::exponential(
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        ))
         .handler("touchy", |_ctx: RequestContext, word: String| {
             assert_ne!(word, "boom", "touchy handler panicked synchronously");
             async move { Ok::<_, HandlerError>(word) }

@@ -2,7 +2,9 @@
 //! [dead letters](Admin::dead_letters) (list, show, [replay](Admin::replay_dead_letters),
 //! [purge](Admin::purge_dead_letters)), [replay of a range](Admin::replay_range) of the requests stream, and an
 //! on-demand [trim](Admin::trim) by a retention policy; for one request, [its whole story](Admin::status); for
-//! the service, [when its requests were last read](Admin::last_read) (is anyone serving it?).
+//! the service, [when its requests were last read](Admin::last_read) (is anyone serving it?), its
+//! [pending entries](Admin::pending_entries) one by one, and [dead letters by function key or
+//! reason](Admin::dead_letters_matching). `redcall ui` is a page over exactly these calls.
 //!
 //! ## Replays keep the request id
 //! A replay re-queues a request **under its original id**: in one script it deletes the id's stored reply and last
@@ -23,10 +25,12 @@
 //!
 //! Long operations take a `progress` callback that receives the number of entries processed so far.
 
+mod dead_letter_filter;
 mod dead_letters;
 mod find;
 mod last_read;
 mod pager;
+mod pending;
 mod range_replay;
 mod replay;
 mod replay_report;
@@ -46,8 +50,10 @@ use crate::error::{Error, Result};
 use crate::protocol::ServiceKeys;
 use crate::retention::{self, RetentionPolicy, TrimReport};
 
+pub use dead_letter_filter::{DeadLetterFilter, DeadLetterPage, SCAN_LIMIT};
 pub use dead_letters::{DeadLetterEntry, PurgeReport};
 pub use last_read::{LastRead, SeenConsumer};
+pub use pending::{MAX_PENDING_PAGE, PendingEntry};
 pub use replay_report::{
     DEFAULT_REPLAY_TIMEOUT, ReplayOptions, ReplayReport, Replayed, SkipReason, Skipped,
 };

@@ -29,6 +29,10 @@ pub struct ServiceStats {
     pub first_entry_id: Option<String>,
     /// The newest entry id in the requests stream.
     pub last_entry_id: Option<String>,
+    /// Entries ever added to the requests stream (`XINFO STREAM`'s `entries-added`), trimmed ones included: its
+    /// growth between two snapshots is the request rate, which the stream length (trimmed) cannot give. `None`
+    /// when there is no stream, or the server is older than Redis 7.0 and does not count them.
+    pub entries_added: Option<u64>,
     /// Delayed requests not yet due (in the schedule, not yet in the requests stream).
     pub delayed: u64,
     /// Entries in the dead-letter stream.
@@ -139,15 +143,20 @@ impl Admin {
         let server_time_ms = secs * 1000 + micros / 1000;
 
         let mut groups = Vec::new();
-        let info: StreamInfoGroupsReply = if exists {
-            redis::cmd("XINFO")
+        let (info, entries_added): (StreamInfoGroupsReply, Option<u64>) = if exists {
+            let (info, stream): (StreamInfoGroupsReply, redis::Value) = redis::pipe()
+                .cmd("XINFO")
                 .arg("GROUPS")
+                .arg(requests)
+                .cmd("XINFO")
+                .arg("STREAM")
                 .arg(requests)
                 .query_async(&mut con)
                 .await
-                .map_err(Error::redis("listing consumer groups"))?
+                .map_err(Error::redis("listing consumer groups"))?;
+            (info, entries_added(stream))
         } else {
-            StreamInfoGroupsReply::default()
+            (StreamInfoGroupsReply::default(), None)
         };
         if !info.groups.is_empty() {
             // One round trip for every group's pending summary, oldest pending entry and consumers.
@@ -197,6 +206,7 @@ impl Admin {
             stream_length,
             first_entry_id: first.ids.into_iter().next().map(|e| e.id),
             last_entry_id: last.ids.into_iter().next().map(|e| e.id),
+            entries_added,
             delayed,
             dead_letters,
             dead_letters_unattributed,
@@ -204,6 +214,27 @@ impl Admin {
             server_time_ms,
         })
     }
+}
+
+/// The `entries-added` field of an `XINFO STREAM` reply (a RESP2 array of names and values, or a RESP3 map);
+/// `None` when the server does not report it.
+fn entries_added(reply: redis::Value) -> Option<u64> {
+    let pairs: Vec<(redis::Value, redis::Value)> = match reply {
+        redis::Value::Map(pairs) => pairs,
+        redis::Value::Array(items) => {
+            let mut items = items.into_iter();
+            std::iter::from_fn(|| Some((items.next()?, items.next()?))).collect()
+        }
+        _ => return None,
+    };
+    pairs.into_iter().find_map(|(name, value)| {
+        let name: String = redis::from_redis_value(name).ok()?;
+        if name == "entries-added" {
+            redis::from_redis_value(value).ok()
+        } else {
+            None
+        }
+    })
 }
 
 /// One reply of the groups' pipeline, as `T` (a missing reply is refused like a malformed one).

@@ -29,6 +29,7 @@ mod serve;
 mod services;
 mod stats;
 mod status;
+mod ui;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -137,6 +138,8 @@ pub enum Command {
     Replay(replay::Args),
     /// Measure redcall against a bare-command baseline (latency, throughput, commands, CPU, memory).
     Bench(bench::Args),
+    /// Serve the web dashboard: services, dead letters, requests, replay (loopback only unless --token).
+    Ui(ui::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(after_help = completions::INSTALL)]
     Completions(completions::Args),
@@ -149,7 +152,7 @@ pub enum Command {
 /// only warnings.
 pub fn init_tracing(cli: &Cli) {
     let default = match cli.command {
-        Command::Serve(_) | Command::Reap(_) => "info",
+        Command::Serve(_) | Command::Reap(_) | Command::Ui(_) => "info",
         _ => "warn",
     };
     logging::init(cli.log_format, default);
@@ -234,6 +237,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Services(args) => services::run(&ctx, args).await,
         Command::Dlq(args) => return dlq::run(&ctx, args).await,
         Command::Replay(args) => return replay::run(&ctx, args).await,
+        Command::Ui(args) => ui::run(&ctx, args).await,
         Command::Completions(_) => Ok(()), // answered above, before the client
     };
     match result {
@@ -372,6 +376,7 @@ const TALK_TO_REDIS_BUT_BENCH: &[&str] = &[
     "dlq replay",
     "dlq purge",
     "replay",
+    "ui",
 ];
 
 /// The commands that work on the one service `--service` names (`demo` makes its own, `services` lists them all

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{ChildGuard, RedisServer, free_port, redcall_bin, wait_until};
+use super::{ChildGuard, RedisServer, free_port, redcall_bin};
 
 /// A running `redcall ui`, killed when dropped.
 pub struct Ui {
@@ -18,8 +18,9 @@ pub struct Ui {
 }
 
 impl Ui {
-    /// Starts `redcall --url <server> [global] ui --listen 127.0.0.1:<free port> --sample-interval 200ms [extra]`
-    /// with `env` set, and waits until it answers (a 200 or a 401: with a token, nothing else answers 200).
+    /// Starts `redcall --url <server> [global] ui --listen 127.0.0.1:<free port> [extra]` (with
+    /// `--sample-interval 200ms` unless `extra` sets one) with `env` set, and waits until it answers (a 200 or a 401:
+    /// with a token, nothing else answers 200). Panics with its log when it exits or does not answer.
     pub async fn start(
         server: &RedisServer,
         global: &[&str],
@@ -32,24 +33,28 @@ impl Ui {
         let mut cmd = Command::new(redcall_bin());
         cmd.args(["--url", &server.url()])
             .args(global)
-            .args([
-                "ui",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--sample-interval",
-                "200ms",
-            ])
-            .args(extra)
-            .env_remove("REDCALL_UI_TOKEN")
+            .args(["ui", "--listen", &format!("127.0.0.1:{port}")])
+            .args(extra);
+        if !extra.contains(&"--sample-interval") {
+            cmd.args(["--sample-interval", "200ms"]);
+        }
+        cmd.env_remove("REDCALL_UI_TOKEN")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log);
         let child = ChildGuard::spawn(&mut cmd);
-        let ui = Ui { child, port };
-        let up = wait_until(Duration::from_secs(15), || async {
-            matches!(ui.get("/api/session", &[]).await, Ok(r) if r.status == 200 || r.status == 401)
-        })
-        .await;
+        let mut ui = Ui { child, port };
+        let end = tokio::time::Instant::now() + Duration::from_secs(15);
+        let up = loop {
+            if matches!(ui.get("/api/session", &[]).await, Ok(r) if r.status == 200 || r.status == 401)
+            {
+                break true;
+            }
+            if ui.child.try_wait().ok().flatten().is_some() || tokio::time::Instant::now() >= end {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         assert!(
             up,
             "redcall ui did not answer on port {port}: {}",
@@ -147,13 +152,42 @@ pub async fn http(
     if let Some(body) = body {
         stream.write_all(body.as_bytes()).await?;
     }
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
+    let raw = tokio::time::timeout(Duration::from_secs(30), read_response(&mut stream))
         .await
         .map_err(|_| std::io::Error::other("no response within 30 s"))??;
     parse(&raw).ok_or_else(|| {
         std::io::Error::other(format!("bad response: {}", String::from_utf8_lossy(&raw)))
     })
+}
+
+/// Reads one response: up to its `Content-Length`, the last chunk, or the end of the connection (some servers, such
+/// as chromedriver, keep it open despite `Connection: close`).
+async fn read_response(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(raw);
+        }
+        raw.extend_from_slice(&buf[..n]);
+        let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+        let length = head.lines().find_map(|l| {
+            l.strip_prefix("content-length:")
+                .and_then(|v| v.trim().parse::<usize>().ok())
+        });
+        let complete = match length {
+            Some(len) => raw.len() >= split + 4 + len,
+            None if head.contains("transfer-encoding: chunked") => raw.ends_with(b"0\r\n\r\n"),
+            None => false,
+        };
+        if complete {
+            return Ok(raw);
+        }
+    }
 }
 
 fn parse(raw: &[u8]) -> Option<HttpResponse> {

@@ -22,6 +22,10 @@ function h(tag, attrs, ...children) {
   }
   return el;
 }
+// Replaces an element's children; null, undefined and false children are left out (the DOM would show "null").
+function put(el, ...children) {
+  el.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+}
 const enc = encodeURIComponent;
 const fmt = (n) => (n === null || n === undefined ? "–" : Number(n).toLocaleString("en-US"));
 function ms(v) {
@@ -162,7 +166,7 @@ async function overview() {
       h("th", { class: "num" }, "lag"), h("th", { class: "num" }, "oldest pending"), h("th", { class: "num" }, "dead letters"),
       h("th", { class: "num" }, "responders"), h("th", {}, "requests/s"), h("th", {}, "latency"))),
     h("tbody", {}));
-  main.replaceChildren(h("h1", {}, "Services"), table, h("p", { class: "muted", id: "updated" }));
+  put(main, h("h1", {}, "Services"), table, h("p", { class: "muted", id: "updated" }));
   async function refresh() {
     try {
       const data = await api("/services");
@@ -195,7 +199,7 @@ async function servicePage() {
   const responders = h("div", { id: "responders" });
   const pending = h("div", { id: "pending" });
   const dead = h("div", { id: "dead-letters" });
-  main.replaceChildren(
+  put(main,
     h("h1", {}, "Service ", h("span", { id: "service-name" }, service)),
     h("p", {}, h("a", { href: "/" }, "← all services"), " · ",
       h("a", { href: `/services/${enc(service)}/replay`, id: "range-replay-link" }, "replay a range of requests")),
@@ -213,7 +217,7 @@ async function servicePage() {
     }
     const s = data.stats;
     const oldest = Math.max(-1, ...s.groups.map((g) => (g.oldest_pending ? g.oldest_pending.age_ms : -1)));
-    summary.replaceChildren(h("div", { class: "cards" },
+    put(summary, h("div", { class: "cards" },
       card("stream", fmt(s.stream_length)), card("delayed", fmt(s.delayed)),
       card("pending", fmt(s.groups.reduce((a, g) => a + g.pending, 0))),
       card("lag", s.groups.length ? fmt(s.groups.reduce((a, g) => a + (g.lag || 0), 0)) : "–"),
@@ -222,14 +226,14 @@ async function servicePage() {
       card("live responders", fmt(data.responders.length), data.responders.length ? "good" : "bad"),
       h("div", { class: "card" }, h("div", { class: "label" }, "requests/s"), sparkline(data.series, "requests_per_s", "rps", "/s")),
       h("div", { class: "card" }, h("div", { class: "label" }, "latency"), sparkline(data.series, "latency_ms", "lat", "ms"))));
-    responders.replaceChildren(data.responders.length ? h("table", {},
+    put(responders, data.responders.length ? h("table", {},
       h("thead", {}, h("tr", {}, ["consumer", "host", "pid", "functions", "up", "seen", "in flight", "handled", "failed", "mean ms"].map((t) => h("th", {}, t)))),
       h("tbody", {}, data.responders.map((r) => h("tr", {},
         h("td", {}, r.consumer), h("td", {}, r.host), h("td", {}, r.pid), h("td", {}, r.functions.join(", ")),
         h("td", {}, ms(Date.now() - r.started_ms)), h("td", {}, ago(r.last_seen_ms)), h("td", { class: "num" }, fmt(r.in_flight)),
         h("td", { class: "num" }, fmt(r.handled)), h("td", { class: "num" }, fmt(r.failed)), h("td", { class: "num" }, r.mean_handler_ms.toFixed(2))))))
       : h("p", { class: "muted" }, "no live responder"));
-    groups.replaceChildren(s.groups.length ? h("table", {},
+    put(groups, s.groups.length ? h("table", {},
       h("thead", {}, h("tr", {}, ["group", "consumer", "state", "pending", "idle", "lag", "last delivered"].map((t) => h("th", {}, t)))),
       h("tbody", {}, s.groups.flatMap((g) => [
         h("tr", {}, h("td", {}, h("b", {}, g.name)), h("td", { class: "muted" }, `${g.consumers.length} consumers`), h("td", {}),
@@ -251,15 +255,15 @@ async function servicePage() {
   const pendingGroup = h("select", { id: "pending-group", onchange: () => showPending(null) });
   async function showPending(after) {
     const current = pendingGroup.value || groupNames[0];
-    pendingGroup.replaceChildren(...groupNames.map((g) => h("option", { value: g, selected: g === current }, g)));
+    put(pendingGroup, ...groupNames.map((g) => h("option", { value: g, selected: g === current }, g)));
     if (!groupNames.length) {
-      pending.replaceChildren(h("p", { class: "muted" }, "no group"));
+      put(pending, h("p", { class: "muted" }, "no group"));
       return;
     }
     const q = new URLSearchParams({ group: current, limit: 50 });
     if (after) q.set("after", after);
     const data = await api(`/services/${enc(service)}/pending?${q}`);
-    pending.replaceChildren(
+    put(pending,
       h("div", { class: "toolbar" }, "group ", pendingGroup,
         after ? h("button", { onclick: () => showPending(null) }, "first page") : null,
         data.next_after ? h("button", { id: "pending-next", onclick: () => showPending(data.next_after) }, "next page") : null),
@@ -300,8 +304,8 @@ async function servicePage() {
     }
     const all = h("input", { type: "checkbox", id: "dl-select-all", "aria-label": "select all on this page",
       onchange: (ev) => list.querySelectorAll("input.dl-select").forEach((c) => { c.checked = ev.target.checked; }) });
-    list.replaceChildren(
-      h("p", { class: "muted" }, `${fmt(data.total)} dead letters in all; page ${cursors.length}, ${data.entries.length} shown`),
+    put(list,
+      h("p", { class: "muted" }, `${fmt(data.total)} dead letter${data.total === 1 ? "" : "s"} in all; page ${cursors.length}, ${data.entries.length} shown`),
       data.entries.length ? h("table", { id: "dead-letter-table" },
         h("thead", {}, h("tr", {}, READ_ONLY ? null : h("th", {}, all),
           ["dead letter", "request", "function", "reason", "deliveries", "dead for", "error"].map((t) => h("th", {}, t)))),
@@ -331,7 +335,7 @@ async function servicePage() {
     await Promise.all([showDead(), refresh()]);
   }
   const filterText = () => [func.value && `function ${func.value}`, reason.value && `reason ${reason.value}`].filter(Boolean).join(", ") || "no filter";
-  dead.replaceChildren(
+  put(dead,
     h("form", { class: "toolbar", id: "dl-filter", onsubmit: (ev) => { ev.preventDefault(); cursors = [null]; showDead(); } },
       "filter ", func, reason, reasons, h("button", { type: "submit", id: "dl-apply" }, "apply")),
     READ_ONLY ? null : h("div", { class: "toolbar" },
@@ -358,12 +362,12 @@ async function deadLetterPage() {
   try {
     e = await api(`/services/${enc(service)}/dead-letters/${enc(id)}`);
   } catch (err) {
-    main.replaceChildren(h("h1", {}, `Dead letter ${id}`), h("p", { class: "message error", id: "message" }, err.message),
+    put(main, h("h1", {}, `Dead letter ${id}`), h("p", { class: "message error", id: "message" }, err.message),
       h("p", {}, h("a", { href: `/services/${enc(service)}#dead-letters` }, "← dead letters of ", service)));
     return;
   }
   const req = e.request || {};
-  main.replaceChildren(
+  put(main,
     h("h1", {}, "Dead letter ", h("span", { id: "dead-id" }, e.dead_id)),
     h("p", {}, h("a", { href: `/services/${enc(service)}#dead-letters` }, "← dead letters of ", service)),
     fields([
@@ -413,7 +417,7 @@ async function requestPage() {
     try {
       s = await api(`/requests/${enc(service)}/${enc(id)}`);
     } catch (err) {
-      main.replaceChildren(h("h1", {}, `Request ${id}`), h("p", { class: "message error", id: "message" }, err.message));
+      put(main, h("h1", {}, `Request ${id}`), h("p", { class: "message error", id: "message" }, err.message));
       return true;
     }
     const st = s.state, req = s.request || {};
@@ -424,7 +428,7 @@ async function requestPage() {
     if (st.kind === "dead_lettered") detail = ` (${st.reason})`;
     if (st.kind === "scheduled") detail = ` — due ${new Date(st.due_ms).toISOString()}`;
     const reply = s.reply;
-    main.replaceChildren(
+    put(main,
       h("h1", {}, "Request ", h("span", { id: "request-id" }, s.id)),
       h("p", {}, h("a", { href: `/services/${enc(service)}` }, "← service ", service)),
       h("p", {}, "state ", h("b", { id: "state", class: st.kind === "answered" && st.answer.status === "ok" ? "good" : (SETTLED.has(st.kind) ? "bad" : "") }, st.kind), detail,
@@ -469,7 +473,7 @@ async function rangeReplayPage() {
   [from, to, func, timeout].forEach((i) => i.addEventListener("input", () => { replay.disabled = true; dried = null; }));
   function show(result, dry) {
     const r = result.report;
-    report.replaceChildren(h("p", { class: "message", id: "message" }, describeReplay(result, dry)),
+    put(report, h("p", { class: "message", id: "message" }, describeReplay(result, dry)),
       r.replayed.length ? h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "entry"), h("th", {}, "request"), h("th", {}, "new entry"))),
         h("tbody", {}, r.replayed.slice(0, 200).map((x) => h("tr", {}, h("td", {}, x.from),
           h("td", {}, h("a", { href: `/requests/${enc(service)}/${enc(x.request_id)}` }, x.request_id)), h("td", {}, x.entry_id || "–"))))) : null,
@@ -484,7 +488,7 @@ async function rangeReplayPage() {
       dried = JSON.stringify(b);
       replay.disabled = READ_ONLY || result.report.replayed.length === 0;
     } catch (e) {
-      report.replaceChildren(h("p", { class: "message error", id: "message" }, e.message));
+      put(report, h("p", { class: "message error", id: "message" }, e.message));
     }
   } }, "dry run");
   replay.addEventListener("click", async () => {
@@ -494,11 +498,11 @@ async function rangeReplayPage() {
     try {
       show(await runJob(`/services/${enc(service)}/replay-range`, b, "replaying"), false);
     } catch (e) {
-      report.replaceChildren(h("p", { class: "message error", id: "message" }, e.message));
+      put(report, h("p", { class: "message error", id: "message" }, e.message));
     }
     replay.disabled = true;
   });
-  main.replaceChildren(h("h1", {}, "Replay a range of ", service),
+  put(main, h("h1", {}, "Replay a range of ", service),
     h("p", {}, h("a", { href: `/services/${enc(service)}` }, "← service ", service)),
     h("p", { class: "muted" }, "Entry ids (<ms>-<seq>), a millisecond timestamp, or - and + for the ends. Requests still in flight are skipped. A dry run comes first: it shows what would be replayed; then Replay runs the same range."),
     h("div", { class: "toolbar" }, "from ", from, " to ", to, " function ", func, " timeout (s) ", timeout),

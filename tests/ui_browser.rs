@@ -167,7 +167,8 @@ async fn an_operator_replays_a_dead_letter_from_the_page() {
         "no handler for ship yet"
     );
     old.shutdown().await.expect("shutdown v1");
-    // The fix is deployed: a responder that ships.
+    // The fix is deployed: a responder that ships, and packs (holding each packing until released).
+    let (release, released) = tokio::sync::watch::channel(false);
     let fixed = env
         .responder()
         .consumer("shop-v2")
@@ -178,11 +179,30 @@ async fn an_operator_replays_a_dead_letter_from_the_page() {
         .handler("ship", |_ctx: RequestContext, v: Value| async move {
             Ok::<_, HandlerError>(json!({"shipped": v["order"], "tracking": "TRK-0042"}))
         })
+        .handler("pack", move |_ctx: RequestContext, v: Value| {
+            let mut released = released.clone();
+            async move {
+                released
+                    .wait_for(|r| *r)
+                    .await
+                    .map_err(|e| HandlerError::retry(e.to_string()))?;
+                Ok::<_, HandlerError>(v)
+            }
+        })
         .start()
         .await
         .expect("responder v2");
     let admin = env.admin();
     assert_eq!(admin.dead_letter_count().await.expect("count"), 1);
+    let packing = requester
+        .send(
+            "pack-7",
+            "pack",
+            &json!({"order": 7}),
+            Duration::from_secs(120),
+        )
+        .await
+        .expect("send");
 
     // A second service nobody serves yet: its requests wait.
     let billing = format!("{service}-billing");
@@ -219,8 +239,8 @@ async fn an_operator_replays_a_dead_letter_from_the_page() {
     let row = format!("tr[data-service=\"{service}\"]");
     text_of(&page, &format!("{row} td.dead"), "1").await;
     text_of(&page, &format!("{row} td.responders"), "1").await;
-    text_of(&page, &format!("{row} td.stream"), "66").await;
-    text_of(&page, &format!("{row} td.pending"), "0").await;
+    text_of(&page, &format!("{row} td.stream"), "67").await;
+    text_of(&page, &format!("{row} td.pending"), "1").await;
     let other = format!("tr[data-service=\"{billing}\"]");
     text_of(&page, &format!("{other} td.stream"), "3").await;
     text_of(&page, &format!("{other} td.responders"), "0").await;
@@ -243,6 +263,7 @@ async fn an_operator_replays_a_dead_letter_from_the_page() {
     click(&page, &format!("{row} a")).await;
     text_of(&page, "#service-name", &service).await;
     text_of(&page, "#groups", "shop-v2").await;
+    text_of(&page, "#pending", "pack-7").await;
     text_of(&page, "#dead-letter-table", "order-42").await;
     text_of(&page, "#dead-letter-table", "unknown_function").await;
     // Tall enough for the dead letters in the picture.
@@ -299,6 +320,9 @@ async fn an_operator_replays_a_dead_letter_from_the_page() {
     click(&page, "#confirm-ok").await;
     text_of(&page, "#message", "replayed").await;
 
+    let _ = release.send(true);
+    let packed: Value = packing.wait().await.expect("packed");
+    assert_eq!(packed, json!({"order": 7}));
     eprintln!("browser part took {:?}", started.elapsed());
     page.close().await.expect("close the browser");
     drop(driver);

@@ -38,10 +38,10 @@ pub async fn session(State(state): State<AppState>) -> Json<Value> {
 
 /// `GET /api/services`: every service of the namespace with its numbers and charts.
 pub async fn services(State(state): State<AppState>) -> ApiResult {
-    let names = list_services(&state.client).await?;
+    let names = list_services(state.admins.client()).await?;
     let mut services = Vec::with_capacity(names.len());
     for name in &names {
-        let admin = state.client.admin(name);
+        let admin = state.admins.get(name);
         let stats = admin.stats().await?;
         let responders = admin.responders().await?;
         let lag = if stats.groups.is_empty() || stats.groups.iter().any(|g| g.lag.is_none()) {
@@ -70,7 +70,7 @@ pub async fn services(State(state): State<AppState>) -> ApiResult {
 /// The admin of `service`, once it is known to exist: a usable name (else 400) with a requests stream, dead
 /// letters, delayed requests or live responders (else 404).
 async fn known(state: &AppState, service: &str) -> Result<Admin, ApiError> {
-    let admin = state.client.admin(service);
+    let admin = state.admins.get(service);
     let stats = admin.stats().await?;
     let exists = stats.first_entry_id.is_some()
         || !stats.groups.is_empty()
@@ -420,7 +420,7 @@ pub async fn request(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> ApiResult {
     let Path((service, id)) = path?;
-    let status = state.client.admin(&service).status(&id).await?;
+    let status = state.admins.get(&service).status(&id).await?;
     if status.state == RequestState::Unknown {
         return Err(ApiError::not_found(format!(
             "no request {id:?} in service {service:?} (never made, or its record expired)"

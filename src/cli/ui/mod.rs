@@ -2,11 +2,12 @@
 //! groups, consumers, pending entries and dead letters, a dead letter decoded with replay and purge, a request's
 //! whole story, range replay with a dry run first — and the JSON API behind it (see `docs/ui.md`).
 //!
-//! The parts: [`router`] (routes and shared state), [`api`] (JSON handlers, each a call into
+//! The parts: [`router`] (routes and shared state), [`admins`] (one admin, so one connection, per service), [`api`] (JSON handlers, each a call into
 //! [`redcall::admin`]), [`pages`] (HTML shells and the embedded script and style), [`security`] (token, host,
 //! CSRF, read-only), [`jobs`] (long actions with progress), [`sampler`] (the charts' data), [`error`] (the API's
 //! JSON errors).
 
+mod admins;
 mod api;
 mod error;
 mod jobs;
@@ -68,8 +69,9 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
             ))
         })?;
     let addr = listener.local_addr().unwrap_or(args.listen);
+    let admins = admins::Admins::new(ctx.client.clone());
     let state = router::AppState {
-        client: ctx.client.clone(),
+        admins: admins.clone(),
         namespace: ctx.cli.namespace.as_str().into(),
         policy: Arc::new(policy),
         samples: sampler::Samples::default(),
@@ -78,7 +80,7 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
     };
     let stop = CancellationToken::new();
     let sampler = tokio::spawn(sampler::run(
-        ctx.client.clone(),
+        admins,
         state.samples.clone(),
         args.sample_interval,
         args.sample_window,

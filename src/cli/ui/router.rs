@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
-use redcall::Client;
 
+use super::admins::Admins;
 use super::jobs::Jobs;
 use super::sampler::Samples;
 use super::security::{self, Policy};
@@ -15,8 +15,8 @@ use super::{api, pages};
 /// What every handler gets: cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
-    /// The client the global flags made.
-    pub client: Client,
+    /// The admins of the client the global flags made.
+    pub admins: Admins,
     /// Its namespace, for pages and messages.
     pub namespace: Arc<str>,
     /// Token, CSRF and read-only rules.

@@ -11,10 +11,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redcall::Client;
 use redcall::admin::{ResponderInfo, list_services};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+
+use super::admins::Admins;
 
 /// One point of a service's charts.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -146,10 +147,10 @@ impl Samples {
     }
 }
 
-/// Samples every service of `client`'s namespace every `interval`, keeping `window` of history, until `stop`.
+/// Samples every service of the namespace every `interval`, keeping `window` of history, until `stop`.
 /// A failed sample (Redis away) is logged and skipped: the charts show a gap.
 pub async fn run(
-    client: Client,
+    admins: Admins,
     samples: Samples,
     interval: Duration,
     window: Duration,
@@ -163,16 +164,16 @@ pub async fn run(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(err) = sample(&client, &samples, keep).await {
+        if let Err(err) = sample(&admins, &samples, keep).await {
             tracing::warn!("dashboard sample failed: {err}");
         }
     }
 }
 
-async fn sample(client: &Client, samples: &Samples, keep: usize) -> redcall::Result<()> {
-    let services = list_services(client).await?;
+async fn sample(admins: &Admins, samples: &Samples, keep: usize) -> redcall::Result<()> {
+    let services = list_services(admins.client()).await?;
     for service in &services {
-        let admin = client.admin(service);
+        let admin = admins.get(service);
         let stats = admin.stats().await?;
         let live = admin.responders().await?;
         samples.record(
@@ -184,6 +185,7 @@ async fn sample(client: &Client, samples: &Samples, keep: usize) -> redcall::Res
         );
     }
     samples.retain(&services);
+    admins.retain(&services);
     Ok(())
 }
 

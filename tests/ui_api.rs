@@ -690,3 +690,92 @@ async fn read_only_refuses_and_hides_actions() {
     assert!(page.text().contains("data-read-only=\"true\""));
     responder.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn dead_letters_page_through_thousands() {
+    let env = TestEnv::new();
+    let s = env.service().to_owned();
+    // 1,200 dead letters, written straight into the stream: every third for function `b`.
+    let mut con = env.redis().await;
+    let key = env.admin().keys().dead_letters().to_owned();
+    let mut pipe = redis::pipe();
+    for i in 0..1200 {
+        let func = if i % 3 == 0 { "b" } else { "a" };
+        pipe.cmd("XADD")
+            .arg(&key)
+            .arg("*")
+            .arg("id")
+            .arg(format!("r-{i}"))
+            .arg("fn")
+            .arg(func)
+            .arg("reason")
+            .arg("unknown_function")
+            .arg("error")
+            .arg("no handler");
+    }
+    let all: Vec<String> = pipe.query_async(&mut con).await.expect("XADD");
+    let ui = Ui::start(&env.server, &[], &[], &[]).await;
+
+    for (query, want) in [
+        ("", 1200),
+        ("&func=b", 400),
+        ("&func=b&reason=max_deliveries_exceeded", 0),
+    ] {
+        let mut seen = Vec::new();
+        let mut after = String::new();
+        for page in 0.. {
+            assert!(page < 10, "{query}: too many pages");
+            let path = format!("/api/services/{s}/dead-letters?limit=500{query}{after}");
+            let body = ui.get(&path, &[]).await.expect("page").json();
+            assert_eq!(body["total"], 1200);
+            let entries = body["entries"].as_array().expect("entries");
+            assert!(entries.len() <= 500);
+            seen.extend(
+                entries
+                    .iter()
+                    .map(|e| e["dead_id"].as_str().expect("id").to_owned()),
+            );
+            match body["next_after"].as_str() {
+                Some(next) => after = format!("&after={next}"),
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), want, "{query}");
+        let mut sorted = seen.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), want, "{query}: each once");
+        if query.is_empty() {
+            assert_eq!(seen, all, "every dead letter, in order");
+        }
+    }
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_dashboard_cleanly() {
+    let env = TestEnv::new();
+    let mut ui = Ui::start(&env.server, &[], &[], &[]).await;
+    let pid = ui.child.id().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("run kill");
+    assert!(sent.success());
+    let end = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = ui.child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "still running after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}: {}", ui.log(&env.server));
+    assert!(
+        ui.log(&env.server).contains("dashboard stopped"),
+        "{}",
+        ui.log(&env.server)
+    );
+}

@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 use common::ui::{Ui, http};
 use common::{ChildGuard, TestEnv, WAIT, free_port, wait_until};
 use fantoccini::{Client, ClientBuilder, Locator};
+use futures_util::FutureExt;
 use redcall::{HandlerError, RequestContext};
 use serde_json::{Value, json};
+use std::panic::AssertUnwindSafe;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -224,6 +226,8 @@ async fn an_operator_replays_a_dead_letter_from_the_page() {
     let profile = tempfile::tempdir().expect("profile dir");
     let page = browser(driver_port, profile.path()).await;
     let started = Instant::now();
+    // Whatever happens on the page, the browser session is closed (so Chromium exits) before the test ends.
+    let outcome = AssertUnwindSafe(async {
 
     // Traffic for the charts, spread over a few samples: 60 calls, 30 ms apart.
     for i in 0..60 {
@@ -319,12 +323,19 @@ async fn an_operator_replays_a_dead_letter_from_the_page() {
     click(&page, "#range-replay").await;
     click(&page, "#confirm-ok").await;
     text_of(&page, "#message", "replayed").await;
+    })
+    .catch_unwind()
+    .await;
+    let closed = page.close().await;
+    drop(driver);
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    closed.expect("close the browser");
 
     let _ = release.send(true);
     let packed: Value = packing.wait().await.expect("packed");
     assert_eq!(packed, json!({"order": 7}));
     eprintln!("browser part took {:?}", started.elapsed());
-    page.close().await.expect("close the browser");
-    drop(driver);
     fixed.shutdown().await.expect("shutdown v2");
 }

@@ -39,6 +39,11 @@ impl ApiError {
         )
     }
 
+    /// A 500: the dashboard's own fault (an action that panicked); never for anything a caller sent.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
     /// A 403 with its own `kind` (`forbidden`, `csrf`, `read_only`).
     pub fn forbidden(kind: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, kind, message)

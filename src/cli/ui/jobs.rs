@@ -110,7 +110,7 @@ impl Jobs {
         }
         match handle.await {
             Ok(outcome) => outcome.map(|v| (false, v)),
-            Err(err) => Err(ApiError::bad_request(format!(
+            Err(err) => Err(ApiError::internal(format!(
                 "the action did not finish: {err}"
             ))),
         }

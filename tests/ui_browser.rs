@@ -168,6 +168,22 @@ async fn an_operator_replays_a_dead_letter_from_the_page() {
         order.wait::<Value>().await.is_err(),
         "no handler for ship yet"
     );
+    // Two requests for a function that is gone for good: to be purged.
+    for i in 0..2 {
+        let legacy = requester
+            .send(
+                &format!("legacy-{i}"),
+                "ship_legacy",
+                &json!({"i": i}),
+                WAIT,
+            )
+            .await
+            .expect("send");
+        assert!(
+            legacy.wait::<Value>().await.is_err(),
+            "no handler for ship_legacy"
+        );
+    }
     old.shutdown().await.expect("shutdown v1");
     // The fix is deployed: a responder that ships, and packs (holding each packing until released).
     let (release, released) = tokio::sync::watch::channel(false);
@@ -195,7 +211,7 @@ async fn an_operator_replays_a_dead_letter_from_the_page() {
         .await
         .expect("responder v2");
     let admin = env.admin();
-    assert_eq!(admin.dead_letter_count().await.expect("count"), 1);
+    assert_eq!(admin.dead_letter_count().await.expect("count"), 3);
     let packing = requester
         .send(
             "pack-7",
@@ -241,9 +257,9 @@ async fn an_operator_replays_a_dead_letter_from_the_page() {
     // The overview: the services' numbers.
     page.goto(&ui.url()).await.expect("open the overview");
     let row = format!("tr[data-service=\"{service}\"]");
-    text_of(&page, &format!("{row} td.dead"), "1").await;
+    text_of(&page, &format!("{row} td.dead"), "3").await;
     text_of(&page, &format!("{row} td.responders"), "1").await;
-    text_of(&page, &format!("{row} td.stream"), "67").await;
+    text_of(&page, &format!("{row} td.stream"), "69").await;
     text_of(&page, &format!("{row} td.pending"), "1").await;
     let other = format!("tr[data-service=\"{billing}\"]");
     text_of(&page, &format!("{other} td.stream"), "3").await;
@@ -303,9 +319,13 @@ async fn an_operator_replays_a_dead_letter_from_the_page() {
     assert!(answered, "the replayed request was answered");
     let reply: Option<Value> = requester.stored_reply("order-42").await.expect("reply");
     assert_eq!(reply, Some(json!({"shipped": 42, "tracking": "TRK-0042"})));
-    assert_eq!(admin.dead_letter_count().await.expect("count"), 0);
+    assert_eq!(
+        admin.dead_letter_count().await.expect("count"),
+        2,
+        "the legacy ones are left"
+    );
 
-    // The request's page tells the story; the service's dead letters are empty.
+    // The request's page tells the story; the replayed dead letter is gone from the service's list.
     click(&page, "#request-link").await;
     text_of(&page, "#state", "answered").await;
     text_of(&page, "#reply", "TRK-0042").await;
@@ -313,7 +333,28 @@ async fn an_operator_replays_a_dead_letter_from_the_page() {
     page.goto(&format!("{}/services/{service}", ui.url()))
         .await
         .expect("service page");
+    text_of(&page, "#dead-letter-table", "legacy-1").await;
+    let listed = page
+        .find(Locator::Css("#dead-letter-table"))
+        .await
+        .expect("table")
+        .text()
+        .await
+        .expect("text");
+    assert!(!listed.contains("order-42"), "the replayed one is gone: {listed}");
+
+    // The legacy ones: filtered by function key, all selected, purged through the confirmation.
+    let func = page.find(Locator::Css("#dl-func")).await.expect("filter");
+    func.send_keys("ship_legacy").await.expect("type");
+    click(&page, "#dl-apply").await;
+    text_of(&page, "#dl-list", "page 1, 2 shown").await;
+    click(&page, "#dl-select-all").await;
+    click(&page, "#dl-purge-selected").await;
+    text_of(&page, "#confirm-text", "Purge 2 selected dead letters").await;
+    click(&page, "#confirm-ok").await;
+    text_of(&page, "#message", "purged 2 dead letters").await;
     text_of(&page, "#dl-empty", "no dead letters match").await;
+    assert_eq!(admin.dead_letter_count().await.expect("count"), 0);
 
     // Range replay: a dry run first, then the real one behind its confirmation.
     click(&page, "#range-replay-link").await;

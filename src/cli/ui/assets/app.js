@@ -262,7 +262,13 @@ async function servicePage() {
     }
     const q = new URLSearchParams({ group: current, limit: 50 });
     if (after) q.set("after", after);
-    const data = await api(`/services/${enc(service)}/pending?${q}`);
+    let data;
+    try {
+      data = await api(`/services/${enc(service)}/pending?${q}`);
+    } catch (e) {
+      put(pending, h("p", { class: "message error" }, `cannot read the pending entries: ${e.message}`));
+      return;
+    }
     put(pending,
       h("div", { class: "toolbar" }, "group ", pendingGroup,
         after ? h("button", { onclick: () => showPending(null) }, "first page") : null,

@@ -165,7 +165,7 @@ impl Admin {
 }
 
 /// The services that have a requests stream in `client`'s namespace, found with `SCAN` (cheap per call, but it
-/// walks the whole keyspace: an operator tool, not a hot path). Sorted by name.
+/// walks the whole keyspace, on a cluster every primary's: an operator tool, not a hot path). Sorted by name.
 ///
 /// # Errors
 /// [`Error::Redis`] when connecting (a new connection per call) or a `SCAN` fails.
@@ -174,31 +174,26 @@ pub async fn list_services(client: &Client) -> Result<Vec<String>> {
     let prefix = format!("{{{namespace}:");
     let suffix = "}:requests";
     let pattern = format!("{}*{suffix}", crate::protocol::glob_escape(&prefix));
-    let mut con = connection::managed_connection(client.target(), client.config()).await?;
-    let mut services = Vec::new();
-    let mut cursor = 0u64;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .arg("TYPE")
-            .arg("stream")
-            .query_async(&mut con)
-            .await
-            .map_err(Error::redis("listing services"))?;
-        services.extend(keys.into_iter().filter_map(|k| {
+    let settings = connection::ConnectionSettings::new(
+        client.config().connect_timeout,
+        client.config().command_timeout,
+    );
+    let mut con = client
+        .target()
+        .connect(&settings, client.config(), "listing services")
+        .await?;
+    let keys = con
+        .scan_keys(&pattern, "stream")
+        .await
+        .map_err(Error::redis("listing services"))?;
+    let mut services: Vec<String> = keys
+        .into_iter()
+        .filter_map(|k| {
             k.strip_prefix(&prefix)
                 .and_then(|rest| rest.strip_suffix(suffix))
                 .map(str::to_owned)
-        }));
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
+        })
+        .collect();
     services.sort();
     services.dedup();
     Ok(services)

@@ -149,3 +149,41 @@ async fn the_cli_prints_progress_and_status_shows_the_last() {
         "{text}"
     );
 }
+
+/// A `call --progress` whose progress watch cannot start (here an ACL user may not subscribe to progress channels)
+/// still waits for its reply, with a warning: the request is sent by then, and giving up on it would make the
+/// caller run it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_waits_for_the_reply_when_progress_cannot_be_watched() {
+    let env = TestEnv::new();
+    let _serve = env.serve("progress", &[], &[]);
+    let tag = format!("{{redcall:{}}}", env.service());
+    env.server.cli(&[
+        "ACL",
+        "SETUSER",
+        "no-progress",
+        "on",
+        ">pw",
+        "~*",
+        &format!("&{tag}:chan:*"),
+        "+@all",
+    ]);
+    let url = format!("redis://no-progress:pw@127.0.0.1:{}", env.server.port());
+    let out = std::process::Command::new(common::redcall_bin())
+        .args(["--url", &url, "--service", env.service()])
+        .args([
+            "call",
+            "progress",
+            r#"{"steps": 2, "ms": 50}"#,
+            "--progress",
+            "--timeout",
+            "20s",
+        ])
+        .output()
+        .expect("run redcall");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let reply: Value = serde_json::from_slice(&out.stdout).expect("JSON reply");
+    assert_eq!(reply, json!({"steps": 2}));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot watch progress"), "{stderr}");
+}

@@ -89,7 +89,15 @@ async fn wait_with_progress(
     if !progress {
         return pending.wait().await;
     }
-    let mut updates = pending.progress().await?;
+    // The request is sent: a watch that cannot start (a Redis blip, an ACL without the progress channel) must not
+    // give up on its reply, or running the command again would run the request twice.
+    let mut updates = match pending.progress().await {
+        Ok(updates) => updates,
+        Err(err) => {
+            tracing::warn!(%id, error = %err, "cannot watch progress; waiting for the reply only");
+            return pending.wait().await;
+        }
+    };
     let wait = pending.wait();
     tokio::pin!(wait);
     loop {

@@ -174,6 +174,38 @@ impl RedisCluster {
         panic!("no primary serves slot {slot}:\n{nodes}");
     }
 
+    /// The index of the replica of primary `primary`, from a live node's view.
+    pub fn replica_of(&self, primary: usize) -> usize {
+        let id = self.nodes[primary].cli(&["cluster", "myid"]);
+        let nodes = self.any().cli(&["cluster", "nodes"]);
+        let port: u16 = nodes
+            .lines()
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.len() > 3 && f[2].contains("slave") && f[3] == id.trim())
+            .and_then(|f| f[1].split(['@', ':']).nth(1)?.parse().ok())
+            .unwrap_or_else(|| panic!("no replica of node {primary}:\n{nodes}"));
+        self.nodes
+            .iter()
+            .position(|n| n.port() == port)
+            .expect("a node of this cluster")
+    }
+
+    /// A manual failover (`CLUSTER FAILOVER` on the replica of the primary serving `slot`): the replica becomes the
+    /// primary, the old one its replica (it stays up, and ends the sharded subscriptions of its slots). Returns once
+    /// the new primary serves the slot and the cluster is healthy again.
+    pub fn fail_over_slot(&self, slot: u16) -> usize {
+        let replica = self.replica_of(self.primary_of_slot(slot));
+        let answer = self.nodes[replica].cli(&["cluster", "failover"]);
+        assert_eq!(answer.trim(), "OK", "CLUSTER FAILOVER: {answer}");
+        let end = Instant::now() + Duration::from_secs(20);
+        while self.primary_of_slot(slot) != replica {
+            assert!(Instant::now() < end, "the failover did not complete");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.wait_healthy(Duration::from_secs(20));
+        replica
+    }
+
     /// SIGKILLs node `index`.
     pub fn kill(&mut self, index: usize) {
         self.nodes[index].kill();

@@ -523,3 +523,24 @@ fn an_https_or_malformed_endpoint_is_a_usage_error() {
         );
     }
 }
+
+#[test]
+fn the_flag_is_listed_where_it_is_used() {
+    let help = |args: &[&str]| {
+        let out = Command::new(redcall_bin())
+            .args(args)
+            .arg("--help")
+            .output()
+            .expect("run");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for command in ["call", "serve", "demo"] {
+        let text = help(&[command]);
+        assert!(text.contains("--otlp-endpoint <URL>"), "{command}: {text}");
+        assert!(
+            text.contains("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            "{command}: {text}"
+        );
+    }
+    assert!(!help(&["stats"]).contains("--otlp-endpoint"));
+}

@@ -425,7 +425,8 @@ fn record_ids(span: &tracing::Span, mine: &TraceParent, parent: Option<&TracePar
 }
 
 /// The responder's span for one request, and the trace context its handler sees (same trace, this span's id),
-/// `None` when the envelope carried no (usable) trace context.
+/// `None` when the envelope carried no (usable) trace context (with the `otel` feature and an OpenTelemetry layer
+/// that sees the span: the context of the new trace the span starts).
 pub(crate) fn process_span(
     service: &str,
     group: &str,
@@ -512,8 +513,8 @@ mod otel {
 /// The bridge to OpenTelemetry (the `otel` feature): when a `tracing-opentelemetry` layer sees the span, the span's
 /// OpenTelemetry parent is set from the caller's or the envelope's trace context, and what travels on (in the
 /// envelope, to the handler) is the OpenTelemetry span's own context, so that the exported spans link up across
-/// processes. The span's `trace_id` and `span_id` log fields are then recorded
-/// from that context (by the callers), so that logs and exported traces name the same spans.
+/// processes. The span's `trace_id` and `span_id` log fields are then recorded from that context (by the callers),
+/// so that logs and exported traces name the same spans.
 ///
 /// When no such layer sees the span (it is disabled, or no subscriber has the layer), redcall's own context is
 /// used, exactly as without the feature. The parent must be set before anything starts the OpenTelemetry span

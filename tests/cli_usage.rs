@@ -209,7 +209,14 @@ fn otlp_endpoint_needs_the_otel_feature() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = stderr(&out);
     assert!(err.contains("built without the `otel` feature"), "{err}");
-    for args in [&[][..], &["call"], &["serve"], &["demo"]] {
+    let out = offline(&["bench", "--otel"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        stderr(&out).contains("built without the `otel` feature"),
+        "{}",
+        stderr(&out)
+    );
+    for args in [&[][..], &["call"], &["serve"], &["demo"], &["bench"]] {
         assert!(
             !help(args).contains("otlp"),
             "{args:?} lists --otlp-endpoint"

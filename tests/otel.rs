@@ -544,3 +544,68 @@ fn the_flag_is_listed_where_it_is_used() {
     }
     assert!(!help(&["stats"]).contains("--otlp-endpoint"));
 }
+
+/// `bench --otel` measures `redcall-otel` (every worker exporting its spans to the bench's own OTLP receiver) beside
+/// plain redcall in the same round and reports the ratio; the receiver really got spans.
+#[test]
+fn bench_otel_measures_the_export_beside_plain_redcall() {
+    let server = RedisServer::start();
+    let out = Command::new(redcall_bin())
+        .args([
+            "--url",
+            &server.url(),
+            "--json",
+            "bench",
+            "--external",
+            "--system",
+            "redcall",
+            "--otel",
+        ])
+        .args([
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+            "--rounds",
+            "1",
+            "--concurrency",
+            "8",
+        ])
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    for system in ["redcall", "redcall-otel"] {
+        let m = lines
+            .iter()
+            .find(|v| v["kind"] == "measurement" && v["system"] == system)
+            .unwrap_or_else(|| panic!("no {system} measurement: {lines:#?}"));
+        assert!(m["rps"].as_f64().unwrap_or(0.0) > 0.0, "{m}");
+        assert_eq!(m["errors"], 0, "{m}");
+    }
+    let cost = lines
+        .iter()
+        .find_map(|v| v.get("otel_cost"))
+        .unwrap_or_else(|| panic!("no otel_cost: {lines:#?}"));
+    assert_eq!(cost["concurrency"], 8, "{cost}");
+    assert!(
+        cost["rps_ratio_median"].as_f64().unwrap_or(0.0) > 0.0,
+        "{cost}"
+    );
+    let received = lines
+        .iter()
+        .find_map(|v| v.get("otlp_received"))
+        .unwrap_or_else(|| panic!("no otlp_received: {lines:#?}"));
+    assert!(received["exports"].as_u64().unwrap_or(0) > 0, "{received}");
+    assert!(received["bytes"].as_u64().unwrap_or(0) > 0, "{received}");
+    assert_eq!(server.cli(&["DBSIZE"]), "0");
+}

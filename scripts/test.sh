@@ -94,6 +94,17 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --lib
 log "cargo test $*"
 cargo test "$@"
 
+# The `otel` feature (OpenTelemetry spans and the OTLP exporter, off by default): its tests (tests/otel.rs, which
+# needs the feature) and clippy over every target with it on. Skipped when arguments were given, or with
+# REDCALL_SKIP_OTEL=1. Builds the feature's dependencies and the crate once more with it.
+if [[ $# -eq 0 && "${REDCALL_SKIP_OTEL:-}" != 1 ]]; then
+    log "the otel feature: cargo test --features otel --test otel --bin redcall, and cargo clippy --features otel --all-targets"
+    cargo test --features otel --test otel --bin redcall
+    if cargo clippy --version >/dev/null 2>&1; then
+        cargo clippy --features otel --all-targets -- -D warnings
+    fi
+fi
+
 # The same core tests against Valkey: the harness starts the binary named by REDCALL_TEST_SERVER instead of
 # redis-server. Skipped when arguments were given (a run of chosen tests), or with REDCALL_SKIP_VALKEY=1.
 if [[ $# -gt 0 || "${REDCALL_SKIP_VALKEY:-}" == 1 ]]; then

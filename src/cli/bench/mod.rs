@@ -19,6 +19,7 @@ mod baseline;
 mod compare;
 mod env;
 mod load;
+mod otlp_sink;
 mod procs;
 mod progress;
 mod redcall_side;
@@ -110,6 +111,11 @@ async fn bench(ctx: &Context<'_>, args: &Args) -> Result<(), String> {
         con,
         redis_pid,
         owned: !args.external,
+        otlp_sink: if args.otel {
+            Some(otlp_sink::Sink::start().await?)
+        } else {
+            None
+        },
     };
     let outcome = match args.soak {
         Some(n) => soak::run(&env, n).await,

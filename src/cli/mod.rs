@@ -121,7 +121,7 @@ pub enum Command {
     Reply(reply::Args),
     /// Cancel a request by id: its caller gets `cancelled`; not run if not started, its result dropped if running.
     Cancel(cancel::Args),
-    /// Run a responder with the built-in demo handlers (echo, sleep, fail, panic, retry, work).
+    /// Run a responder with the built-in demo handlers (echo, sleep, fail, panic, retry, work, progress).
     Serve(serve::Args),
     /// Run the reaper alone: dead-letter exhausted entries, remove dead consumers, trim by the retention policy.
     Reap(reap::Args),
@@ -570,6 +570,20 @@ mod tests {
             .try_get_matches_from(args)
             .unwrap_or_else(|e| panic!("{args:?}: {e}"));
         Cli::from_arg_matches(&matches).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    /// `redcall --help` names every demo handler `serve` runs (it once left out `progress`).
+    #[test]
+    fn the_help_of_serve_names_every_demo_handler() {
+        let command = command();
+        let about = command
+            .find_subcommand("serve")
+            .and_then(|serve| serve.get_about())
+            .map(|about| about.to_string())
+            .unwrap_or_default();
+        for handler in serve::DEMO_HANDLERS {
+            assert!(about.contains(handler), "{handler} missing from {about:?}");
+        }
     }
 
     #[test]

@@ -256,7 +256,12 @@ pub struct Context<'a> {
 /// confirm a write in time (`--durability replicated`) or the server is too old, 8 the request was accepted and
 /// then lost by Redis (it may have run: send again only if that is safe), 9 the request was cancelled.
 pub fn exit_code(err: &Error) -> u8 {
-    match err.kind() {
+    kind_exit_code(err.kind())
+}
+
+/// The exit code of an error of this kind ([`exit_code`]).
+fn kind_exit_code(kind: ErrorKind) -> u8 {
+    match kind {
         ErrorKind::Timeout => 3,
         ErrorKind::Handler
         | ErrorKind::UnknownFunction
@@ -570,6 +575,60 @@ mod tests {
             .try_get_matches_from(args)
             .unwrap_or_else(|e| panic!("{args:?}: {e}"));
         Cli::from_arg_matches(&matches).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    /// The README's exit-code table is true: the row of each kind's code names that kind (each kind is listed here
+    /// with the words its row uses), and every documented code is one that some kind or CLI path exits with.
+    #[test]
+    fn the_readmes_exit_code_table_matches_exit_code() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("| code | meaning |")
+            .expect("the README's exit-code table");
+        let rows: std::collections::BTreeMap<u8, String> = readme[start..]
+            .lines()
+            .skip(2)
+            .take_while(|line| line.starts_with('|'))
+            .filter_map(|line| {
+                let mut cells = line.trim_matches('|').splitn(2, '|');
+                let code = cells.next()?.trim().parse::<u8>().ok()?;
+                Some((code, cells.next()?.to_owned()))
+            })
+            .collect();
+        assert_eq!(
+            rows.keys().copied().collect::<Vec<_>>(),
+            (0..=9).collect::<Vec<u8>>(),
+            "the table documents 0 to 9"
+        );
+        let kinds = [
+            (ErrorKind::Timeout, "timeout"),
+            (ErrorKind::DuplicateId, "duplicate request id"),
+            (ErrorKind::AlreadyAnswered, "already answered"),
+            (ErrorKind::NotFound, "not found"),
+            (ErrorKind::Handler, "handler error"),
+            (ErrorKind::UnknownFunction, "unknown function"),
+            (ErrorKind::DeadLettered, "dead-lettered"),
+            (ErrorKind::Expired, "expired"),
+            (ErrorKind::Malformed, "malformed"),
+            (ErrorKind::Cancelled, "cancelled"),
+            (ErrorKind::PayloadTooLarge, "over the payload limit"),
+            (ErrorKind::Codec, "cannot be encoded or decoded"),
+            (ErrorKind::Unavailable, "Redis unreachable"),
+            (ErrorKind::Redis, "a Redis command failed"),
+            (ErrorKind::Lost, "lost"),
+            (ErrorKind::Config, "a configuration the library refuses"),
+            (ErrorKind::Unsupported, "a server older than"),
+            (ErrorKind::NotReplicated, "replicas that did not confirm"),
+            (ErrorKind::InvalidArgument, "a bad flag or argument"),
+        ];
+        for (kind, words) in kinds {
+            let code = kind_exit_code(kind);
+            assert!(
+                rows[&code].contains(words),
+                "{kind:?} exits {code}, but that row does not say {words:?}: {}",
+                rows[&code]
+            );
+        }
     }
 
     /// `redcall --help` names every demo handler `serve` runs (it once left out `progress`).

@@ -88,6 +88,10 @@ fn errors_under_json_are_one_json_object_on_stderr() {
         &["--json", "call", "--no-such-flag"],
         // Found by the command.
         &["--json", "call", "f", "{not json"],
+        // The bench's own checks, before it starts anything, and a cluster it cannot measure.
+        &["--json", "bench", "--calls", "0"],
+        &["--json", "bench", "--concurrency", "0"],
+        &["--json", "--cluster", "bench"],
     ] {
         let out = offline(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -187,7 +191,12 @@ fn help_shows_defaults_and_keeps_global_flags_apart() {
     }
     assert!(info.contains("--fail-fast"), "{info}");
     let bench = help(&["bench"]);
-    assert!(!bench.contains("--service"), "{bench}");
+    let lists = |help: &str, flag: &str| help.lines().any(|l| l.trim_start().starts_with(flag));
+    assert!(
+        !lists(&bench, "--service") && !lists(&bench, "--cluster"),
+        "{bench}"
+    );
+    assert!(lists(&info, "--cluster"), "{info}");
     // But they are still accepted there.
     let out = offline(&["--reply-ttl", "5s", "info", "--help"]);
     assert_eq!(out.status.code(), Some(0));

@@ -354,13 +354,15 @@ const GLOBALS_USED_BY: &[(&str, &[&str])] = &[
     ("durability_replicas", DURABLE_WRITERS),
     ("durability_timeout", DURABLE_WRITERS),
     ("tls_ca_cert", TALK_TO_REDIS_BUT_BENCH),
+    ("cluster", TALK_TO_REDIS_BUT_BENCH),
     ("service", SERVICE_USERS),
 ];
 
 /// The commands whose writes wait for replicas under `--durability replicated`: adding a request, and answering it.
 const DURABLE_WRITERS: &[&str] = &["call", "serve", "demo"];
 
-/// The commands that talk to a Redis given by the global flags with TLS settings (the bench starts its own).
+/// The commands that talk to a Redis given by the global flags with TLS settings or as a cluster (the bench starts
+/// its own, or measures one Redis).
 const TALK_TO_REDIS_BUT_BENCH: &[&str] = &[
     "call",
     "info",

@@ -213,6 +213,15 @@ fn reason(url: &str) -> Option<String> {
     if host.is_empty() {
         return Some("it names no host".to_owned());
     }
+    // What the URL parser refuses in a host name, reported by the client only as `InvalidClientConfig`.
+    if let Some(bad) = host
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || "\"<>\\^`{|}".contains(*c))
+    {
+        return Some(format!(
+            "the host {host:?} has a character a host name cannot have ({bad:?})"
+        ));
+    }
     if let Some(port) = port
         && !matches!(port.parse::<u16>(), Ok(1..))
     {
@@ -253,6 +262,11 @@ mod tests {
             ("redis://127.0.0.1:abc", "the port \"abc\""),
             ("redis://127.0.0.1:6379/x", "the database \"x\""),
             ("redis://:pw@/0", "no host"),
+            (
+                "redis://u:pw@bad host:1/",
+                "the host \"bad host\" has a character",
+            ),
+            ("redis://exa\tmple:6379", "a host name cannot have ('\\t')"),
         ];
         for (url, expected) in cases {
             let reason = reason(url).unwrap_or_default();

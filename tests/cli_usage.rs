@@ -200,10 +200,38 @@ fn help_shows_defaults_and_keeps_global_flags_apart() {
     // But they are still accepted there.
     let out = offline(&["--reply-ttl", "5s", "info", "--help"]);
     assert_eq!(out.status.code(), Some(0));
-    // Hidden commands stay hidden.
+    // A group of commands lists the global flags one of its commands uses, not the others.
+    let dlq = help(&["dlq"]);
+    assert!(
+        lists(&dlq, "--payload-limit") && lists(&dlq, "--record-retention"),
+        "dlq replay uses them: {dlq}"
+    );
+    for ignored in ["--durability", "--fail-fast", "--reply-ttl"] {
+        assert!(!lists(&dlq, ignored), "dlq lists {ignored}: {dlq}");
+    }
+    // Hidden commands stay hidden: in the help, and in the error for a missing command.
     let top = help(&[]);
     assert!(
         top.contains("serve") && !top.contains("bench-worker"),
         "{top}"
+    );
+    let out = offline(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("requires a subcommand") && err.contains("serve"),
+        "{err}"
+    );
+    assert!(!err.contains("bench-worker"), "{err}");
+    // With no arguments at all: the help, as for a group of commands.
+    let out = Command::new(redcall_bin())
+        .env_remove("REDIS_URL")
+        .output()
+        .expect("run redcall");
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("Commands:") && !err.contains("bench-worker"),
+        "{err}"
     );
 }

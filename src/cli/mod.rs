@@ -41,7 +41,13 @@ use redcall::{Client, Error, ErrorKind};
 
 /// Durable request-response over Redis Streams.
 #[derive(Debug, Parser)]
-#[command(name = "redcall", version, about, next_help_heading = "Global options")]
+#[command(
+    name = "redcall",
+    version,
+    about,
+    next_help_heading = "Global options",
+    arg_required_else_help = true
+)]
 pub struct Cli {
     /// Redis URL (`redis://` or `rediss://`, with `user:password@` for ACL users). With `--cluster`: seed nodes of a
     /// Redis Cluster (repeat the flag, or comma-separate them).
@@ -436,11 +442,17 @@ fn hide_ignored_globals(cmd: clap::Command, parent: &str) -> clap::Command {
         format!("{parent} {}", cmd.get_name())
     };
     let no_redis = NO_REDIS.contains(&path.as_str());
-    let has_subcommands = cmd.has_subcommands();
+    // A group of commands (`dlq`) lists the global flags one of its commands uses.
+    let group = format!("{path} ");
+    let used_here = |users: &[&str]| {
+        users
+            .iter()
+            .any(|user| *user == path || user.starts_with(&group))
+    };
     // In place (`mut_args`, `mut_subcommands`): a built command's arguments are looked up by position, and
     // `mut_arg` would move one to the end.
     let cmd = cmd.mut_args(|arg| {
-        if !arg.is_global_set() || has_subcommands {
+        if !arg.is_global_set() {
             return arg;
         }
         let id = arg.get_id().as_str();
@@ -449,7 +461,7 @@ fn hide_ignored_globals(cmd: clap::Command, parent: &str) -> clap::Command {
         } else {
             GLOBALS_USED_BY
                 .iter()
-                .any(|(flag, users)| *flag == id && !users.contains(&path.as_str()))
+                .any(|(flag, users)| *flag == id && !used_here(users))
         };
         let hidden = ignored || arg.is_hide_set();
         arg.hide(hidden)
@@ -465,6 +477,21 @@ pub fn parse() -> Result<Cli, ExitCode> {
     let parsed = command()
         .try_get_matches()
         .and_then(|matches| Cli::from_arg_matches(&matches));
+    // Clap lists hidden commands too among those a missing one could have been (`bench-worker`): leave them out.
+    let parsed = parsed.map_err(|mut err| {
+        if err.kind() == clap::error::ErrorKind::MissingSubcommand {
+            let visible = command()
+                .get_subcommands()
+                .filter(|sub| !sub.is_hide_set())
+                .map(|sub| sub.get_name().to_owned())
+                .collect();
+            err.insert(
+                clap::error::ContextKind::ValidSubcommand,
+                clap::error::ContextValue::Strings(visible),
+            );
+        }
+        err
+    });
     match parsed {
         Ok(cli) => Ok(cli),
         Err(err) if json && err.use_stderr() => {

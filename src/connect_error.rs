@@ -27,6 +27,13 @@ pub(crate) async fn diagnose(
     context: &'static str,
     err: RedisError,
 ) -> Error {
+    if is_unknown_command(&err, "HELLO") {
+        // Redis before 6.0 does not know HELLO (RESP3, and the client's way in): it is too old, not broken.
+        return Error::UnsupportedServer {
+            server: "this server (it does not know HELLO, which Redis 6.0 added)".to_owned(),
+            minimum: format!("Redis {}", crate::connection::MIN_REDIS),
+        };
+    }
     let addr = client.get_connection_info().addr().clone();
     match failure(&addr, config, &err).await {
         Some(failure) => Error::Connect {
@@ -36,6 +43,19 @@ pub(crate) async fn diagnose(
         },
         None => Error::redis(context)(err),
     }
+}
+
+/// Whether `err` is the server's answer to a `command` it does not know: `ERR unknown command 'HELLO'` (Redis 6.2
+/// on), `` ERR unknown command `HELLO` `` (before), or the same for a command renamed away (`rename-command`).
+pub(crate) fn is_unknown_command(err: &RedisError, command: &str) -> bool {
+    let Some(detail) = err.detail() else {
+        return false;
+    };
+    let detail = detail.to_ascii_lowercase();
+    let command = command.to_ascii_lowercase();
+    err.code() == Some("ERR")
+        && detail.starts_with("unknown command")
+        && (detail.contains(&format!("'{command}'")) || detail.contains(&format!("`{command}`")))
 }
 
 /// Why connecting to `addr` failed with `err`, when it is one of the causes [`ConnectFailure`] names.
@@ -193,6 +213,15 @@ fn reason(url: &str) -> Option<String> {
     if host.is_empty() {
         return Some("it names no host".to_owned());
     }
+    // What the URL parser refuses in a host name, reported by the client only as `InvalidClientConfig`.
+    if let Some(bad) = host
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || "\"<>\\^`{|}".contains(*c))
+    {
+        return Some(format!(
+            "the host {host:?} has a character a host name cannot have ({bad:?})"
+        ));
+    }
     if let Some(port) = port
         && !matches!(port.parse::<u16>(), Ok(1..))
     {
@@ -233,6 +262,11 @@ mod tests {
             ("redis://127.0.0.1:abc", "the port \"abc\""),
             ("redis://127.0.0.1:6379/x", "the database \"x\""),
             ("redis://:pw@/0", "no host"),
+            (
+                "redis://u:pw@bad host:1/",
+                "the host \"bad host\" has a character",
+            ),
+            ("redis://exa\tmple:6379", "a host name cannot have ('\\t')"),
         ];
         for (url, expected) in cases {
             let reason = reason(url).unwrap_or_default();

@@ -31,6 +31,7 @@ pub(crate) use listen::{Messages, listen};
 pub(crate) use managed::ManagedConnection;
 pub(crate) use sentinel::SentinelSpec;
 pub(crate) use target::{ConnectionSettings, Target};
+pub(crate) use version::MIN_REDIS;
 
 /// Certificates for `rediss://` beyond the system's trust store, all PEM.
 #[derive(Clone, Default)]

@@ -162,8 +162,8 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
-    /// The server is older than redcall supports (Redis 7.0, Valkey 7.2; see `docs/operations.md` for why). Found
-    /// on the client's first connection, before anything was sent.
+    /// The server is older than redcall supports (Redis 7.0, Valkey 7.2; see `docs/scaling.md` for why), or does not
+    /// know `HELLO` (Redis before 6.0). Found on the client's first connection, before anything was sent.
     #[error("{server} is too old: redcall needs {minimum} or newer")]
     UnsupportedServer {
         /// The server and version found (`"Redis 6.2.14"`).

@@ -1,5 +1,6 @@
-//! One rule for the names redcall puts into keys and channels: request ids, service names and namespaces. The
-//! library, the admin API and the CLI all check through here, so a name is refused the same way wherever it enters.
+//! One rule for the names redcall puts into keys and channels: request ids, service names and namespaces (and for
+//! the function key a request asks for, which goes into no key but into logs and tables). The library, the admin
+//! API and the CLI all check through here, so a name is refused the same way wherever it enters.
 //!
 //! Every key of a service is `{<namespace>:<service>}:<kind>:<id>` (see `docs/protocol.md`). So:
 //! - none may be empty, longer than [`MAX_NAME_BYTES`], or hold control characters (they would garble keys in logs,
@@ -22,6 +23,13 @@ pub(crate) fn check_request_id(id: &str) -> Result<(), String> {
 /// Checks a service name.
 pub(crate) fn check_service(service: &str) -> Result<(), String> {
     check("service name", service, &['{', '}'])
+}
+
+/// Checks a function key a request asks for: not empty (the dead-letter stream's `fn` is empty for an entry whose
+/// envelope did not decode), within [`MAX_NAME_BYTES`], no control characters (it shows in logs, dead-letter
+/// tables and metrics labels). It goes into no key, so braces and colons are fine.
+pub(crate) fn check_func_key(func_key: &str) -> Result<(), String> {
+    check("function key", func_key, &[])
 }
 
 /// Checks a namespace.
@@ -75,6 +83,11 @@ mod tests {
             assert!(check_namespace(bad).is_err(), "{bad}");
         }
         assert!(check_namespace("a:b").is_err());
+        assert!(check_func_key("odd {key}: ok").is_ok());
+        for bad in ["", "a\nb", long.as_str()] {
+            let err = check_func_key(bad).expect_err("unusable function key");
+            assert!(err.contains("function key"), "{err}");
+        }
         assert_eq!(
             check_service("").expect_err("empty"),
             "a service name must not be empty"

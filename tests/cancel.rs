@@ -73,7 +73,8 @@ async fn a_request_cancelled_before_it_starts_is_never_run() {
 async fn a_running_handler_sees_its_cancellation_and_its_late_result_is_dropped() {
     let env = TestEnv::new();
     let started = Arc::new(AtomicBool::new(false));
-    let observed_after = Arc::new(std::sync::Mutex::new(None::<Duration>));
+    // When the handler saw the cancel.
+    let observed_after = Arc::new(std::sync::Mutex::new(None::<Instant>));
     let (s, o) = (started.clone(), observed_after.clone());
     let _responder = env
         .responder()
@@ -81,10 +82,9 @@ async fn a_running_handler_sees_its_cancellation_and_its_late_result_is_dropped(
             let (s, o) = (s.clone(), o.clone());
             async move {
                 s.store(true, Ordering::SeqCst);
-                let begun = Instant::now();
                 tokio::select! {
                     _ = ctx.cancelled() => {
-                        *o.lock().expect("lock") = Some(begun.elapsed());
+                        *o.lock().expect("lock") = Some(Instant::now());
                     }
                     _ = tokio::time::sleep(Duration::from_secs(20)) => {}
                 }
@@ -120,8 +120,15 @@ async fn a_running_handler_sees_its_cancellation_and_its_late_result_is_dropped(
         .await,
         "the handler never saw the cancel"
     );
-    let took = cancelled_at.elapsed();
-    eprintln!("handler saw the cancel within {took:?}");
+    let seen = observed_after
+        .lock()
+        .expect("lock")
+        .map(|at| at.saturating_duration_since(cancelled_at))
+        .expect("seen");
+    eprintln!("handler saw the cancel {seen:?} after it was made");
+    // Issue 17: "within ~100 ms, without polling Redis per request" (measured: under 1 ms on loopback); the bound
+    // leaves room for a loaded machine and still fails a per-second poll.
+    assert!(seen < Duration::from_millis(500), "{seen:?}");
     // The late result was not stored: the stored reply is still the cancel.
     assert!(
         wait_until(Duration::from_secs(5), || async {

@@ -88,6 +88,10 @@ fn errors_under_json_are_one_json_object_on_stderr() {
         &["--json", "call", "--no-such-flag"],
         // Found by the command.
         &["--json", "call", "f", "{not json"],
+        // The bench's own checks, before it starts anything, and a cluster it cannot measure.
+        &["--json", "bench", "--calls", "0"],
+        &["--json", "bench", "--concurrency", "0"],
+        &["--json", "--cluster", "bench"],
     ] {
         let out = offline(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -187,15 +191,48 @@ fn help_shows_defaults_and_keeps_global_flags_apart() {
     }
     assert!(info.contains("--fail-fast"), "{info}");
     let bench = help(&["bench"]);
-    assert!(!bench.contains("--service"), "{bench}");
+    let lists = |help: &str, flag: &str| help.lines().any(|l| l.trim_start().starts_with(flag));
+    assert!(
+        !lists(&bench, "--service") && !lists(&bench, "--cluster"),
+        "{bench}"
+    );
+    assert!(lists(&info, "--cluster"), "{info}");
     // But they are still accepted there.
     let out = offline(&["--reply-ttl", "5s", "info", "--help"]);
     assert_eq!(out.status.code(), Some(0));
-    // Hidden commands stay hidden.
+    // A group of commands lists the global flags one of its commands uses, not the others.
+    let dlq = help(&["dlq"]);
+    assert!(
+        lists(&dlq, "--payload-limit") && lists(&dlq, "--record-retention"),
+        "dlq replay uses them: {dlq}"
+    );
+    for ignored in ["--durability", "--fail-fast", "--reply-ttl"] {
+        assert!(!lists(&dlq, ignored), "dlq lists {ignored}: {dlq}");
+    }
+    // Hidden commands stay hidden: in the help, and in the error for a missing command.
     let top = help(&[]);
     assert!(
         top.contains("serve") && !top.contains("bench-worker"),
         "{top}"
+    );
+    let out = offline(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("requires a subcommand") && err.contains("serve"),
+        "{err}"
+    );
+    assert!(!err.contains("bench-worker"), "{err}");
+    // With no arguments at all: the help, as for a group of commands.
+    let out = Command::new(redcall_bin())
+        .env_remove("REDIS_URL")
+        .output()
+        .expect("run redcall");
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("Commands:") && !err.contains("bench-worker"),
+        "{err}"
     );
 }
 

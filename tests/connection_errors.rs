@@ -160,6 +160,36 @@ fn admin_commands_report_an_unreachable_redis_as_unavailable() {
     );
 }
 
+/// A call that rode out an unreachable Redis until its deadline fails with `Unavailable`, whose message names no
+/// address: the hint says where nothing answered (password masked), in text and under `--json`.
+#[test]
+fn a_call_that_rode_out_an_unreachable_redis_names_the_url_in_a_hint() {
+    let url = format!("redis://:s3cret-pw@127.0.0.1:{}", free_port());
+    let masked = url.replace("s3cret-pw", "***");
+    let (out, _) = redcall(&url, &["call", "echo", "1", "--timeout", "1s"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(7), "{err}");
+    assert!(
+        err.contains(&format!("hint: nothing answered at {masked}")),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret-pw"), "{err}");
+    let (out, _) = redcall(&url, &["--json", "call", "echo", "1", "--timeout", "1s"]);
+    let line = stderr(&out)
+        .lines()
+        .find(|l| l.starts_with("{\"error\""))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    let value: Value = serde_json::from_str(&line).expect("a JSON error");
+    assert_eq!(value["error"]["kind"], "unavailable", "{value}");
+    assert!(
+        value["error"]["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains(&masked)),
+        "{value}"
+    );
+}
+
 #[test]
 fn serve_exits_at_once_when_asked_to() {
     let url = format!("redis://127.0.0.1:{}", free_port());

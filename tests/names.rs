@@ -84,6 +84,50 @@ async fn unusable_request_ids_and_namespaces_are_refused() {
     }
 }
 
+/// An empty function key, or one with control characters, is refused before anything is sent (it could match no
+/// handler, and would garble logs and dead-letter tables), from the library (every way of sending) and the CLI.
+#[tokio::test]
+async fn unusable_function_keys_are_refused_before_anything_is_sent() {
+    let env = TestEnv::new();
+    let requester = env.requester();
+    for func in ["", "new\nline", &"f".repeat(1025)] {
+        let err = requester
+            .send("f1", func, &1, GENEROUS)
+            .await
+            .expect_err("send");
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{func:?}: {err}");
+        assert!(err.to_string().contains("function key"), "{err}");
+        let err = requester
+            .submit(func, &1, GENEROUS)
+            .await
+            .expect_err("submit");
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{func:?}: {err}");
+        let err = requester
+            .send_in("f2", func, &1, Duration::from_secs(1), GENEROUS)
+            .await
+            .expect_err("send_in");
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{func:?}: {err}");
+    }
+    let out = run_cli(&env.server, env.service(), &["call", "", "{}"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("a function key must not be empty"),
+        "{stderr}"
+    );
+    assert_eq!(
+        env.server.cli(&["DBSIZE"]).trim(),
+        "0",
+        "nothing was written"
+    );
+    // Braces, colons and spaces are fine: a function key goes into no key.
+    let pending = requester
+        .send("f3", "odd {key}: ok", &1, GENEROUS)
+        .await
+        .expect("an odd but usable function key");
+    assert_eq!(pending.id(), "f3");
+}
+
 #[test]
 fn the_cli_refuses_an_unusable_service_as_a_usage_error() {
     let server = RedisServer::start();

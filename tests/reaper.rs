@@ -286,3 +286,54 @@ async fn exhausted_entry_with_a_stored_reply_is_not_dead_lettered() {
     );
     assert_eq!(pending_count(&server, &stream, GROUP), 0, "acknowledged");
 }
+
+/// A live responder with nothing to do is not removed as a dead consumer, however long its consumer looks idle:
+/// on Redis before 7.2 an empty read does not refresh `idle` (so a responder on a quiet service looks dead after
+/// `dead_consumer_idle`), and on any server a limit shorter than the block time (here 300 ms against 1 s) does the
+/// same. Its heartbeat record says it is alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_responder_is_not_removed_as_a_dead_consumer() {
+    let env = TestEnv::new();
+    let stream = env.client.keys(env.service()).requests().to_owned();
+    let _responder =
+        env.responder()
+            .handler(
+                "echo",
+                |_ctx: redcall::RequestContext, v: Value| async move {
+                    Ok::<_, redcall::HandlerError>(v)
+                },
+            )
+            .start()
+            .await
+            .expect("start responder");
+    // One request read: its consumer exists (an empty read does not create one on Redis 7.0).
+    let reply: Value = env
+        .requester()
+        .request("live-1", "echo", &json!(1), Duration::from_secs(10))
+        .await
+        .expect("answered");
+    assert_eq!(reply, json!(1));
+    let admin = env.admin();
+    let live = admin.responders().await.expect("responders");
+    assert_eq!(live.len(), 1, "{live:?}");
+    let name = live[0].consumer.clone();
+    // Idle past the reaper's limit, as Redis sees it.
+    let idle = wait_until(Duration::from_secs(10), || async {
+        admin
+            .last_read()
+            .await
+            .ok()
+            .and_then(|read| read.freshest)
+            .is_some_and(|c| c.idle_ms > 400)
+    })
+    .await;
+    assert!(idle, "the consumer never looked idle");
+    let reaper = Reaper::start(env.client.clone(), env.service(), settings(60_000))
+        .await
+        .expect("reaper");
+    let report = reaper.pass().await.expect("pass");
+    reaper.shutdown().await;
+    assert_eq!(report.consumers_removed, 0, "{report:?}");
+    let left = consumers(&env.server, &stream);
+    assert!(left.contains(&name), "{name} was removed: {left}");
+}

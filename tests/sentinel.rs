@@ -104,6 +104,22 @@ async fn round_trip_through_sentinel_for_library_admin_and_cli() {
     );
     responder.shutdown().await.expect("shutdown");
 
+    // The reaper on its own, from the CLI: one pass through the sentinels.
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new(redcall_bin())
+            .args(["--url", &set.url(), "--service", &service, "--json"])
+            .args(["reap", "--once"])
+            .output()
+            .expect("run redcall reap")
+    });
+    assert!(
+        out.status.success(),
+        "redcall reap --once through Sentinel failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("the reap report as JSON");
+    assert_eq!(report["dead_lettered"], 0, "{report}");
+
     // `redcall serve` takes it too, its demo handlers' own connection included (`work` counts its runs with
     // `Client::redis_connection`).
     let served = unique_service("sentinel-serve");

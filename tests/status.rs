@@ -563,3 +563,37 @@ async fn a_timed_out_call_gives_no_hint_while_a_responder_serves() {
     assert!(read.read_within(Duration::from_secs(5)), "{read:?}");
     assert_eq!(read.freshest.expect("a consumer").consumer, "busy");
 }
+
+/// A responder that is alive but has had nothing to read (here the request is delayed past the call's timeout)
+/// gives no hint: on Redis before 7.2 its consumer's `idle` is not refreshed by empty reads (nor is the consumer
+/// created by one), so reads alone made a live responder look gone ("no responder has read ... in the last 1313 s
+/// (is one running?)"); its heartbeat record says it is alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_call_gives_no_hint_while_an_idle_responder_waits() {
+    let env = TestEnv::new();
+    let _serve = env.serve("idle", &[], &["--heartbeat-interval", "500ms"]);
+    await_group(&env).await;
+    let live = wait_until(WAIT, || async {
+        env.admin().has_responders().await.unwrap_or(false)
+    })
+    .await;
+    assert!(live, "the responder never wrote its heartbeat record");
+    let out = cli(
+        &env,
+        &[
+            "--json",
+            "call",
+            "echo",
+            "{}",
+            "--delay",
+            "20s",
+            "--timeout",
+            "1s",
+        ],
+    )
+    .await;
+    assert_exit(&out, 3);
+    let error: Value = serde_json::from_slice(&out.stderr).expect("one JSON error");
+    assert_eq!(error["error"]["kind"], "timeout");
+    assert!(error["error"].get("hint").is_none(), "{error}");
+}

@@ -1,10 +1,13 @@
 //! When a service's requests were last read: is anyone serving it?
 //!
-//! Redis keeps, per consumer, the time since it last read or claimed (`XINFO CONSUMERS`: `idle`, refreshed by
-//! every `XREADGROUP`, `XCLAIM` and `XAUTOCLAIM` the consumer runs, even one that finds nothing). A live redcall
-//! responder with a free handler slot reads every block time (1 s by default); one whose slots are all busy still
-//! refreshes its claims every third of the visibility timeout and reaps every quarter of it. So a freshest idle
-//! time much longer than those means no responder is running, or none can get to the service's requests.
+//! Redis keeps, per consumer, the time since it last read or claimed (`XINFO CONSUMERS`: `idle`). From Redis 7.2 (and
+//! on every Valkey) it is refreshed by every `XREADGROUP`, `XCLAIM` and `XAUTOCLAIM` the consumer runs, even one
+//! that finds nothing; before 7.2 only by those that return entries (checked on Redis 7.0.15: `idle` keeps growing
+//! through empty reads, and a consumer is not even created by one). A live redcall responder with a free handler
+//! slot reads every block time (1 s by default); one whose slots are all busy still refreshes its claims every third
+//! of the visibility timeout and reaps every quarter of it. So from 7.2 a freshest idle time much longer than those
+//! means no responder is running, or none can get to the service's requests; before 7.2 it may also mean a live
+//! responder had nothing to read (the heartbeat records of [`Admin::responders`] tell those apart).
 
 use std::time::Duration;
 

@@ -1,11 +1,16 @@
 //! The hint a `redcall call` that timed out adds when nobody seems to serve the service: "no responder has read
 //! from service X in the last N s", in the text error and as `hint` in the `--json` error object.
+//!
+//! Two signs of a live responder, either of which keeps the hint away: a consumer that read or claimed recently
+//! (`XINFO CONSUMERS`), and a heartbeat record written recently. Reads alone are not enough: Redis before 7.2
+//! refreshes a consumer's `idle` only by reads and claims that return entries, so there a responder waiting on an
+//! empty stream (say, for a delayed request not yet due) looks as idle as a dead one.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use redcall::ErrorKind;
-use redcall::admin::LastRead;
+use redcall::admin::{LastRead, ResponderInfo};
 
 use super::{Context, call};
 
@@ -34,11 +39,26 @@ pub async fn run_call(ctx: &Context<'_>, args: &call::Args) -> ExitCode {
 /// wrong one).
 async fn nobody_serves(ctx: &Context<'_>, waited: Duration) -> Option<String> {
     let admin = ctx.client.admin(&ctx.cli.service);
-    let read = tokio::time::timeout(LOOK_TIMEOUT, admin.last_read())
-        .await
-        .ok()?
-        .ok()?;
-    hint_text(&ctx.cli.service, &read, waited.max(QUIET_FLOOR))
+    let look = async {
+        let read = admin.last_read().await?;
+        // Without the heartbeat records (a user whose ACL does not allow reading them), reads alone decide.
+        let responders = admin.responders().await.unwrap_or_default();
+        Ok::<_, redcall::Error>((read, responders))
+    };
+    let (read, responders) = tokio::time::timeout(LOOK_TIMEOUT, look).await.ok()?.ok()?;
+    let quiet = waited.max(QUIET_FLOOR);
+    if beat_within(&responders, quiet, super::now_ms()) {
+        return None;
+    }
+    hint_text(&ctx.cli.service, &read, quiet)
+}
+
+/// Whether some responder wrote its heartbeat record within `quiet` of `now_ms` (by its clock and ours: the hint
+/// is advice, and clocks of one deployment are close).
+fn beat_within(responders: &[ResponderInfo], quiet: Duration, now_ms: u64) -> bool {
+    responders
+        .iter()
+        .any(|r| u128::from(now_ms.saturating_sub(r.last_seen_ms)) < quiet.as_millis())
 }
 
 /// The hint's text for `read`, when no consumer read within `quiet`.

@@ -44,7 +44,13 @@ use redcall::{Client, Error, ErrorKind};
 
 /// Durable request-response over Redis Streams.
 #[derive(Debug, Parser)]
-#[command(name = "redcall", version, about, next_help_heading = "Global options")]
+#[command(
+    name = "redcall",
+    version,
+    about,
+    next_help_heading = "Global options",
+    arg_required_else_help = true
+)]
 pub struct Cli {
     /// Redis URL (`redis://` or `rediss://`, with `user:password@` for ACL users). With `--cluster`: seed nodes of a
     /// Redis Cluster (repeat the flag, or comma-separate them).
@@ -138,7 +144,7 @@ pub enum Command {
     Reply(reply::Args),
     /// Cancel a request by id: its caller gets `cancelled`; not run if not started, its result dropped if running.
     Cancel(cancel::Args),
-    /// Run a responder with the built-in demo handlers (echo, sleep, fail, panic, retry, work).
+    /// Run a responder with the built-in demo handlers (echo, sleep, fail, panic, retry, work, progress).
     Serve(serve::Args),
     /// Run the reaper alone: dead-letter exhausted entries, remove dead consumers, trim by the retention policy.
     Reap(reap::Args),
@@ -248,6 +254,8 @@ pub async fn run(cli: Cli) -> ExitCode {
             Err(err) => fail(&err),
         };
     }
+    let at: Vec<String> = cli.urls.iter().map(|url| mask_password(url)).collect();
+    let _ = REDIS_AT.set(at.join(", "));
     let builder = if cli.cluster {
         Client::cluster(&cli.urls)
     } else if cli.urls.len() > 1 {
@@ -322,7 +330,12 @@ pub struct Context<'a> {
 /// confirm a write in time (`--durability replicated`) or the server is too old, 8 the request was accepted and
 /// then lost by Redis (it may have run: send again only if that is safe), 9 the request was cancelled.
 pub fn exit_code(err: &Error) -> u8 {
-    match err.kind() {
+    kind_exit_code(err.kind())
+}
+
+/// The exit code of an error of this kind ([`exit_code`]).
+fn kind_exit_code(kind: ErrorKind) -> u8 {
+    match kind {
         ErrorKind::Timeout => 3,
         ErrorKind::Handler
         | ErrorKind::UnknownFunction
@@ -343,6 +356,33 @@ pub fn exit_code(err: &Error) -> u8 {
     }
 }
 
+/// The Redis URLs given (passwords masked), for the hint of an error that does not name them: set once before any
+/// command runs.
+static REDIS_AT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// `url` with its password, if any, replaced by `***`.
+fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => {
+            let user = user_info
+                .split_once(':')
+                .map_or(user_info, |(user, _)| user);
+            let masked = if user_info.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_owned()
+            };
+            format!("{scheme}://{masked}@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
 /// Whether errors are printed as JSON: set once from `--json` before any command runs.
 static JSON_ERRORS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -354,6 +394,17 @@ pub fn fail(err: &Error) -> ExitCode {
 
 /// [`fail`], with a hint for what to look at: a second line `hint: ...` in text, a `hint` field under `--json`.
 pub fn fail_with_hint(err: &Error, hint: Option<&str>) -> ExitCode {
+    // Redis stayed away until the deadline: the error says nothing of where it was looked for.
+    let unreachable;
+    let hint = match (hint, err, REDIS_AT.get()) {
+        (None, Error::Unavailable { .. }, Some(at)) => {
+            unreachable = format!(
+                "nothing answered at {at} (the warnings above say why; --fail-fast fails at once)"
+            );
+            Some(unreachable.as_str())
+        }
+        _ => hint,
+    };
     let kind = if err.kind() == ErrorKind::InvalidArgument || err.kind() == ErrorKind::Config {
         "usage"
     } else {
@@ -415,6 +466,7 @@ const GLOBALS_USED_BY: &[(&str, &[&str])] = &[
     ("durability_replicas", DURABLE_WRITERS),
     ("durability_timeout", DURABLE_WRITERS),
     ("tls_ca_cert", TALK_TO_REDIS_BUT_BENCH),
+    ("cluster", TALK_TO_REDIS_BUT_BENCH),
     ("service", SERVICE_USERS),
     ("otlp_endpoint", &["call", "serve", "demo"]),
 ];
@@ -422,7 +474,8 @@ const GLOBALS_USED_BY: &[(&str, &[&str])] = &[
 /// The commands whose writes wait for replicas under `--durability replicated`: adding a request, and answering it.
 const DURABLE_WRITERS: &[&str] = &["call", "serve", "demo"];
 
-/// The commands that talk to a Redis given by the global flags with TLS settings (the bench starts its own).
+/// The commands that talk to a Redis given by the global flags with TLS settings or as a cluster (the bench starts
+/// its own, or measures one Redis).
 const TALK_TO_REDIS_BUT_BENCH: &[&str] = &[
     "call",
     "info",
@@ -497,11 +550,17 @@ fn hide_ignored_globals(cmd: clap::Command, parent: &str) -> clap::Command {
         format!("{parent} {}", cmd.get_name())
     };
     let no_redis = NO_REDIS.contains(&path.as_str());
-    let has_subcommands = cmd.has_subcommands();
+    // A group of commands (`dlq`) lists the global flags one of its commands uses.
+    let group = format!("{path} ");
+    let used_here = |users: &[&str]| {
+        users
+            .iter()
+            .any(|user| *user == path || user.starts_with(&group))
+    };
     // In place (`mut_args`, `mut_subcommands`): a built command's arguments are looked up by position, and
     // `mut_arg` would move one to the end.
     let cmd = cmd.mut_args(|arg| {
-        if !arg.is_global_set() || has_subcommands {
+        if !arg.is_global_set() {
             return arg;
         }
         let id = arg.get_id().as_str();
@@ -510,7 +569,7 @@ fn hide_ignored_globals(cmd: clap::Command, parent: &str) -> clap::Command {
         } else {
             GLOBALS_USED_BY
                 .iter()
-                .any(|(flag, users)| *flag == id && !users.contains(&path.as_str()))
+                .any(|(flag, users)| *flag == id && !used_here(users))
         };
         let hidden = ignored || arg.is_hide_set();
         arg.hide(hidden)
@@ -526,6 +585,21 @@ pub fn parse() -> Result<Cli, ExitCode> {
     let parsed = command()
         .try_get_matches()
         .and_then(|matches| Cli::from_arg_matches(&matches));
+    // Clap lists hidden commands too among those a missing one could have been (`bench-worker`): leave them out.
+    let parsed = parsed.map_err(|mut err| {
+        if err.kind() == clap::error::ErrorKind::MissingSubcommand {
+            let visible = command()
+                .get_subcommands()
+                .filter(|sub| !sub.is_hide_set())
+                .map(|sub| sub.get_name().to_owned())
+                .collect();
+            err.insert(
+                clap::error::ContextKind::ValidSubcommand,
+                clap::error::ContextValue::Strings(visible),
+            );
+        }
+        err
+    });
     match parsed {
         Ok(cli) => Ok(cli),
         Err(err) if json && err.use_stderr() => {
@@ -638,6 +712,85 @@ mod tests {
             .try_get_matches_from(args)
             .unwrap_or_else(|e| panic!("{args:?}: {e}"));
         Cli::from_arg_matches(&matches).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    #[test]
+    fn passwords_are_masked_in_hints() {
+        assert_eq!(
+            mask_password("redis://user:s3cret@host:6379/0"),
+            "redis://user:***@host:6379/0"
+        );
+        assert_eq!(mask_password("rediss://:p@ss@h"), "rediss://:***@h");
+        assert_eq!(mask_password("redis://h:1"), "redis://h:1");
+        assert_eq!(mask_password("redis://user@h"), "redis://user@h");
+    }
+
+    /// The README's exit-code table is true: the row of each kind's code names that kind (each kind is listed here
+    /// with the words its row uses), and every documented code is one that some kind or CLI path exits with.
+    #[test]
+    fn the_readmes_exit_code_table_matches_exit_code() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("| code | meaning |")
+            .expect("the README's exit-code table");
+        let rows: std::collections::BTreeMap<u8, String> = readme[start..]
+            .lines()
+            .skip(2)
+            .take_while(|line| line.starts_with('|'))
+            .filter_map(|line| {
+                let mut cells = line.trim_matches('|').splitn(2, '|');
+                let code = cells.next()?.trim().parse::<u8>().ok()?;
+                Some((code, cells.next()?.to_owned()))
+            })
+            .collect();
+        assert_eq!(
+            rows.keys().copied().collect::<Vec<_>>(),
+            (0..=9).collect::<Vec<u8>>(),
+            "the table documents 0 to 9"
+        );
+        let kinds = [
+            (ErrorKind::Timeout, "timeout"),
+            (ErrorKind::DuplicateId, "duplicate request id"),
+            (ErrorKind::AlreadyAnswered, "already answered"),
+            (ErrorKind::NotFound, "not found"),
+            (ErrorKind::Handler, "handler error"),
+            (ErrorKind::UnknownFunction, "unknown function"),
+            (ErrorKind::DeadLettered, "dead-lettered"),
+            (ErrorKind::Expired, "expired"),
+            (ErrorKind::Malformed, "malformed"),
+            (ErrorKind::Cancelled, "cancelled"),
+            (ErrorKind::PayloadTooLarge, "over the payload limit"),
+            (ErrorKind::Codec, "cannot be encoded or decoded"),
+            (ErrorKind::Unavailable, "Redis unreachable"),
+            (ErrorKind::Redis, "a Redis command failed"),
+            (ErrorKind::Lost, "lost"),
+            (ErrorKind::Config, "a configuration the library refuses"),
+            (ErrorKind::Unsupported, "a server older than"),
+            (ErrorKind::NotReplicated, "replicas that did not confirm"),
+            (ErrorKind::InvalidArgument, "a bad flag or argument"),
+        ];
+        for (kind, words) in kinds {
+            let code = kind_exit_code(kind);
+            assert!(
+                rows[&code].contains(words),
+                "{kind:?} exits {code}, but that row does not say {words:?}: {}",
+                rows[&code]
+            );
+        }
+    }
+
+    /// `redcall --help` names every demo handler `serve` runs (it once left out `progress`).
+    #[test]
+    fn the_help_of_serve_names_every_demo_handler() {
+        let command = command();
+        let about = command
+            .find_subcommand("serve")
+            .and_then(|serve| serve.get_about())
+            .map(|about| about.to_string())
+            .unwrap_or_default();
+        for handler in serve::DEMO_HANDLERS {
+            assert!(about.contains(handler), "{handler} missing from {about:?}");
+        }
     }
 
     #[test]

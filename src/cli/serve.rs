@@ -18,8 +18,8 @@ pub struct Args {
     /// Deliveries after which a failing request is dead-lettered.
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub max_deliveries: u64,
-    /// Pause before a request whose handler asked for a retry or panicked is delivered again, doubling with each
-    /// delivery (with up to 20% jitter off); a bare number is milliseconds.
+    /// Pause before a request whose handler asked for a retry or panicked (or whose answer Redis refused) is
+    /// delivered again, doubling with each delivery (with up to 20% jitter off); a bare number is milliseconds.
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = super::duration::millis)]
     pub retry_backoff: Duration,
     /// Longest pause between two deliveries of a failing request; a bare number is milliseconds.

@@ -10,7 +10,9 @@
 //!
 //! The check reads `INFO server` once per [`Client`](crate::Client) (its first connection), not per command. Valkey
 //! reports `valkey_version` (and, for compatibility, a `redis_version` of 7.2.4), so `valkey_version` is read first.
-//! A user whose ACL does not grant `INFO` is not refused: the check is skipped with a warning.
+//! A user whose ACL does not grant `INFO`, or a server that renamed it away, is not refused: the check is skipped
+//! with a warning. A server that does not know `HELLO` (Redis before 6.0) fails the connect itself; that failure is
+//! reported as [`Error::UnsupportedServer`] too (`crate::connect_error::diagnose`).
 
 use super::conn::Connection;
 
@@ -91,6 +93,11 @@ pub(crate) async fn check(con: &mut Connection) -> Result<Option<Server>> {
         Ok(info) => info,
         Err(err) if err.code() == Some("NOPERM") => {
             tracing::warn!("this user may not run INFO; the server's version is not checked");
+            return Ok(None);
+        }
+        // Some providers rename or disable INFO (`rename-command INFO ""`): not a reason to refuse the server.
+        Err(err) if crate::connect_error::is_unknown_command(&err, "INFO") => {
+            tracing::warn!("this server does not offer INFO; the server's version is not checked");
             return Ok(None);
         }
         Err(err) => return Err(Error::redis("reading the server's version")(err)),

@@ -27,8 +27,9 @@ impl Requester {
     ///
     /// # Errors
     /// The errors of [`Requester::send`], then those of [`PendingReply::wait`]:
-    /// - [`Error::InvalidArgument`] for an empty `id` or a zero `timeout`, [`Error::Encode`] when `params` cannot
-    ///   be encoded, [`Error::PayloadTooLarge`] when the encoded request is over the payload limit: nothing was sent;
+    /// - [`Error::InvalidArgument`] for an empty `id`, an unusable `func_key` (empty, control characters, over
+    ///   1024 bytes) or a zero `timeout`, [`Error::Encode`] when `params` cannot be encoded,
+    ///   [`Error::PayloadTooLarge`] when the encoded request is over the payload limit: nothing was sent;
     /// - [`Error::Unavailable`] while the reply router reconnects: nothing was sent, retry later;
     /// - [`Error::DuplicateId`] when a request with this id is in flight or its record is still kept;
     /// - [`Error::Redis`] when the client's first connection or the command adding the request fails;
@@ -103,8 +104,9 @@ impl Requester {
     /// call [`PendingReply::wait`] later. A reply that arrives meanwhile is kept for the handle.
     ///
     /// # Errors
-    /// - [`Error::InvalidArgument`] for an empty `id` or a zero `timeout`, [`Error::Encode`] when `params` cannot
-    ///   be encoded, [`Error::PayloadTooLarge`] when the encoded request is over the payload limit: nothing was sent;
+    /// - [`Error::InvalidArgument`] for an empty `id`, an unusable `func_key` (empty, control characters, over
+    ///   1024 bytes) or a zero `timeout`, [`Error::Encode`] when `params` cannot be encoded,
+    ///   [`Error::PayloadTooLarge`] when the encoded request is over the payload limit: nothing was sent;
     /// - [`Error::Unavailable`] while the reply router reconnects: nothing was sent, retry later;
     /// - [`Error::DuplicateId`] when a request with this id is in flight (in this process or another) or was made
     ///   within its record's retention period: nothing was added;
@@ -223,6 +225,7 @@ impl Requester {
         P: Serialize + ?Sized,
     {
         self.check(id)?;
+        crate::names::check_func_key(func_key).map_err(Error::InvalidArgument)?;
         let timeout = crate::config::request_timeout(id, timeout)?;
         let started = Instant::now();
         let config = self.client.config();

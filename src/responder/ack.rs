@@ -11,6 +11,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use super::state::Shared;
 use crate::config::ttl_ms;
 use crate::durability::Durability;
+use crate::protocol::entry::RawEntry;
 use crate::protocol::{self, ReplyEnvelope, ReplyStatus, codes};
 use crate::scripts;
 
@@ -22,18 +23,24 @@ pub(crate) struct Completion {
     id: String,
     entry_id: String,
     reply: Vec<u8>,
-    /// Whether an earlier delivery may have left a last error to delete.
-    clear_error: bool,
+    /// The delivery this answers.
+    delivery: u64,
     /// Who learns that the answer went through (or was given up on; the entry then stays pending).
     after: AfterAnswer,
 }
 
 /// Who is waiting for an answer to go through.
 pub(super) enum AfterAnswer {
-    /// A request task, which holds the permit and is tracked until then.
-    Task(oneshot::Sender<()>),
-    /// Nobody: the answer was made inline by the read loop, and holds what a task would have held.
-    Inline { _held: Held },
+    /// A request task, which holds the permit and is tracked until then, and learns whether the answer went
+    /// through (false: it failed, and the task schedules the retry).
+    Task(oneshot::Sender<bool>),
+    /// Nobody: the answer was made inline by the read loop, and holds what a task would have held, and what a
+    /// retry after a failed answer needs (the entry, moved here, not copied; its id is the completion's).
+    Inline {
+        _held: Held,
+        entry: RawEntry,
+        func_key: String,
+    },
 }
 
 /// What an answer made inline holds until the finisher is done with it: the concurrency permit, and a token that
@@ -55,26 +62,52 @@ impl Held {
 impl Shared {
     /// Stores, publishes and acknowledges a reply, through the finisher (which answers many requests per
     /// transaction), and waits until that went through. A reply that cannot be stored leaves the entry pending, so
-    /// it is delivered again: never lost.
+    /// it is delivered again: never lost. A failed answer is a known failure: it is delivered again after the retry
+    /// backoff ([`Shared::answer_failed`]), not after the visibility timeout.
     pub(super) async fn finish(
-        &self,
+        self: &Arc<Self>,
+        entry: &RawEntry,
+        func_key: &str,
         id: &str,
-        entry_id: &str,
         delivery: u64,
         reply: ReplyEnvelope,
     ) {
         let (done, answered) = oneshot::channel();
         let queued = self.queue_answer(
             id.to_owned(),
-            entry_id.to_owned(),
+            entry.entry_id.clone(),
             delivery,
             reply,
             AfterAnswer::Task(done),
         );
-        if queued {
-            // An error only means the finisher stopped (grace over): the entry stays pending.
-            let _ = answered.await;
+        // An error only means the finisher stopped (grace over): the entry stays pending.
+        if queued && answered.await == Ok(false) {
+            self.answer_failed(entry, func_key, id, delivery).await;
         }
+    }
+
+    /// After an answer that did not go through (Redis refused the transaction, or stayed away for the visibility
+    /// timeout): the entry is still pending, so it is delivered again after the retry backoff, like a retry the
+    /// handler asked for, with the failure as its last error.
+    pub(super) async fn answer_failed(
+        self: &Arc<Self>,
+        entry: &RawEntry,
+        func_key: &str,
+        id: &str,
+        delivery: u64,
+    ) {
+        if self.stop.is_cancelled() {
+            return;
+        }
+        self.left_pending(&entry.entry_id);
+        self.remember_error(
+            id,
+            &format!(
+                "the answer of delivery {delivery} could not be stored (see the responder's log)"
+            ),
+        )
+        .await;
+        self.schedule_retry(entry, func_key, delivery, None);
     }
 
     /// Encodes a reply (an error reply instead when it is too large) and queues it for the finisher. False when it
@@ -108,7 +141,7 @@ impl Shared {
             id,
             entry_id,
             reply: bytes,
-            clear_error: delivery > 1,
+            delivery,
             after,
         };
         self.finished_tx.send(completion).is_ok()
@@ -121,7 +154,7 @@ impl Shared {
     /// When a reply was stored already (a reply by hand, or another responder that ran the same request), this
     /// one is not stored but still published, after the stored one: a waiting requester takes the first message,
     /// which is the stored reply, since each store-and-publish runs atomically and in order.
-    async fn finish_batch(&self, batch: &mut Vec<Completion>) {
+    async fn finish_batch(self: &Arc<Self>, batch: &mut Vec<Completion>) {
         let ttl = ttl_ms(self.client.config().reply_ttl);
         let pubsub = self.client.target().pubsub();
         let mut pipe = redis::Pipeline::with_capacity(2 * batch.len() + 3);
@@ -141,7 +174,8 @@ impl Shared {
             let mut publish = redis::Cmd::with_capacity(3, channel.len() + c.reply.len() + 8);
             publish.arg(pubsub.publish()).arg(channel).arg(&c.reply);
             pipe.add_command(publish).ignore();
-            if c.clear_error {
+            // An earlier delivery may have left a last error to delete.
+            if c.delivery > 1 {
                 pipe.cmd("DEL").arg(self.keys.last_error(&c.id)).ignore();
             }
         }
@@ -155,20 +189,43 @@ impl Shared {
         cmd.ignore();
         pipe.cmd("EXEC");
         let durability = self.client.config().durability;
-        if durability.append_wait(&mut pipe) {
-            if let Some((_, confirmed)) = self
+        let answered = if durability.append_wait(&mut pipe) {
+            match self
                 .run_with_retries::<(Value, i64)>(&pipe, "answering requests")
                 .await
             {
-                self.check_replicated(&durability, batch, confirmed);
+                Some((_, confirmed)) => {
+                    self.check_replicated(&durability, batch, confirmed);
+                    true
+                }
+                None => false,
             }
         } else {
             self.run_with_retries::<(Value,)>(&pipe, "answering requests")
-                .await;
-        }
+                .await
+                .is_some()
+        };
         for c in batch.drain(..) {
-            if let AfterAnswer::Task(done) = c.after {
-                let _ = done.send(());
+            match c.after {
+                AfterAnswer::Task(done) => {
+                    let _ = done.send(answered);
+                }
+                AfterAnswer::Inline {
+                    _held: held,
+                    mut entry,
+                    func_key,
+                } if !answered => {
+                    entry.entry_id = c.entry_id;
+                    let shared = self.clone();
+                    // Held (permit, shutdown token) until the retry is scheduled.
+                    self.requests.spawn(async move {
+                        let _held = held;
+                        shared
+                            .answer_failed(&entry, &func_key, &c.id, c.delivery)
+                            .await;
+                    });
+                }
+                AfterAnswer::Inline { .. } => {}
             }
         }
     }

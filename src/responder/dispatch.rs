@@ -157,10 +157,16 @@ impl Shared {
                     Handled::Error
                 };
                 self.metrics.handled(&request.func_key, outcome, Some(ran));
+                // The entry's id goes with the answer; the rest stays with the entry for a retry after a failed
+                // answer (moved, not copied: this is the hot path).
+                let mut entry = entry;
+                let entry_id = std::mem::take(&mut entry.entry_id);
                 let held = AfterAnswer::Inline {
                     _held: Held::new(self, permit),
+                    entry,
+                    func_key: request.func_key,
                 };
-                self.queue_answer(request.id, entry.entry_id, 1, reply, held);
+                self.queue_answer(request.id, entry_id, 1, reply, held);
             }
             next => {
                 let shared = self.clone();
@@ -304,7 +310,8 @@ impl Shared {
             );
             self.metrics
                 .handled(&request.func_key, Handled::Expired, None);
-            self.finish(&id, &entry.entry_id, delivery, reply).await;
+            self.finish(&entry, &request.func_key, &id, delivery, reply)
+                .await;
             return;
         }
         let Some(handler) = self.handlers.get(&request.func_key).cloned() else {
@@ -348,7 +355,10 @@ impl Shared {
             self.left_pending(&entry.entry_id);
         }
         match next {
-            Next::Answer(reply) => self.finish(id, &entry.entry_id, delivery, reply).await,
+            Next::Answer(reply) => {
+                self.finish(entry, &request.func_key, id, delivery, reply)
+                    .await;
+            }
             Next::Retry(reason, asked) => {
                 tracing::info!(
                     %id,

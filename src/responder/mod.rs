@@ -107,8 +107,8 @@ impl ResponderBuilder {
         self
     }
 
-    /// How long to wait before delivering a request again after its handler asked for a retry or panicked
-    /// (default: 100 ms, doubling, at most 10 s; see [`RetryPolicy`]).
+    /// How long to wait before delivering a request again after its handler asked for a retry or panicked, or
+    /// Redis refused its answer (default: 100 ms, doubling, at most 10 s; see [`RetryPolicy`]).
     pub fn retry_backoff(mut self, policy: RetryPolicy) -> Self {
         self.settings.retry = policy;
         self

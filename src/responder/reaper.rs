@@ -266,7 +266,10 @@ async fn dead_letter_exhausted(
     shared.dead_letter(entry, request, letter).await;
 }
 
-/// Removes consumers that hold nothing and have been idle longer than the configured limit.
+/// Removes consumers that hold nothing and have been idle longer than the configured limit, unless their heartbeat
+/// record says they are alive: on Redis before 7.2 a read or claim that finds nothing does not refresh a consumer's
+/// idle time, so a live responder on a quiet service looks as idle as a dead one, and removing it would race its
+/// next read (an entry it reads just before the removal would leave the pending list with it).
 async fn remove_dead_consumers(shared: &Shared) -> Result<usize> {
     let mut con = shared.con.clone();
     let info: StreamInfoConsumersReply = con
@@ -280,6 +283,13 @@ async fn remove_dead_consumers(shared: &Shared) -> Result<usize> {
             && consumer.pending == 0
             && consumer.idle > limit
         {
+            let alive: bool = con
+                .exists(shared.keys.responder(&consumer.name))
+                .await
+                .map_err(Error::redis("looking for a consumer's heartbeat record"))?;
+            if alive {
+                continue;
+            }
             let _: i64 = con
                 .xgroup_delconsumer(
                     shared.keys.requests(),

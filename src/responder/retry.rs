@@ -1,5 +1,5 @@
 //! Retries with backoff: what happens to an entry after a *known* failure of its handler (it asked for a retry or
-//! panicked).
+//! panicked) or of its answer (Redis refused to store the reply: [`Shared::answer_failed`]).
 //!
 //! The entry stays pending, held by this consumer, and counted in flight so the keepalive keeps its claim fresh
 //! while it waits. After its backoff the responder takes it back with the `RETRY_CLAIM` script

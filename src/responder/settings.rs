@@ -41,9 +41,9 @@ pub struct ResponderSettings {
     /// How often the responder refreshes its heartbeat record and its in-flight gauge (default 5 s); the queue
     /// gauges (see [`crate::metrics`]) are sampled every third time.
     pub heartbeat_interval: Duration,
-    /// How long to wait before delivering a request again after its handler asked for a retry or panicked
-    /// (default 100 ms, doubling, at most 10 s; see [`RetryPolicy`]). A stalled or dead responder's work is still
-    /// handed on after the visibility timeout.
+    /// How long to wait before delivering a request again after its handler asked for a retry or panicked, or
+    /// Redis refused its answer (default 100 ms, doubling, at most 10 s; see [`RetryPolicy`]). A stalled or dead
+    /// responder's work is still handed on after the visibility timeout.
     pub retry: RetryPolicy,
     /// Per function key, a retry policy that replaces [`ResponderSettings::retry`] for its requests (default none).
     pub retry_for: HashMap<String, RetryPolicy>,

@@ -37,8 +37,17 @@ use super::Context;
 use crate::cli::redis_server::{RedisOptions, RedisServer};
 use env::Env;
 
-/// Runs `redcall bench`; Ctrl-C stops it and every process it started.
+/// Runs `redcall bench`; Ctrl-C stops it and every process it started. Unusable options are usage errors (exit
+/// 2), before anything starts.
 pub async fn run(ctx: &Context<'_>, args: &Args) -> ExitCode {
+    if ctx.cli.cluster {
+        return usage(
+            "the bench does not run against a Redis Cluster (--cluster): it measures one Redis",
+        );
+    }
+    if let Err(message) = args.check() {
+        return usage(&message);
+    }
     let outcome = tokio::select! {
         outcome = bench(ctx, args) => outcome,
         _ = super::serve::wait_for_signal() => Err("interrupted; stopped every process the bench started".into()),
@@ -51,11 +60,18 @@ pub async fn run_worker(ctx: &Context<'_>, args: &WorkerArgs) -> ExitCode {
     finish(worker::run(ctx, args).await)
 }
 
+/// A usage error: printed (as JSON under `--json`), exit 2.
+fn usage(message: &str) -> ExitCode {
+    super::print_error("usage", message, None);
+    ExitCode::from(2)
+}
+
+/// Exit 0, or the bench's failure printed (as JSON under `--json`, kind `bench_failed`) and exit 1.
 fn finish(outcome: Result<(), String>) -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            errln!("error: {message}");
+            super::print_error("bench_failed", &message, None);
             ExitCode::from(1)
         }
     }

@@ -39,6 +39,21 @@ impl Admin {
         let from = range_end(from, false)?;
         let to = range_end(to, true)?;
         let (from, to) = (from.as_str(), to.as_str());
+        if let Some(parts) = self.split() {
+            // Entry ids are times: the same range of every partition's stream.
+            let mut reports = Vec::with_capacity(parts.len());
+            let mut done = 0;
+            for part in parts {
+                let base = done;
+                let mut inner = |n| {
+                    done = base + n;
+                    progress(done)
+                };
+                let inner: &mut (dyn FnMut(u64) + Send) = &mut inner;
+                reports.push(Box::pin(part.replay_range(from, to, opts, inner)).await?);
+            }
+            return Ok(ReplayReport::merge(reports, false));
+        }
         let report = ReplayReport::default();
         let requests = self.keys.requests();
         let Some(newest) = self.last_entry_id(requests).await? else {

@@ -101,6 +101,20 @@ impl Admin {
         for id in dead_ids {
             check_entry_id(id, false)?;
         }
+        if let Some(parts) = self.split() {
+            let mut reports = Vec::with_capacity(parts.len());
+            let mut done = 0;
+            for part in parts {
+                let base = done;
+                let mut inner = |n| {
+                    done = base + n;
+                    progress(done)
+                };
+                let inner: &mut (dyn FnMut(u64) + Send) = &mut inner;
+                reports.push(Box::pin(part.replay_dead_letters(dead_ids, opts, inner)).await?);
+            }
+            return Ok(ReplayReport::merge(reports, true));
+        }
         let dead_ids = distinct(dead_ids);
         let mut con = self.con().await?;
         let mut report = ReplayReport::default();
@@ -152,6 +166,20 @@ impl Admin {
         mut progress: impl FnMut(u64) + Send,
     ) -> Result<ReplayReport> {
         opts.check()?;
+        if let Some(parts) = self.split() {
+            let mut reports = Vec::with_capacity(parts.len());
+            let mut done = 0;
+            for part in parts {
+                let base = done;
+                let mut inner = |n| {
+                    done = base + n;
+                    progress(done)
+                };
+                let inner: &mut (dyn FnMut(u64) + Send) = &mut inner;
+                reports.push(Box::pin(part.replay_all_dead_letters(opts, inner)).await?);
+            }
+            return Ok(ReplayReport::merge(reports, false));
+        }
         let report = ReplayReport::default();
         let Some(bound) = self.last_entry_id(self.keys.dead_letters()).await? else {
             return Ok(report);

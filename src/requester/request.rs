@@ -369,6 +369,11 @@ impl Requester {
             .await
             .inspect_err(|e| router.report_broken(e))
             .map_err(Error::redis("adding the request"))?;
+        if answer.iter().any(|v| matches!(v, Value::Push { .. })) {
+            // A subscription confirmation where the script's answer belongs: this connection's answers are out of
+            // step (see `Router::out_of_step`). The add is safe to repeat, on the next connection.
+            return Err(router.out_of_step());
+        }
         let mut answer = answer.into_iter();
         let entry: Option<String> = answer
             .next()

@@ -44,6 +44,12 @@ use crate::protocol::ServiceKeys;
 use adder::Queued;
 use waiters::Waiters;
 
+/// What a command whose answer was taken by a stray subscription confirmation fails with (see
+/// [`Router::out_of_step`]).
+const OUT_OF_STEP: Error = Error::Unavailable {
+    context: "the connection's answers were out of step after a cluster node reconnected (replacing it)",
+};
+
 /// Largest number of channels or keys sent in one command when resubscribing or unsubscribing in bulk.
 const BULK_CHUNK: usize = 1000;
 
@@ -284,6 +290,26 @@ impl Router {
         } else if crate::connection::is_connection_error(err) {
             self.reconnect.notify_one();
         }
+    }
+
+    /// Reports answers out of step on the router's connection, and has it replaced: the error to return (kind
+    /// [`Unavailable`](crate::ErrorKind::Unavailable), so the operation is tried again on the next connection).
+    ///
+    /// Why it happens: on a cluster, when the redis crate reconnects a node (after a failover) it subscribes again
+    /// to every sharded channel it tracked there with one `SSUBSCRIBE` of many channels, sent as a plain command
+    /// that expects one answer (redis 1.8.1, `send_subscription_pipeline`); the server confirms each channel, and
+    /// the surplus confirmations are taken as the answers of the next commands on that node's connection. Nothing
+    /// on that connection can be trusted until it is replaced; the router's own resubscription (one channel
+    /// group at a time, through the crate's `ssubscribe`, which expects every confirmation) has no such trap.
+    pub(crate) fn out_of_step(&self) -> Error {
+        tracing::warn!(
+            "a subscription confirmation came where a command's answer belonged; reconnecting"
+        );
+        // As for a node of the wrong role: replaced even though it answers PING.
+        self.wrong_role
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.reconnect.notify_one();
+        OUT_OF_STEP
     }
 
     /// Which pub/sub commands carry replies (sharded ones on a cluster).

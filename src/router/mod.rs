@@ -22,6 +22,7 @@
 mod adder;
 mod lost;
 mod reconnect;
+mod sweep;
 mod unsubscribe;
 mod waiters;
 
@@ -87,6 +88,8 @@ pub(crate) struct Router {
     lost_tx: mpsc::UnboundedSender<String>,
     /// Requests with generated ids, on their way to the adder (see [`adder`]).
     adds_tx: mpsc::UnboundedSender<Queued>,
+    /// Starts a sweep of stored replies after a sign of a cluster topology change ([`sweep`]).
+    sweep: Arc<Notify>,
     cancel: CancellationToken,
 }
 
@@ -141,8 +144,16 @@ impl Router {
             unsubscribe_tx,
             lost_tx,
             adds_tx,
+            sweep: Arc::new(Notify::new()),
             cancel: CancellationToken::new(),
         });
+        if router.pubsub().is_sharded() {
+            tokio::spawn(sweep::sweep_loop(
+                Arc::downgrade(&router),
+                router.sweep.clone(),
+                router.cancel.clone(),
+            ));
+        }
         tokio::spawn(reconnect::reconnect_loop(
             Arc::downgrade(&router),
             router.cancel.clone(),
@@ -310,6 +321,13 @@ impl Router {
             .store(true, std::sync::atomic::Ordering::SeqCst);
         self.reconnect.notify_one();
         OUT_OF_STEP
+    }
+
+    /// Notes a sign of a cluster topology change: stored replies are read again for a while ([`sweep`]).
+    pub(super) fn topology_changed(&self) {
+        if self.pubsub().is_sharded() {
+            self.sweep.notify_one();
+        }
     }
 
     /// Which pub/sub commands carry replies (sharded ones on a cluster).

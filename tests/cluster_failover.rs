@@ -1,7 +1,9 @@
-//! A primary of a Redis Cluster SIGKILLed mid-load (`common::cluster`, 3 primaries + 3 replicas): the primary that
-//! owns partition 0 of a 3-partition service dies while callers run, its replica is promoted, and the callers ride
-//! it out. With `replicated` durability every accepted request is answered; without it, what is lost is counted,
-//! each loss reported to its caller (`Lost`), never a hang or a wrong reply.
+//! A Redis Cluster changing under load (`common::cluster`, 3 primaries + 3 replicas), with a 3-partition service:
+//! - the primary that owns partition 0 is SIGKILLed while callers run, its replica is promoted, and the callers ride
+//!   it out. With `replicated` durability every accepted request is answered; without it, what is lost is counted,
+//!   each loss reported to its caller (`Lost`), never a hang or a wrong reply;
+//! - partition 0's slot is moved to another primary (`MIGRATE`, as `redis-cli --cluster reshard` does) while callers
+//!   run: no caller misses its reply.
 
 mod common;
 
@@ -46,20 +48,39 @@ struct Outcome {
     slowest: Duration,
 }
 
-async fn failover_mid_load(durability: Durability, cut_replication: bool) -> Outcome {
-    let mut cluster = tokio::task::block_in_place(RedisCluster::start);
+/// A cluster, a client of it with `durability`, and a 3-partition service with an echo responder.
+struct Setup {
+    cluster: RedisCluster,
+    client: Client,
+    service: String,
+    /// The slot of partition 0's tag.
+    slot: u16,
+}
+
+async fn setup(durability: Durability) -> Setup {
+    let cluster = tokio::task::block_in_place(RedisCluster::start);
     let client = Client::cluster(cluster.seeds())
         .partitions(3)
         .durability(durability)
         .build()
         .expect("cluster client");
-    let service = format!("failover-{}", uuid::Uuid::now_v7().simple());
+    let service = format!("moves-{}", uuid::Uuid::now_v7().simple());
     let layout = client.partitioned_keys(&service, 3);
     let slot = cluster.slot(layout.all()[0].requests());
-    let victim = cluster.primary_of_slot(slot);
-    let replica = cluster.replica_of(victim);
-    let responder = client
-        .responder(&service)
+    Setup {
+        cluster,
+        client,
+        service,
+        slot,
+    }
+}
+
+/// Runs `REQUESTS` echo requests from `CALLERS` callers (half with ids of their own, half generated) against an echo
+/// responder; once `KILL_AFTER` are answered, runs `disrupt` on the cluster (blocking), then waits for every caller.
+async fn under_load(setup: &mut Setup, disrupt: impl FnOnce(&mut RedisCluster)) -> Outcome {
+    let responder = setup
+        .client
+        .responder(&setup.service)
         .concurrency(CONCURRENCY)
         .visibility_timeout(Duration::from_secs(2))
         .handler("echo", move |_ctx: RequestContext, v: Value| async move {
@@ -69,7 +90,7 @@ async fn failover_mid_load(durability: Durability, cut_replication: bool) -> Out
         .start()
         .await
         .expect("start the responder");
-    let requester = client.requester(&service);
+    let requester = setup.client.requester(&setup.service);
 
     let next = Arc::new(AtomicUsize::new(0));
     let answered = Arc::new(AtomicUsize::new(0));
@@ -125,36 +146,8 @@ async fn failover_mid_load(durability: Durability, cut_replication: bool) -> Out
         .await,
         "the load did not get going"
     );
-    if cut_replication {
-        // The replica takes nothing for a moment: what the primary accepts now exists on it alone when it dies.
-        tokio::task::block_in_place(|| {
-            cluster.signal(replica, false);
-            cluster.nodes()[victim].cli(&["CLIENT", "KILL", "TYPE", "replica"]);
-        });
-        tokio::time::sleep(STOPPED_REPLICA).await;
-    }
-    let killed = Instant::now();
-    tokio::task::block_in_place(|| {
-        cluster.kill(victim);
-        cluster.signal(replica, true);
-    });
-    let failover = tokio::task::block_in_place(|| {
-        cluster.wait_for_new_primary(slot, victim, Duration::from_secs(30))
-    });
-    eprintln!("failover: slot {slot} has a new primary {failover:?} after the kill");
-    // The dead node comes back (as a supervisor would restart it), now a replica of the promoted one: until it has
-    // synced, the new primary has no replica, and `WAIT 1` on it confirms nothing (adds to that partition are tried
-    // again meanwhile).
-    let rejoined = Instant::now();
-    tokio::task::block_in_place(|| {
-        cluster.restart(victim);
-        cluster.wait_healthy(Duration::from_secs(30));
-    });
-    eprintln!(
-        "the killed node rejoined as a replica and synced {:?} later",
-        rejoined.elapsed()
-    );
-
+    let disrupted = Instant::now();
+    tokio::task::block_in_place(|| disrupt(&mut setup.cluster));
     let mut total = Outcome::default();
     let all_done = tokio::time::timeout(REQUEST_TIMEOUT + GENEROUS, async {
         while let Some(done) = callers.join_next().await {
@@ -172,14 +165,14 @@ async fn failover_mid_load(durability: Durability, cut_replication: bool) -> Out
         "callers still running long after their timeouts"
     );
     eprintln!(
-        "outcome ({durability:?}, replication cut: {cut_replication}): {} answered, {} lost, {} failed after being \
-         accepted, {} not accepted; slowest answered {:?}; all done {:?} after the kill; {:?}",
+        "outcome: {} answered, {} lost, {} failed after being \
+         accepted, {} not accepted; slowest answered {:?}; all done {:?} after the disruption; {:?}",
         total.answered,
         total.lost,
         total.failed_after_accept.len(),
         total.not_accepted.len(),
         total.slowest,
-        killed.elapsed(),
+        disrupted.elapsed(),
         total
             .failed_after_accept
             .iter()
@@ -189,6 +182,38 @@ async fn failover_mid_load(durability: Durability, cut_replication: bool) -> Out
     );
     responder.shutdown().await.expect("shutdown");
     total
+}
+
+/// Kills the primary of partition 0 mid-load (with its replica cut off for a moment first when `cut_replication`),
+/// waits for the failover and restarts the dead node as the new primary's replica.
+async fn failover_mid_load(durability: Durability, cut_replication: bool) -> Outcome {
+    let mut setup = setup(durability).await;
+    let slot = setup.slot;
+    under_load(&mut setup, |cluster| {
+        let victim = cluster.primary_of_slot(slot);
+        let replica = cluster.replica_of(victim);
+        if cut_replication {
+            // The replica takes nothing for a moment: what the primary accepts now exists on it alone when it dies.
+            cluster.signal(replica, false);
+            cluster.nodes()[victim].cli(&["CLIENT", "KILL", "TYPE", "replica"]);
+            std::thread::sleep(STOPPED_REPLICA);
+        }
+        cluster.kill(victim);
+        cluster.signal(replica, true);
+        let failover = cluster.wait_for_new_primary(slot, victim, Duration::from_secs(30));
+        eprintln!("failover: slot {slot} has a new primary {failover:?} after the kill");
+        // The dead node comes back (as a supervisor would restart it), now a replica of the promoted one: until it
+        // has synced, the new primary has no replica, and `WAIT 1` on it confirms nothing (adds to that partition
+        // are tried again meanwhile).
+        let rejoined = Instant::now();
+        cluster.restart(victim);
+        cluster.wait_healthy(Duration::from_secs(30));
+        eprintln!(
+            "the killed node rejoined as a replica and synced {:?} later",
+            rejoined.elapsed()
+        );
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,5 +242,31 @@ async fn cluster_failover_without_replicated_durability_reports_each_loss() {
         REQUESTS,
         "{outcome:?}"
     );
+    assert!(outcome.slowest < ANSWERED_WITHIN, "{outcome:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_migration_mid_load_loses_no_reply() {
+    let mut setup = setup(Durability::Primary).await;
+    let slot = setup.slot;
+    let outcome = under_load(&mut setup, |cluster| {
+        let from = cluster.primary_of_slot(slot);
+        let to = (0..cluster.nodes().len())
+            .find(|&i| i != from && cluster.nodes()[i].cli(&["ROLE"]).starts_with("master"))
+            .expect("another primary");
+        let started = Instant::now();
+        let moved = cluster.migrate_slot(slot, from, to);
+        eprintln!(
+            "slot {slot} moved from node {from} to node {to}: {moved} keys in {:?}",
+            started.elapsed()
+        );
+        assert!(moved > 0, "partition 0's slot held no keys");
+        assert_eq!(cluster.primary_of_slot(slot), to);
+    })
+    .await;
+    assert!(outcome.failed_after_accept.is_empty(), "{outcome:?}");
+    assert!(outcome.not_accepted.is_empty(), "{outcome:?}");
+    assert_eq!(outcome.lost, 0, "{outcome:?}");
+    assert_eq!(outcome.answered, REQUESTS, "{outcome:?}");
     assert!(outcome.slowest < ANSWERED_WITHIN, "{outcome:?}");
 }

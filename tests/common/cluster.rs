@@ -256,6 +256,66 @@ impl RedisCluster {
         self.nodes[index].restart();
     }
 
+    /// Node `index`'s cluster node id (`CLUSTER MYID`).
+    pub fn node_id(&self, index: usize) -> String {
+        self.nodes[index]
+            .cli(&["cluster", "myid"])
+            .trim()
+            .to_owned()
+    }
+
+    /// Moves `slot` from the primary at `from` to the primary at `to`, keys and all, the way
+    /// `redis-cli --cluster reshard` does it: `SETSLOT … IMPORTING` on the target, `SETSLOT … MIGRATING` on the
+    /// source, `MIGRATE` of the slot's keys a batch at a time, then `SETSLOT … NODE` on every primary. Returns how many
+    /// keys moved. Clients keep running meanwhile: they meet `ASK` and `TRYAGAIN` during the move and `MOVED` after.
+    pub fn migrate_slot(&self, slot: u16, from: usize, to: usize) -> usize {
+        let (from_id, to_id) = (self.node_id(from), self.node_id(to));
+        let slot_arg = slot.to_string();
+        let ok = |node: usize, args: &[&str]| {
+            let out = self.nodes[node].cli(args);
+            assert!(out.trim() == "OK", "{args:?} on node {node}: {out}");
+        };
+        ok(
+            to,
+            &["cluster", "setslot", &slot_arg, "importing", &from_id],
+        );
+        ok(
+            from,
+            &["cluster", "setslot", &slot_arg, "migrating", &to_id],
+        );
+        let to_port = self.nodes[to].port().to_string();
+        let mut moved = 0;
+        loop {
+            let keys = self.nodes[from].cli(&["cluster", "getkeysinslot", &slot_arg, "100"]);
+            let keys: Vec<&str> = keys
+                .lines()
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .collect();
+            if keys.is_empty() {
+                break;
+            }
+            let mut args = vec!["migrate", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
+            args.extend(keys.iter().copied());
+            let out = self.nodes[from].cli(&args);
+            assert!(
+                out.trim() == "OK" || out.trim() == "NOKEY",
+                "MIGRATE of {} keys: {out}",
+                keys.len()
+            );
+            moved += keys.len();
+        }
+        // The new owner first (it takes the slot at once), then the old one, then every other primary.
+        ok(to, &["cluster", "setslot", &slot_arg, "node", &to_id]);
+        ok(from, &["cluster", "setslot", &slot_arg, "node", &to_id]);
+        for (i, node) in self.nodes.iter().enumerate() {
+            if i != to && i != from && node.ping() && node.cli(&["ROLE"]).starts_with("master") {
+                ok(i, &["cluster", "setslot", &slot_arg, "node", &to_id]);
+            }
+        }
+        moved
+    }
+
     /// SIGKILLs node `index`.
     pub fn kill(&mut self, index: usize) {
         self.nodes[index].kill();

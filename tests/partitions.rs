@@ -352,3 +352,161 @@ async fn three_partitions_on_a_cluster_spread_over_primaries() {
         .expect_err("one partition against three");
     assert_eq!(err.kind(), ErrorKind::PartitionMismatch, "{err}");
 }
+
+/// On a cluster, two properties the standalone suite proves, for a 3-partition service: every reply channel is
+/// subscribed before its request is added (read from `MONITOR` on the primary that owns each partition's slot, as
+/// `tests/reply_paths.rs` does on one Redis), and requests held by a SIGKILLed `redcall serve --cluster
+/// --partitions 3` are reclaimed and answered by another, each run to completion once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_subscriptions_come_first_and_killed_responders_work_is_reclaimed() {
+    let cluster = tokio::task::block_in_place(RedisCluster::start);
+    let client = Client::cluster(cluster.seeds())
+        .partitions(3)
+        .build()
+        .expect("cluster client");
+    let service = unique_service("parts-kill");
+    let layout = client.partitioned_keys(&service, 3);
+    let owners: Vec<usize> = layout
+        .all()
+        .iter()
+        .map(|k| cluster.primary_of_slot(cluster.slot(k.requests())))
+        .collect();
+
+    // MONITOR on each partition's primary.
+    let mut monitors = Vec::new();
+    let mut logs = Vec::new();
+    for (i, &owner) in owners.iter().enumerate() {
+        let node = &cluster.nodes()[owner];
+        let path = node.dir().join(format!("monitor-{i}.log"));
+        let log = std::fs::File::create(&path).expect("monitor log");
+        monitors.push(common::ChildGuard::spawn(
+            std::process::Command::new("redis-cli")
+                .args(["-h", "127.0.0.1", "-p", &node.port().to_string(), "MONITOR"])
+                .stdout(log),
+        ));
+        logs.push(path);
+    }
+    let read = |p: &std::path::PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    assert!(
+        common::wait_until(common::WAIT, || async {
+            logs.iter().all(|p| read(p).starts_with("OK"))
+        })
+        .await,
+        "MONITOR did not start"
+    );
+    let requester = client.requester(&service);
+    let given: Vec<String> = ids_per_partition("kill", 4);
+    let mut pending = Vec::new();
+    for id in &given {
+        pending.push(
+            requester
+                .send(id, "work", &json!({"ms": 3000}), Duration::from_secs(60))
+                .await
+                .expect("send"),
+        );
+    }
+    for _ in 0..3 {
+        pending.push(
+            requester
+                .submit("work", &json!({"ms": 3000}), Duration::from_secs(60))
+                .await
+                .expect("submit"),
+        );
+    }
+    let added = |log: &str, id: &str| {
+        log.lines()
+            .position(|l| l.contains("\"XADD\"") && l.contains(&format!("\"{id}\"")))
+    };
+    let ids: Vec<String> = pending.iter().map(|p| p.id().to_owned()).collect();
+    assert!(
+        common::wait_until(common::WAIT, || async {
+            ids.iter()
+                .all(|id| added(&read(&logs[partition_of(id, 3)]), id).is_some())
+        })
+        .await,
+        "MONITOR never showed every XADD"
+    );
+    for id in &ids {
+        let log = read(&logs[partition_of(id, 3)]);
+        let channel = layout.for_id(id).reply_channel(id);
+        let subscribed = log
+            .lines()
+            .position(|l| l.contains("\"SSUBSCRIBE\"") && l.contains(&format!("\"{channel}\"")))
+            .unwrap_or_else(|| panic!("no SSUBSCRIBE for {id} on its partition's primary:\n{log}"));
+        let added = added(&log, id).expect("seen above");
+        assert!(
+            subscribed < added,
+            "{id}: XADD (line {added}) ran before SSUBSCRIBE (line {subscribed}):\n{log}"
+        );
+    }
+    drop(monitors);
+
+    // A responder process takes every request, and is SIGKILLed while it works on them.
+    let seeds = cluster.seeds();
+    let global = ["--cluster", "--url", &seeds[1], "--partitions", "3"];
+    let node = &cluster.nodes()[0];
+    let mut first = common::spawn_serve(
+        node,
+        &service,
+        "first",
+        &global,
+        &["--visibility-timeout", "1000"],
+    );
+    let admin = client.admin(&service);
+    let total = ids.len() as u64;
+    assert!(
+        common::wait_until(GENEROUS, || async {
+            admin
+                .stats()
+                .await
+                .is_ok_and(|s| s.groups.iter().map(|g| g.pending).sum::<u64>() == total)
+        })
+        .await,
+        "the first responder never held every request: {:?}",
+        admin.stats().await
+    );
+    first.kill().expect("SIGKILL the first responder");
+    first.wait().expect("reap");
+    let _second = common::spawn_serve(
+        node,
+        &service,
+        "second",
+        &global,
+        &["--visibility-timeout", "1000"],
+    );
+    for p in pending {
+        let id = p.id().to_owned();
+        let reply: Value = p.wait().await.unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!(reply, json!({"slept_ms": 3000}));
+    }
+    // Each ran to completion once (the `work` handler counts its runs under the unpartitioned tag).
+    let mut con = client.redis_connection();
+    let runs: std::collections::HashMap<String, i64> =
+        redis::AsyncCommands::hgetall(&mut con, format!("{}:runs", layout.base().tag()))
+            .await
+            .expect("HGETALL runs");
+    assert_eq!(runs.len(), ids.len(), "{runs:?}");
+    assert!(runs.values().all(|&n| n == 1), "{runs:?}");
+    let stats = admin.stats().await.expect("stats");
+    assert!(stats.groups.iter().all(|g| g.pending == 0), "{stats:?}");
+
+    // The CLI against the cluster, as documented: `call --cluster --partitions 3`.
+    let out = std::process::Command::new(common::redcall_bin())
+        .args(["--cluster", "--url", &seeds[2], "--partitions", "3"])
+        .args([
+            "--service",
+            &service,
+            "call",
+            "echo",
+            r#"{"cli":1}"#,
+            "--timeout",
+            "20",
+        ])
+        .output()
+        .expect("run redcall");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("cli"),
+        "{out:?}"
+    );
+}

@@ -2,7 +2,7 @@
 //! it is taken (one JSON object with `--json`, a table row otherwise), then the Redis command mix and the
 //! redcall/baseline ratios against their targets.
 
-mod measure;
+pub(super) mod measure;
 mod measurement;
 mod metrics_cost;
 mod ratios;

@@ -123,6 +123,46 @@ async fn three_partitions_on_one_redis_and_a_mismatch_is_refused() {
     );
     assert!(stats.groups.iter().all(|g| g.pending == 0), "{stats:?}");
 
+    // Delayed requests and cancels in every partition: each partition's schedule is promoted into its own stream,
+    // and a cancel reaches the request through its partition's channel and keys.
+    let delayed = ids_per_partition("later", 1);
+    let mut waits = Vec::new();
+    for id in &delayed {
+        waits.push(
+            requester
+                .send_in(id, "echo", &json!(id), Duration::from_millis(300), GENEROUS)
+                .await
+                .expect("a delayed request"),
+        );
+    }
+    for (id, pending) in delayed.iter().zip(waits) {
+        let reply: Value = pending.wait().await.expect("a delayed request's reply");
+        assert_eq!(reply, json!(id));
+    }
+    let cancelled = ids_per_partition("cancelled", 1);
+    for id in &cancelled {
+        let pending = requester
+            .send_in(id, "echo", &json!(id), Duration::from_secs(30), GENEROUS)
+            .await
+            .expect("a request delayed long");
+        requester.cancel(id).await.expect("cancel");
+        let err = pending
+            .wait::<Value>()
+            .await
+            .expect_err("a cancelled request");
+        assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
+    }
+    // `services` finds the service once, not once per partition.
+    let services = redcall::admin::list_services(&env.client)
+        .await
+        .expect("services");
+    assert_eq!(
+        services.iter().filter(|s| **s == service).count(),
+        1,
+        "{services:?}"
+    );
+    assert!(!services.iter().any(|s| s.contains('#')), "{services:?}");
+
     // Programs given another count are refused, before anything is sent.
     for count in [1, 2] {
         let other = Client::builder(&env.server.url())

@@ -4,7 +4,8 @@
 # building the examples (docs/examples/, run by tests/examples.rs).
 #
 # Integration tests start their own throwaway redis-server processes, so
-# redis-server must be installed; it is installed via apt-get if missing, as is openssl (for the TLS tests).
+# redis-server must be installed; it is installed via apt-get if missing, as are openssl (for the TLS tests) and
+# chromium with chromium-driver (for the dashboard's browser test).
 # The interop tests need a Python virtual environment (target/py-venv) with redis and msgpack: it is made here.
 # Any arguments are passed through to `cargo test`.
 set -euo pipefail
@@ -46,13 +47,27 @@ ensure_py_venv() {
     "$PY_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
 }
 
-log "redcall tests: ensure redis-server, openssl and the Python venv, build the library alone, then cargo test (unit + integration + doc tests)"
+log "redcall tests: ensure redis-server, openssl, chromium and the Python venv, build the library alone, then cargo test (unit + integration + doc tests)"
 ensure_redis
 # The TLS tests make their certificates with the openssl CLI (and would skip without it).
 if ! command -v openssl >/dev/null 2>&1; then
     log "openssl not found; installing it with apt-get"
     export DEBIAN_FRONTEND=noninteractive
     as_root apt-get install -y openssl || { as_root apt-get update && as_root apt-get install -y openssl; }
+fi
+# The dashboard's browser test (tests/ui_browser.rs) drives Debian's headless Chromium through chromedriver. It fails
+# when they are missing, unless REDCALL_SKIP_BROWSER_TESTS=1: set here, loudly, only when they cannot be installed.
+if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
+    log "chromium/chromedriver not found; installing chromium and chromium-driver with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! as_root apt-get install -y chromium chromium-driver &&
+        ! { as_root apt-get update && as_root apt-get install -y chromium chromium-driver; }; then
+        printf '\n%s\n%s\n%s\n\n' \
+            '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!' \
+            '!!! could not install chromium and chromium-driver: THE BROWSER TEST (tests/ui_browser.rs) IS SKIPPED !!!' \
+            '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!' >&2
+        export REDCALL_SKIP_BROWSER_TESTS=1
+    fi
 fi
 # The interop tests (tests/interop.rs) run a Python requester and responder written from docs/protocol.md alone;
 # they need python3 with venv, and redis-py and msgpack from PyPI in a virtual environment under target/.
@@ -78,6 +93,18 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --lib
 
 log "cargo test $*"
 cargo test "$@"
+
+# The `otel` feature (OpenTelemetry spans and the OTLP exporter, off by default): its tests (tests/otel.rs, which
+# needs the feature) and clippy over the code it changes (the library, the binary and those tests; the other test
+# targets compile the same with it, and checking them all again cost CI 90 s). Skipped when arguments were given, or with
+# REDCALL_SKIP_OTEL=1. Builds the feature's dependencies and the crate once more with it.
+if [[ $# -eq 0 && "${REDCALL_SKIP_OTEL:-}" != 1 ]]; then
+    log "the otel feature: cargo test --features otel --test otel --bin redcall, and cargo clippy --features otel on those"
+    cargo test --features otel --test otel --bin redcall
+    if cargo clippy --version >/dev/null 2>&1; then
+        cargo clippy --features otel --lib --bin redcall --test otel -- -D warnings
+    fi
+fi
 
 # The same core tests against Valkey: the harness starts the binary named by REDCALL_TEST_SERVER instead of
 # redis-server. Skipped when arguments were given (a run of chosen tests), or with REDCALL_SKIP_VALKEY=1.

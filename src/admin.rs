@@ -2,7 +2,9 @@
 //! [dead letters](Admin::dead_letters) (list, show, [replay](Admin::replay_dead_letters),
 //! [purge](Admin::purge_dead_letters)), [replay of a range](Admin::replay_range) of the requests stream, and an
 //! on-demand [trim](Admin::trim) by a retention policy; for one request, [its whole story](Admin::status); for
-//! the service, [when its requests were last read](Admin::last_read) (is anyone serving it?).
+//! the service, [when its requests were last read](Admin::last_read) (is anyone serving it?), its
+//! [pending entries](Admin::pending_entries) one by one, and [dead letters by function key or
+//! reason](Admin::dead_letters_matching). `redcall ui` is a page over exactly these calls.
 //!
 //! ## Replays keep the request id
 //! A replay re-queues a request **under its original id**: in one script it deletes the id's stored reply and last
@@ -23,10 +25,12 @@
 //!
 //! Long operations take a `progress` callback that receives the number of entries processed so far.
 
+mod dead_letter_filter;
 mod dead_letters;
 mod find;
 mod last_read;
 mod pager;
+mod pending;
 mod range_replay;
 mod replay;
 mod replay_report;
@@ -46,8 +50,10 @@ use crate::error::{Error, Result};
 use crate::protocol::{Partitions, ServiceKeys};
 use crate::retention::{self, RetentionPolicy, TrimReport};
 
+pub use dead_letter_filter::{DeadLetterFilter, DeadLetterPage, SCAN_LIMIT};
 pub use dead_letters::{DeadLetterEntry, PurgeReport};
 pub use last_read::{LastRead, SeenConsumer};
+pub use pending::{MAX_PENDING_PAGE, PendingEntry};
 pub use replay_report::{
     DEFAULT_REPLAY_TIMEOUT, ReplayOptions, ReplayReport, Replayed, SkipReason, Skipped,
 };
@@ -301,7 +307,7 @@ fn unpartitioned(name: &str) -> &str {
 }
 
 /// The services that have a requests stream in `client`'s namespace, found with `SCAN` (cheap per call, but it
-/// walks the whole keyspace: an operator tool, not a hot path). Sorted by name.
+/// walks the whole keyspace, on a cluster every primary's: an operator tool, not a hot path). Sorted by name.
 ///
 /// # Errors
 /// [`Error::Redis`] when connecting (a new connection per call) or a `SCAN` fails.
@@ -310,31 +316,26 @@ pub async fn list_services(client: &Client) -> Result<Vec<String>> {
     let prefix = format!("{{{namespace}:");
     let suffix = "}:requests";
     let pattern = format!("{}*{suffix}", crate::protocol::glob_escape(&prefix));
-    let mut con = connection::managed_connection(client.target(), client.config()).await?;
-    let mut services = Vec::new();
-    let mut cursor = 0u64;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .arg("TYPE")
-            .arg("stream")
-            .query_async(&mut con)
-            .await
-            .map_err(Error::redis("listing services"))?;
-        services.extend(keys.into_iter().filter_map(|k| {
+    let settings = connection::ConnectionSettings::new(
+        client.config().connect_timeout,
+        client.config().command_timeout,
+    );
+    let mut con = client
+        .target()
+        .connect(&settings, client.config(), "listing services")
+        .await?;
+    let keys = con
+        .scan_keys(&pattern, "stream")
+        .await
+        .map_err(Error::redis("listing services"))?;
+    let mut services: Vec<String> = keys
+        .into_iter()
+        .filter_map(|k| {
             k.strip_prefix(&prefix)
                 .and_then(|rest| rest.strip_suffix(suffix))
                 .map(|name| unpartitioned(name).to_owned())
-        }));
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
+        })
+        .collect();
     services.sort();
     services.dedup();
     Ok(services)

@@ -11,6 +11,7 @@ mod cluster;
 mod conn;
 mod listen;
 mod managed;
+mod scan;
 mod sentinel;
 mod target;
 mod version;

@@ -12,7 +12,10 @@ fn main() -> std::process::ExitCode {
         Ok(args) => args,
         Err(code) => return code,
     };
-    cli::init_tracing(&args);
+    let telemetry = match cli::init_tracing(&args) {
+        Ok(telemetry) => telemetry,
+        Err(code) => return code,
+    };
     // One current-thread runtime per process measured faster than a multi-thread one on small shared machines.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -27,6 +30,9 @@ fn main() -> std::process::ExitCode {
         }
     };
     let code = runtime.block_on(cli::run(args));
+    // The runtime is done: the span export's blocking HTTP client may now wait for its last batch.
+    drop(runtime);
+    telemetry.finish();
     // After the runtime: stdout is flushed last, and a write error other than a closed pipe fails the command.
     cli::output::finish(code)
 }

@@ -536,10 +536,12 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(AR
     )
 });
 
-/// Promotes one due delayed request to the requests stream, once: removes it from the schedule and adds its
-/// record's envelope as a stream entry, unless another responder promoted it already (not in the schedule any
-/// more), or its record expired, or a reply is stored for it (cancelled, or answered by hand): then it is only
-/// removed from the schedule.
+/// Promotes one due delayed request to the requests stream, once: adds its record's envelope as a stream entry and
+/// removes it from the schedule, unless another responder promoted it already (not in the schedule any more), or
+/// its record expired, or a reply is stored for it (cancelled, or answered by hand): then it is only removed from
+/// the schedule. The entry is added first: a script is not rolled back when a command in it fails, so an `XADD`
+/// Redis refuses (the stream key holds another type, say) leaves the id scheduled, to be promoted once the stream
+/// is fixed, instead of dropped.
 ///
 /// KEYS: schedule, requests stream, record, reply. ARGV: id. Returns 1 when added, 0 when not scheduled (any
 /// more), -1 when dropped.
@@ -549,12 +551,13 @@ pub(crate) static PROMOTE_DELAYED: LazyLock<Lua> = LazyLock::new(|| {
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   return 0
 end
-redis.call('ZREM', KEYS[1], ARGV[1])
 local record = redis.call('GET', KEYS[3])
 if not record or redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('ZREM', KEYS[1], ARGV[1])
   return -1
 end
 redis.call('XADD', KEYS[2], '*', 'id', ARGV[1], 'env', record)
+redis.call('ZREM', KEYS[1], ARGV[1])
 return 1
 "#,
     )

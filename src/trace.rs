@@ -387,7 +387,6 @@ pub(crate) fn send_span(
         Some(parent) => parent.child(),
         None => TraceContext::new(TraceParent::new_root()),
     };
-    let tp = context.traceparent;
     let span = tracing::debug_span!(
         target: "redcall::requester",
         "send",
@@ -403,24 +402,31 @@ pub(crate) fn send_span(
         id = %id,
         service = %service,
         func = %func_key,
-        trace_id = %tp.trace_id(),
-        span_id = %tp.span_id(),
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
         parent_span_id = tracing::field::Empty,
     );
-    if let Some(parent) = parent
-        && !span.is_disabled()
-    {
-        span.record(
-            "parent_span_id",
-            tracing::field::display(parent.traceparent.span_id()),
-        );
-    }
+    // The ids are recorded once the context is final (with the `otel` feature, OpenTelemetry's ids): an exported
+    // span then has each of them once.
     let context = otel::send_context(&span, parent, context);
+    if !span.is_disabled() {
+        record_ids(&span, &context.traceparent, parent.map(|p| &p.traceparent));
+    }
     (span, context)
 }
 
+/// Records a span's `trace_id`, `span_id` and `parent_span_id` log fields.
+fn record_ids(span: &tracing::Span, mine: &TraceParent, parent: Option<&TraceParent>) {
+    span.record("trace_id", tracing::field::display(mine.trace_id()));
+    span.record("span_id", tracing::field::display(mine.span_id()));
+    if let Some(parent) = parent {
+        span.record("parent_span_id", tracing::field::display(parent.span_id()));
+    }
+}
+
 /// The responder's span for one request, and the trace context its handler sees (same trace, this span's id),
-/// `None` when the envelope carried no (usable) trace context.
+/// `None` when the envelope carried no (usable) trace context (with the `otel` feature and an OpenTelemetry layer
+/// that sees the span: the context of the new trace the span starts).
 pub(crate) fn process_span(
     service: &str,
     group: &str,
@@ -451,23 +457,12 @@ pub(crate) fn process_span(
         span_id = tracing::field::Empty,
         parent_span_id = tracing::field::Empty,
     );
-    if let (Some(received), Some(mine)) = (received, &mine)
+    let mine = otel::process_context(&span, received, mine);
+    if let Some(mine) = &mine
         && !span.is_disabled()
     {
-        span.record(
-            "trace_id",
-            tracing::field::display(received.traceparent.trace_id()),
-        );
-        span.record(
-            "parent_span_id",
-            tracing::field::display(received.traceparent.span_id()),
-        );
-        span.record(
-            "span_id",
-            tracing::field::display(mine.traceparent.span_id()),
-        );
+        record_ids(&span, &mine.traceparent, received.map(|r| &r.traceparent));
     }
-    let mine = otel::process_context(&span, received, mine);
     (span, mine)
 }
 
@@ -491,6 +486,8 @@ pub(crate) fn record_current_outcome(error_type: Option<&str>) {
     }
 }
 
+/// The bridge to OpenTelemetry: without the `otel` feature, redcall's own ids are the trace.
+#[cfg(not(feature = "otel"))]
 mod otel {
     use super::TraceContext;
 
@@ -510,6 +507,105 @@ mod otel {
         mine: Option<TraceContext>,
     ) -> Option<TraceContext> {
         mine
+    }
+}
+
+/// The bridge to OpenTelemetry (the `otel` feature): when a `tracing-opentelemetry` layer sees the span, the span's
+/// OpenTelemetry parent is set from the caller's or the envelope's trace context, and what travels on (in the
+/// envelope, to the handler) is the OpenTelemetry span's own context, so that the exported spans link up across
+/// processes. The span's `trace_id` and `span_id` log fields are then recorded from that context (by the callers),
+/// so that logs and exported traces name the same spans.
+///
+/// When no such layer sees the span (it is disabled, or no subscriber has the layer), redcall's own context is
+/// used, exactly as without the feature. The parent must be set before anything starts the OpenTelemetry span
+/// (`tracing-opentelemetry` builds it lazily, on the first `context()` or enter): both functions run right after
+/// the span is created.
+#[cfg(feature = "otel")]
+mod otel {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    use super::{TraceContext, TraceParent, valid_tracestate};
+
+    /// The requester's side: the `send` span's parent is the caller's context (or, without one, whatever
+    /// OpenTelemetry context the caller's own span carries); the envelope carries the `send` span's context.
+    pub(super) fn send_context(
+        span: &tracing::Span,
+        parent: Option<&TraceContext>,
+        context: TraceContext,
+    ) -> TraceContext {
+        if span.is_disabled() {
+            return context;
+        }
+        if let Some(parent) = parent {
+            // Fails only when no OpenTelemetry layer sees the span: then `own` below finds nothing either.
+            let _ = span.set_parent(remote(parent));
+        }
+        own(span).unwrap_or(context)
+    }
+
+    /// The responder's side: the `process` span's parent is the envelope's context (the requester's `send`
+    /// span); the handler sees the `process` span's context.
+    pub(super) fn process_context(
+        span: &tracing::Span,
+        received: Option<&TraceContext>,
+        mine: Option<TraceContext>,
+    ) -> Option<TraceContext> {
+        if span.is_disabled() {
+            return mine;
+        }
+        match received {
+            Some(received) => {
+                let _ = span.set_parent(remote(received));
+            }
+            // No trace in the envelope (an older requester): a new trace, not a child of whatever span happens
+            // to be current in the responder.
+            None => {
+                let _ = span.set_parent(opentelemetry::Context::new());
+            }
+        }
+        own(span).or(mine)
+    }
+
+    /// An OpenTelemetry context whose span is the remote one `trace` names.
+    fn remote(trace: &TraceContext) -> opentelemetry::Context {
+        let tp = trace.traceparent;
+        let state = trace
+            .tracestate
+            .as_deref()
+            .and_then(|s| s.parse::<TraceState>().ok())
+            .unwrap_or_default();
+        let span = SpanContext::new(
+            TraceId::from_bytes(tp.trace_id().to_bytes()),
+            SpanId::from_bytes(tp.span_id().to_bytes()),
+            TraceFlags::new(tp.flags()),
+            true,
+            state,
+        );
+        opentelemetry::Context::new().with_remote_span_context(span)
+    }
+
+    /// The OpenTelemetry span's own context, recorded on the span's id fields; `None` when no OpenTelemetry
+    /// layer made one. Starts the OpenTelemetry span (its parent is fixed from here on).
+    fn own(span: &tracing::Span) -> Option<TraceContext> {
+        let cx = span.context();
+        let otel = cx.span();
+        let sc = otel.span_context();
+        if !sc.is_valid() {
+            return None;
+        }
+        let traceparent = TraceParent::from_parts(
+            sc.trace_id().to_bytes(),
+            sc.span_id().to_bytes(),
+            sc.trace_flags().to_u8(),
+        )?;
+        let state = sc.trace_state().header();
+        Some(TraceContext {
+            traceparent,
+            tracestate: valid_tracestate(&state).then_some(state),
+        })
     }
 }
 

@@ -198,3 +198,38 @@ fn help_shows_defaults_and_keeps_global_flags_apart() {
         "{top}"
     );
 }
+
+/// Without the `otel` feature, `--otlp-endpoint` is not listed, and giving it is a usage error that says why
+/// (rather than clap's "unexpected argument"); the standard `OTEL_EXPORTER_OTLP_ENDPOINT`, set for other
+/// programs, is left alone.
+#[cfg(not(feature = "otel"))]
+#[test]
+fn otlp_endpoint_needs_the_otel_feature() {
+    let out = offline(&["--otlp-endpoint", "http://127.0.0.1:4318", "call", "echo"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = stderr(&out);
+    assert!(err.contains("built without the `otel` feature"), "{err}");
+    let out = offline(&["bench", "--otel"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        stderr(&out).contains("built without the `otel` feature"),
+        "{}",
+        stderr(&out)
+    );
+    for args in [&[][..], &["call"], &["serve"], &["demo"], &["bench"]] {
+        assert!(
+            !help(args).contains("otlp"),
+            "{args:?} lists --otlp-endpoint"
+        );
+    }
+    let url = format!("redis://127.0.0.1:{}", free_port());
+    let out = Command::new(redcall_bin())
+        .args(["--url", &url, "call", "echo", "--timeout", "200ms"])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+        .env_remove("REDIS_URL")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run redcall");
+    let err = stderr(&out);
+    assert!(!err.contains("otel"), "{err}");
+}

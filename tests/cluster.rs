@@ -286,3 +286,98 @@ async fn cancel_and_progress_on_a_cluster() {
     assert_eq!(reply, json!("done"));
     responder.shutdown().await.expect("shutdown");
 }
+
+/// After a manual failover of the service's shard (the old primary stays up and ends the sharded subscriptions of
+/// its slots, keeping the connections open), a running handler still hears its cancel: the responder's cancel
+/// listener subscribes again on the new primary. And `list_services` finds services on every primary: `SCAN` has
+/// no key, so it must be sent to each primary rather than to one random node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_manual_failover_cancels_reach_handlers_and_every_service_is_listed() {
+    let cluster = tokio::task::block_in_place(RedisCluster::start);
+    let client = Client::cluster(cluster.seeds())
+        .build()
+        .expect("cluster client");
+    let service = unique_service("cluster-fo");
+    let (saw_tx, mut saw_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let responder = client
+        .responder(&service)
+        .visibility_timeout(Duration::from_secs(2))
+        .handler("wait_for_cancel", move |ctx: RequestContext, _v: Value| {
+            let saw_tx = saw_tx.clone();
+            async move {
+                tokio::select! {
+                    _ = ctx.cancelled() => { let _ = saw_tx.send(ctx.id.clone()); }
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                }
+                Ok::<_, HandlerError>(json!("done"))
+            }
+        })
+        .start()
+        .await
+        .expect("start a responder on the cluster");
+    let requester = client.requester(&service);
+    let cancel_while_running = |id: &'static str| {
+        let requester = requester.clone();
+        async move {
+            let pending = requester
+                .send(id, "wait_for_cancel", &json!(null), Duration::from_secs(30))
+                .await
+                .expect("send");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            requester.cancel(id).await.expect("cancel");
+            let waited = pending.wait::<Value>().await;
+            assert_eq!(
+                waited.as_ref().map_err(|e| e.kind()),
+                Err(redcall::ErrorKind::Cancelled),
+                "{waited:?}"
+            );
+        }
+    };
+    cancel_while_running("fo-before").await;
+    let seen = tokio::time::timeout(Duration::from_secs(10), saw_rx.recv()).await;
+    assert_eq!(
+        seen,
+        Ok(Some("fo-before".to_owned())),
+        "before the failover"
+    );
+
+    let slot = cluster.slot(requester.keys().requests());
+    tokio::task::block_in_place(|| cluster.fail_over_slot(slot));
+    // The listener learns of the lost subscription at once and subscribes again after its backoff.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cancel_while_running("fo-after").await;
+    let seen = tokio::time::timeout(Duration::from_secs(10), saw_rx.recv()).await;
+    assert_eq!(
+        seen,
+        Ok(Some("fo-after".to_owned())),
+        "the running handler heard the cancel after the failover"
+    );
+
+    // Services whose streams sit on every primary.
+    let mut services = vec![service.clone()];
+    let mut primaries = std::collections::BTreeSet::from([cluster.primary_of_slot(slot)]);
+    while primaries.len() < common::cluster::PRIMARIES {
+        let other = unique_service("cluster-ls");
+        let other_requester = client.requester(&other);
+        let other_slot = cluster.slot(other_requester.keys().requests());
+        if primaries.insert(cluster.primary_of_slot(other_slot)) {
+            drop(
+                other_requester
+                    .send("ls-1", "echo", &json!(1), Duration::from_secs(5))
+                    .await
+                    .expect("send"),
+            );
+            services.push(other);
+        }
+    }
+    let listed = redcall::admin::list_services(&client)
+        .await
+        .expect("list services");
+    for service in &services {
+        assert!(
+            listed.contains(service),
+            "{service} missing from {listed:?}"
+        );
+    }
+    responder.shutdown().await.expect("shutdown");
+}

@@ -205,3 +205,66 @@ async fn a_delayed_request_and_the_last_progress_survive_a_redis_restart() {
     let last: String = redcall::protocol::decode(&last.data, "progress").expect("decode");
     assert_eq!(last, "almost");
 }
+
+/// A delay longer than the timeout: the record (call info, the id's claim) lasts as long as the request sits in the
+/// schedule, not only the timeout plus the retention. With the record gone first, `status` said unknown and the id
+/// could be taken by another request before the promotion, which then ran that request a second time.
+#[tokio::test]
+async fn a_delayed_request_keeps_its_record_while_scheduled() {
+    let env = TestEnv::with_client(|b| b.record_retention(Duration::from_secs(1)));
+    let requester = env.requester();
+    let _pending = requester
+        .send_in(
+            "late-record",
+            "stamp",
+            &json!({}),
+            Duration::from_secs(3600),
+            Duration::from_secs(1),
+        )
+        .await
+        .expect("send_in");
+    let ttl: i64 = env
+        .server
+        .cli(&["PTTL", &requester.keys().record("late-record")])
+        .parse()
+        .expect("PTTL is a number");
+    assert!(
+        ttl > 3_600_000,
+        "the record expires in {ttl} ms, before the request is due"
+    );
+}
+
+/// An entry Redis refuses to add when the request is due (the requests stream key holds a string) loses nothing:
+/// the id stays in the schedule, and once the key is fixed it is promoted and answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_redis_refuses_leaves_the_request_scheduled() {
+    let env = TestEnv::new();
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let requester = env.requester();
+    let pending = requester
+        .send_in(
+            "refused-promotion",
+            "stamp",
+            &json!({}),
+            Duration::from_millis(200),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("send_in");
+    let _responder = stamping(&env, ran.clone()).await;
+    env.server
+        .cli(&["SET", requester.keys().requests(), "not a stream"]);
+    // Give the promoter several looks (every 100 ms) past the due time with the stream broken.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let score = env
+        .server
+        .cli(&["ZSCORE", &requester.keys().delayed(), "refused-promotion"]);
+    assert!(!score.is_empty(), "dropped from the schedule");
+    env.server.cli(&["DEL", requester.keys().requests()]);
+    let reply: Value = pending
+        .wait()
+        .await
+        .expect("answered once the stream is fixed");
+    assert_eq!(reply, json!("ran"));
+    assert_eq!(ran.lock().expect("lock").len(), 1);
+}

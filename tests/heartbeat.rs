@@ -118,3 +118,44 @@ fn services_lists_a_live_responder_and_drops_it_after_it_is_killed() {
     let _ = serve.wait();
     assert!(wait(0, 10), "the killed responder was still listed");
 }
+
+/// The index of responders keeps names for an hour: with more dead names in it than are read at once (a
+/// crash-looping deployment starts under a new name each time), the live responder is still found, since the
+/// newest heartbeats are read first.
+#[tokio::test]
+async fn a_live_responder_is_found_among_many_dead_names() {
+    let env = TestEnv::new();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis();
+    let index = env.requester().keys().responders();
+    let mut args = vec!["ZADD".to_owned(), index];
+    for n in 0..10_050 {
+        args.push((now_ms - 60_000).to_string());
+        args.push(format!("dead-{n}"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(env.server.cli(&args), "10050");
+    let _responder = env
+        .responder()
+        .consumer("alive-1")
+        .handler(
+            "echo",
+            |_ctx: RequestContext, v: serde_json::Value| async move { Ok::<_, HandlerError>(v) },
+        )
+        .start()
+        .await
+        .expect("start");
+    // Its first heartbeat is written once it runs.
+    let admin = env.admin();
+    let found = wait_until(Duration::from_secs(5), || async {
+        admin
+            .responders()
+            .await
+            .is_ok_and(|live| live.iter().any(|r| r.consumer == "alive-1"))
+    })
+    .await;
+    assert!(found, "the live responder is not listed");
+    assert!(admin.has_responders().await.expect("has_responders"));
+}

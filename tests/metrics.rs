@@ -1,5 +1,7 @@
 //! Metrics (issue 15): `redcall serve --metrics-addr` serves Prometheus text whose counters match a known mix of
-//! calls, and `/healthz` and `/readyz` tell whether the process runs and whether it can serve.
+//! calls, and `/healthz` and `/readyz` tell whether the process runs and whether it can serve; and the library,
+//! through the `metrics` facade with a recorder of the test's own, counts every responder outcome, delivery kind
+//! and requester outcome with its exact labels.
 
 mod common;
 
@@ -8,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{RedisServer, free_port, run_cli, spawn_serve};
+use common::{RedisServer, free_port, run_cli, spawn_serve, wait_until};
 
 /// One plain HTTP/1.1 `GET` on loopback: the status code and the body.
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
@@ -211,4 +213,251 @@ fn scraped_counters_match_a_known_mix_of_calls_and_readiness_follows_redis() {
             .is_some_and(|(s, _)| s == 200)),
         "readyz did not recover with Redis back"
     );
+}
+
+/// The library alone, through the `metrics` facade with a Prometheus recorder installed in the test process:
+/// every responder outcome (`ok`, `error`, `retry`, `panic`, `expired`, `dead_lettered`, `answered_from_stored`),
+/// every delivery kind (`first`, `redelivery`, `claimed`) and the requester's outcomes (`ok`, `error`, `timeout`,
+/// `dead_lettered`, `duplicate`) come out with their exact counts and labels.
+#[tokio::test]
+async fn the_library_counts_every_outcome_through_the_facade() {
+    use common::TestEnv;
+    use redcall::{HandlerError, RequestContext, RequestOptions};
+    use serde_json::Value;
+
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("the test's recorder");
+    let env = TestEnv::new();
+    let service = env.service().to_owned();
+    let requester = env.requester();
+    let long = Duration::from_secs(20);
+    let mut con = env.redis().await;
+    let stream = requester.keys().requests().to_owned();
+
+    // An entry another consumer read and never answered (it died): the responder's reaper claims it.
+    let _: () = redis::cmd("XGROUP")
+        .arg(&["CREATE", stream.as_str(), "workers", "$", "MKSTREAM"][..])
+        .query_async(&mut con)
+        .await
+        .expect("XGROUP CREATE");
+    let claimed = requester
+        .send("m-claimed", "echo", &1, long)
+        .await
+        .expect("send");
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg(
+            &[
+                "GROUP",
+                "workers",
+                "ghost",
+                "COUNT",
+                "1",
+                "STREAMS",
+                stream.as_str(),
+                ">",
+            ][..],
+        )
+        .query_async(&mut con)
+        .await
+        .expect("XREADGROUP");
+    // Nobody serves yet: a timeout for the requester, and the responder later finds the request expired.
+    let err = requester
+        .call::<_, Value>("echo", &2, Duration::from_millis(300))
+        .await
+        .expect_err("nobody serves yet");
+    assert_eq!(err.kind(), redcall::ErrorKind::Timeout, "{err}");
+    // Answered by hand before any responder: the responder answers it from the stored reply.
+    let by_hand = requester
+        .send("m-by-hand", "echo", &3, long)
+        .await
+        .expect("send");
+    requester
+        .publish_reply("m-by-hand", &3)
+        .await
+        .expect("reply by hand");
+    assert_eq!(by_hand.wait::<i64>().await.expect("reply"), 3);
+
+    let responder = env
+        .other_client()
+        .responder(&service)
+        .visibility_timeout(Duration::from_millis(500))
+        .max_deliveries(2)
+        .heartbeat_interval(Duration::from_millis(100))
+        .handler("echo", |_: RequestContext, v: Value| async move {
+            Ok::<_, HandlerError>(v)
+        })
+        .handler("fail", |_: RequestContext, _: Value| async move {
+            Err::<(), _>(HandlerError::fail("broken", "it broke"))
+        })
+        .handler("retry", |ctx: RequestContext, _: Value| async move {
+            if ctx.delivery == 1 {
+                Err(HandlerError::retry_after(
+                    "not yet",
+                    Duration::from_millis(100),
+                ))
+            } else {
+                Ok(())
+            }
+        })
+        .handler("panic", |_: RequestContext, _: Value| async move {
+            if true {
+                panic!("the handler panics");
+            }
+            Ok::<(), HandlerError>(())
+        })
+        .start()
+        .await
+        .expect("responder");
+    assert_eq!(
+        claimed.wait::<i64>().await.expect("claimed and answered"),
+        1
+    );
+    for n in 0..2 {
+        let v: i64 = requester.call("echo", &n, long).await.expect("echo");
+        assert_eq!(v, n);
+    }
+    let dup = requester
+        .send("m-dup", "echo", &4, long)
+        .await
+        .expect("send");
+    let again = requester
+        .send_with(Some("m-dup"), "echo", &4, long, &RequestOptions::default())
+        .await
+        .expect_err("the id is in flight");
+    assert_eq!(again.kind(), redcall::ErrorKind::DuplicateId, "{again}");
+    assert_eq!(dup.wait::<i64>().await.expect("reply"), 4);
+    for (func, want) in [
+        ("fail", Err(redcall::ErrorKind::Handler)),
+        ("retry", Ok(())),
+        ("panic", Err(redcall::ErrorKind::DeadLettered)),
+        ("nosuch", Err(redcall::ErrorKind::UnknownFunction)),
+    ] {
+        let got = requester
+            .call::<_, Value>(func, &0, long)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.kind());
+        assert_eq!(got, want, "{func}");
+    }
+
+    // The expired request's entry is handled in the background: wait for it, and for the queue gauges (sampled
+    // every third heartbeat) to show both dead letters.
+    let service_label = ("service", service.as_str());
+    let mut page = String::new();
+    let settled = wait_until(Duration::from_secs(20), || {
+        page = handle.render();
+        let expired = value(
+            &page,
+            "redcall_handled_total",
+            &[service_label, ("function", "echo"), ("outcome", "expired")],
+        );
+        let dead = value(&page, "redcall_dead_letter_stream_length", &[service_label]);
+        std::future::ready(expired == Some(1.0) && dead == Some(2.0))
+    })
+    .await;
+    assert!(settled, "{page}");
+    let handled = |function: &str, outcome: &str| {
+        value(
+            &page,
+            "redcall_handled_total",
+            &[service_label, ("function", function), ("outcome", outcome)],
+        )
+    };
+    for (function, outcome, count) in [
+        ("echo", "ok", 4.0),
+        ("echo", "expired", 1.0),
+        ("echo", "answered_from_stored", 1.0),
+        ("echo", "error", 0.0),
+        ("fail", "error", 1.0),
+        ("retry", "retry", 1.0),
+        ("retry", "ok", 1.0),
+        ("panic", "panic", 2.0),
+        ("panic", "dead_lettered", 1.0),
+        ("_unknown", "dead_lettered", 1.0),
+    ] {
+        assert_eq!(
+            handled(function, outcome),
+            Some(count),
+            "{function} {outcome}\n{page}"
+        );
+    }
+    let labelled =
+        |name: &str, key: &str, label: &str| value(&page, name, &[service_label, (key, label)]);
+    assert_eq!(
+        labelled("redcall_deliveries_total", "kind", "claimed"),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        labelled("redcall_deliveries_total", "kind", "first"),
+        Some(9.0),
+        "{page}"
+    );
+    assert_eq!(
+        labelled("redcall_deliveries_total", "kind", "redelivery"),
+        Some(3.0),
+        "{page}"
+    );
+    assert_eq!(
+        labelled(
+            "redcall_dead_letters_total",
+            "reason",
+            "max_deliveries_exceeded"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        labelled("redcall_dead_letters_total", "reason", "unknown_function"),
+        Some(1.0)
+    );
+    assert_eq!(
+        labelled("redcall_handler_duration_seconds_count", "function", "echo"),
+        Some(4.0)
+    );
+    assert_eq!(
+        labelled("redcall_in_flight", "service", &service),
+        Some(0.0)
+    );
+    let group = [service_label, ("group", "workers")];
+    assert_eq!(value(&page, "redcall_pending", &group), Some(0.0), "{page}");
+    assert_eq!(value(&page, "redcall_lag", &group), Some(0.0), "{page}");
+    assert_eq!(
+        value(&page, "redcall_oldest_pending_age_seconds", &group),
+        Some(0.0)
+    );
+    assert!(
+        value(&page, "redcall_stream_length", &[service_label]).is_some_and(|n| n >= 10.0),
+        "{page}"
+    );
+
+    let requests = |function: &str, outcome: &str| {
+        value(
+            &page,
+            "redcall_requests_total",
+            &[service_label, ("function", function), ("outcome", outcome)],
+        )
+    };
+    for (function, outcome, count) in [
+        ("echo", "ok", 5.0),
+        ("echo", "timeout", 1.0),
+        ("echo", "duplicate", 1.0),
+        ("echo", "error", 0.0),
+        ("fail", "error", 1.0),
+        ("retry", "ok", 1.0),
+        ("panic", "dead_lettered", 1.0),
+        ("nosuch", "error", 1.0),
+    ] {
+        assert_eq!(
+            requests(function, outcome),
+            Some(count),
+            "{function} {outcome}\n{page}"
+        );
+    }
+    assert_eq!(
+        labelled("redcall_request_duration_seconds_count", "function", "fail"),
+        Some(1.0),
+        "{page}"
+    );
+    responder.shutdown().await.expect("shutdown");
 }

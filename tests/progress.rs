@@ -149,3 +149,79 @@ async fn the_cli_prints_progress_and_status_shows_the_last() {
         "{text}"
     );
 }
+
+/// A `call --progress` whose progress watch cannot start (here an ACL user may not subscribe to progress channels)
+/// still waits for its reply, with a warning: the request is sent by then, and giving up on it would make the
+/// caller run it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_waits_for_the_reply_when_progress_cannot_be_watched() {
+    let env = TestEnv::new();
+    let _serve = env.serve("progress", &[], &[]);
+    let tag = format!("{{redcall:{}}}", env.service());
+    env.server.cli(&[
+        "ACL",
+        "SETUSER",
+        "no-progress",
+        "on",
+        ">pw",
+        "~*",
+        &format!("&{tag}:chan:*"),
+        "+@all",
+    ]);
+    let url = format!("redis://no-progress:pw@127.0.0.1:{}", env.server.port());
+    let out = std::process::Command::new(common::redcall_bin())
+        .args(["--url", &url, "--service", env.service()])
+        .args([
+            "call",
+            "progress",
+            r#"{"steps": 2, "ms": 50}"#,
+            "--progress",
+            "--timeout",
+            "20s",
+        ])
+        .output()
+        .expect("run redcall");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let reply: Value = serde_json::from_slice(&out.stdout).expect("JSON reply");
+    assert_eq!(reply, json!({"steps": 2}));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot watch progress"), "{stderr}");
+}
+
+/// Updates travel on their own connection and may arrive after the reply: once the reply came, `rest` hands out
+/// what is still due, and always the handler's last update (`redcall call --progress` prints these after the reply).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_reply_the_rest_brings_the_last_update() {
+    let env = TestEnv::new();
+    let _responder = env
+        .responder()
+        .handler("steps", |ctx: RequestContext, n: u64| async move {
+            for step in 1..=n {
+                ctx.progress(&step)
+                    .await
+                    .map_err(|e| HandlerError::fail("progress", e.to_string()))?;
+            }
+            Ok::<_, HandlerError>(json!("done"))
+        })
+        .start()
+        .await
+        .expect("start");
+    let requester = env.requester();
+    let pending = requester
+        .send("rest-1", "steps", &5u64, Duration::from_secs(20))
+        .await
+        .expect("send");
+    let mut updates = pending.progress().await.expect("watch progress");
+    // Not reading the updates while waiting: all of them are due once the reply is here.
+    let reply: Value = pending.wait().await.expect("reply");
+    assert_eq!(reply, json!("done"));
+    let rest: Vec<u64> = updates
+        .rest::<u64>()
+        .await
+        .into_iter()
+        .map(|u| u.expect("decodes"))
+        .collect();
+    assert_eq!(rest.last(), Some(&5), "{rest:?}");
+    assert!(rest.windows(2).all(|w| w[0] < w[1]), "in order: {rest:?}");
+    assert!(updates.rest::<u64>().await.is_empty(), "handed out once");
+}

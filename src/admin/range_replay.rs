@@ -49,11 +49,21 @@ impl Admin {
                     done = base + n;
                     progress(done)
                 };
-                let inner: &mut (dyn FnMut(u64) + Send) = &mut inner;
-                reports.push(Box::pin(part.replay_range(from, to, opts, inner)).await?);
+                reports.push(part.replay_range_here(from, to, opts, &mut inner).await?);
             }
             return Ok(ReplayReport::merge(reports, false));
         }
+        self.replay_range_here(from, to, opts, &mut progress).await
+    }
+
+    /// [`Admin::replay_range`] on this admin's requests stream alone (`from` and `to` full ids, checked).
+    async fn replay_range_here(
+        &self,
+        from: &str,
+        to: &str,
+        opts: &ReplayOptions,
+        mut progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<ReplayReport> {
         let report = ReplayReport::default();
         let requests = self.keys.requests();
         let Some(newest) = self.last_entry_id(requests).await? else {

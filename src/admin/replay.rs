@@ -110,11 +110,24 @@ impl Admin {
                     done = base + n;
                     progress(done)
                 };
-                let inner: &mut (dyn FnMut(u64) + Send) = &mut inner;
-                reports.push(Box::pin(part.replay_dead_letters(dead_ids, opts, inner)).await?);
+                reports.push(
+                    part.replay_dead_letters_here(dead_ids, opts, &mut inner)
+                        .await?,
+                );
             }
             return Ok(ReplayReport::merge(reports, true));
         }
+        self.replay_dead_letters_here(dead_ids, opts, &mut progress)
+            .await
+    }
+
+    /// [`Admin::replay_dead_letters`] on this admin's dead-letter stream alone (ids checked by the caller).
+    async fn replay_dead_letters_here(
+        &self,
+        dead_ids: &[String],
+        opts: &ReplayOptions,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<ReplayReport> {
         let dead_ids = distinct(dead_ids);
         let mut con = self.con().await?;
         let mut report = ReplayReport::default();
@@ -175,11 +188,19 @@ impl Admin {
                     done = base + n;
                     progress(done)
                 };
-                let inner: &mut (dyn FnMut(u64) + Send) = &mut inner;
-                reports.push(Box::pin(part.replay_all_dead_letters(opts, inner)).await?);
+                reports.push(part.replay_all_here(opts, &mut inner).await?);
             }
             return Ok(ReplayReport::merge(reports, false));
         }
+        self.replay_all_here(opts, &mut progress).await
+    }
+
+    /// [`Admin::replay_all_dead_letters`] on this admin's dead-letter stream alone.
+    async fn replay_all_here(
+        &self,
+        opts: &ReplayOptions,
+        mut progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<ReplayReport> {
         let report = ReplayReport::default();
         let Some(bound) = self.last_entry_id(self.keys.dead_letters()).await? else {
             return Ok(report);

@@ -61,10 +61,13 @@ impl Admin {
     /// by a newer layout or another program) is skipped, not an error.
     pub async fn responders(&self) -> Result<Vec<ResponderInfo>> {
         let mut con = self.unchecked_con().await?;
+        // Newest heartbeats first: the index keeps names for an hour, so a crash-looping deployment (a new consumer
+        // name per start) can fill it with dead names, which must not crowd out the live ones.
         let names: Vec<String> = redis::cmd("ZRANGE")
             .arg(self.parts.base().responders())
             .arg(0)
             .arg(MAX_RESPONDERS - 1)
+            .arg("REV")
             .query_async(&mut con)
             .await
             .map_err(Error::redis("listing live responders"))?;

@@ -29,6 +29,10 @@ pub struct ServiceStats {
     pub first_entry_id: Option<String>,
     /// The newest entry id in the requests stream.
     pub last_entry_id: Option<String>,
+    /// Entries ever added to the requests stream (`XINFO STREAM`'s `entries-added`), trimmed ones included: its
+    /// growth between two snapshots is the request rate, which the stream length (trimmed) cannot give. `None`
+    /// when there is no stream, or the server is older than Redis 7.0 and does not count them.
+    pub entries_added: Option<u64>,
     /// Delayed requests not yet due (in the schedule, not yet in the requests stream).
     pub delayed: u64,
     /// Entries in the dead-letter stream.
@@ -56,6 +60,7 @@ impl ServiceStats {
             stream_length: 0,
             first_entry_id: None,
             last_entry_id: None,
+            entries_added: None,
             delayed: 0,
             dead_letters: 0,
             dead_letters_unattributed: 0,
@@ -66,6 +71,9 @@ impl ServiceStats {
         let by_id = |id: &Option<String>| id.as_deref().and_then(parse_entry_id);
         for p in &partitions {
             total.stream_length += p.stream_length;
+            if let Some(added) = p.entries_added {
+                total.entries_added = Some(total.entries_added.unwrap_or(0) + added);
+            }
             total.delayed += p.delayed;
             total.dead_letters += p.dead_letters;
             total.dead_letters_unattributed += p.dead_letters_unattributed;
@@ -229,15 +237,20 @@ impl Admin {
         let server_time_ms = secs * 1000 + micros / 1000;
 
         let mut groups = Vec::new();
-        let info: StreamInfoGroupsReply = if exists {
-            redis::cmd("XINFO")
+        let (info, entries_added): (StreamInfoGroupsReply, Option<u64>) = if exists {
+            let (info, stream): (StreamInfoGroupsReply, redis::Value) = redis::pipe()
+                .cmd("XINFO")
                 .arg("GROUPS")
+                .arg(requests)
+                .cmd("XINFO")
+                .arg("STREAM")
                 .arg(requests)
                 .query_async(&mut con)
                 .await
-                .map_err(Error::redis("listing consumer groups"))?
+                .map_err(Error::redis("listing consumer groups"))?;
+            (info, entries_added(stream))
         } else {
-            StreamInfoGroupsReply::default()
+            (StreamInfoGroupsReply::default(), None)
         };
         if !info.groups.is_empty() {
             // One round trip for every group's pending summary, oldest pending entry and consumers.
@@ -287,6 +300,7 @@ impl Admin {
             stream_length,
             first_entry_id: first.ids.into_iter().next().map(|e| e.id),
             last_entry_id: last.ids.into_iter().next().map(|e| e.id),
+            entries_added,
             delayed,
             dead_letters,
             dead_letters_unattributed,
@@ -295,6 +309,27 @@ impl Admin {
             partitions: Vec::new(),
         })
     }
+}
+
+/// The `entries-added` field of an `XINFO STREAM` reply (a RESP2 array of names and values, or a RESP3 map);
+/// `None` when the server does not report it.
+fn entries_added(reply: redis::Value) -> Option<u64> {
+    let pairs: Vec<(redis::Value, redis::Value)> = match reply {
+        redis::Value::Map(pairs) => pairs,
+        redis::Value::Array(items) => {
+            let mut items = items.into_iter();
+            std::iter::from_fn(|| Some((items.next()?, items.next()?))).collect()
+        }
+        _ => return None,
+    };
+    pairs.into_iter().find_map(|(name, value)| {
+        let name: String = redis::from_redis_value(name).ok()?;
+        if name == "entries-added" {
+            redis::from_redis_value(value).ok()
+        } else {
+            None
+        }
+    })
 }
 
 /// One reply of the groups' pipeline, as `T` (a missing reply is refused like a malformed one).

@@ -89,18 +89,35 @@ async fn wait_with_progress(
     if !progress {
         return pending.wait().await;
     }
-    let mut updates = pending.progress().await?;
+    // The request is sent: a watch that cannot start (a Redis blip, an ACL without the progress channel) must not
+    // give up on its reply, or running the command again would run the request twice.
+    let mut updates = match pending.progress().await {
+        Ok(updates) => updates,
+        Err(err) => {
+            tracing::warn!(%id, error = %err, "cannot watch progress; waiting for the reply only");
+            return pending.wait().await;
+        }
+    };
     let wait = pending.wait();
     tokio::pin!(wait);
+    let show = |update: redcall::Result<serde_json::Value>| match update {
+        Ok(value) if ctx.cli.json => {
+            errln!("{}", serde_json::json!({ "id": id, "progress": value }));
+        }
+        Ok(value) => errln!("progress: {value}"),
+        Err(err) => errln!("progress: {err}"),
+    };
     loop {
         tokio::select! {
-            reply = &mut wait => return reply,
-            update = updates.next::<serde_json::Value>() => match update {
-                Some(Ok(value)) if ctx.cli.json => {
-                    errln!("{}", serde_json::json!({ "id": id, "progress": value }));
+            reply = &mut wait => {
+                // Updates travel on their own connection and can arrive after the reply: show the ones still due.
+                for update in updates.rest::<serde_json::Value>().await {
+                    show(update);
                 }
-                Some(Ok(value)) => errln!("progress: {value}"),
-                Some(Err(err)) => errln!("progress: {err}"),
+                return reply;
+            }
+            update = updates.next::<serde_json::Value>() => match update {
+                Some(update) => show(update),
                 // The progress connection is gone: the reply still comes.
                 None => return wait.await,
             },

@@ -369,7 +369,7 @@ pub fn print_replay_report(ctx: &Context<'_>, report: &ReplayReport, what: &str)
 }
 
 /// A dead letter as JSON, with its request decoded when possible.
-fn describe(e: &DeadLetterEntry) -> serde_json::Value {
+pub fn describe(e: &DeadLetterEntry) -> serde_json::Value {
     let mut value = serde_json::to_value(e).unwrap_or_default();
     let request = match e.request() {
         Ok(req) => serde_json::json!({

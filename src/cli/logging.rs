@@ -48,6 +48,41 @@ pub fn init(format: LogFormat, default_filter: &str) {
     install_panic_hook();
 }
 
+/// [`init`] with one more layer beside the log lines (the OpenTelemetry export: `super::otel`). The log lines
+/// keep their own filter (`RUST_LOG` or `default_filter`), so the extra layer's spans need not be logged, and the
+/// extra layer carries its own filter.
+#[cfg(feature = "otel")]
+pub fn init_with_layer(
+    format: LogFormat,
+    default_filter: &str,
+    extra: Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>,
+) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let lines = match format {
+        LogFormat::Text => lines
+            .with_ansi(colour(std::io::stderr().is_terminal()))
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => lines
+            .with_ansi(false)
+            .fmt_fields(JsonFields)
+            .event_format(FlatJson)
+            .with_filter(filter)
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(extra)
+        .with(lines)
+        .init();
+    install_panic_hook();
+}
+
 /// Whether log lines get ANSI colours: only on a terminal, and never when `NO_COLOR` is set to anything but empty
 /// (<https://no-color.org>).
 fn colour(terminal: bool) -> bool {

@@ -17,6 +17,8 @@ mod info;
 mod input;
 pub mod logging;
 pub mod metrics_server;
+#[cfg(feature = "otel")]
+pub mod otel;
 mod reap;
 // The spawner shared with the integration tests: the bench uses a part of it.
 mod cancel;
@@ -29,6 +31,7 @@ mod serve;
 mod services;
 mod stats;
 mod status;
+mod ui;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -115,6 +118,20 @@ pub struct Cli {
     /// milliseconds.
     #[arg(long, global = true, default_value = "1s", value_name = "DURATION", value_parser = duration::millis)]
     pub durability_timeout: Duration,
+    /// Export the request spans (`send`, `process`) to this OpenTelemetry collector over OTLP/HTTP (protobuf,
+    /// `http://` only): its base URL, spans go to `<URL>/v1/traces`.
+    #[cfg(feature = "otel")]
+    #[arg(
+        long,
+        global = true,
+        env = "OTEL_EXPORTER_OTLP_ENDPOINT",
+        value_name = "URL"
+    )]
+    pub otlp_endpoint: Option<String>,
+    /// Refused with a clear error: this binary was built without the `otel` feature.
+    #[cfg(not(feature = "otel"))]
+    #[arg(long, global = true, hide = true, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -148,6 +165,8 @@ pub enum Command {
     Replay(replay::Args),
     /// Measure redcall against a bare-command baseline (latency, throughput, commands, CPU, memory).
     Bench(bench::Args),
+    /// Serve the web dashboard: services, dead letters, requests, replay (loopback only unless --token).
+    Ui(ui::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(after_help = completions::INSTALL)]
     Completions(completions::Args),
@@ -157,13 +176,59 @@ pub enum Command {
 }
 
 /// Sets up logging (see [`logging`]): `RUST_LOG` wins; otherwise `serve` and `reap` log lifecycle events, others
-/// only warnings.
-pub fn init_tracing(cli: &Cli) {
+/// only warnings. With `--otlp-endpoint` (the `otel` feature), also the OpenTelemetry export of the request spans
+/// ([`otel`]); the returned [`Telemetry`] flushes it at the end.
+///
+/// # Errors
+/// The exit code of a usage error (printed): an unusable `--otlp-endpoint`, or one given to a binary built
+/// without the `otel` feature. Logging is set up all the same.
+pub fn init_tracing(cli: &Cli) -> Result<Telemetry, ExitCode> {
     let default = match cli.command {
-        Command::Serve(_) | Command::Reap(_) => "info",
+        Command::Serve(_) | Command::Reap(_) | Command::Ui(_) => "info",
         _ => "warn",
     };
+    #[cfg(feature = "otel")]
+    if let Some(endpoint) = cli.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
+        return match otel::layer(endpoint) {
+            Ok((layer, exporter)) => {
+                logging::init_with_layer(cli.log_format, default, layer);
+                Ok(Telemetry {
+                    exporter: Some(exporter),
+                })
+            }
+            Err(message) => {
+                logging::init(cli.log_format, default);
+                Err(fail(&Error::Config(message)))
+            }
+        };
+    }
     logging::init(cli.log_format, default);
+    #[cfg(not(feature = "otel"))]
+    if cli.otlp_endpoint.is_some() {
+        return Err(fail(&Error::Config(
+            "--otlp-endpoint: this redcall was built without the `otel` feature \
+             (build it with `cargo install redcall --features otel`)"
+                .into(),
+        )));
+    }
+    Ok(Telemetry::default())
+}
+
+/// What the process must finish before it exits: the OpenTelemetry export's queue (with the `otel` feature).
+#[derive(Default)]
+pub struct Telemetry {
+    #[cfg(feature = "otel")]
+    exporter: Option<otel::Exporter>,
+}
+
+impl Telemetry {
+    /// Flushes the span export, if any (call it outside the async runtime: the export's HTTP client blocks).
+    pub fn finish(self) {
+        #[cfg(feature = "otel")]
+        if let Some(exporter) = self.exporter {
+            exporter.shutdown();
+        }
+    }
 }
 
 /// The `--durability` choices.
@@ -246,6 +311,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Services(args) => services::run(&ctx, args).await,
         Command::Dlq(args) => return dlq::run(&ctx, args).await,
         Command::Replay(args) => return replay::run(&ctx, args).await,
+        Command::Ui(args) => ui::run(&ctx, args).await,
         Command::Completions(_) => Ok(()), // answered above, before the client
     };
     match result {
@@ -364,6 +430,7 @@ const GLOBALS_USED_BY: &[(&str, &[&str])] = &[
     ("tls_ca_cert", TALK_TO_REDIS_BUT_BENCH),
     ("service", SERVICE_USERS),
     ("partitions", SERVICE_USERS),
+    ("otlp_endpoint", &["call", "serve", "demo"]),
 ];
 
 /// The commands whose writes wait for replicas under `--durability replicated`: adding a request, and answering it.
@@ -386,6 +453,7 @@ const TALK_TO_REDIS_BUT_BENCH: &[&str] = &[
     "dlq replay",
     "dlq purge",
     "replay",
+    "ui",
 ];
 
 /// The commands that work on the one service `--service` names (`demo` makes its own, `services` lists them all

@@ -29,7 +29,7 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
 }
 
 /// The status as JSON: the library's shape, with params and reply data decoded to JSON.
-fn to_json(status: &RequestStatus) -> serde_json::Value {
+pub fn to_json(status: &RequestStatus) -> serde_json::Value {
     let mut value = serde_json::to_value(status).unwrap_or_default();
     if let Some(request) = &status.request
         && let Some(map) = value.get_mut("request").and_then(|r| r.as_object_mut())

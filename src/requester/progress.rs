@@ -17,7 +17,10 @@ pub struct ProgressUpdates {
     last: Option<Vec<u8>>,
     /// The last progress kept when the subscription started, handed out first.
     first: Option<Vec<u8>>,
-    _con: crate::connection::Connection,
+    /// `T:progress:<id>`: the key of the last progress, and the channel of every update.
+    key: String,
+    /// The subscribed connection (dropping it ends the subscription); [`ProgressUpdates::rest`] reads on it.
+    con: crate::connection::Connection,
 }
 
 impl std::fmt::Debug for ProgressUpdates {
@@ -40,20 +43,57 @@ impl ProgressUpdates {
                 Some(first) => first,
                 None => self.rx.recv().await.flatten()?,
             };
-            if self.last.as_deref() == Some(bytes.as_slice()) {
-                continue;
+            if let Some(update) = self.hand_out(bytes) {
+                return Some(update);
             }
-            let update = protocol::decode_progress(&bytes);
-            self.last = Some(bytes);
-            return Some(match update {
-                Ok(env) if env.id == self.id => protocol::decode(&env.data, "progress data"),
-                Ok(env) => Err(Error::Decode {
-                    what: "progress envelope",
-                    message: format!("names request {:?}, not {:?}", env.id, self.id),
-                }),
-                Err(err) => Err(err),
-            });
         }
+    }
+
+    /// The updates not handed out yet, without waiting for new ones: those received already, then the last
+    /// progress kept in Redis when it is not the last one handed out. Call it once the reply came: updates travel
+    /// on their own connection and may arrive after the reply. Reading the kept value on that connection also
+    /// brings in every update published before it (Redis answers one connection in order), so the handler's last
+    /// update is never missed.
+    ///
+    /// # Errors
+    /// Each update as [`ProgressUpdates::next`]; [`Error::Redis`] (as the last item) when the kept value cannot be
+    /// read.
+    pub async fn rest<P: DeserializeOwned>(&mut self) -> Vec<Result<P>> {
+        let kept: redis::RedisResult<Option<Vec<u8>>> = redis::cmd("GET")
+            .arg(&self.key)
+            .query_async(&mut self.con)
+            .await;
+        let mut received: Vec<Vec<u8>> = self.first.take().into_iter().collect();
+        while let Ok(message) = self.rx.try_recv() {
+            received.extend(message);
+        }
+        let mut rest: Vec<Result<P>> = received
+            .into_iter()
+            .filter_map(|bytes| self.hand_out(bytes))
+            .collect();
+        match kept {
+            Ok(Some(bytes)) => rest.extend(self.hand_out(bytes)),
+            Ok(None) => {}
+            Err(err) => rest.push(Err(Error::redis("reading the last progress")(err))),
+        }
+        rest
+    }
+
+    /// Decodes an update unless it is the one handed out last (the kept value and its message are the same bytes).
+    fn hand_out<P: DeserializeOwned>(&mut self, bytes: Vec<u8>) -> Option<Result<P>> {
+        if self.last.as_deref() == Some(bytes.as_slice()) {
+            return None;
+        }
+        let update = protocol::decode_progress(&bytes);
+        self.last = Some(bytes);
+        Some(match update {
+            Ok(env) if env.id == self.id => protocol::decode(&env.data, "progress data"),
+            Ok(env) => Err(Error::Decode {
+                what: "progress envelope",
+                message: format!("names request {:?}, not {:?}", env.id, self.id),
+            }),
+            Err(err) => Err(err),
+        })
     }
 }
 
@@ -84,7 +124,8 @@ impl PendingReply {
             rx,
             last: None,
             first,
-            _con: con,
+            key: channel,
+            con,
         })
     }
 }

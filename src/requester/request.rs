@@ -263,7 +263,10 @@ impl Requester {
             span: tracing::Span::none(),
         };
 
-        let record_ttl = ttl_ms(crate::config::add(timeout, config.record_retention));
+        // A delayed request's record must outlive its place in the schedule (a delay may be longer than the timeout):
+        // expired sooner, its id could be taken by another request before it is promoted, which would run twice.
+        let lifetime = timeout.max(delay.unwrap_or(Duration::ZERO));
+        let record_ttl = ttl_ms(crate::config::add(lifetime, config.record_retention));
         let add = Add {
             keys: &keys,
             id,

@@ -354,7 +354,8 @@ impl Responder {
         &self.shared.settings.consumer
     }
 
-    /// Number of requests being handled right now: a gauge for metrics, and what a shutdown would wait for.
+    /// Number of requests this responder holds right now: those being handled (what a shutdown waits for) and those
+    /// waiting out a retry backoff (which a shutdown leaves pending at once, for the visibility timeout to hand on).
     pub fn in_flight(&self) -> usize {
         self.parts.iter().map(|p| p.in_flight_count()).sum()
     }

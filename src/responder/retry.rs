@@ -89,7 +89,12 @@ impl RetryPolicy {
         let exponent = delivery.saturating_sub(1).min(64) as i32;
         let secs = self.initial.as_secs_f64() * self.factor.powi(exponent);
         let max = self.max.as_secs_f64();
-        Duration::from_secs_f64(if secs.is_finite() { secs.min(max) } else { max })
+        // The fields are public and this is callable before `validate`: a negative or NaN factor must not panic.
+        Duration::from_secs_f64(if secs.is_finite() {
+            secs.clamp(0.0, max)
+        } else {
+            max
+        })
     }
 
     /// The pause after the failure of delivery `delivery`, with jitter.
@@ -246,6 +251,14 @@ mod tests {
         let pauses: Vec<u128> = (1..=6).map(|n| policy.delay(n).as_millis()).collect();
         assert_eq!(pauses, [100, 200, 400, 800, 1000, 1000]);
         assert_eq!(policy.base_delay(u64::MAX), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn an_unvalidated_policy_gives_a_pause_without_panicking() {
+        let negative = RetryPolicy::default().with_factor(-1.0);
+        assert_eq!(negative.base_delay(2), Duration::ZERO);
+        let nan = RetryPolicy::default().with_factor(f64::NAN);
+        assert_eq!(nan.base_delay(2), RetryPolicy::DEFAULT_MAX);
     }
 
     #[test]

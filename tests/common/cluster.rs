@@ -316,6 +316,22 @@ impl RedisCluster {
         moved
     }
 
+    /// A manual failover (`CLUSTER FAILOVER` on the replica of the primary serving `slot`): the replica becomes the
+    /// primary, the old one its replica (it stays up, and ends the sharded subscriptions of its slots). Returns once
+    /// the new primary serves the slot and the cluster is healthy again.
+    pub fn fail_over_slot(&self, slot: u16) -> usize {
+        let replica = self.replica_of(self.primary_of_slot(slot));
+        let answer = self.nodes[replica].cli(&["cluster", "failover"]);
+        assert_eq!(answer.trim(), "OK", "CLUSTER FAILOVER: {answer}");
+        let end = Instant::now() + Duration::from_secs(20);
+        while self.primary_of_slot(slot) != replica {
+            assert!(Instant::now() < end, "the failover did not complete");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.wait_healthy(Duration::from_secs(20));
+        replica
+    }
+
     /// SIGKILLs node `index`.
     pub fn kill(&mut self, index: usize) {
         self.nodes[index].kill();

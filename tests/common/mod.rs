@@ -10,6 +10,7 @@
 //!   `redcall` binary.
 //! * `calls.rs`: the shared handlers ([`start_responder`]) and request helpers; `inspect.rs`: looking at Redis
 //!   directly.
+//! * `ui.rs`: the dashboard (`redcall ui`) on a free port and a small HTTP client for it.
 //! * [`wait_until`]: the deadline-bounded wait every test uses instead of a sleep.
 #![allow(dead_code)]
 
@@ -20,6 +21,7 @@ mod inspect;
 mod process;
 pub mod sentinel;
 mod server;
+pub mod ui;
 
 use std::future::Future;
 use std::time::Duration;

@@ -11,6 +11,9 @@ pub enum System {
     Baseline,
     /// The redcall library with a Prometheus metrics recorder installed in every worker (`--metrics`).
     RedcallMetrics,
+    /// The redcall library with its request spans exported over OTLP/HTTP from every worker (`--otel`, the
+    /// `otel` feature).
+    RedcallOtel,
 }
 
 impl System {
@@ -20,6 +23,7 @@ impl System {
             System::Redcall => "redcall",
             System::Baseline => "baseline",
             System::RedcallMetrics => "redcall-metrics",
+            System::RedcallOtel => "redcall-otel",
         }
     }
 }
@@ -96,6 +100,11 @@ pub struct Args {
     /// report its throughput against plain redcall's in the same rounds: what metrics cost.
     #[arg(long)]
     pub metrics: bool,
+    /// Also measure redcall with OpenTelemetry export on in every worker (`redcall-otel`: both request spans
+    /// exported over OTLP/HTTP to a receiver the bench runs on loopback), and report its throughput against plain
+    /// redcall's in the same rounds: what tracing export costs. Needs a binary built with the `otel` feature.
+    #[arg(long, hide = cfg!(not(feature = "otel")))]
+    pub otel: bool,
     /// Soak: how long request records (after the call timeout) and stored replies are kept; a bare number is
     /// seconds.
     #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = secs_f64)]
@@ -137,6 +146,12 @@ impl Args {
                 "--connections, --readers and --responder-concurrency must be at least 1".into(),
             );
         }
+        if self.otel && !cfg!(feature = "otel") {
+            return Err(
+                "--otel: this redcall was built without the `otel` feature (build it with --features otel)"
+                    .into(),
+            );
+        }
         if self.soak == Some(0) {
             return Err("--soak needs at least 1 request".into());
         }
@@ -158,6 +173,10 @@ impl Args {
         };
         if self.metrics && systems.contains(&System::Redcall) {
             systems.insert(1, System::RedcallMetrics);
+        }
+        if self.otel && systems.contains(&System::Redcall) {
+            let after = if self.metrics { 2 } else { 1 };
+            systems.insert(after, System::RedcallOtel);
         }
         systems
     }

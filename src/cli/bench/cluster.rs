@@ -96,6 +96,7 @@ pub async fn run(ctx: &Context<'_>, args: &super::Args) -> Result<(), String> {
         con: cons[0].clone(),
         redis_pid: None,
         owned: true,
+        otlp_sink: None,
     };
     let mut runs = Vec::new();
     for round in 1..=args.rounds {

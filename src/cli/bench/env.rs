@@ -30,12 +30,18 @@ pub struct Env<'a> {
     pub redis_pid: Option<u32>,
     /// Whether the Redis is ours to flush between measurements.
     pub owned: bool,
+    /// The OTLP receiver the `redcall-otel` workers export to (`--otel`).
+    pub otlp_sink: Option<super::otlp_sink::Sink>,
 }
 
 /// The worker command line shared by every worker of a measurement.
 pub fn worker_args(env: &Env<'_>, service: &str, system: System, role: &str) -> Vec<String> {
     let a = env.args;
-    let mut v: Vec<String> = vec![
+    let mut v: Vec<String> = Vec::new();
+    if let (System::RedcallOtel, Some(sink)) = (system, &env.otlp_sink) {
+        v.extend(["--otlp-endpoint".into(), sink.url().to_owned()]);
+    }
+    v.extend([
         "--url".into(),
         env.url.clone(),
         "--namespace".into(),
@@ -57,7 +63,7 @@ pub fn worker_args(env: &Env<'_>, service: &str, system: System, role: &str) -> 
         a.readers.to_string(),
         "--responder-concurrency".into(),
         a.responder_concurrency.to_string(),
-    ];
+    ]);
     if a.soak.is_some() {
         v.extend(["--retention".into(), a.retention.to_string()]);
     }

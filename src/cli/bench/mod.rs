@@ -21,6 +21,7 @@ mod cluster;
 mod compare;
 mod env;
 mod load;
+mod otlp_sink;
 mod procs;
 mod progress;
 mod redcall_side;
@@ -115,6 +116,11 @@ async fn bench(ctx: &Context<'_>, args: &Args) -> Result<(), String> {
         con,
         redis_pid,
         owned: !args.external,
+        otlp_sink: if args.otel {
+            Some(otlp_sink::Sink::start().await?)
+        } else {
+            None
+        },
     };
     let outcome = match args.soak {
         Some(n) => soak::run(&env, n).await,

@@ -134,6 +134,8 @@ impl Worker {
             std::env::current_exe().map_err(|e| format!("cannot find the redcall binary: {e}"))?;
         let mut child = Command::new(exe)
             .args(args)
+            // Export only where the bench asks for it (`--otlp-endpoint` in `args` of the `redcall-otel` workers).
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

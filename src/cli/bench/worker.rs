@@ -87,7 +87,7 @@ pub async fn run(ctx: &Context<'_>, args: &WorkerArgs) -> Result<(), String> {
     match args.role {
         Role::Responder => {
             let responder = match args.system {
-                System::Redcall | System::RedcallMetrics => {
+                System::Redcall | System::RedcallMetrics | System::RedcallOtel => {
                     let client =
                         redcall_side::client(cli.url(), &cli.namespace, retention, cli.partitions)
                             .map_err(|e| e.to_string())?;
@@ -130,7 +130,7 @@ pub async fn run(ctx: &Context<'_>, args: &WorkerArgs) -> Result<(), String> {
             let payload: Arc<str> = "x".repeat(args.payload_size).into();
             let timeout = secs(args.timeout)?;
             let caller = match args.system {
-                System::Redcall | System::RedcallMetrics => {
+                System::Redcall | System::RedcallMetrics | System::RedcallOtel => {
                     let client =
                         redcall_side::client(cli.url(), &cli.namespace, retention, cli.partitions)
                             .map_err(|e| e.to_string())?;

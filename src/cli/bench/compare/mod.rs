@@ -2,9 +2,9 @@
 //! it is taken (one JSON object with `--json`, a table row otherwise), then the Redis command mix and the
 //! redcall/baseline ratios against their targets.
 
+mod cost;
 pub(super) mod measure;
 mod measurement;
-mod metrics_cost;
 mod ratios;
 mod table;
 
@@ -71,7 +71,18 @@ pub async fn run(env: &Env<'_>) -> Result<(), String> {
         }
         outln!("\n{}", ratios.to_text());
     }
-    metrics_cost::report(&measurements, env.json);
+    cost::report(&measurements, env.json);
+    if let Some(sink) = &env.otlp_sink {
+        let (posts, bytes) = sink.received();
+        if env.json {
+            outln!(
+                "{}",
+                serde_json::json!({"otlp_received": {"exports": posts, "bytes": bytes}})
+            );
+        } else {
+            outln!("  (the bench's OTLP receiver got {posts} exports, {bytes} bytes of spans)");
+        }
+    }
     // Failed calls are a finding, not noise: the run is reported in full, then fails.
     if ratios.no_errors() {
         Ok(())

@@ -1,0 +1,238 @@
+//! The admin calls a dashboard browses with: pending entries a page at a time, dead letters filtered by function key
+//! and reason a bounded page at a time, every matching dead letter's id, and the stream's entries-added counter.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestEnv, WAIT, wait_until};
+use redcall::admin::{DeadLetterFilter, SCAN_LIMIT};
+use redcall::{ErrorKind, HandlerError, RequestContext, ResponderSettings};
+use tokio::sync::watch;
+
+/// Writes `n` dead letters straight into the service's dead-letter stream, alternating function keys `a`/`b` and
+/// reasons `unknown_function`/`max_deliveries_exceeded` (entry i has `a` when i is even, `unknown_function` when
+/// i % 3 == 0). Returns their ids in order.
+async fn write_dead_letters(env: &TestEnv, n: usize) -> Vec<String> {
+    let mut con = env.redis().await;
+    let key = env.admin().keys().dead_letters().to_owned();
+    let mut ids = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let mut pipe = redis::pipe();
+        for i in chunk {
+            let func = if i % 2 == 0 { "a" } else { "b" };
+            let reason = if i % 3 == 0 {
+                "unknown_function"
+            } else {
+                "max_deliveries_exceeded"
+            };
+            pipe.cmd("XADD")
+                .arg(&key)
+                .arg("*")
+                .arg("id")
+                .arg(format!("req-{i}"))
+                .arg("fn")
+                .arg(func)
+                .arg("reason")
+                .arg(reason)
+                .arg("error")
+                .arg("boom");
+        }
+        let added: Vec<String> = pipe.query_async(&mut con).await.expect("XADD");
+        ids.extend(added);
+    }
+    ids
+}
+
+#[tokio::test]
+async fn filtered_dead_letters_page_through_every_match_once() {
+    let env = TestEnv::new();
+    let all = write_dead_letters(&env, 450).await;
+    let admin = env.admin();
+    let filter = DeadLetterFilter::new()
+        .func_key("a")
+        .reason("unknown_function");
+    let expected: Vec<&String> = all
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 0 && i % 3 == 0)
+        .map(|(_, id)| id)
+        .collect();
+
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..100 {
+        let page = admin
+            .dead_letters_matching(&filter, after.as_deref(), 20)
+            .await
+            .expect("page");
+        assert!(page.entries.len() <= 20);
+        for e in &page.entries {
+            assert_eq!(e.func_key.as_deref(), Some("a"));
+            assert_eq!(e.reason, "unknown_function");
+        }
+        seen.extend(page.entries.into_iter().map(|e| e.dead_id));
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let seen: Vec<&String> = seen.iter().collect();
+    assert_eq!(seen, expected, "every match once, in stream order");
+
+    let ids = admin
+        .dead_letter_ids_matching(&filter)
+        .await
+        .expect("all ids");
+    assert_eq!(ids.iter().collect::<Vec<_>>(), expected);
+    let every = admin
+        .dead_letter_ids_matching(&DeadLetterFilter::new())
+        .await
+        .expect("every id");
+    assert_eq!(every, all, "the empty filter takes all");
+
+    // A page that ends on the newest entry sends nowhere.
+    let last = admin
+        .dead_letters_matching(
+            &DeadLetterFilter::new(),
+            all.get(448).map(String::as_str),
+            1,
+        )
+        .await
+        .expect("last page");
+    assert_eq!(last.entries.len(), 1);
+    assert_eq!(last.next_after, None);
+
+    let err = admin
+        .dead_letters_matching(&filter, Some("nope"), 10)
+        .await
+        .expect_err("malformed after");
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+}
+
+#[tokio::test]
+async fn a_filter_matching_nothing_reads_a_bounded_page() {
+    let env = TestEnv::new();
+    let extra = 50;
+    let all = write_dead_letters(&env, SCAN_LIMIT as usize + extra).await;
+    let admin = env.admin();
+    let nothing = DeadLetterFilter::new().reason("no_such_reason");
+    let first = admin
+        .dead_letters_matching(&nothing, None, 10)
+        .await
+        .expect("first");
+    assert!(first.entries.is_empty());
+    assert_eq!(first.scanned, SCAN_LIMIT);
+    let next = first.next_after.expect("stopped at the scan limit");
+    assert_eq!(next, all[SCAN_LIMIT as usize - 1]);
+    let second = admin
+        .dead_letters_matching(&nothing, Some(&next), 10)
+        .await
+        .expect("second");
+    assert!(second.entries.is_empty());
+    assert_eq!(second.scanned, extra as u64);
+    assert_eq!(second.next_after, None, "the end of the stream");
+}
+
+#[tokio::test]
+async fn pending_entries_name_holder_idle_deliveries_and_request() {
+    let env = TestEnv::new();
+    let (release, released) = watch::channel(false);
+    let responder = env
+        .responder()
+        .consumer("holder")
+        .concurrency(3)
+        .reaper(false)
+        .handler("hold", move |_ctx: RequestContext, n: i64| {
+            let mut released = released.clone();
+            async move {
+                released
+                    .wait_for(|r| *r)
+                    .await
+                    .map_err(|e| HandlerError::retry(e.to_string()))?;
+                Ok::<_, HandlerError>(n)
+            }
+        })
+        .start()
+        .await
+        .expect("responder");
+    let requester = env.requester();
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        let id = format!("held-{i}");
+        let pending = requester
+            .send(&id, "hold", &i, Duration::from_secs(60))
+            .await
+            .expect("send");
+        sent.push((id, pending));
+    }
+    let admin = env.admin();
+    let group = ResponderSettings::DEFAULT_GROUP;
+    let held = wait_until(WAIT, || {
+        let admin = admin.clone();
+        async move {
+            admin
+                .pending_entries(group, None, 10)
+                .await
+                .is_ok_and(|p| p.len() == 3)
+        }
+    })
+    .await;
+    assert!(held, "three entries held");
+
+    let first = admin
+        .pending_entries(group, None, 2)
+        .await
+        .expect("first page");
+    assert_eq!(first.len(), 2);
+    let rest = admin
+        .pending_entries(group, Some(&first[1].entry_id), 10)
+        .await
+        .expect("second page");
+    assert_eq!(rest.len(), 1);
+    let all: Vec<_> = first.iter().chain(&rest).collect();
+    for (p, (id, _)) in all.iter().zip(&sent) {
+        assert_eq!(p.consumer, "holder");
+        assert_eq!(p.deliveries, 1);
+        assert_eq!(p.request_id.as_deref(), Some(id.as_str()), "oldest first");
+    }
+    assert!(all.windows(2).all(|w| w[0].entry_id < w[1].entry_id));
+
+    assert!(
+        admin
+            .pending_entries("no-such-group", None, 10)
+            .await
+            .expect("unknown group")
+            .is_empty()
+    );
+    let err = admin
+        .pending_entries(group, Some("x-1"), 10)
+        .await
+        .expect_err("malformed after");
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+
+    let _ = release.send(true);
+    for (_, pending) in sent {
+        pending.wait::<i64>().await.expect("answered");
+    }
+    responder.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn stats_count_entries_ever_added() {
+    let env = TestEnv::new();
+    let admin = env.admin();
+    assert_eq!(admin.stats().await.expect("stats").entries_added, None);
+    let requester = env.requester();
+    for i in 0..4 {
+        requester
+            .send(&format!("added-{i}"), "echo", &i, Duration::from_secs(60))
+            .await
+            .expect("send");
+    }
+    env.server
+        .cli(&["XTRIM", admin.keys().requests(), "MAXLEN", "1"]);
+    let stats = admin.stats().await.expect("stats");
+    assert_eq!(stats.stream_length, 1, "trimmed");
+    assert_eq!(stats.entries_added, Some(4), "trimmed entries still count");
+}

@@ -1,0 +1,781 @@
+//! `redcall ui`'s JSON API without a browser: every endpoint against a live Redis and responder, bad input answered
+//! with a 4xx JSON error (never a 5xx), the token, the host and origin checks, CSRF, and `--read-only`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::ui::{HttpResponse, Ui};
+use common::{TestEnv, WAIT, run_cli, wait_until};
+use redcall::{HandlerError, RequestContext, Responder};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+/// A responder with `echo` and `hold` (waits until released); no handler for `nope`, which is dead-lettered.
+async fn responder(env: &TestEnv, released: watch::Receiver<bool>) -> Responder {
+    env.responder()
+        .consumer("api-test")
+        .handler("echo", |_ctx: RequestContext, v: Value| async move {
+            Ok::<_, HandlerError>(v)
+        })
+        .handler("hold", move |_ctx: RequestContext, v: Value| {
+            let mut released = released.clone();
+            async move {
+                released
+                    .wait_for(|r| *r)
+                    .await
+                    .map_err(|e| HandlerError::retry(e.to_string()))?;
+                Ok::<_, HandlerError>(v)
+            }
+        })
+        .start()
+        .await
+        .expect("responder")
+}
+
+/// A 4xx with the JSON error shape; returns its `kind`.
+fn refused(r: &HttpResponse, status: u16, what: &str) -> String {
+    assert_eq!(r.status, status, "{what}: {}", r.text());
+    let body = r.json();
+    let kind = body["error"]["kind"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: no error kind: {body}"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{what}: {body}"
+    );
+    kind.to_owned()
+}
+
+/// The CSRF token of a dashboard without a token.
+async fn csrf(ui: &Ui) -> String {
+    let session = ui.get("/api/session", &[]).await.expect("session").json();
+    session["csrf_token"]
+        .as_str()
+        .expect("csrf token")
+        .to_owned()
+}
+
+/// Polls a job until it finishes and returns it.
+async fn finished_job(ui: &Ui, id: u64) -> Value {
+    let end = tokio::time::Instant::now() + WAIT;
+    loop {
+        let job = ui
+            .get(&format!("/api/jobs/{id}"), &[])
+            .await
+            .expect("job")
+            .json();
+        if job["finished"] == true {
+            return job;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "job {id} did not finish: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The overview's entry of `service`, once its charts have two points and it shows one pending entry.
+async fn sampled_overview(ui: &Ui, service: &str) -> Value {
+    let end = tokio::time::Instant::now() + WAIT;
+    loop {
+        let all = ui.get("/api/services", &[]).await.expect("services").json();
+        let overview = all["services"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["service"] == service).cloned())
+            .unwrap_or_default();
+        if overview["series"].as_array().is_some_and(|p| p.len() >= 2) && overview["pending"] == 1 {
+            return overview;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "overview never settled: {all}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn every_endpoint_answers_from_the_admin_api() {
+    let env = TestEnv::new();
+    let s = env.service().to_owned();
+    let (release, released) = watch::channel(false);
+    let responder = responder(&env, released).await;
+    let requester = env.requester();
+    let echoed: Value = requester
+        .request("echo-1", "echo", &json!({"hello": "world"}), WAIT)
+        .await
+        .expect("echo");
+    assert_eq!(echoed, json!({"hello": "world"}));
+    let held = requester
+        .send("held-1", "hold", &json!(7), Duration::from_secs(120))
+        .await
+        .expect("send");
+    let dead = requester
+        .send("dead-1", "nope", &json!({"sku": "A-1", "n": 3}), WAIT)
+        .await
+        .expect("send");
+    assert!(dead.wait::<Value>().await.is_err(), "no handler for nope");
+
+    let ui = Ui::start(&env.server, &[], &[], &[]).await;
+    let token = csrf(&ui).await;
+    let action = [("X-Redcall-Csrf", token.as_str())];
+
+    let session = ui.get("/api/session", &[]).await.expect("session").json();
+    assert_eq!(session["read_only"], false);
+    assert_eq!(session["namespace"], "redcall");
+
+    // The overview: the service's numbers, and charts sampled by the server.
+    let overview = sampled_overview(&ui, &s).await;
+    assert_eq!(overview["dead_letters"], 1);
+    assert_eq!(overview["responders"], 1);
+    assert_eq!(overview["stream_length"], 3);
+    assert_eq!(overview["lag"], 0);
+    assert!(overview["oldest_pending_age_ms"].as_u64().is_some());
+    assert!(
+        overview["series"][1]["requests_per_s"].as_f64().is_some(),
+        "{overview}"
+    );
+
+    // The service: groups, consumers live or gone, responders.
+    let service = ui
+        .get(&format!("/api/services/{s}"), &[])
+        .await
+        .expect("service")
+        .json();
+    assert_eq!(service["stats"]["groups"][0]["name"], "workers");
+    assert_eq!(
+        service["stats"]["groups"][0]["consumers"][0]["name"],
+        "api-test"
+    );
+    assert_eq!(service["stats"]["groups"][0]["consumers"][0]["live"], true);
+    assert_eq!(service["responders"][0]["consumer"], "api-test");
+
+    // Pending entries: who holds the held request.
+    let pending = ui
+        .get(&format!("/api/services/{s}/pending?limit=10"), &[])
+        .await
+        .expect("pending")
+        .json();
+    assert_eq!(pending["group"], "workers");
+    assert_eq!(pending["entries"][0]["request_id"], "held-1");
+    assert_eq!(pending["entries"][0]["consumer"], "api-test");
+    assert_eq!(pending["entries"][0]["deliveries"], 1);
+
+    // Dead letters, filtered and one by one, params decoded.
+    let list = ui
+        .get(&format!("/api/services/{s}/dead-letters"), &[])
+        .await
+        .expect("list")
+        .json();
+    assert_eq!(list["total"], 1);
+    let entry = &list["entries"][0];
+    assert_eq!(entry["request_id"], "dead-1");
+    assert_eq!(entry["reason"], "unknown_function");
+    assert_eq!(entry["request"]["params"], json!({"sku": "A-1", "n": 3}));
+    let dead_id = entry["dead_id"].as_str().expect("dead id").to_owned();
+    let other = ui
+        .get(
+            &format!("/api/services/{s}/dead-letters?func=echo&reason=unknown_function"),
+            &[],
+        )
+        .await
+        .expect("filtered")
+        .json();
+    assert_eq!(other["entries"], json!([]), "the filter leaves it out");
+    let matching = ui
+        .get(
+            &format!("/api/services/{s}/dead-letters?func=nope&reason=unknown_function&limit=1"),
+            &[],
+        )
+        .await
+        .expect("filtered")
+        .json();
+    assert_eq!(matching["entries"][0]["dead_id"], dead_id.as_str());
+    let one = ui
+        .get(&format!("/api/services/{s}/dead-letters/{dead_id}"), &[])
+        .await
+        .expect("one")
+        .json();
+    assert_eq!(one["request"]["params"], json!({"sku": "A-1", "n": 3}));
+    assert!(
+        one["error"].as_str().is_some_and(|e| e.contains("nope")),
+        "{one}"
+    );
+
+    // A request's story, its reply decoded.
+    let story = ui
+        .get(&format!("/api/requests/{s}/echo-1"), &[])
+        .await
+        .expect("status")
+        .json();
+    assert_eq!(story["state"]["kind"], "answered");
+    assert_eq!(story["reply"]["data"], json!({"hello": "world"}));
+    assert_eq!(story["request"]["params"], json!({"hello": "world"}));
+    let story = ui
+        .get(&format!("/api/requests/{s}/held-1"), &[])
+        .await
+        .expect("status")
+        .json();
+    assert_eq!(story["state"]["kind"], "pending");
+
+    // Replay: a dry run changes nothing; the real one re-queues under the same id.
+    let dry = ui
+        .post(
+            &format!("/api/services/{s}/dead-letters/replay"),
+            &action,
+            &json!({"ids": [dead_id], "dry_run": true}).to_string(),
+        )
+        .await
+        .expect("dry run");
+    assert_eq!(dry.status, 200, "{}", dry.text());
+    assert_eq!(dry.json()["report"]["dry_run"], true);
+    assert_eq!(dry.json()["report"]["replayed"][0]["request_id"], "dead-1");
+    assert_eq!(
+        env.admin().dead_letter_count().await.expect("count"),
+        1,
+        "a dry run changes nothing"
+    );
+    let replayed = ui
+        .post(
+            &format!("/api/services/{s}/dead-letters/replay"),
+            &action,
+            &json!({"ids": [dead_id], "timeout_secs": 60}).to_string(),
+        )
+        .await
+        .expect("replay");
+    assert_eq!(replayed.status, 200, "{}", replayed.text());
+    assert_eq!(
+        replayed.json()["report"]["replayed"][0]["request_id"],
+        "dead-1"
+    );
+    // Still no handler: it is dead-lettered again, as a new dead letter.
+    let admin = env.admin();
+    let again = wait_until(WAIT, || {
+        let admin = admin.clone();
+        let dead_id = dead_id.clone();
+        async move {
+            admin
+                .dead_letters(None, 10)
+                .await
+                .is_ok_and(|d| d.len() == 1 && d[0].dead_id != dead_id)
+        }
+    })
+    .await;
+    assert!(again, "dead-lettered again after the replay");
+
+    // Purge all that match, in the background, with progress to poll.
+    let started = ui
+        .post(
+            &format!("/api/services/{s}/dead-letters/purge"),
+            &action,
+            &json!({"all": true, "func": "nope", "background": true}).to_string(),
+        )
+        .await
+        .expect("purge");
+    assert_eq!(started.status, 202, "{}", started.text());
+    let job = finished_job(&ui, started.json()["id"].as_u64().expect("job id")).await;
+    assert_eq!(job["kind"], "purge");
+    assert_eq!(job["result"]["purged"], 1, "{job}");
+    assert_eq!(job["done"], 1);
+    assert_eq!(job["total"], 1);
+    assert_eq!(admin.dead_letter_count().await.expect("count"), 0);
+
+    // Range replay, dry run: what it would re-queue (the answered echo; the held one is in flight).
+    let range = ui
+        .post(
+            &format!("/api/services/{s}/replay-range"),
+            &action,
+            &json!({"from": "-", "to": "+", "dry_run": true}).to_string(),
+        )
+        .await
+        .expect("range");
+    assert_eq!(range.status, 200, "{}", range.text());
+    let report = &range.json()["report"];
+    assert_eq!(report["dry_run"], true);
+    let would: Vec<&str> = report["replayed"]
+        .as_array()
+        .expect("replayed")
+        .iter()
+        .filter_map(|r| r["request_id"].as_str())
+        .collect();
+    assert!(would.contains(&"echo-1"), "{report}");
+    assert!(!would.contains(&"held-1"), "in flight: {report}");
+
+    let _ = release.send(true);
+    let answered: Value = held.wait().await.expect("held answered");
+    assert_eq!(answered, json!(7));
+    responder.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_4xx_json_error() {
+    let env = TestEnv::new();
+    let s = env.service().to_owned();
+    let requester = env.requester();
+    requester
+        .send("r-1", "echo", &json!(1), WAIT)
+        .await
+        .expect("send");
+    let ui = Ui::start(&env.server, &[], &[], &[]).await;
+    let token = csrf(&ui).await;
+    let action = [("X-Redcall-Csrf", token.as_str())];
+
+    let gets = [
+        ("/api/services/no-such-service", 404),
+        ("/api/services/no-such-service/dead-letters", 404),
+        ("/api/services/no-such-service/pending", 404),
+        ("/api/services/bad%7Bname/dead-letters", 400),
+        (
+            &format!("/api/services/{s}/dead-letters?limit=100000") as &str,
+            400,
+        ),
+        (&format!("/api/services/{s}/dead-letters?limit=0"), 400),
+        (&format!("/api/services/{s}/dead-letters?limit=ten"), 400),
+        (
+            &format!("/api/services/{s}/dead-letters?after=yesterday"),
+            400,
+        ),
+        (&format!("/api/services/{s}/pending?after=x-y"), 400),
+        (&format!("/api/services/{s}/pending?limit=501"), 400),
+        (&format!("/api/services/{s}/dead-letters/not-an-id"), 400),
+        (&format!("/api/services/{s}/dead-letters/1-1"), 404),
+        (&format!("/api/requests/{s}/no-such-request"), 404),
+        ("/api/requests/bad%7Bname/r-1", 400),
+        (&format!("/api/requests/{s}/{}", "x".repeat(2000)), 400),
+        ("/api/jobs/12345", 404),
+        ("/api/jobs/not-a-number", 400),
+        ("/api/nothing-here", 404),
+        (&format!("/api/services/{s}/dead-letters/replay"), 405),
+    ];
+    for (path, status) in gets {
+        let r = ui.get(path, &[]).await.expect("get");
+        refused(&r, status, path);
+    }
+
+    let replay = format!("/api/services/{s}/dead-letters/replay");
+    let purge = format!("/api/services/{s}/dead-letters/purge");
+    let range = format!("/api/services/{s}/replay-range");
+    let too_many: Vec<String> = (0..10_001).map(|i| format!("{i}-0")).collect();
+    let too_many = json!({ "ids": too_many }).to_string();
+    let posts: Vec<(&str, String, u16)> = vec![
+        (&replay, "not json".into(), 400),
+        (&replay, "{}".into(), 400),
+        (
+            &replay,
+            json!({"ids": ["1-1"], "all": true}).to_string(),
+            400,
+        ),
+        (
+            &replay,
+            json!({"ids": ["1-1"], "func": "x"}).to_string(),
+            400,
+        ),
+        (&replay, json!({"ids": ["nope"]}).to_string(), 400),
+        (
+            &replay,
+            json!({"ids": ["1-1"], "timeout_secs": 0}).to_string(),
+            400,
+        ),
+        (
+            &replay,
+            json!({"ids": ["1-1"], "surprise": 1}).to_string(),
+            400,
+        ),
+        (&replay, json!({"ids": "1-1"}).to_string(), 400),
+        (&replay, too_many, 400),
+        (
+            &purge,
+            json!({"ids": ["1-1"], "dry_run": true}).to_string(),
+            400,
+        ),
+        (
+            &range,
+            json!({"from": "garbage", "to": "+"}).to_string(),
+            400,
+        ),
+        (&range, json!({"from": "-"}).to_string(), 400),
+        (
+            "/api/services/no-such-service/dead-letters/purge",
+            json!({"all": true}).to_string(),
+            404,
+        ),
+        ("/api/services", "{}".into(), 405),
+    ];
+    for (path, body, status) in posts {
+        let r = ui.post(path, &action, &body).await.expect("post");
+        refused(
+            &r,
+            status,
+            &format!("POST {path} {}", &body[..body.len().min(60)]),
+        );
+    }
+
+    // A purge of a well-formed id that does not exist is no error: the report says so.
+    let r = ui
+        .post(&purge, &action, &json!({"ids": ["1-1"]}).to_string())
+        .await
+        .expect("purge");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["not_found"], json!(["1-1"]));
+
+    // Page paths escape what they show.
+    let page = ui.get("/services/%3Cscript%3Ex", &[]).await.expect("page");
+    assert_eq!(page.status, 200);
+    assert!(
+        page.text().contains("data-service=\"&lt;script&gt;x\""),
+        "{}",
+        page.text()
+    );
+    assert!(!page.text().contains("<script>x"));
+    assert!(
+        page.header("content-security-policy")
+            .is_some_and(|c| c.contains("frame-ancestors 'none'"))
+    );
+}
+
+#[tokio::test]
+async fn actions_need_csrf_a_same_origin_and_a_loopback_host() {
+    let env = TestEnv::new();
+    let s = env.service().to_owned();
+    env.requester()
+        .send("r-1", "echo", &json!(1), WAIT)
+        .await
+        .expect("send");
+    let ui = Ui::start(&env.server, &[], &[], &[]).await;
+    let token = csrf(&ui).await;
+    let purge = format!("/api/services/{s}/dead-letters/purge");
+    let body = json!({"ids": ["1-1"]}).to_string();
+
+    assert_eq!(
+        refused(
+            &ui.post(&purge, &[], &body).await.expect("post"),
+            403,
+            "no csrf"
+        ),
+        "csrf"
+    );
+    let wrong = [("X-Redcall-Csrf", "0123")];
+    assert_eq!(
+        refused(
+            &ui.post(&purge, &wrong, &body).await.expect("post"),
+            403,
+            "wrong csrf"
+        ),
+        "csrf"
+    );
+    let other_site = [
+        ("X-Redcall-Csrf", token.as_str()),
+        ("Origin", "http://evil.example"),
+    ];
+    assert_eq!(
+        refused(
+            &ui.post(&purge, &other_site, &body).await.expect("post"),
+            403,
+            "origin"
+        ),
+        "forbidden"
+    );
+    let own = format!("http://127.0.0.1:{}", ui.port);
+    let same_site = [("X-Redcall-Csrf", token.as_str()), ("Origin", own.as_str())];
+    assert_eq!(
+        ui.post(&purge, &same_site, &body)
+            .await
+            .expect("post")
+            .status,
+        200
+    );
+
+    // DNS rebinding: another name for 127.0.0.1 is refused, pages and API alike.
+    for path in ["/", "/api/services", "/api/session"] {
+        let r = ui
+            .get(path, &[("Host", "evil.example:8080")])
+            .await
+            .expect("get");
+        assert_eq!(refused(&r, 403, path), "forbidden");
+    }
+    assert_eq!(
+        ui.get("/", &[("Host", &format!("localhost:{}", ui.port))])
+            .await
+            .expect("get")
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_token_guards_every_request() {
+    let env = TestEnv::new();
+    let s = env.service().to_owned();
+    env.requester()
+        .send("r-1", "echo", &json!(1), WAIT)
+        .await
+        .expect("send");
+    let ui = Ui::start(&env.server, &[], &["--token", "s3cret-token"], &[]).await;
+
+    for path in [
+        "/",
+        "/assets/app.js",
+        "/api/services",
+        "/api/session",
+        &format!("/api/services/{s}") as &str,
+    ] {
+        let r = ui.get(path, &[]).await.expect("get");
+        assert_eq!(refused(&r, 401, path), "unauthorized");
+        let r = ui
+            .get(path, &[("Authorization", "Bearer s3cret-tokeN")])
+            .await
+            .expect("get");
+        assert_eq!(refused(&r, 401, path), "unauthorized");
+        let r = ui
+            .get(path, &[("Authorization", "Bearer s3cret-token")])
+            .await
+            .expect("get");
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+    }
+    // With a token, any Host may be used (the token is the guard).
+    let r = ui
+        .get(
+            "/api/services",
+            &[
+                ("Authorization", "Bearer s3cret-token"),
+                ("Host", "dashboard.internal"),
+            ],
+        )
+        .await
+        .expect("get");
+    assert_eq!(r.status, 200);
+
+    // A browser: ?token= sets the cookie and redirects to the page without it.
+    let wrong = ui.get("/?token=guess", &[]).await.expect("get");
+    assert_eq!(wrong.status, 401);
+    let r = ui
+        .get(&format!("/services/{s}?token=s3cret-token"), &[])
+        .await
+        .expect("get");
+    assert_eq!(r.status, 303, "{}", r.text());
+    assert_eq!(
+        r.header("location"),
+        Some(format!("/services/{s}").as_str())
+    );
+    let cookie = r.header("set-cookie").expect("cookie").to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let cookie = cookie.split(';').next().expect("pair").to_owned();
+    let page = ui
+        .get(&format!("/services/{s}"), &[("Cookie", &cookie)])
+        .await
+        .expect("page");
+    assert_eq!(page.status, 200);
+    let csrf = page
+        .text()
+        .split("data-csrf=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("csrf in the page")
+        .to_owned();
+
+    // Actions: a cookie needs the CSRF token; the Authorization header (scripts) does not.
+    let purge = format!("/api/services/{s}/dead-letters/purge");
+    let body = json!({"ids": ["1-1"]}).to_string();
+    let r = ui
+        .post(&purge, &[("Cookie", &cookie)], &body)
+        .await
+        .expect("post");
+    assert_eq!(refused(&r, 403, "cookie without csrf"), "csrf");
+    let r = ui
+        .post(
+            &purge,
+            &[("Cookie", &cookie), ("X-Redcall-Csrf", &csrf)],
+            &body,
+        )
+        .await
+        .expect("post");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = ui
+        .post(&purge, &[("Authorization", "Bearer s3cret-token")], &body)
+        .await
+        .expect("post");
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // The token may come from the environment instead.
+    let from_env = Ui::start(&env.server, &[], &[], &[("REDCALL_UI_TOKEN", "env-token")]).await;
+    assert_eq!(
+        from_env
+            .get("/api/services", &[])
+            .await
+            .expect("get")
+            .status,
+        401
+    );
+    let r = from_env
+        .get("/api/services", &[("Authorization", "Bearer env-token")])
+        .await
+        .expect("get");
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn a_non_loopback_address_is_refused_without_a_token() {
+    let env = TestEnv::new();
+    // Refused before anything is bound: nothing listens beyond loopback.
+    let out = run_cli(&env.server, env.service(), &["ui", "--listen", "0.0.0.0:1"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("without a token") && stderr.contains("--token"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn read_only_refuses_and_hides_actions() {
+    let env = TestEnv::new();
+    let s = env.service().to_owned();
+    let dead = env
+        .requester()
+        .send("dead-ro", "nope", &json!(1), WAIT)
+        .await
+        .expect("send");
+    let responder = env
+        .responder()
+        .consumer("ro")
+        .start()
+        .await
+        .expect("responder");
+    assert!(dead.wait::<Value>().await.is_err());
+    let ui = Ui::start(&env.server, &[], &["--read-only"], &[]).await;
+    let session = ui.get("/api/session", &[]).await.expect("session").json();
+    assert_eq!(session["read_only"], true);
+    let token = session["csrf_token"].as_str().expect("csrf").to_owned();
+    let action = [("X-Redcall-Csrf", token.as_str())];
+    for path in ["dead-letters/replay", "dead-letters/purge", "replay-range"] {
+        let body = if path == "replay-range" {
+            json!({"from": "-", "to": "+"})
+        } else {
+            json!({"all": true})
+        };
+        let r = ui
+            .post(
+                &format!("/api/services/{s}/{path}"),
+                &action,
+                &body.to_string(),
+            )
+            .await
+            .expect("post");
+        assert_eq!(refused(&r, 403, path), "read_only");
+    }
+    assert_eq!(
+        env.admin().dead_letter_count().await.expect("count"),
+        1,
+        "nothing changed"
+    );
+    // Reads still work; the page is told to hide the buttons.
+    let list = ui
+        .get(&format!("/api/services/{s}/dead-letters"), &[])
+        .await
+        .expect("list");
+    assert_eq!(list.json()["total"], 1);
+    let page = ui.get(&format!("/services/{s}"), &[]).await.expect("page");
+    assert!(page.text().contains("data-read-only=\"true\""));
+    responder.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn dead_letters_page_through_thousands() {
+    let env = TestEnv::new();
+    let s = env.service().to_owned();
+    // 1,200 dead letters, written straight into the stream: every third for function `b`.
+    let mut con = env.redis().await;
+    let key = env.admin().keys().dead_letters().to_owned();
+    let mut pipe = redis::pipe();
+    for i in 0..1200 {
+        let func = if i % 3 == 0 { "b" } else { "a" };
+        pipe.cmd("XADD")
+            .arg(&key)
+            .arg("*")
+            .arg("id")
+            .arg(format!("r-{i}"))
+            .arg("fn")
+            .arg(func)
+            .arg("reason")
+            .arg("unknown_function")
+            .arg("error")
+            .arg("no handler");
+    }
+    let all: Vec<String> = pipe.query_async(&mut con).await.expect("XADD");
+    let ui = Ui::start(&env.server, &[], &[], &[]).await;
+
+    for (query, want) in [
+        ("", 1200),
+        ("&func=b", 400),
+        ("&func=b&reason=max_deliveries_exceeded", 0),
+    ] {
+        let mut seen = Vec::new();
+        let mut after = String::new();
+        for page in 0.. {
+            assert!(page < 10, "{query}: too many pages");
+            let path = format!("/api/services/{s}/dead-letters?limit=500{query}{after}");
+            let body = ui.get(&path, &[]).await.expect("page").json();
+            assert_eq!(body["total"], 1200);
+            let entries = body["entries"].as_array().expect("entries");
+            assert!(entries.len() <= 500);
+            seen.extend(
+                entries
+                    .iter()
+                    .map(|e| e["dead_id"].as_str().expect("id").to_owned()),
+            );
+            match body["next_after"].as_str() {
+                Some(next) => after = format!("&after={next}"),
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), want, "{query}");
+        let mut sorted = seen.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), want, "{query}: each once");
+        if query.is_empty() {
+            assert_eq!(seen, all, "every dead letter, in order");
+        }
+    }
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_dashboard_cleanly() {
+    let env = TestEnv::new();
+    let mut ui = Ui::start(&env.server, &[], &[], &[]).await;
+    let pid = ui.child.id().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("run kill");
+    assert!(sent.success());
+    let end = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = ui.child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "still running after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}: {}", ui.log(&env.server));
+    assert!(
+        ui.log(&env.server).contains("dashboard stopped"),
+        "{}",
+        ui.log(&env.server)
+    );
+}

@@ -219,7 +219,80 @@ async fn three_partitions_on_one_redis_and_a_mismatch_is_refused() {
         &["--partitions", "3", "call", "echo", "1", "--timeout", "5"],
     );
     assert!(out.status.success(), "{out:?}");
+    // `stats` in the CLI: the totals, then one line per partition (text), and `partitions` (JSON).
+    let out = common::run_cli(&env.server, &service, &["--partitions", "3", "stats"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    for i in 0..3 {
+        assert!(
+            text.contains(&format!("  partition {i}: stream ")),
+            "{text}"
+        );
+    }
+    let out = common::run_cli(
+        &env.server,
+        &service,
+        &["--partitions", "3", "--json", "stats"],
+    );
+    let json: Value = serde_json::from_slice(&out.stdout).expect("stats JSON");
+    assert_eq!(
+        json["partitions"].as_array().map(Vec::len),
+        Some(3),
+        "{json}"
+    );
     responder.shutdown().await.expect("shutdown");
+
+    // Responders given a subset each: together they serve every partition.
+    let subset = |only: Vec<usize>| {
+        env.client
+            .responder(&service)
+            .only_partitions(only)
+            .handler("echo", |_ctx: RequestContext, v: Value| async move {
+                Ok::<_, HandlerError>(v)
+            })
+            .start()
+    };
+    let err = subset(vec![3])
+        .await
+        .expect_err("a partition that does not exist");
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    let first = subset(vec![0, 2]).await.expect("partitions 0 and 2");
+    let second = subset(vec![1]).await.expect("partition 1");
+    for id in ids_per_partition("subset", 2) {
+        let reply: Value = requester
+            .request(&id, "echo", &json!(id), GENEROUS)
+            .await
+            .expect("a request to a partition served by one of the two");
+        assert_eq!(reply, json!(id));
+    }
+    // Each partition's group knows only the responder that serves it.
+    for (i, serving, other) in [
+        (0, &first, &second),
+        (1, &second, &first),
+        (2, &first, &second),
+    ] {
+        let stats = admin
+            .partition(i)
+            .expect("a partition")
+            .stats()
+            .await
+            .expect("stats of a partition");
+        let consumers: Vec<&str> = stats
+            .groups
+            .iter()
+            .flat_map(|g| g.consumers.iter().map(|c| c.name.as_str()))
+            .collect();
+        assert!(
+            consumers.contains(&serving.consumer()),
+            "partition {i}: {consumers:?}"
+        );
+        assert!(
+            !consumers.contains(&other.consumer()),
+            "partition {i}: {consumers:?}"
+        );
+    }
+    first.shutdown().await.expect("shutdown");
+    second.shutdown().await.expect("shutdown");
 
     // One partition is the layout it always was: nothing recorded, one stream under `{ns:service}`.
     let plain = env.other_client();

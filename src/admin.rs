@@ -47,7 +47,7 @@ use tokio::sync::OnceCell;
 use crate::client::Client;
 use crate::connection;
 use crate::error::{Error, Result};
-use crate::protocol::ServiceKeys;
+use crate::protocol::{Partitions, ServiceKeys};
 use crate::retention::{self, RetentionPolicy, TrimReport};
 
 pub use dead_letter_filter::{DeadLetterFilter, DeadLetterPage, SCAN_LIMIT};
@@ -71,7 +71,18 @@ const PAGE: usize = 200;
 pub struct Admin {
     client: Client,
     service: Arc<str>,
+    /// The service's partitions.
+    parts: Arc<Partitions>,
+    /// `None` for the whole service; `Some(i)` for an admin of partition `i` alone (made by
+    /// [`Admin::partition`]).
+    partition: Option<usize>,
+    /// The keys this admin works on: its partition's (the first partition's for the whole service, which every
+    /// operation on a service of several partitions splits first, see [`Admin::split`]).
     keys: Arc<ServiceKeys>,
+    /// Why the partition count is unusable, if it is: every operation then fails with it.
+    bad_partitions: Option<Arc<str>>,
+    /// Set once the recorded partition count was found to agree (see [`crate::partition_count`]).
+    checked: Arc<OnceCell<()>>,
     con: Arc<OnceCell<ManagedConnection>>,
 }
 
@@ -85,13 +96,77 @@ impl std::fmt::Debug for Admin {
 
 impl Admin {
     pub(crate) fn new(client: Client, service: &str) -> Self {
-        let keys = Arc::new(client.keys(service));
+        let count = client.config().partitions;
+        let parts = Arc::new(client.partitioned_keys(service, count));
         Self {
+            keys: parts.all()[0].clone(),
+            parts,
+            partition: None,
             client,
             service: service.into(),
-            keys,
+            bad_partitions: None,
+            checked: Arc::new(OnceCell::new()),
             con: Arc::new(OnceCell::new()),
         }
+    }
+
+    /// This admin with `count` partitions instead of the client's (see
+    /// [`ClientBuilder::partitions`](crate::ClientBuilder::partitions)): it must be the count the service is served
+    /// with, or every operation fails with [`Error::PartitionMismatch`]. Stats, dead letters, replays and trims
+    /// then cover every partition; a request's status is read from its id's partition.
+    pub fn partitions(mut self, count: usize) -> Self {
+        self.bad_partitions = crate::config::check_partitions(count)
+            .err()
+            .map(|e| Arc::from(e.to_string()));
+        self.parts = Arc::new(self.client.partitioned_keys(&self.service, count));
+        self.keys = self.parts.all()[0].clone();
+        self.partition = None;
+        self.checked = Arc::new(OnceCell::new());
+        self
+    }
+
+    /// The service's partitions and their keys.
+    pub fn layout(&self) -> &Partitions {
+        &self.parts
+    }
+
+    /// An admin of partition `index` alone (sharing this one's connection): its stats, dead letters, replays and
+    /// trims. `None` when there is no such partition.
+    pub fn partition(&self, index: usize) -> Option<Admin> {
+        let keys = self.parts.get(index)?.clone();
+        Some(Admin {
+            keys,
+            partition: Some(index),
+            ..self.clone()
+        })
+    }
+
+    /// Which partition this admin is restricted to (`None`: the whole service).
+    pub fn partition_index(&self) -> Option<usize> {
+        self.partition
+    }
+
+    /// For an admin of a whole service of several partitions, an admin per partition: what its operations run on
+    /// and merge. `None` when this admin's keys are already the whole story (one partition, or one partition's
+    /// admin).
+    pub(crate) fn split(&self) -> Option<Vec<Admin>> {
+        if self.partition.is_some() || self.parts.count() == 1 {
+            return None;
+        }
+        Some(
+            (0..self.parts.count())
+                .filter_map(|i| self.partition(i))
+                .collect(),
+        )
+    }
+
+    /// The admin of request `id`'s partition (this admin itself for a service of one partition).
+    pub(crate) fn for_id(&self, id: &str) -> Admin {
+        if self.parts.count() == 1 {
+            return self.clone();
+        }
+        self.partition(self.parts.index_of(id))
+            .unwrap_or_else(|| self.clone())
     }
 
     /// An admin for `service` that uses `con` (a responder's own connection) instead of opening one.
@@ -110,7 +185,8 @@ impl Admin {
         &self.service
     }
 
-    /// The service's key layout, for looking at its keys by hand.
+    /// The key layout this admin works on, for looking at its keys by hand: the service's, or with several
+    /// partitions this admin's partition's (the first one's for the whole service; see [`Admin::layout`]).
     pub fn keys(&self) -> &ServiceKeys {
         &self.keys
     }
@@ -130,14 +206,40 @@ impl Admin {
     ///   trim of the requests stream that went through stays done.
     pub async fn trim(&self, policy: &RetentionPolicy) -> Result<TrimReport> {
         policy.validate()?;
+        if let Some(parts) = self.split() {
+            let mut reports = Vec::with_capacity(parts.len());
+            for part in parts {
+                reports.push(Box::pin(part.trim(policy)).await?);
+            }
+            return Ok(TrimReport::merge(reports));
+        }
         let mut con = self.con().await?;
         retention::trim(&mut con, &self.keys, &policy.clone().clamped()).await
     }
 
-    /// The admin's connection (a self-reconnecting one, opened on first use).
-    /// Every operation of the admin goes through here first: an unusable service name is refused before Redis is
-    /// touched.
-    pub(crate) async fn con(&self) -> Result<ManagedConnection> {
+    /// The partition count recorded in Redis for the service (`None` when none is: one partition, or a service
+    /// not used yet), for tools that work on services of any count (`redcall stats --all`).
+    ///
+    /// # Errors
+    /// [`Error::Redis`] when the connection or the read fails; [`Error::Config`] when the key holds no count.
+    pub async fn recorded_partitions(&self) -> Result<Option<usize>> {
+        let mut con = self.unchecked_con().await?;
+        let key = self.parts.base().partition_count();
+        let text: Option<String> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut con)
+            .await
+            .map_err(Error::redis("reading the service's partition count"))?;
+        text.map(|t| {
+            t.parse()
+                .map_err(|_| Error::Config(format!("{key} holds {t:?}, not a partition count")))
+        })
+        .transpose()
+    }
+
+    /// The admin's connection without the partition count check: for what lives under the unpartitioned tag
+    /// whatever the count (heartbeat records, the recorded count).
+    pub(crate) async fn unchecked_con(&self) -> Result<ManagedConnection> {
         crate::names::check_service(&self.service).map_err(Error::InvalidArgument)?;
         self.con
             .get_or_try_init(|| {
@@ -145,6 +247,31 @@ impl Admin {
             })
             .await
             .cloned()
+    }
+
+    /// The admin's connection (a self-reconnecting one, opened on first use).
+    /// Every operation of the admin goes through here first: an unusable service name is refused before Redis is
+    /// touched.
+    pub(crate) async fn con(&self) -> Result<ManagedConnection> {
+        crate::names::check_service(&self.service).map_err(Error::InvalidArgument)?;
+        if let Some(problem) = &self.bad_partitions {
+            return Err(Error::Config(problem.to_string()));
+        }
+        let con = self
+            .con
+            .get_or_try_init(|| {
+                connection::managed_connection(self.client.target(), self.client.config())
+            })
+            .await
+            .cloned()?;
+        // An admin given another partition count than the service has would show and change the wrong streams.
+        self.checked
+            .get_or_try_init(|| async {
+                crate::partition_count::check(&mut con.clone(), &self.parts, &self.service, false)
+                    .await
+            })
+            .await?;
+        Ok(con)
     }
 
     /// The id of the newest entry of `stream`, if it has any: the fixed upper bound of a paged walk, so entries
@@ -162,6 +289,21 @@ impl Admin {
             .map_err(Error::redis("reading the newest stream entry"))?;
         Ok(newest.ids.into_iter().next().map(|e| e.id))
     }
+}
+
+/// The service a partition's name belongs to: `orders#1.622` (partition 1 of `orders`, see
+/// [`crate::protocol::partition_tag`]) is `orders`; any other name is itself.
+fn unpartitioned(name: &str) -> &str {
+    if let Some((service, suffix)) = name.rsplit_once('#')
+        && let Some((index, k)) = suffix.split_once('.')
+        && !service.is_empty()
+        && !index.is_empty()
+        && !k.is_empty()
+        && index.bytes().chain(k.bytes()).all(|b| b.is_ascii_digit())
+    {
+        return service;
+    }
+    name
 }
 
 /// The services that have a requests stream in `client`'s namespace, found with `SCAN` (cheap per call, but it
@@ -191,7 +333,7 @@ pub async fn list_services(client: &Client) -> Result<Vec<String>> {
         .filter_map(|k| {
             k.strip_prefix(&prefix)
                 .and_then(|rest| rest.strip_suffix(suffix))
-                .map(str::to_owned)
+                .map(|name| unpartitioned(name).to_owned())
         })
         .collect();
     services.sort();

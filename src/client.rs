@@ -151,6 +151,12 @@ impl Client {
         ServiceKeys::new(&self.inner.config.namespace, service)
     }
 
+    /// The key layout of `service` in this client's namespace with `count` partitions (see
+    /// [`crate::protocol::Partitions`]), for finding a partitioned service's keys by hand.
+    pub fn partitioned_keys(&self, service: &str, count: usize) -> crate::protocol::Partitions {
+        crate::protocol::Partitions::new(&self.inner.config.namespace, service, count)
+    }
+
     /// Number of requests of this client currently waiting for a reply (across all its requesters and clones): a
     /// gauge for metrics, and a way to tell that a shutdown would leave callers waiting.
     pub fn in_flight(&self) -> usize {
@@ -262,6 +268,16 @@ impl ClientBuilder {
         self
     }
 
+    /// The partition count of every service this client's requesters, responders and admins use, unless given
+    /// one of their own (default 1: the unpartitioned layout). A partitioned service is N requests streams, each
+    /// under its own hash tag, so a Redis Cluster spreads it over N shards (see `docs/scaling.md`). Every program of
+    /// a service must use the same count: the count is recorded in Redis and a program given another is refused
+    /// with [`Error::PartitionMismatch`]. Between 1 and [`crate::protocol::MAX_PARTITIONS`].
+    pub fn partitions(mut self, count: usize) -> Self {
+        self.config.partitions = count;
+        self
+    }
+
     /// How sure a write must be before it counts as done (default [`Durability::Primary`](crate::Durability)):
     /// with [`Durability::Replicated`](crate::Durability::Replicated), adding a request and answering it wait for
     /// that many replicas (`WAIT`), and an add not confirmed in time fails with [`Error::NotReplicated`].
@@ -338,6 +354,7 @@ impl ClientBuilder {
             return Err(Error::Config("the payload limit must be positive".into()));
         }
         c.durability.validate(c.command_timeout)?;
+        crate::config::check_partitions(c.partitions)?;
         let target = self.target()?;
         Ok(Client {
             inner: Arc::new(Inner {

@@ -41,6 +41,9 @@ pub struct ClientConfig {
     pub outage_timeout: Duration,
     /// Whether writes wait for replicas (`WAIT`) before they count as done.
     pub durability: crate::Durability,
+    /// The partition count of the services this client's requesters, responders and admins use unless given one of
+    /// their own (see [`crate::protocol::Partitions`]); 1, the unpartitioned layout, by default.
+    pub partitions: usize,
 }
 
 impl Default for ClientConfig {
@@ -55,6 +58,7 @@ impl Default for ClientConfig {
             fail_fast: false,
             outage_timeout: DEFAULT_OUTAGE_TIMEOUT,
             durability: crate::Durability::Primary,
+            partitions: 1,
         }
     }
 }
@@ -104,4 +108,16 @@ pub(crate) fn request_timeout(id: &str, timeout: Duration) -> crate::Result<Dura
 /// The sum of two durations, saturating instead of overflowing.
 pub(crate) fn add(a: Duration, b: Duration) -> Duration {
     a.saturating_add(b)
+}
+
+/// Refuses a partition count outside `1..=MAX_PARTITIONS`.
+pub(crate) fn check_partitions(count: usize) -> crate::Result<()> {
+    if (1..=crate::protocol::MAX_PARTITIONS).contains(&count) {
+        Ok(())
+    } else {
+        Err(crate::Error::Config(format!(
+            "the partition count must be between 1 and {} (got {count})",
+            crate::protocol::MAX_PARTITIONS
+        )))
+    }
 }

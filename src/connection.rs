@@ -141,11 +141,13 @@ pub(crate) fn is_transient(err: &redis::RedisError) -> bool {
     // A Redis that answers but cannot serve yet: loading its data after a restart, failing over, running a long
     // script. Inside a pipeline the command's error is wrapped: unwrap it first.
     // `READONLY` and `UNBLOCKED`: the node was the primary and is a replica now (a failover); a new connection finds
-    // the new primary (through Sentinel).
+    // the new primary (through Sentinel). `CLUSTERDOWN`: a cluster with a slot not served, until its failover ends.
     matches!(
         only_command_error(err.clone()).code(),
-        Some("LOADING" | "TRYAGAIN" | "MASTERDOWN" | "BUSY" | "READONLY" | "UNBLOCKED")
+        Some("LOADING" | "TRYAGAIN" | "MASTERDOWN" | "BUSY" | "READONLY" | "UNBLOCKED" | "CLUSTERDOWN")
     ) || err.kind() == redis::ErrorKind::MasterNameNotFoundBySentinel
+        // A cluster mid-failover: the crate has no connection to the slot's node yet (it reconnects from the seeds).
+        || err.kind() == redis::ErrorKind::ClusterConnectionNotFound
 }
 
 /// Whether a Redis error means the node is no longer the primary: it refuses writes (`READONLY`), or it unblocked a

@@ -189,6 +189,21 @@ pub enum Error {
         /// The durability timeout.
         timeout: Duration,
     },
+    /// The service's partition count recorded in Redis is not the one this program was given: it would add
+    /// requests to streams no responder reads, or read streams no requester writes. Nothing was sent. Every
+    /// requester, responder and admin of a service must use the count it was first served with (see
+    /// `docs/scaling.md` for changing it).
+    #[error(
+        "service {service:?} is served with {recorded} partition(s), but this program was given {configured} (use --partitions {recorded})"
+    )]
+    PartitionMismatch {
+        /// The service.
+        service: String,
+        /// The count recorded in Redis.
+        recorded: usize,
+        /// The count this program was given.
+        configured: usize,
+    },
     /// The configuration is not usable (a client or responder setting, a URL, TLS material).
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -281,6 +296,8 @@ pub enum ErrorKind {
     NotReplicated,
     /// See [`Error::InvalidArgument`].
     InvalidArgument,
+    /// See [`Error::PartitionMismatch`].
+    PartitionMismatch,
 }
 
 impl ErrorKind {
@@ -307,6 +324,7 @@ impl ErrorKind {
             ErrorKind::InvalidArgument => "invalid_argument",
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::NotReplicated => "not_replicated",
+            ErrorKind::PartitionMismatch => "partition_mismatch",
         }
     }
 }
@@ -339,6 +357,7 @@ impl Error {
             Error::UnsupportedServer { .. } => ErrorKind::Unsupported,
             Error::NotReplicated { .. } => ErrorKind::NotReplicated,
             Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            Error::PartitionMismatch { .. } => ErrorKind::PartitionMismatch,
         }
     }
 

@@ -51,6 +51,7 @@ mod durability;
 mod error;
 pub mod metrics;
 mod names;
+mod partition_count;
 pub mod protocol;
 mod requester;
 mod responder;

@@ -127,6 +127,24 @@ pub struct TrimReport {
     pub applied_bound: Option<String>,
     /// Entries removed from the dead-letter stream.
     pub dead_letters_trimmed: u64,
+    /// For a service of several partitions, each partition's report, in order; the counts above are their sums
+    /// and the bounds above are `None` (each stream has its own). Empty for one partition.
+    pub partitions: Vec<TrimReport>,
+}
+
+impl TrimReport {
+    /// One report for the trims of every partition: the report itself for one partition, else the sums.
+    pub(crate) fn merge(mut reports: Vec<TrimReport>) -> TrimReport {
+        if reports.len() == 1 {
+            return reports.pop().unwrap_or_default();
+        }
+        TrimReport {
+            trimmed: reports.iter().map(|r| r.trimmed).sum(),
+            dead_letters_trimmed: reports.iter().map(|r| r.dead_letters_trimmed).sum(),
+            partitions: reports,
+            ..TrimReport::default()
+        }
+    }
 }
 
 /// Trims the service's streams by `policy` (ignoring `policy.enabled`: a call is an explicit request).

@@ -220,3 +220,67 @@ fn soak_mode_samples_and_judges() {
         );
     }
 }
+
+/// `redcall bench --cluster` starts its own cluster of 3 primaries and compares 1 and 3 partitions of one service:
+/// with 1 partition one primary does nearly all of the Redis work (99 % in the runs measured; over 70 % is asked, as
+/// idle primaries' own housekeeping weighs more on a loaded machine's short run); with 3 no primary carries more
+/// than 45 %.
+#[test]
+fn cluster_bench_spreads_three_partitions_over_the_primaries() {
+    let server = RedisServer::start();
+    let out = run_redcall(
+        &server,
+        &[
+            "--json",
+            "--cluster",
+            "bench",
+            "--duration",
+            "2",
+            "--warmup",
+            "0",
+            "--concurrency",
+            "32",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let run = |partitions: u64| {
+        lines
+            .iter()
+            .find(|l| l["partitions"] == partitions && l.get("summary").is_none())
+            .unwrap_or_else(|| panic!("no run with {partitions} partitions: {stdout}"))
+    };
+    let max_share = |l: &Value| {
+        l["redis_cpu_share"]
+            .as_array()
+            .expect("shares")
+            .iter()
+            .map(|s| s.as_f64().expect("a share"))
+            .fold(0.0, f64::max)
+    };
+    for p in [1, 3] {
+        let r = run(p);
+        assert_eq!(r["errors"], 0, "{r}");
+        assert!(r["requests"].as_u64().expect("requests") > 0, "{r}");
+        assert_eq!(
+            r["redis_cpu_share"].as_array().map(Vec::len),
+            Some(3),
+            "{r}"
+        );
+    }
+    assert!(max_share(run(1)) > 0.7, "{stdout}");
+    assert!(max_share(run(3)) < 0.45, "{stdout}");
+    let summary = lines
+        .iter()
+        .find(|l| l["summary"] == true)
+        .unwrap_or_else(|| panic!("no summary: {stdout}"));
+    assert!(summary["throughput_ratio"].as_f64().expect("a ratio") > 0.0);
+}

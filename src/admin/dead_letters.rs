@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::Admin;
 use crate::error::{Error, Result};
-use crate::protocol::entry::check_entry_id;
+use crate::protocol::entry::{check_entry_id, parse_entry_id};
 use crate::protocol::{self, FIELD_ENVELOPE, FIELD_ID, RequestEnvelope};
 use crate::scripts;
 
@@ -37,6 +37,10 @@ pub struct DeadLetterEntry {
     pub dead_at_ms: Option<u64>,
     /// The consumer group that gave up on it.
     pub group: Option<String>,
+    /// The partition whose dead-letter stream holds it, for a service of several partitions (`None` for one).
+    /// Dead-letter ids are unique within a partition only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<usize>,
     /// The request envelope as it was in the stream (MessagePack); decode with [`DeadLetterEntry::request`].
     #[serde(skip)]
     pub envelope: Option<Vec<u8>>,
@@ -75,7 +79,14 @@ impl DeadLetterEntry {
                 _ => None,
             },
             dead_id: entry.id,
+            partition: None,
         }
+    }
+
+    /// This entry, read from partition `partition` (kept for a service of several partitions).
+    pub(crate) fn in_partition(mut self, partition: Option<usize>) -> Self {
+        self.partition = partition;
+        self
     }
 }
 
@@ -114,6 +125,13 @@ impl Admin {
     /// # Errors
     /// [`Error::Redis`] when the admin's first connection or the `XLEN` fails.
     pub async fn dead_letter_count(&self) -> Result<u64> {
+        if let Some(parts) = self.split() {
+            let mut total = 0;
+            for part in parts {
+                total += Box::pin(part.dead_letter_count()).await?;
+            }
+            return Ok(total);
+        }
         let mut con = self.con().await?;
         redis::cmd("XLEN")
             .arg(self.keys.dead_letters())
@@ -140,6 +158,16 @@ impl Admin {
             }
             None => "-".to_owned(),
         };
+        if let Some(parts) = self.split() {
+            // Each partition's next page, merged oldest first: the first `limit` of them are the next page of all.
+            let mut all = Vec::new();
+            for part in parts {
+                all.extend(Box::pin(part.dead_letters(after, limit)).await?);
+            }
+            all.sort_by_key(|e| parse_entry_id(&e.dead_id));
+            all.truncate(limit.max(1));
+            return Ok(all);
+        }
         let mut con = self.con().await?;
         let page: StreamRangeReply = redis::cmd("XRANGE")
             .arg(self.keys.dead_letters())
@@ -153,7 +181,7 @@ impl Admin {
         Ok(page
             .ids
             .into_iter()
-            .map(DeadLetterEntry::from_stream_id)
+            .map(|e| DeadLetterEntry::from_stream_id(e).in_partition(self.partition))
             .collect())
     }
 
@@ -166,6 +194,19 @@ impl Admin {
     /// - [`Error::Redis`] when the admin's first connection or the read fails.
     pub async fn dead_letter(&self, dead_id: &str) -> Result<DeadLetterEntry> {
         check_entry_id(dead_id, false)?;
+        if let Some(parts) = self.split() {
+            // The first partition that has it (ids are unique within a partition only).
+            for part in parts {
+                match Box::pin(part.dead_letter(dead_id)).await {
+                    Err(Error::EntryNotFound { .. }) => continue,
+                    found => return found,
+                }
+            }
+            return Err(Error::EntryNotFound {
+                stream: "dead-letter",
+                entry_id: dead_id.to_owned(),
+            });
+        }
         let mut con = self.con().await?;
         let found: StreamRangeReply = redis::cmd("XRANGE")
             .arg(self.keys.dead_letters())
@@ -178,7 +219,7 @@ impl Admin {
             .ids
             .into_iter()
             .next()
-            .map(DeadLetterEntry::from_stream_id)
+            .map(|e| DeadLetterEntry::from_stream_id(e).in_partition(self.partition))
             .ok_or_else(|| Error::EntryNotFound {
                 stream: "dead-letter",
                 entry_id: dead_id.to_owned(),
@@ -202,6 +243,34 @@ impl Admin {
         for id in dead_ids {
             check_entry_id(id, false)?;
         }
+        if let Some(parts) = self.split() {
+            // Each id from every partition that has it; not found only when no partition had it.
+            let mut report = PurgeReport::default();
+            let mut missing: Option<Vec<String>> = None;
+            for part in parts {
+                let done = part.purge_here(dead_ids, &mut |_| {}).await?;
+                report.purged += done.purged;
+                missing = Some(match missing {
+                    None => done.not_found,
+                    Some(m) => m
+                        .into_iter()
+                        .filter(|id| done.not_found.contains(id))
+                        .collect(),
+                });
+            }
+            report.not_found = missing.unwrap_or_default();
+            progress(distinct(dead_ids).len() as u64);
+            return Ok(report);
+        }
+        self.purge_here(dead_ids, &mut progress).await
+    }
+
+    /// [`Admin::purge_dead_letters`] on this admin's dead-letter stream alone.
+    async fn purge_here(
+        &self,
+        dead_ids: &[String],
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<PurgeReport> {
         let dead_ids = distinct(dead_ids);
         let mut con = self.con().await?;
         let mut report = PurgeReport::default();
@@ -239,6 +308,19 @@ impl Admin {
         &self,
         mut progress: impl FnMut(u64) + Send,
     ) -> Result<u64> {
+        if let Some(parts) = self.split() {
+            let mut removed = 0;
+            for part in parts {
+                let base = removed;
+                removed += part.purge_all_here(&mut |n| progress(base + n)).await?;
+            }
+            return Ok(removed);
+        }
+        self.purge_all_here(&mut progress).await
+    }
+
+    /// [`Admin::purge_all_dead_letters`] on this admin's dead-letter stream alone.
+    async fn purge_all_here(&self, progress: &mut (dyn FnMut(u64) + Send)) -> Result<u64> {
         let Some(bound) = self.last_entry_id(self.keys.dead_letters()).await? else {
             return Ok(0);
         };

@@ -203,9 +203,12 @@ impl Admin {
     /// - [`Error::Redis`] when the admin's first connection or a read fails.
     pub async fn dead_letter_of_request(&self, id: &str) -> Result<DeadLetterEntry> {
         crate::names::check_request_id(id).map_err(Error::InvalidArgument)?;
+        if self.split().is_some() {
+            return Box::pin(self.for_id(id).dead_letter_of_request(id)).await;
+        }
         let mut con = self.con().await?;
         match self.find_dead_letter(&mut con, id, None, None).await? {
-            DeadLetterSearch::Found(entry) => Ok(*entry),
+            DeadLetterSearch::Found(entry) => Ok(entry.in_partition(self.partition)),
             DeadLetterSearch::NotFound { exhausted } => Err(Error::EntryNotFound {
                 stream: "dead-letter",
                 entry_id: if exhausted {

@@ -65,6 +65,25 @@ impl Admin {
     /// [`Error::Redis`] when the admin's first connection or one of the reads fails, or a reply does not have the
     /// expected shape.
     pub async fn last_read(&self) -> Result<LastRead> {
+        if let Some(parts) = self.split() {
+            // Groups and consumers counted once per partition stream; the freshest read of any.
+            let mut all = LastRead {
+                groups: 0,
+                consumers: 0,
+                freshest: None,
+            };
+            for part in parts {
+                let read = Box::pin(part.last_read()).await?;
+                all.groups = all.groups.max(read.groups);
+                all.consumers = all.consumers.max(read.consumers);
+                if let Some(f) = read.freshest
+                    && all.freshest.as_ref().is_none_or(|a| f.idle_ms < a.idle_ms)
+                {
+                    all.freshest = Some(f);
+                }
+            }
+            return Ok(all);
+        }
         let mut con = self.con().await?;
         let requests = self.keys.requests();
         let exists: bool = redis::cmd("EXISTS")

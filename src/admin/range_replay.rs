@@ -39,6 +39,31 @@ impl Admin {
         let from = range_end(from, false)?;
         let to = range_end(to, true)?;
         let (from, to) = (from.as_str(), to.as_str());
+        if let Some(parts) = self.split() {
+            // Entry ids are times: the same range of every partition's stream.
+            let mut reports = Vec::with_capacity(parts.len());
+            let mut done = 0;
+            for part in parts {
+                let base = done;
+                let mut inner = |n| {
+                    done = base + n;
+                    progress(done)
+                };
+                reports.push(part.replay_range_here(from, to, opts, &mut inner).await?);
+            }
+            return Ok(ReplayReport::merge(reports, false));
+        }
+        self.replay_range_here(from, to, opts, &mut progress).await
+    }
+
+    /// [`Admin::replay_range`] on this admin's requests stream alone (`from` and `to` full ids, checked).
+    async fn replay_range_here(
+        &self,
+        from: &str,
+        to: &str,
+        opts: &ReplayOptions,
+        mut progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<ReplayReport> {
         let report = ReplayReport::default();
         let requests = self.keys.requests();
         let Some(newest) = self.last_entry_id(requests).await? else {

@@ -101,6 +101,33 @@ impl Admin {
         for id in dead_ids {
             check_entry_id(id, false)?;
         }
+        if let Some(parts) = self.split() {
+            let mut reports = Vec::with_capacity(parts.len());
+            let mut done = 0;
+            for part in parts {
+                let base = done;
+                let mut inner = |n| {
+                    done = base + n;
+                    progress(done)
+                };
+                reports.push(
+                    part.replay_dead_letters_here(dead_ids, opts, &mut inner)
+                        .await?,
+                );
+            }
+            return Ok(ReplayReport::merge(reports, true));
+        }
+        self.replay_dead_letters_here(dead_ids, opts, &mut progress)
+            .await
+    }
+
+    /// [`Admin::replay_dead_letters`] on this admin's dead-letter stream alone (ids checked by the caller).
+    async fn replay_dead_letters_here(
+        &self,
+        dead_ids: &[String],
+        opts: &ReplayOptions,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<ReplayReport> {
         let dead_ids = distinct(dead_ids);
         let mut con = self.con().await?;
         let mut report = ReplayReport::default();
@@ -152,6 +179,28 @@ impl Admin {
         mut progress: impl FnMut(u64) + Send,
     ) -> Result<ReplayReport> {
         opts.check()?;
+        if let Some(parts) = self.split() {
+            let mut reports = Vec::with_capacity(parts.len());
+            let mut done = 0;
+            for part in parts {
+                let base = done;
+                let mut inner = |n| {
+                    done = base + n;
+                    progress(done)
+                };
+                reports.push(part.replay_all_here(opts, &mut inner).await?);
+            }
+            return Ok(ReplayReport::merge(reports, false));
+        }
+        self.replay_all_here(opts, &mut progress).await
+    }
+
+    /// [`Admin::replay_all_dead_letters`] on this admin's dead-letter stream alone.
+    async fn replay_all_here(
+        &self,
+        opts: &ReplayOptions,
+        mut progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<ReplayReport> {
         let report = ReplayReport::default();
         let Some(bound) = self.last_entry_id(self.keys.dead_letters()).await? else {
             return Ok(report);

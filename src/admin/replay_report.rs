@@ -158,3 +158,36 @@ pub struct ReplayReport {
     /// Entries for another function key than [`ReplayOptions::func_key`].
     pub not_matching: u64,
 }
+
+impl ReplayReport {
+    /// One report of the replays of several partitions. With `by_id` (dead letters named by id, each looked for in
+    /// every partition), an id is "not found" only when no partition had it, and reported so once.
+    pub(super) fn merge(reports: Vec<ReplayReport>, by_id: bool) -> ReplayReport {
+        let mut all = ReplayReport::default();
+        for r in reports {
+            all.dry_run |= r.dry_run;
+            all.not_matching += r.not_matching;
+            all.replayed.extend(r.replayed);
+            all.skipped.extend(r.skipped);
+        }
+        if by_id {
+            let seen: std::collections::HashSet<String> = all
+                .replayed
+                .iter()
+                .map(|r| r.from.clone())
+                .chain(
+                    all.skipped
+                        .iter()
+                        .filter(|s| !matches!(s.reason, SkipReason::NotFound))
+                        .map(|s| s.from.clone()),
+                )
+                .collect();
+            let mut reported = std::collections::HashSet::new();
+            all.skipped.retain(|s| {
+                !matches!(s.reason, SkipReason::NotFound)
+                    || (!seen.contains(&s.from) && reported.insert(s.from.clone()))
+            });
+        }
+        all
+    }
+}

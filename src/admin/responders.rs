@@ -60,11 +60,11 @@ impl Admin {
     /// [`Error::Redis`] when the admin's first connection or a read fails. A record that does not decode (written
     /// by a newer layout or another program) is skipped, not an error.
     pub async fn responders(&self) -> Result<Vec<ResponderInfo>> {
-        let mut con = self.con().await?;
+        let mut con = self.unchecked_con().await?;
         // Newest heartbeats first: the index keeps names for an hour, so a crash-looping deployment (a new consumer
         // name per start) can fill it with dead names, which must not crowd out the live ones.
         let names: Vec<String> = redis::cmd("ZRANGE")
-            .arg(self.keys.responders())
+            .arg(self.parts.base().responders())
             .arg(0)
             .arg(MAX_RESPONDERS - 1)
             .arg("REV")
@@ -76,7 +76,7 @@ impl Admin {
         }
         let mut get = redis::cmd("MGET");
         for name in &names {
-            get.arg(self.keys.responder(name));
+            get.arg(self.parts.base().responder(name));
         }
         let records: Vec<Option<Vec<u8>>> = get
             .query_async(&mut con)
@@ -106,6 +106,15 @@ impl Admin {
     /// [`Error::Redis`] when the admin's first connection or `XINFO GROUPS` fails (Redis unreachable, the key
     /// holds another type).
     pub async fn has_group(&self, group: &str) -> Result<bool> {
+        if let Some(parts) = self.split() {
+            // Every partition must have it: a responder creates the group on each it serves.
+            for part in parts {
+                if !Box::pin(part.has_group(group)).await? {
+                    return Ok(false);
+                }
+            }
+            return Ok(true);
+        }
         let mut con = self.con().await?;
         let requests = self.keys.requests();
         let exists: bool = redis::AsyncCommands::exists(&mut con, requests)

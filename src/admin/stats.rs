@@ -44,6 +44,93 @@ pub struct ServiceStats {
     pub groups: Vec<GroupStats>,
     /// The Redis server's clock when the snapshot was taken (ages are measured against it), ms since the epoch.
     pub server_time_ms: u64,
+    /// For a service of several partitions, each partition's stats, in order (their `partitions` empty); the
+    /// fields above are then the totals: lengths, counts and pending summed, groups and consumers merged by name
+    /// (lag summed, the oldest pending the oldest of all, a consumer's idle time its least), the first and last
+    /// entry ids the least and greatest. Empty for one partition.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<ServiceStats>,
+}
+
+impl ServiceStats {
+    /// The totals of several partitions' stats (see [`ServiceStats::partitions`]).
+    fn total(service: &str, partitions: Vec<ServiceStats>) -> ServiceStats {
+        let mut total = ServiceStats {
+            service: service.to_owned(),
+            stream_length: 0,
+            first_entry_id: None,
+            last_entry_id: None,
+            entries_added: None,
+            delayed: 0,
+            dead_letters: 0,
+            dead_letters_unattributed: 0,
+            groups: Vec::new(),
+            server_time_ms: 0,
+            partitions: Vec::new(),
+        };
+        let by_id = |id: &Option<String>| id.as_deref().and_then(parse_entry_id);
+        for p in &partitions {
+            total.stream_length += p.stream_length;
+            if let Some(added) = p.entries_added {
+                total.entries_added = Some(total.entries_added.unwrap_or(0) + added);
+            }
+            total.delayed += p.delayed;
+            total.dead_letters += p.dead_letters;
+            total.dead_letters_unattributed += p.dead_letters_unattributed;
+            total.server_time_ms = total.server_time_ms.max(p.server_time_ms);
+            if p.first_entry_id.is_some()
+                && (total.first_entry_id.is_none()
+                    || by_id(&p.first_entry_id) < by_id(&total.first_entry_id))
+            {
+                total.first_entry_id = p.first_entry_id.clone();
+            }
+            if by_id(&p.last_entry_id) > by_id(&total.last_entry_id) {
+                total.last_entry_id = p.last_entry_id.clone();
+            }
+            for g in &p.groups {
+                match total.groups.iter_mut().find(|t| t.name == g.name) {
+                    None => total.groups.push(g.clone()),
+                    Some(t) => t.merge(g),
+                }
+            }
+        }
+        total.groups.sort_by(|a, b| a.name.cmp(&b.name));
+        total.partitions = partitions;
+        total
+    }
+}
+
+impl GroupStats {
+    /// Adds another partition's stats of the same group.
+    fn merge(&mut self, other: &GroupStats) {
+        self.pending += other.pending;
+        self.lag = match (self.lag, other.lag) {
+            (Some(a), Some(b)) => Some(a + b),
+            _ => None,
+        };
+        self.dead_letters += other.dead_letters;
+        if parse_entry_id(&other.last_delivered_id) > parse_entry_id(&self.last_delivered_id) {
+            self.last_delivered_id = other.last_delivered_id.clone();
+        }
+        if let Some(o) = &other.oldest_pending
+            && self
+                .oldest_pending
+                .as_ref()
+                .is_none_or(|s| o.age_ms > s.age_ms)
+        {
+            self.oldest_pending = Some(o.clone());
+        }
+        for c in &other.consumers {
+            match self.consumers.iter_mut().find(|s| s.name == c.name) {
+                None => self.consumers.push(c.clone()),
+                Some(s) => {
+                    s.pending += c.pending;
+                    s.idle_ms = s.idle_ms.min(c.idle_ms);
+                }
+            }
+        }
+        self.consumers.sort_by(|a, b| a.name.cmp(&b.name));
+    }
 }
 
 /// One consumer group of a service.
@@ -108,6 +195,13 @@ impl Admin {
     /// [`Admin::stats`]; with `attribute` false, dead letters of a service with several groups are not counted per
     /// group (which reads the whole dead-letter stream): what the metrics sampler needs.
     pub(crate) async fn stats_with(&self, attribute: bool) -> Result<ServiceStats> {
+        if let Some(parts) = self.split() {
+            let mut stats = Vec::with_capacity(parts.len());
+            for part in parts {
+                stats.push(Box::pin(part.stats_with(attribute)).await?);
+            }
+            return Ok(ServiceStats::total(&self.service, stats));
+        }
         let mut con = self.con().await?;
         let requests = self.keys.requests();
         let ((secs, micros), exists, stream_length, dead_letters, first, last, delayed): (
@@ -212,6 +306,7 @@ impl Admin {
             dead_letters_unattributed,
             groups,
             server_time_ms,
+            partitions: Vec::new(),
         })
     }
 }

@@ -189,6 +189,9 @@ impl Admin {
     /// - [`Error::Redis`] when the admin's first connection or a read fails.
     pub async fn status(&self, id: &str) -> Result<RequestStatus> {
         crate::names::check_request_id(id).map_err(Error::InvalidArgument)?;
+        if self.split().is_some() {
+            return Box::pin(self.for_id(id).status(id)).await;
+        }
         let mut con = self.con().await?;
         let ((secs, micros), keys): ((u64, u64), Vec<Option<Vec<u8>>>) = redis::pipe()
             .cmd("TIME")

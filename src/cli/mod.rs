@@ -68,6 +68,17 @@ pub struct Cli {
     /// Service to talk to: one request stream and its consumer group.
     #[arg(long, global = true, default_value = "default")]
     pub service: String,
+    /// The service's partition count: N requests streams, each under its own hash tag, so a Redis Cluster spreads
+    /// the service over N shards. Every command of a service must use the count it is served with (recorded in
+    /// Redis; another is refused, exit code 10).
+    #[arg(
+        long,
+        global = true,
+        env = "REDCALL_PARTITIONS",
+        default_value_t = 1,
+        value_name = "N"
+    )]
+    pub partitions: usize,
     /// Namespace that keeps deployments apart in one Redis.
     #[arg(long, global = true, default_value = redcall::Client::DEFAULT_NAMESPACE)]
     pub namespace: String,
@@ -268,6 +279,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         .namespace(cli.namespace.clone())
         .payload_limit(cli.payload_limit)
         .fail_fast(cli.fail_fast)
+        .partitions(cli.partitions)
         .durability(
             cli.durability
                 .to_durability(cli.durability_replicas, cli.durability_timeout),
@@ -352,6 +364,7 @@ fn kind_exit_code(kind: ErrorKind) -> u8 {
         | ErrorKind::Unsupported => 7,
         ErrorKind::Lost => 8,
         ErrorKind::Cancelled => 9,
+        ErrorKind::PartitionMismatch => 10,
         _ => 1,
     }
 }
@@ -468,6 +481,7 @@ const GLOBALS_USED_BY: &[(&str, &[&str])] = &[
     ("tls_ca_cert", TALK_TO_REDIS_BUT_BENCH),
     ("cluster", TALK_TO_REDIS_BUT_BENCH),
     ("service", SERVICE_USERS),
+    ("partitions", SERVICE_USERS),
     ("otlp_endpoint", &["call", "serve", "demo"]),
 ];
 

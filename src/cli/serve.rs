@@ -53,6 +53,10 @@ pub struct Args {
     /// How often the heartbeat record and the metrics gauges are refreshed; a bare number is milliseconds.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = super::duration::millis)]
     pub heartbeat_interval: Duration,
+    /// With `--partitions N`: serve only these partitions (0-based, comma-separated or repeated) instead of all;
+    /// other responders must serve the rest.
+    #[arg(long, value_name = "I", value_delimiter = ',')]
+    pub only_partitions: Vec<usize>,
 }
 
 #[derive(Deserialize)]
@@ -155,6 +159,9 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
         .heartbeat_interval(args.heartbeat_interval);
     if let Some(name) = &args.consumer {
         builder = builder.consumer(name.clone());
+    }
+    if !args.only_partitions.is_empty() {
+        builder = builder.only_partitions(args.only_partitions.iter().copied());
     }
     // Before the responder starts: it makes its metric handles then.
     let endpoint = match args.metrics_addr {

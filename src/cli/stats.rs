@@ -22,7 +22,13 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
     let mut all = Vec::with_capacity(services.len());
     let mut live = Vec::with_capacity(services.len());
     for service in &services {
-        let admin = ctx.client.admin(service);
+        let mut admin = ctx.client.admin(service);
+        if args.all
+            && let Some(count) = admin.recorded_partitions().await?
+        {
+            // Each service with the partition count it is served with.
+            admin = admin.partitions(count);
+        }
         all.push(admin.stats().await?);
         live.push(admin.responders().await?);
     }
@@ -104,6 +110,13 @@ fn render(s: &ServiceStats) -> String {
                 human_ms(c.idle_ms)
             );
         }
+    }
+    for (i, p) in s.partitions.iter().enumerate() {
+        let pending: u64 = p.groups.iter().map(|g| g.pending).sum();
+        out += &format!(
+            "  partition {i}: stream {} entries, pending {pending}, dead letters {}, delayed {}\n",
+            p.stream_length, p.dead_letters, p.delayed
+        );
     }
     out
 }

@@ -21,6 +21,23 @@ impl ServiceKeys {
         }
     }
 
+    /// The layout of one partition of a partitioned service, under `tag` (braces included; see
+    /// [`crate::protocol::Partitions`]).
+    pub(crate) fn with_tag(tag: String) -> Self {
+        Self {
+            requests: format!("{tag}:requests"),
+            dead_letters: format!("{tag}:dead"),
+            tag,
+        }
+    }
+
+    /// The recorded partition count of the service (a decimal string, written once by the first responder of a
+    /// partitioned service; absent means one partition). Meaningful on the unpartitioned layout
+    /// ([`crate::protocol::Partitions::base`]), where every program finds it whatever count it was given.
+    pub fn partition_count(&self) -> String {
+        format!("{}:partitions", self.tag)
+    }
+
     /// The hash tag shared by every key of the service, braces included.
     pub fn tag(&self) -> &str {
         &self.tag

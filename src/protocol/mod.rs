@@ -14,6 +14,7 @@ pub(crate) mod entry;
 mod envelope;
 mod keys;
 mod msgpack;
+mod partitions;
 mod progress;
 #[cfg(test)]
 mod strict_tests;
@@ -22,6 +23,10 @@ pub use entry::{FIELD_ENVELOPE, FIELD_ID};
 pub use envelope::{ReplayInfo, ReplaySource, ReplyEnvelope, ReplyStatus, RequestEnvelope, codes};
 pub use keys::ServiceKeys;
 pub(crate) use keys::glob_escape;
+pub use partitions::{
+    CLUSTER_SLOTS, MAX_PARTITIONS, Partitions, crc16, key_slot, partition_of, partition_tag,
+    target_slot,
+};
 pub use progress::ProgressEnvelope;
 
 /// The envelope format version this build writes and accepts; an envelope of another version is refused, never

@@ -62,7 +62,7 @@ impl Requester {
     pub async fn call_info(&self, id: &str) -> Result<CallInfo> {
         self.check(id)?;
         let router = self.client.router().await?;
-        let key = self.keys.record(id);
+        let key = self.keys_of(id).record(id);
         let record = router
             .ride_out(self.outage_deadline(), |con| {
                 get_bytes(&router, con, &key, "reading the request record")

@@ -29,7 +29,8 @@ impl Requester {
     pub async fn cancel(&self, id: &str) -> Result<()> {
         self.check(id)?;
         let router = self.client.router().await?;
-        cancel_request(&router, &self.keys, id, self.outage_deadline()).await
+        self.check_partitions(&router).await?;
+        cancel_request(&router, self.keys_of(id), id, self.outage_deadline()).await
     }
 }
 

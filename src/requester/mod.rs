@@ -21,7 +21,7 @@ pub use progress::ProgressUpdates;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::protocol::{self, ReplyEnvelope, ServiceKeys};
+use crate::protocol::{self, Partitions, ReplyEnvelope, ServiceKeys};
 use crate::router::Router;
 
 /// Makes requests to one service and answers them by hand. Cheap to clone; every clone shares the client's one
@@ -29,11 +29,16 @@ use crate::router::Router;
 #[derive(Clone)]
 pub struct Requester {
     client: Client,
-    keys: Arc<ServiceKeys>,
+    /// The service's partitions: each request's keys are those of its id's partition.
+    parts: Arc<Partitions>,
+    /// Set once the partition count recorded in Redis was found to agree (see [`crate::partition_count`]).
+    checked: Arc<tokio::sync::OnceCell<()>>,
     /// The service's name, for log fields.
     service: Arc<str>,
     /// Why the service name is unusable, if it is: every operation then fails with it, before touching Redis.
     bad_service: Option<Arc<str>>,
+    /// Why the partition count is unusable, if it is: every operation then fails with it.
+    bad_partitions: Option<Arc<str>>,
     /// Metric handles per function key, made on first use and shared by clones.
     metrics: Arc<crate::metrics::RequesterMetrics>,
 }
@@ -41,21 +46,71 @@ pub struct Requester {
 impl std::fmt::Debug for Requester {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Requester")
-            .field("service", &self.keys.tag())
+            .field("service", &self.parts.base().tag())
+            .field("partitions", &self.parts.count())
             .finish_non_exhaustive()
     }
 }
 
 impl Requester {
     pub(crate) fn new(client: Client, service: &str) -> Self {
-        let keys = Arc::new(client.keys(service));
+        let count = client.config().partitions;
+        let parts = Arc::new(client.partitioned_keys(service, count));
         let bad_service = crate::names::check_service(service).err().map(Arc::from);
         Self {
             metrics: Arc::new(crate::metrics::RequesterMetrics::new(service)),
             client,
-            keys,
+            parts,
+            checked: Arc::new(tokio::sync::OnceCell::new()),
             service: service.into(),
             bad_service,
+            bad_partitions: None,
+        }
+    }
+
+    /// This requester with `count` partitions instead of the client's (see
+    /// [`ClientBuilder::partitions`](crate::ClientBuilder::partitions)): it must be the count the service is served
+    /// with. A count out of range fails every operation with [`Error::Config`].
+    pub fn partitions(mut self, count: usize) -> Self {
+        self.bad_partitions = crate::config::check_partitions(count)
+            .err()
+            .map(|e| Arc::from(e.to_string()));
+        self.parts = Arc::new(self.client.partitioned_keys(&self.service, count));
+        self.checked = Arc::new(tokio::sync::OnceCell::new());
+        self
+    }
+
+    /// The service's partitions: which keys each request id uses.
+    pub fn layout(&self) -> &Partitions {
+        &self.parts
+    }
+
+    /// The keys of request `id`'s partition.
+    fn keys_of(&self, id: &str) -> &Arc<ServiceKeys> {
+        self.parts.for_id(id)
+    }
+
+    /// Compares this requester's partition count with the one recorded for the service (recording it when none is
+    /// and the count is above one), once per requester and its clones. Only a recorded count that disagrees fails:
+    /// when Redis cannot be asked now, the operation goes on (it meets the same outage and rides it out) and the
+    /// next one asks again.
+    async fn check_partitions(&self, router: &Router) -> Result<()> {
+        if self.checked.initialized() {
+            return Ok(());
+        }
+        let Ok(mut con) = router.connection() else {
+            return Ok(());
+        };
+        match crate::partition_count::check(&mut con, &self.parts, &self.service, true).await {
+            Ok(()) => {
+                let _ = self.checked.set(());
+                Ok(())
+            }
+            Err(err @ (Error::PartitionMismatch { .. } | Error::Config(_))) => Err(err),
+            Err(err) => {
+                tracing::debug!(error = %err, "could not check the partition count; checking again later");
+                Ok(())
+            }
         }
     }
 
@@ -69,12 +124,16 @@ impl Requester {
         if let Some(problem) = &self.bad_service {
             return Err(Error::InvalidArgument(problem.to_string()));
         }
+        if let Some(problem) = &self.bad_partitions {
+            return Err(Error::Config(problem.to_string()));
+        }
         crate::names::check_request_id(id).map_err(Error::InvalidArgument)
     }
 
-    /// The service's key layout: the Redis keys and channels this requester uses, for inspecting them by hand.
+    /// The service's unpartitioned key layout: with one partition, the Redis keys and channels this requester
+    /// uses, for inspecting them by hand; with more, see [`Requester::layout`].
     pub fn keys(&self) -> &ServiceKeys {
-        &self.keys
+        self.parts.base()
     }
 }
 

@@ -54,17 +54,19 @@ impl Requester {
         let bytes = protocol::encode(reply)?;
         config.check_payload("reply", bytes.len())?;
         let router = self.client.router().await?;
+        self.check_partitions(&router).await?;
+        let keys = self.keys_of(&reply.id);
         let mut pipe = redis::pipe();
         scripts::evalsha(&mut pipe, scripts::PUBLISH_REPLY.on(router.pubsub()))
             .arg(5)
-            .arg(self.keys.reply(&reply.id))
-            .arg(self.keys.last_error(&reply.id))
-            .arg(self.keys.record(&reply.id))
-            .arg(self.keys.by_hand())
-            .arg(self.keys.requests())
+            .arg(keys.reply(&reply.id))
+            .arg(keys.last_error(&reply.id))
+            .arg(keys.record(&reply.id))
+            .arg(keys.by_hand())
+            .arg(keys.requests())
             .arg(&bytes)
             .arg(ttl_ms(config.reply_ttl))
-            .arg(self.keys.reply_channel(&reply.id));
+            .arg(keys.reply_channel(&reply.id));
         // Safe to repeat: the script takes a stored reply identical to this one as this very reply.
         let (stored,): (i64,) = router
             .ride_out(self.outage_deadline(), |mut con| {
@@ -103,7 +105,7 @@ impl Requester {
         let router = self.client.router().await?;
         let stored = router
             .ride_out(self.outage_deadline(), |con| {
-                fetch_stored(&router, con, &self.keys, id)
+                fetch_stored(&router, con, self.keys_of(id), id)
             })
             .await?;
         match stored {

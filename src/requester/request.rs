@@ -11,7 +11,7 @@ use super::{PendingReply, Requester, new_request_id};
 use crate::config::ttl_ms;
 use crate::connection::Connection;
 use crate::error::{Error, Result};
-use crate::protocol::{self, FORMAT_VERSION, RequestEnvelope};
+use crate::protocol::{self, FORMAT_VERSION, RequestEnvelope, ServiceKeys};
 use redis::Value;
 
 use crate::router::{AddJob, Router};
@@ -244,18 +244,20 @@ impl Requester {
         config.check_payload("request", bytes.len())?;
 
         let router = self.client.router().await?;
-        let channel = self.keys.reply_channel(id);
+        self.check_partitions(&router).await?;
+        let keys = self.keys_of(id).clone();
+        let channel = keys.reply_channel(id);
         // The adder's batches mix services, which a cluster places on different slots: there, every request goes
         // through the script, one slot per pipeline.
         let batched = matches!(origin, IdOrigin::Generated) && !router.pubsub().is_sharded();
         let rx = router
-            .register(&channel, self.keys.clone(), batched)
+            .register(&channel, keys.clone(), batched)
             .ok_or_else(|| Error::DuplicateId { id: id.to_owned() })?;
         // From here on, the guard releases the waiter and its subscription on every early return.
         let pending = PendingReply {
             id: id.to_owned(),
             channel: Some(channel),
-            keys: self.keys.clone(),
+            keys: keys.clone(),
             rx: Some(rx),
             deadline: started + timeout,
             timeout,
@@ -269,6 +271,7 @@ impl Requester {
         let lifetime = timeout.max(delay.unwrap_or(Duration::ZERO));
         let record_ttl = ttl_ms(crate::config::add(lifetime, config.record_retention));
         let add = Add {
+            keys: &keys,
             id,
             channel: pending.channel(),
             envelope: bytes.as_slice(),
@@ -282,10 +285,10 @@ impl Requester {
             Some(
                 router
                     .add(AddJob {
-                        keys: self.keys.clone(),
+                        keys: keys.clone(),
                         id: id.to_owned(),
                         channel: pending.channel().to_owned(),
-                        record_key: self.keys.record(id),
+                        record_key: keys.record(id),
                         envelope: bytes.clone(),
                         record_ttl_ms: record_ttl,
                     })
@@ -324,6 +327,8 @@ impl Requester {
 
 /// One request to add by the `ADD_REQUEST` script.
 struct Add<'a> {
+    /// The keys of the request's partition.
+    keys: &'a ServiceKeys,
     id: &'a str,
     channel: &'a str,
     envelope: &'a [u8],
@@ -349,15 +354,15 @@ impl Requester {
         match add.delay {
             None => scripts::evalsha(&mut pipe, &scripts::ADD_REQUEST)
                 .arg(4)
-                .arg(self.keys.record(add.id))
-                .arg(self.keys.requests()),
+                .arg(add.keys.record(add.id))
+                .arg(add.keys.requests()),
             Some(_) => scripts::evalsha(&mut pipe, &scripts::ADD_DELAYED)
                 .arg(4)
-                .arg(self.keys.record(add.id))
-                .arg(self.keys.delayed()),
+                .arg(add.keys.record(add.id))
+                .arg(add.keys.delayed()),
         }
-        .arg(self.keys.reply(add.id))
-        .arg(self.keys.last_error(add.id))
+        .arg(add.keys.reply(add.id))
+        .arg(add.keys.last_error(add.id))
         .arg(add.id)
         .arg(add.envelope)
         .arg(add.record_ttl);
@@ -370,6 +375,11 @@ impl Requester {
             .await
             .inspect_err(|e| router.report_broken(e))
             .map_err(Error::redis("adding the request"))?;
+        if answer.iter().any(|v| matches!(v, Value::Push { .. })) {
+            // A subscription confirmation where the script's answer belongs: this connection's answers are out of
+            // step (see `Router::out_of_step`). The add is safe to repeat, on the next connection.
+            return Err(router.out_of_step());
+        }
         let mut answer = answer.into_iter();
         let entry: Option<String> = answer
             .next()

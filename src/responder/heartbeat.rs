@@ -29,7 +29,8 @@ pub(crate) async fn heartbeat_loop(shared: Arc<Shared>) {
         shared.client.clone(),
         shared.metrics.service(),
         shared.con.clone(),
-    );
+    )
+    .partitions(shared.parts.count());
     let mut record = first_record(&shared);
     let mut tick = tokio::time::interval(shared.settings.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -91,11 +92,11 @@ async fn refresh(shared: &Shared, record: &mut ResponderInfo, busy: usize) {
         }
     };
     let ttl = ttl_ms(shared.settings.heartbeat_interval * TTL_BEATS);
-    let index = shared.keys.responders();
+    let index = shared.parts.base().responders();
     let mut pipe = redis::pipe();
     pipe.atomic()
         .cmd("SET")
-        .arg(shared.keys.responder(&record.consumer))
+        .arg(shared.parts.base().responder(&record.consumer))
         .arg(bytes)
         .arg("PX")
         .arg(ttl)
@@ -125,10 +126,10 @@ async fn remove(shared: &Shared) {
     let mut pipe = redis::pipe();
     pipe.atomic()
         .cmd("DEL")
-        .arg(shared.keys.responder(consumer))
+        .arg(shared.parts.base().responder(consumer))
         .ignore()
         .cmd("ZREM")
-        .arg(shared.keys.responders())
+        .arg(shared.parts.base().responders())
         .arg(consumer)
         .ignore();
     let mut con = shared.con.clone();

@@ -190,6 +190,23 @@ impl ResponderBuilder {
         self
     }
 
+    /// The service's partition count, instead of the client's (see
+    /// [`ClientBuilder::partitions`](crate::ClientBuilder::partitions)). The responder reads every partition (each
+    /// with its own blocking read, reaper, keepalive and finisher; one concurrency limit for all). The first
+    /// responder or requester of a partitioned service records the count in Redis; a responder given another count
+    /// is refused at start with [`Error::PartitionMismatch`](crate::Error::PartitionMismatch).
+    pub fn partitions(mut self, count: usize) -> Self {
+        self.settings.partitions = Some(count);
+        self
+    }
+
+    /// Serves only the partitions listed (0-based), for spreading partitions over responders by hand; every
+    /// partition must be served by someone. A partition that does not exist is refused at start.
+    pub fn only_partitions(mut self, partitions: impl IntoIterator<Item = usize>) -> Self {
+        self.settings.only_partitions = Some(partitions.into_iter().collect());
+        self
+    }
+
     /// Time between two trims by this responder's reaper (default 60 s).
     pub fn trim_interval(mut self, interval: Duration) -> Self {
         self.settings.retention.interval = interval;
@@ -255,39 +272,50 @@ impl ResponderBuilder {
         let settings = self.settings.clone().clamped();
         crate::names::check_service(&self.service).map_err(crate::Error::InvalidArgument)?;
         settings.validate()?;
-        let shared = Arc::new(
-            Shared::connect(
-                self.client.clone(),
-                &self.service,
-                settings,
-                self.handlers.clone(),
-            )
-            .await?,
-        );
-        shared.ensure_group().await?;
-        let tasks = TaskTracker::new();
-        tasks.spawn(reader::read_loop(shared.clone()));
-        if shared.settings.run_reaper {
-            tasks.spawn(reaper::reaper_loop(
-                shared.clone(),
-                reaper::ReaperKind::InResponder,
-            ));
+        let parts = Shared::connect(
+            self.client.clone(),
+            &self.service,
+            settings,
+            self.handlers.clone(),
+        )
+        .await?;
+        let Some(first) = parts.first().cloned() else {
+            return Err(crate::Error::Config("no partition to serve".into()));
+        };
+        for shared in &parts {
+            shared.ensure_group().await?;
         }
-        tasks.spawn(heartbeat::heartbeat_loop(shared.clone()));
-        tasks.spawn(cancel::cancel_loop(shared.clone()));
-        tasks.spawn(delayed::promote_loop(shared.clone()));
+        let tasks = TaskTracker::new();
+        let mut keepalive = Vec::with_capacity(parts.len());
+        let mut finisher = Vec::with_capacity(parts.len());
+        for shared in &parts {
+            tasks.spawn(reader::read_loop(shared.clone()));
+            if shared.settings.run_reaper {
+                tasks.spawn(reaper::reaper_loop(
+                    shared.clone(),
+                    reaper::ReaperKind::InResponder,
+                ));
+            }
+            tasks.spawn(cancel::cancel_loop(shared.clone()));
+            tasks.spawn(delayed::promote_loop(shared.clone()));
+            // The keepalive outlives the loops: it must refresh claims while in-flight work drains at shutdown.
+            keepalive.push(tokio::spawn(keepalive::keepalive_loop(shared.clone())));
+            finisher.push(tokio::spawn(ack::finish_loop(shared.clone())));
+        }
+        // One heartbeat for the whole responder: it is one consumer, whatever the partitions.
+        tasks.spawn(heartbeat::heartbeat_loop(first.clone()));
         tasks.close();
-        // The keepalive outlives the loops: it must refresh claims while in-flight work drains at shutdown.
-        let keepalive = tokio::spawn(keepalive::keepalive_loop(shared.clone()));
-        let finisher = tokio::spawn(ack::finish_loop(shared.clone()));
         tracing::info!(
             service = %self.service,
-            consumer = %shared.settings.consumer,
-            group = %shared.settings.group,
+            consumer = %first.settings.consumer,
+            group = %first.settings.group,
+            partitions = first.parts.count(),
+            served = parts.len(),
             "responder started"
         );
         Ok(Responder {
-            shared,
+            shared: first,
+            parts,
             tasks,
             keepalive,
             finisher,
@@ -297,12 +325,17 @@ impl ResponderBuilder {
 
 /// A running responder. Stop it with [`Responder::shutdown`]; dropping it stops it without waiting.
 pub struct Responder {
+    /// The first partition served: what the partitions share (settings, stop signals, request tasks) is read here.
     shared: Arc<Shared>,
-    /// The reader and the reaper.
+    /// Every partition served.
+    parts: Vec<Arc<Shared>>,
+    /// The readers, reapers, cancel listeners, promoters and the heartbeat.
     tasks: TaskTracker,
-    keepalive: tokio::task::JoinHandle<()>,
-    /// Answers finished requests in batches; like the keepalive, it serves the drain at shutdown.
-    finisher: tokio::task::JoinHandle<()>,
+    /// One per partition.
+    keepalive: Vec<tokio::task::JoinHandle<()>>,
+    /// Answer finished requests in batches, one per partition; like the keepalives, they serve the drain at
+    /// shutdown.
+    finisher: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Responder {
@@ -324,7 +357,7 @@ impl Responder {
     /// Number of requests this responder holds right now: those being handled (what a shutdown waits for) and those
     /// waiting out a retry backoff (which a shutdown leaves pending at once, for the visibility timeout to hand on).
     pub fn in_flight(&self) -> usize {
-        self.shared.in_flight_count()
+        self.parts.iter().map(|p| p.in_flight_count()).sum()
     }
 
     /// Stops reading, lets in-flight handlers finish and answer within the grace period, and leaves what did not
@@ -345,7 +378,7 @@ impl Responder {
         let cut_off = if drained {
             0
         } else {
-            let left = self.shared.in_flight_count();
+            let left = self.in_flight();
             tracing::warn!(
                 left,
                 "grace period over; leaving unfinished requests pending"
@@ -355,8 +388,9 @@ impl Responder {
             left
         };
         self.shared.abort.cancel();
-        let _ = (&mut self.keepalive).await;
-        let _ = (&mut self.finisher).await;
+        for task in self.keepalive.iter_mut().chain(self.finisher.iter_mut()) {
+            let _ = task.await;
+        }
         tracing::info!(consumer = %self.shared.settings.consumer, "responder stopped");
         Ok(cut_off)
     }

@@ -45,6 +45,16 @@ pub struct ReapReport {
     pub consumers_removed: usize,
 }
 
+impl ReapReport {
+    /// Adds the counts of another pass (another partition's).
+    fn add(&mut self, other: ReapReport) {
+        self.reclaimed += other.reclaimed;
+        self.dead_lettered += other.dead_lettered;
+        self.deleted += other.deleted;
+        self.consumers_removed += other.consumers_removed;
+    }
+}
+
 /// Where a reaper loop runs, which decides what one pass does.
 #[derive(Clone, Copy)]
 pub(crate) enum ReaperKind {
@@ -308,15 +318,16 @@ async fn remove_dead_consumers(shared: &Shared) -> Result<usize> {
 /// A reaper running on its own (no handlers): dead-letters entries that used up their deliveries and removes
 /// dead consumers. Stop it with [`Reaper::shutdown`].
 pub struct Reaper {
-    shared: Arc<Shared>,
+    /// One per partition of the service (see [`ResponderSettings::partitions`]).
+    parts: Vec<Arc<Shared>>,
     tasks: TaskTracker,
 }
 
 impl std::fmt::Debug for Reaper {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reaper")
-            .field("service", &self.shared.keys.tag())
-            .field("settings", &self.shared.settings)
+            .field("service", &self.parts.first().map(|p| p.parts.base().tag()))
+            .field("partitions", &self.parts.len())
             .finish_non_exhaustive()
     }
 }
@@ -330,9 +341,11 @@ impl Reaper {
     /// As [`Reaper::connect`].
     pub async fn start(client: Client, service: &str, settings: ResponderSettings) -> Result<Self> {
         let reaper = Self::connect(client, service, settings).await?;
-        reaper
-            .tasks
-            .spawn(reaper_loop(reaper.shared.clone(), ReaperKind::Standalone));
+        for shared in &reaper.parts {
+            reaper
+                .tasks
+                .spawn(reaper_loop(shared.clone(), ReaperKind::Standalone));
+        }
         reaper.tasks.close();
         Ok(reaper)
     }
@@ -351,11 +364,13 @@ impl Reaper {
         let settings = settings.clamped();
         crate::names::check_service(service).map_err(Error::InvalidArgument)?;
         settings.validate()?;
-        let shared = Arc::new(Shared::connect(client, service, settings, HashMap::new()).await?);
-        shared.ensure_group().await?;
+        let parts = Shared::connect(client, service, settings, HashMap::new()).await?;
+        for shared in &parts {
+            shared.ensure_group().await?;
+        }
         let tasks = TaskTracker::new();
         tasks.close();
-        Ok(Self { shared, tasks })
+        Ok(Self { parts, tasks })
     }
 
     /// One pass, now: what a tick of the loop does.
@@ -365,7 +380,11 @@ impl Reaper {
     /// stops there; what it did before stays done, and the next pass picks up the rest. A dead letter that cannot
     /// be written is logged, not returned (and still counted): its entry stays pending for a later pass.
     pub async fn pass(&self) -> Result<ReapReport> {
-        standalone_pass(&self.shared).await
+        let mut report = ReapReport::default();
+        for shared in &self.parts {
+            report.add(standalone_pass(shared).await?);
+        }
+        Ok(report)
     }
 
     /// One trim by the retention policy of the reaper's settings, now (even when the policy is disabled: a call is
@@ -375,14 +394,21 @@ impl Reaper {
     /// [`Error::Redis`] when the trim script or the dead-letter `XTRIM` fails; a trim of the requests stream that
     /// went through stays done.
     pub async fn trim(&self) -> Result<TrimReport> {
-        let mut con = self.shared.con.clone();
-        retention::trim(&mut con, &self.shared.keys, &self.shared.settings.retention).await
+        let mut reports = Vec::with_capacity(self.parts.len());
+        for shared in &self.parts {
+            let mut con = shared.con.clone();
+            reports
+                .push(retention::trim(&mut con, &shared.keys, &shared.settings.retention).await?);
+        }
+        Ok(TrimReport::merge(reports))
     }
 
     /// Stops the reaper and waits for its task, so no pass is cut off halfway (dropping the reaper stops it too, but
     /// without waiting: a pass under way may be cut off at its next await).
     pub async fn shutdown(self) {
-        self.shared.stop.cancel();
+        for shared in &self.parts {
+            shared.stop.cancel();
+        }
         self.tasks.wait().await;
     }
 }
@@ -390,7 +416,9 @@ impl Reaper {
 impl Drop for Reaper {
     /// Stops the reaper's loop without waiting for it, like a dropped [`crate::Responder`].
     fn drop(&mut self) {
-        self.shared.stop.cancel();
+        for shared in &self.parts {
+            shared.stop.cancel();
+        }
     }
 }
 

@@ -47,6 +47,12 @@ pub struct ResponderSettings {
     pub retry: RetryPolicy,
     /// Per function key, a retry policy that replaces [`ResponderSettings::retry`] for its requests (default none).
     pub retry_for: HashMap<String, RetryPolicy>,
+    /// The service's partition count (default: the client's, see
+    /// [`ClientBuilder::partitions`](crate::ClientBuilder::partitions)).
+    pub partitions: Option<usize>,
+    /// Serve only these partitions (0-based) instead of every one (default: every one). Other responders must then
+    /// serve the rest, or their requests wait.
+    pub only_partitions: Option<Vec<usize>>,
 }
 
 impl Default for ResponderSettings {
@@ -67,6 +73,8 @@ impl Default for ResponderSettings {
             heartbeat_interval: Duration::from_secs(5),
             retry: RetryPolicy::default(),
             retry_for: HashMap::new(),
+            partitions: None,
+            only_partitions: None,
         }
     }
 }

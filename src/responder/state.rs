@@ -22,7 +22,7 @@ use crate::client::Client;
 use crate::connection;
 use crate::error::{Error, Result};
 use crate::metrics::ResponderMetrics;
-use crate::protocol::ServiceKeys;
+use crate::protocol::{Partitions, ServiceKeys};
 use crate::scripts;
 
 /// Longest pause between two attempts to store a finished request's reply while Redis is unreachable.
@@ -55,7 +55,10 @@ pub(crate) struct Shared {
     pub(crate) client: Client,
     /// The service's name, for log fields.
     pub(crate) service: String,
-    pub(crate) keys: ServiceKeys,
+    /// The keys of the partition this part of the responder serves (the service's only one when unpartitioned).
+    pub(crate) keys: Arc<ServiceKeys>,
+    /// The service's partitions: the heartbeat writes under their base tag.
+    pub(crate) parts: Arc<Partitions>,
     pub(crate) settings: ResponderSettings,
     pub(super) handlers: HashMap<String, ErasedHandler>,
     /// Connection for short commands (answers, claims, acks); reconnects by itself.
@@ -80,8 +83,8 @@ pub(crate) struct Shared {
     /// Finished requests on their way to the finisher, which answers them in batches.
     pub(super) finished_tx: mpsc::UnboundedSender<Completion>,
     pub(super) finished_rx: Mutex<Option<mpsc::UnboundedReceiver<Completion>>>,
-    /// Metric handles, made once (see [`crate::metrics`]).
-    pub(crate) metrics: ResponderMetrics,
+    /// Metric handles, made once and shared by the partitions (see [`crate::metrics`]).
+    pub(crate) metrics: Arc<ResponderMetrics>,
     /// Entries this responder left pending (a retry, a panic): claimed back, they count as redeliveries, not
     /// claims from another consumer. Bounded by [`LEFT_PENDING_LIMIT`].
     pub(super) left_pending: Mutex<HashSet<String, foldhash::fast::RandomState>>,
@@ -95,46 +98,90 @@ pub(crate) struct Shared {
 const LEFT_PENDING_LIMIT: usize = 4096;
 
 impl Shared {
-    /// Connects the responder's command connection; starts nothing.
+    /// Connects the responder's command connection and checks the service's partition count against the one
+    /// recorded in Redis (recording it if none is); starts nothing. One `Shared` per partition served (every one,
+    /// or those in `only`), all sharing the connection, the concurrency permits, the stop signals, the request
+    /// tasks and the metrics.
     pub(crate) async fn connect(
         client: Client,
         service: &str,
         settings: ResponderSettings,
         handlers: HashMap<String, ErasedHandler>,
-    ) -> Result<Self> {
+    ) -> Result<Vec<Arc<Self>>> {
+        let count = settings.partitions.unwrap_or(client.config().partitions);
+        crate::config::check_partitions(count)?;
+        let parts = Arc::new(client.partitioned_keys(service, count));
+        let served: Vec<usize> = match &settings.only_partitions {
+            None => (0..count).collect(),
+            Some(only) => {
+                if only.is_empty() {
+                    return Err(Error::Config(
+                        "the partitions to serve must not be empty".into(),
+                    ));
+                }
+                if let Some(bad) = only.iter().find(|&&i| i >= count) {
+                    return Err(Error::Config(format!(
+                        "partition {bad} does not exist: the service has {count} (0 to {})",
+                        count - 1
+                    )));
+                }
+                let mut only = only.clone();
+                only.sort_unstable();
+                only.dedup();
+                only
+            }
+        };
         let con = connection::managed_connection(client.target(), client.config()).await?;
-        let (finished_tx, finished_rx) = mpsc::unbounded_channel();
+        crate::partition_count::check(&mut con.clone(), &parts, service, true).await?;
         let inline_first_poll = matches!(
             tokio::runtime::Handle::current().runtime_flavor(),
             tokio::runtime::RuntimeFlavor::CurrentThread
         );
-        let metrics = ResponderMetrics::new(service, handlers.keys().map(String::as_str));
-        Ok(Self {
-            metrics,
-            left_pending: Mutex::default(),
-            cancels: super::cancel::Cancels::default(),
-            progress: Arc::new(super::progress::ProgressSink::new(
-                con.clone(),
-                client.keys(service),
-                client.config(),
-                client.target().pubsub(),
-            )),
-            inline_first_poll,
-            finished_tx,
-            finished_rx: Mutex::new(Some(finished_rx)),
-            keys: client.keys(service),
-            service: service.to_owned(),
-            permits: Arc::new(Semaphore::new(settings.concurrency)),
-            client,
-            settings,
-            handlers,
-            con,
-            in_flight: Mutex::default(),
-            history: History::default(),
-            stop: CancellationToken::new(),
-            abort: CancellationToken::new(),
-            requests: TaskTracker::new(),
-        })
+        let metrics = Arc::new(ResponderMetrics::new(
+            service,
+            handlers.keys().map(String::as_str),
+        ));
+        let permits = Arc::new(Semaphore::new(settings.concurrency));
+        let (stop, abort, requests) = (
+            CancellationToken::new(),
+            CancellationToken::new(),
+            TaskTracker::new(),
+        );
+        let mut shared = Vec::with_capacity(served.len());
+        for index in served {
+            let Some(keys) = parts.get(index).cloned() else {
+                continue;
+            };
+            let (finished_tx, finished_rx) = mpsc::unbounded_channel();
+            shared.push(Arc::new(Self {
+                metrics: metrics.clone(),
+                left_pending: Mutex::default(),
+                cancels: super::cancel::Cancels::default(),
+                progress: Arc::new(super::progress::ProgressSink::new(
+                    con.clone(),
+                    (*keys).clone(),
+                    client.config(),
+                    client.target().pubsub(),
+                )),
+                inline_first_poll,
+                finished_tx,
+                finished_rx: Mutex::new(Some(finished_rx)),
+                keys,
+                parts: parts.clone(),
+                service: service.to_owned(),
+                permits: permits.clone(),
+                client: client.clone(),
+                settings: settings.clone(),
+                handlers: handlers.clone(),
+                con: con.clone(),
+                in_flight: Mutex::default(),
+                history: History::default(),
+                stop: stop.clone(),
+                abort: abort.clone(),
+                requests: requests.clone(),
+            }));
+        }
+        Ok(shared)
     }
 
     /// Creates the consumer group (and the stream) when missing; an existing group is fine.

@@ -40,6 +40,9 @@ pub(super) async fn resubscribe_loop(
         if received == 0 {
             return;
         }
+        if let Some(r) = router.upgrade() {
+            r.topology_changed();
+        }
         let mut backoff = Backoff::up_to(MAX_BACKOFF);
         loop {
             let Some(r) = router.upgrade() else { return };

@@ -22,6 +22,7 @@
 mod adder;
 mod lost;
 mod reconnect;
+mod sweep;
 mod unsubscribe;
 mod waiters;
 
@@ -43,6 +44,12 @@ use crate::error::{Error, Result};
 use crate::protocol::ServiceKeys;
 use adder::Queued;
 use waiters::Waiters;
+
+/// What a command whose answer was taken by a stray subscription confirmation fails with (see
+/// [`Router::out_of_step`]).
+const OUT_OF_STEP: Error = Error::Unavailable {
+    context: "the connection's answers were out of step after a cluster node reconnected (replacing it)",
+};
 
 /// Largest number of channels or keys sent in one command when resubscribing or unsubscribing in bulk.
 const BULK_CHUNK: usize = 1000;
@@ -81,6 +88,8 @@ pub(crate) struct Router {
     lost_tx: mpsc::UnboundedSender<String>,
     /// Requests with generated ids, on their way to the adder (see [`adder`]).
     adds_tx: mpsc::UnboundedSender<Queued>,
+    /// Starts a sweep of stored replies after a sign of a cluster topology change ([`sweep`]).
+    sweep: Arc<Notify>,
     cancel: CancellationToken,
 }
 
@@ -135,8 +144,16 @@ impl Router {
             unsubscribe_tx,
             lost_tx,
             adds_tx,
+            sweep: Arc::new(Notify::new()),
             cancel: CancellationToken::new(),
         });
+        if router.pubsub().is_sharded() {
+            tokio::spawn(sweep::sweep_loop(
+                Arc::downgrade(&router),
+                router.sweep.clone(),
+                router.cancel.clone(),
+            ));
+        }
         tokio::spawn(reconnect::reconnect_loop(
             Arc::downgrade(&router),
             router.cancel.clone(),
@@ -283,6 +300,33 @@ impl Router {
             self.reconnect.notify_one();
         } else if crate::connection::is_connection_error(err) {
             self.reconnect.notify_one();
+        }
+    }
+
+    /// Reports answers out of step on the router's connection, and has it replaced: the error to return (kind
+    /// [`Unavailable`](crate::ErrorKind::Unavailable), so the operation is tried again on the next connection).
+    ///
+    /// Why it happens: on a cluster, when the redis crate reconnects a node (after a failover) it subscribes again
+    /// to every sharded channel it tracked there with one `SSUBSCRIBE` of many channels, sent as a plain command
+    /// that expects one answer (redis 1.8.1, `send_subscription_pipeline`); the server confirms each channel, and
+    /// the surplus confirmations are taken as the answers of the next commands on that node's connection. Nothing
+    /// on that connection can be trusted until it is replaced; the router's own resubscription (one channel
+    /// group at a time, through the crate's `ssubscribe`, which expects every confirmation) has no such trap.
+    pub(crate) fn out_of_step(&self) -> Error {
+        tracing::warn!(
+            "a subscription confirmation came where a command's answer belonged; reconnecting"
+        );
+        // As for a node of the wrong role: replaced even though it answers PING.
+        self.wrong_role
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.reconnect.notify_one();
+        OUT_OF_STEP
+    }
+
+    /// Notes a sign of a cluster topology change: stored replies are read again for a while ([`sweep`]).
+    pub(super) fn topology_changed(&self) {
+        if self.pubsub().is_sharded() {
+            self.sweep.notify_one();
         }
     }
 

@@ -81,6 +81,7 @@ pub(super) async fn reconnect_loop(router: Weak<Router>, cancel: CancellationTok
         // callers reporting the same break. Tearing down a working connection would fail the commands in flight on
         // it, whose reports would tear down the next one: ask the current connection first.
         // A connection to a node that was demoted to a replica still answers PING: it goes all the same.
+        r.topology_changed();
         let wrong_role = r.wrong_role.swap(false, Ordering::SeqCst);
         if let Some(mut con) = r.current()
             && !wrong_role
@@ -182,6 +183,17 @@ async fn resubscribe_group(
         let channels: Vec<&str> = chunk.iter().map(|w| w.channel.as_str()).collect();
         con.subscribe_channels(&channels).await?;
     }
+    read_stored(waiters, con, pending).await
+}
+
+/// Reads the stored replies of `pending` (channels of one slot on a cluster) and completes the waiters whose reply
+/// is stored; a waiter whose request was accepted but whose record is gone (and that has no reply) learns that
+/// Redis lost its request. Returns how many were told that.
+pub(super) async fn read_stored(
+    waiters: &Waiters,
+    con: &mut Connection,
+    pending: &[&Snapshot],
+) -> redis::RedisResult<usize> {
     let mut lost = 0usize;
     for chunk in pending.chunks(BULK_CHUNK) {
         let mut pipe = redis::pipe();

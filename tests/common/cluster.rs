@@ -142,6 +142,16 @@ impl RedisCluster {
 
     /// The index (into [`RedisCluster::nodes`]) of the primary serving `slot` now, from a live node's view.
     pub fn primary_of_slot(&self, slot: u16) -> usize {
+        self.try_primary_of_slot(slot).unwrap_or_else(|| {
+            panic!(
+                "no primary serves slot {slot}:\n{}",
+                self.any().cli(&["cluster", "nodes"])
+            )
+        })
+    }
+
+    /// The index of the live primary serving `slot` now, if a live node's view names one.
+    pub fn try_primary_of_slot(&self, slot: u16) -> Option<usize> {
         let nodes = self.any().cli(&["cluster", "nodes"]);
         for line in nodes.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
@@ -164,30 +174,146 @@ impl RedisCluster {
                     .nth(1)
                     .and_then(|p| p.parse().ok())
                     .expect("a node address");
-                return self
-                    .nodes
-                    .iter()
-                    .position(|n| n.port() == port)
-                    .expect("a node of this cluster");
+                return self.nodes.iter().position(|n| n.port() == port);
             }
         }
-        panic!("no primary serves slot {slot}:\n{nodes}");
+        None
     }
 
-    /// The index of the replica of primary `primary`, from a live node's view.
+    /// The index of a replica of the primary at `primary` (from a live node's `CLUSTER NODES`).
     pub fn replica_of(&self, primary: usize) -> usize {
-        let id = self.nodes[primary].cli(&["cluster", "myid"]);
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(replica) = self.try_replica_of(primary) {
+                return replica;
+            }
+            assert!(
+                Instant::now() < end,
+                "no replica of node {primary}:\n{}",
+                self.any().cli(&["cluster", "nodes"])
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn try_replica_of(&self, primary: usize) -> Option<usize> {
         let nodes = self.any().cli(&["cluster", "nodes"]);
-        let port: u16 = nodes
+        let port_of = |addr: &str| -> u16 {
+            addr.split(['@', ':'])
+                .nth(1)
+                .and_then(|p| p.parse().ok())
+                .expect("a node address")
+        };
+        let primary_port = self.nodes[primary].port();
+        let primary_id = nodes
             .lines()
-            .map(|line| line.split_whitespace().collect::<Vec<_>>())
-            .find(|f| f.len() > 3 && f[2].contains("slave") && f[3] == id.trim())
-            .and_then(|f| f[1].split(['@', ':']).nth(1)?.parse().ok())
-            .unwrap_or_else(|| panic!("no replica of node {primary}:\n{nodes}"));
-        self.nodes
-            .iter()
-            .position(|n| n.port() == port)
-            .expect("a node of this cluster")
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.len() > 2 && port_of(f[1]) == primary_port)
+            .map(|f| f[0].to_owned())?;
+        for line in nodes.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 3 && f[2].contains("slave") && f[3] == primary_id {
+                let port = port_of(f[1]);
+                return self.nodes.iter().position(|n| n.port() == port);
+            }
+        }
+        None
+    }
+
+    /// Stops (SIGSTOP) or resumes (SIGCONT) node `index`, by PID.
+    pub fn signal(&self, index: usize, resume: bool) {
+        let Some(pid) = self.nodes[index].pid() else {
+            return;
+        };
+        let signal = if resume { "-CONT" } else { "-STOP" };
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} {pid} failed");
+    }
+
+    /// Waits until a live node other than `old` serves `slot` as a primary; returns how long that took. Panics
+    /// after `deadline`.
+    pub fn wait_for_new_primary(&self, slot: u16, old: usize, deadline: Duration) -> Duration {
+        let started = Instant::now();
+        while started.elapsed() < deadline {
+            if let Some(now) = self.try_primary_of_slot(slot)
+                && now != old
+                && self.nodes[now].ping()
+                && self.nodes[now].cli(&["ROLE"]).starts_with("master")
+            {
+                return started.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no new primary for slot {slot} within {deadline:?}");
+    }
+
+    /// Starts node `index` again (same port and directory, so its `nodes.conf`): a primary killed and failed over
+    /// comes back as a replica of the node that replaced it.
+    pub fn restart(&mut self, index: usize) {
+        self.nodes[index].restart();
+    }
+
+    /// Node `index`'s cluster node id (`CLUSTER MYID`).
+    pub fn node_id(&self, index: usize) -> String {
+        self.nodes[index]
+            .cli(&["cluster", "myid"])
+            .trim()
+            .to_owned()
+    }
+
+    /// Moves `slot` from the primary at `from` to the primary at `to`, keys and all, the way
+    /// `redis-cli --cluster reshard` does it: `SETSLOT … IMPORTING` on the target, `SETSLOT … MIGRATING` on the
+    /// source, `MIGRATE` of the slot's keys a batch at a time, then `SETSLOT … NODE` on every primary. Returns how many
+    /// keys moved. Clients keep running meanwhile: they meet `ASK` and `TRYAGAIN` during the move and `MOVED` after.
+    pub fn migrate_slot(&self, slot: u16, from: usize, to: usize) -> usize {
+        let (from_id, to_id) = (self.node_id(from), self.node_id(to));
+        let slot_arg = slot.to_string();
+        let ok = |node: usize, args: &[&str]| {
+            let out = self.nodes[node].cli(args);
+            assert!(out.trim() == "OK", "{args:?} on node {node}: {out}");
+        };
+        ok(
+            to,
+            &["cluster", "setslot", &slot_arg, "importing", &from_id],
+        );
+        ok(
+            from,
+            &["cluster", "setslot", &slot_arg, "migrating", &to_id],
+        );
+        let to_port = self.nodes[to].port().to_string();
+        let mut moved = 0;
+        loop {
+            let keys = self.nodes[from].cli(&["cluster", "getkeysinslot", &slot_arg, "100"]);
+            let keys: Vec<&str> = keys
+                .lines()
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .collect();
+            if keys.is_empty() {
+                break;
+            }
+            let mut args = vec!["migrate", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
+            args.extend(keys.iter().copied());
+            let out = self.nodes[from].cli(&args);
+            assert!(
+                out.trim() == "OK" || out.trim() == "NOKEY",
+                "MIGRATE of {} keys: {out}",
+                keys.len()
+            );
+            moved += keys.len();
+        }
+        // The new owner first (it takes the slot at once), then the old one, then every other primary.
+        ok(to, &["cluster", "setslot", &slot_arg, "node", &to_id]);
+        ok(from, &["cluster", "setslot", &slot_arg, "node", &to_id]);
+        for (i, node) in self.nodes.iter().enumerate() {
+            if i != to && i != from && node.ping() && node.cli(&["ROLE"]).starts_with("master") {
+                ok(i, &["cluster", "setslot", &slot_arg, "node", &to_id]);
+            }
+        }
+        moved
     }
 
     /// A manual failover (`CLUSTER FAILOVER` on the replica of the primary serving `slot`): the replica becomes the

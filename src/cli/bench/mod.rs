@@ -8,6 +8,7 @@
 //!
 //! By default the bench starts its own throwaway `redis-server` on a free loopback port (killed by PID at the
 //! end); `--external` uses `--url` instead. `--soak N` runs a memory-flatness check instead of the comparison.
+//! `--cluster` compares 1 and N partitions of one service on a local Redis Cluster it starts ([`cluster`]).
 //!
 //! The parts: [`args`] (what can be asked), [`env`](mod@env) (the Redis under test and the steps every measurement
 //! shares), [`compare`] (the comparison and its ratios) and [`soak`] (the flatness run); the worker processes
@@ -16,6 +17,7 @@
 
 mod args;
 mod baseline;
+mod cluster;
 mod compare;
 mod env;
 mod load;
@@ -80,6 +82,9 @@ fn finish(outcome: Result<(), String>) -> ExitCode {
 /// Starts the throwaway Redis (or reaches `--url`), then runs the comparison or the soak.
 async fn bench(ctx: &Context<'_>, args: &Args) -> Result<(), String> {
     args.check()?;
+    if ctx.cli.cluster && !args.external {
+        return cluster::run(ctx, args).await;
+    }
     // Declared first so that it is dropped (killed) last, after the workers.
     let mut redis_process = None;
     let url = if args.external {

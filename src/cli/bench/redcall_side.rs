@@ -6,9 +6,16 @@ use std::time::Duration;
 use redcall::{Client, HandlerError, RequestContext, Requester, Responder};
 
 /// Builds a client for a worker; `retention` (soak mode) shortens how long request records and stored replies
-/// are kept.
-pub fn client(url: &str, namespace: &str, retention: Option<Duration>) -> redcall::Result<Client> {
-    let mut builder = Client::builder(url).namespace(namespace);
+/// are kept; `partitions` is the service's partition count (`bench --cluster`).
+pub fn client(
+    url: &str,
+    namespace: &str,
+    retention: Option<Duration>,
+    partitions: usize,
+) -> redcall::Result<Client> {
+    let mut builder = Client::builder(url)
+        .namespace(namespace)
+        .partitions(partitions);
     if let Some(retention) = retention {
         builder = builder.record_retention(retention).reply_ttl(retention);
     }

@@ -88,8 +88,9 @@ pub async fn run(ctx: &Context<'_>, args: &WorkerArgs) -> Result<(), String> {
         Role::Responder => {
             let responder = match args.system {
                 System::Redcall | System::RedcallMetrics | System::RedcallOtel => {
-                    let client = redcall_side::client(cli.url(), &cli.namespace, retention)
-                        .map_err(|e| e.to_string())?;
+                    let client =
+                        redcall_side::client(cli.url(), &cli.namespace, retention, cli.partitions)
+                            .map_err(|e| e.to_string())?;
                     Running::Redcall(
                         redcall_side::start_responder(
                             &client,
@@ -130,8 +131,9 @@ pub async fn run(ctx: &Context<'_>, args: &WorkerArgs) -> Result<(), String> {
             let timeout = secs(args.timeout)?;
             let caller = match args.system {
                 System::Redcall | System::RedcallMetrics | System::RedcallOtel => {
-                    let client = redcall_side::client(cli.url(), &cli.namespace, retention)
-                        .map_err(|e| e.to_string())?;
+                    let client =
+                        redcall_side::client(cli.url(), &cli.namespace, retention, cli.partitions)
+                            .map_err(|e| e.to_string())?;
                     Caller::Redcall(RedcallCaller::new(client, &cli.service, payload, timeout))
                 }
                 System::Baseline => {

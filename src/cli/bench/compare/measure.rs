@@ -178,7 +178,7 @@ async fn cpu_snapshot(
 }
 
 /// Reads every requester's events until each has printed its result; `on_progress(total done)` on the way.
-async fn collect_results(
+pub(in crate::cli::bench) async fn collect_results(
     requesters: &mut [Worker],
     mut on_progress: impl FnMut(u64),
 ) -> Result<Vec<serde_json::Value>, String> {

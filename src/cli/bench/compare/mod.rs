@@ -3,7 +3,7 @@
 //! redcall/baseline ratios against their targets.
 
 mod cost;
-mod measure;
+pub(super) mod measure;
 mod measurement;
 mod ratios;
 mod table;

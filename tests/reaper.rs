@@ -293,8 +293,20 @@ async fn exhausted_entry_with_a_stored_reply_is_not_dead_lettered() {
 /// same. Its heartbeat record says it is alive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_responder_is_not_removed_as_a_dead_consumer() {
-    let env = TestEnv::new();
-    let stream = env.client.keys(env.service()).requests().to_owned();
+    a_live_responder_is_kept(1).await;
+}
+
+/// The same on a partitioned service: the heartbeat record is service-wide (under the unpartitioned tag), not in
+/// the partition whose consumers the reaper looks at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_responder_of_a_partitioned_service_is_not_removed_as_a_dead_consumer() {
+    a_live_responder_is_kept(2).await;
+}
+
+async fn a_live_responder_is_kept(partitions: usize) {
+    let env = TestEnv::with_client(|b| b.partitions(partitions));
+    let layout = env.client.partitioned_keys(env.service(), partitions);
+    let stream = layout.for_id("live-1").requests().to_owned();
     let _responder =
         env.responder()
             .handler(
@@ -328,7 +340,9 @@ async fn a_live_responder_is_not_removed_as_a_dead_consumer() {
     })
     .await;
     assert!(idle, "the consumer never looked idle");
-    let reaper = Reaper::start(env.client.clone(), env.service(), settings(60_000))
+    let mut settings = settings(60_000);
+    settings.partitions = Some(partitions);
+    let reaper = Reaper::start(env.client.clone(), env.service(), settings)
         .await
         .expect("reaper");
     let report = reaper.pass().await.expect("pass");

@@ -294,7 +294,7 @@ async fn remove_dead_consumers(shared: &Shared) -> Result<usize> {
             && consumer.idle > limit
         {
             let alive: bool = con
-                .exists(shared.keys.responder(&consumer.name))
+                .exists(shared.parts.base().responder(&consumer.name))
                 .await
                 .map_err(Error::redis("looking for a consumer's heartbeat record"))?;
             if alive {

@@ -524,6 +524,76 @@ fn an_https_or_malformed_endpoint_is_a_usage_error() {
     }
 }
 
+/// The standard environment variables, often set for a whole fleet: an unusable one never stops a command (only
+/// `call`, `serve` and `demo` read them, and warn), and `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (the traces URL
+/// itself) wins over `OTEL_EXPORTER_OTLP_ENDPOINT`, as the OpenTelemetry specification says.
+#[test]
+fn the_environments_endpoint_is_read_as_the_specification_says_and_never_stops_a_command() {
+    let server = RedisServer::start();
+    let env_command = |args: &[&str]| {
+        let mut cmd = Command::new(redcall_bin());
+        cmd.args(["--url", &server.url(), "--service", "otlpenv"])
+            .args(args)
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .env_remove("TRACEPARENT");
+        cmd
+    };
+    // An https base URL: `stats` ignores it, `call` warns and goes on (a timeout: nobody serves).
+    let stats = env_command(&["stats"])
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "https://collector.invalid:4318",
+        )
+        .output()
+        .expect("stats");
+    assert_eq!(stats.status.code(), Some(0), "{stats:?}");
+    let call = env_command(&["call", "echo", "1", "--timeout", "100ms"])
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "https://collector.invalid:4318",
+        )
+        .output()
+        .expect("call");
+    assert_eq!(call.status.code(), Some(3), "{call:?}");
+    let err = String::from_utf8_lossy(&call.stderr);
+    assert!(
+        err.contains("OTEL_EXPORTER_OTLP_ENDPOINT") && err.contains("not exporting"),
+        "{err}"
+    );
+
+    // The traces URL is taken as it is, before the base URL (which would post to /v1/traces).
+    let collector = Collector::start();
+    let mut serve = ChildGuard::spawn(
+        env_command(&["serve", "--consumer", "otlpenv"])
+            .env(
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                format!("{}/custom/traces", collector.url()),
+            )
+            .env(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "https://collector.invalid:4318",
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let called = env_command(&["call", "echo", "1", "--timeout", "30s"])
+        .env(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            format!("{}/custom/traces", collector.url()),
+        )
+        .output()
+        .expect("call");
+    assert!(called.status.success(), "{called:?}");
+    stop(&mut serve);
+    let posts = collector.posts();
+    assert!(!posts.is_empty(), "nothing reached the collector");
+    assert!(
+        posts.iter().all(|p| p.path == "/custom/traces"),
+        "{posts:?}"
+    );
+}
+
 #[test]
 fn the_flag_is_listed_where_it_is_used() {
     let help = |args: &[&str]| {

@@ -125,14 +125,11 @@ pub struct Cli {
     #[arg(long, global = true, default_value = "1s", value_name = "DURATION", value_parser = duration::millis)]
     pub durability_timeout: Duration,
     /// Export the request spans (`send`, `process`) to this OpenTelemetry collector over OTLP/HTTP (protobuf,
-    /// `http://` only): its base URL, spans go to `<URL>/v1/traces`.
+    /// `http://` only): its base URL, spans go to `<URL>/v1/traces`. Without it, `call`, `serve` and `demo` read
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (the traces URL) or OTEL_EXPORTER_OTLP_ENDPOINT (a base URL), and only
+    /// warn about an unusable one.
     #[cfg(feature = "otel")]
-    #[arg(
-        long,
-        global = true,
-        env = "OTEL_EXPORTER_OTLP_ENDPOINT",
-        value_name = "URL"
-    )]
+    #[arg(long, global = true, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
     /// Refused with a clear error: this binary was built without the `otel` feature.
     #[cfg(not(feature = "otel"))]
@@ -193,9 +190,35 @@ pub fn init_tracing(cli: &Cli) -> Result<Telemetry, ExitCode> {
         Command::Serve(_) | Command::Reap(_) | Command::Ui(_) => "info",
         _ => "warn",
     };
-    #[cfg(feature = "otel")]
-    if let Some(endpoint) = cli.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
-        return match otel::layer(endpoint) {
+    init_export(cli, default)
+}
+
+/// Logging, and the span export when an endpoint is given (the flag, or for `call`, `serve` and `demo` the
+/// standard environment variables).
+#[cfg(feature = "otel")]
+fn init_export(cli: &Cli, default: &str) -> Result<Telemetry, ExitCode> {
+    // Only these make spans; the environment's endpoint is read for them alone (it is often set fleet-wide).
+    let makes_spans = matches!(
+        cli.command,
+        Command::Call(_) | Command::Serve(_) | Command::Demo(_)
+    );
+    let (url, env_warning) = match cli.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
+        Some(flag) => match otel::traces_url(flag) {
+            Ok(url) => (Some(url), None),
+            Err(message) => {
+                logging::init(cli.log_format, default);
+                return Err(fail(&Error::Config(message)));
+            }
+        },
+        None if makes_spans => match otel::traces_url_from_env() {
+            Some(Ok(url)) => (Some(url), None),
+            Some(Err(message)) => (None, Some(message)),
+            None => (None, None),
+        },
+        None => (None, None),
+    };
+    if let Some(url) = url {
+        return match otel::layer(&url) {
             Ok((layer, exporter)) => {
                 logging::init_with_layer(cli.log_format, default, layer);
                 Ok(Telemetry {
@@ -209,7 +232,16 @@ pub fn init_tracing(cli: &Cli) -> Result<Telemetry, ExitCode> {
         };
     }
     logging::init(cli.log_format, default);
-    #[cfg(not(feature = "otel"))]
+    if let Some(message) = env_warning {
+        tracing::warn!("{message}; not exporting spans");
+    }
+    Ok(Telemetry::default())
+}
+
+/// Logging; an `--otlp-endpoint` is refused, this binary cannot export.
+#[cfg(not(feature = "otel"))]
+fn init_export(cli: &Cli, default: &str) -> Result<Telemetry, ExitCode> {
+    logging::init(cli.log_format, default);
     if cli.otlp_endpoint.is_some() {
         return Err(fail(&Error::Config(
             "--otlp-endpoint: this redcall was built without the `otel` feature \

@@ -1,5 +1,5 @@
-//! OpenTelemetry export for the binary (the `otel` cargo feature): `--otlp-endpoint URL` (or the standard
-//! `OTEL_EXPORTER_OTLP_ENDPOINT`) sends the requester's `send` spans and the responder's `process` spans to an
+//! OpenTelemetry export for the binary (the `otel` cargo feature): `--otlp-endpoint URL` (or, for the commands that
+//! make spans, the standard `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`) sends the requester's `send` spans and the responder's `process` spans to an
 //! OTLP/HTTP collector, protobuf-encoded, from a batch processor's own thread (so a slow or absent collector never
 //! holds up a request: spans past the queue's 2,048 are dropped).
 //!
@@ -39,27 +39,12 @@ impl Exporter {
     }
 }
 
-/// The full URL spans are posted to, from the `--otlp-endpoint` value.
+/// The full URL spans are posted to, from the `--otlp-endpoint` value (a collector's base URL).
 ///
 /// # Errors
 /// A message for a URL that is not `http://host[:port][/path]`.
 pub fn traces_url(endpoint: &str) -> Result<String, String> {
-    let endpoint = endpoint.trim();
-    if endpoint.starts_with("https://") {
-        return Err(format!(
-            "--otlp-endpoint {endpoint}: https is not supported (this exporter has no TLS); \
-             send to a collector over http://, e.g. one on the same host"
-        ));
-    }
-    let Some(rest) = endpoint.strip_prefix("http://") else {
-        return Err(format!(
-            "--otlp-endpoint {endpoint:?}: expected an http:// URL, e.g. http://127.0.0.1:4318"
-        ));
-    };
-    if rest.is_empty() || rest.starts_with('/') {
-        return Err(format!("--otlp-endpoint {endpoint:?}: no host"));
-    }
-    let base = endpoint.trim_end_matches('/');
+    let base = checked(endpoint, "--otlp-endpoint")?.trim_end_matches('/');
     if base.ends_with(TRACES_PATH) {
         Ok(base.to_owned())
     } else {
@@ -67,13 +52,51 @@ pub fn traces_url(endpoint: &str) -> Result<String, String> {
     }
 }
 
-/// The layer that turns redcall's request spans into OpenTelemetry spans exported to `endpoint`, and the handle
-/// that flushes them.
+/// Where spans go without `--otlp-endpoint`, from the standard environment, read as the OpenTelemetry
+/// specification says: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (the traces URL itself) before
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` (a base URL). `None` when neither is set; an unusable value is an `Err` that the
+/// caller reports as a warning only, since such variables are often set for a whole fleet.
+pub fn traces_url_from_env() -> Option<Result<String, String>> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    if let Some(url) = var(TRACES_ENV) {
+        return Some(checked(&url, TRACES_ENV).map(|u| u.to_owned()));
+    }
+    let base = var(BASE_ENV)?;
+    Some(traces_url(&base).map_err(|e| e.replacen("--otlp-endpoint", BASE_ENV, 1)))
+}
+
+/// The variable naming the traces URL itself.
+const TRACES_ENV: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+/// The variable naming a collector's base URL.
+const BASE_ENV: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+
+/// `endpoint` trimmed, when it is an `http://` URL with a host; `what` names its source in the message otherwise.
+fn checked<'a>(endpoint: &'a str, what: &str) -> Result<&'a str, String> {
+    let endpoint = endpoint.trim();
+    if endpoint.starts_with("https://") {
+        return Err(format!(
+            "{what} {endpoint}: https is not supported (this exporter has no TLS); \
+             send to a collector over http://, e.g. one on the same host"
+        ));
+    }
+    let Some(rest) = endpoint.strip_prefix("http://") else {
+        return Err(format!(
+            "{what} {endpoint:?}: expected an http:// URL, e.g. http://127.0.0.1:4318"
+        ));
+    };
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("{what} {endpoint:?}: no host"));
+    }
+    Ok(endpoint)
+}
+
+/// The layer that turns redcall's request spans into OpenTelemetry spans posted to `url` (a traces URL from
+/// [`traces_url`] or [`traces_url_from_env`]), and the handle that flushes them.
 ///
 /// # Errors
-/// A message when the URL is unusable or the exporter cannot be built.
-pub fn layer(endpoint: &str) -> Result<(Box<dyn Layer<Registry> + Send + Sync>, Exporter), String> {
-    let url = traces_url(endpoint)?;
+/// A message when the exporter cannot be built.
+pub fn layer(url: &str) -> Result<(Box<dyn Layer<Registry> + Send + Sync>, Exporter), String> {
+    let url = url.to_owned();
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpBinary)

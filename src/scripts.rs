@@ -69,7 +69,8 @@ impl Lua {
 /// (`'added'` instead of an entry id) without adding anything. The envelope names its creation time to the
 /// millisecond, its deadline and its params, so another request under the same id does not match.
 ///
-/// KEYS: record, requests stream, reply, last error. ARGV: id, envelope, record TTL (ms).
+/// KEYS: record, requests stream, reply, last error, and optionally the last progress (a key a caller of the
+/// four-key form leaves as it is). ARGV: id, envelope, record TTL (ms).
 /// Returns the stream entry id, `'added'` when this very request was added already, or nil when the id exists.
 pub(crate) static ADD_REQUEST: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
@@ -84,6 +85,9 @@ end
 local entry = redis.call('XADD', KEYS[2], '*', 'id', ARGV[1], 'env', ARGV[2])
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('DEL', KEYS[3], KEYS[4])
+if KEYS[5] then
+  redis.call('DEL', KEYS[5])
+end
 return entry
 "#,
     )
@@ -227,7 +231,8 @@ return dead
 /// dead letter twice queues it once; it is removed only after the XADD, and the XADD comes first, so a refused
 /// XADD (the stream key holding another type) changes nothing.
 ///
-/// KEYS: dead-letter stream, requests stream, record, reply, last error, latest entry.
+/// KEYS: dead-letter stream, requests stream, record, reply, last error, latest entry, and optionally the last
+/// progress.
 /// ARGV: dead-letter entry id ('' for a range replay), request id, new envelope, record TTL (ms), the candidate's
 /// requests stream entry id ('' when unknown), the candidate's envelope, '1' to apply the rule ('' to replay even
 /// what is in flight), '1' for a dry run (decide, change nothing).
@@ -302,6 +307,9 @@ if ARGV[8] == '1' then
 end
 local entry = redis.call('XADD', KEYS[2], '*', 'id', ARGV[2], 'env', ARGV[3])
 redis.call('DEL', KEYS[4], KEYS[5])
+if KEYS[7] then
+  redis.call('DEL', KEYS[7])
+end
 redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
 redis.call('SET', KEYS[6], entry, 'PX', ARGV[4])
 if ARGV[1] ~= '' then
@@ -501,7 +509,8 @@ return 1
 /// `T:delayed` scored by when it is due (Redis's clock plus the delay), but no stream entry: responders promote it
 /// to the requests stream when it is due (`PROMOTE_DELAYED`). Same duplicate rules as `ADD_REQUEST`.
 ///
-/// KEYS: record, schedule, reply, last error. ARGV: id, envelope, record TTL (ms), delay (ms).
+/// KEYS: record, schedule, reply, last error, and optionally the last progress. ARGV: id, envelope, record TTL
+/// (ms), delay (ms).
 /// Returns `'scheduled'`, `'added'` when this very request was added already, or nil when the id exists.
 pub(crate) static ADD_DELAYED: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
@@ -518,6 +527,9 @@ local due = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber
 redis.call('ZADD', KEYS[2], due, ARGV[1])
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('DEL', KEYS[3], KEYS[4])
+if KEYS[5] then
+  redis.call('DEL', KEYS[5])
+end
 return 'scheduled'
 "#,
     )

@@ -225,3 +225,47 @@ async fn after_the_reply_the_rest_brings_the_last_update() {
     assert!(rest.windows(2).all(|w| w[0] < w[1]), "in order: {rest:?}");
     assert!(updates.rest::<u64>().await.is_empty(), "handed out once");
 }
+
+/// A request under an id used before (its record expired) starts without the earlier request's last progress: the
+/// add clears it with the stored reply and last error, so neither `status` nor a progress watch shows the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_id_starts_without_the_old_progress() {
+    let env = TestEnv::new();
+    let _responder = env
+        .responder()
+        .handler("report", |ctx: RequestContext, _p: Value| async move {
+            ctx.progress(&"old")
+                .await
+                .map_err(|e| HandlerError::fail("progress", e.to_string()))?;
+            Ok::<_, HandlerError>(json!("done"))
+        })
+        .start()
+        .await
+        .expect("start");
+    let requester = env.requester();
+    let first: Value = requester
+        .request("reused-1", "report", &json!({}), Duration::from_secs(20))
+        .await
+        .expect("first reply");
+    assert_eq!(first, json!("done"));
+    assert!(
+        env.admin()
+            .status("reused-1")
+            .await
+            .expect("status")
+            .last_progress
+            .is_some()
+    );
+    // The record expires (the last progress, kept as long as the reply, may outlive it).
+    env.server
+        .cli(&["DEL", &requester.keys().record("reused-1")]);
+    // The same id again, for a function nobody serves: it stays queued, with no progress of its own.
+    let pending = requester
+        .send("reused-1", "nobody", &json!({}), Duration::from_secs(20))
+        .await
+        .expect("the id is free again");
+    let status = env.admin().status("reused-1").await.expect("status");
+    assert!(status.last_progress.is_none(), "{status:?}");
+    let mut updates = pending.progress().await.expect("watch");
+    assert!(updates.rest::<String>().await.is_empty(), "an old update");
+}

@@ -300,13 +300,14 @@ impl Admin {
             }
             let flag = |on: bool| if on { "1" } else { "" };
             scripts::evalsha(&mut pipe, &scripts::REPLAY)
-                .arg(6)
+                .arg(7)
                 .arg(self.keys.dead_letters())
                 .arg(self.keys.requests())
                 .arg(self.keys.record(id))
                 .arg(self.keys.reply(id))
                 .arg(self.keys.last_error(id))
                 .arg(latest_entry_key(&self.keys, id))
+                .arg(self.keys.progress(id))
                 .arg(if c.dead { c.from.as_str() } else { "" })
                 .arg(id)
                 .arg(&bytes)

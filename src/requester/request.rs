@@ -353,16 +353,17 @@ impl Requester {
             .ignore();
         match add.delay {
             None => scripts::evalsha(&mut pipe, &scripts::ADD_REQUEST)
-                .arg(4)
+                .arg(5)
                 .arg(add.keys.record(add.id))
                 .arg(add.keys.requests()),
             Some(_) => scripts::evalsha(&mut pipe, &scripts::ADD_DELAYED)
-                .arg(4)
+                .arg(5)
                 .arg(add.keys.record(add.id))
                 .arg(add.keys.delayed()),
         }
         .arg(add.keys.reply(add.id))
         .arg(add.keys.last_error(add.id))
+        .arg(add.keys.progress(add.id))
         .arg(add.id)
         .arg(add.envelope)
         .arg(add.record_ttl);

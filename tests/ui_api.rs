@@ -1187,3 +1187,34 @@ async fn polling_never_walks_the_dead_letter_stream() {
     let walked = common::command_calls(&env.server, "xrange") - before;
     assert!(walked < 50, "{walked} XRANGE calls: counted again");
 }
+
+#[tokio::test]
+async fn the_overview_answers_from_the_latest_sample() {
+    let env = TestEnv::new();
+    let s = env.service().to_owned();
+    env.requester()
+        .send("r-1", "echo", &json!(1), WAIT)
+        .await
+        .expect("send");
+    // One sample at start, the next in a minute: every overview below is answered from the first.
+    let ui = Ui::start(&env.server, &[], &["--sample-interval", "60s"], &[]).await;
+    let row = overview_row(&ui, &s).await;
+    assert_eq!(row["stream_length"], 1, "{row}");
+    let scans = common::command_calls(&env.server, "scan");
+    let xlens = common::command_calls(&env.server, "xlen");
+    for _ in 0..10 {
+        let all = ui.get("/api/services", &[]).await.expect("services");
+        assert_eq!(all.status, 200, "{}", all.text());
+        assert!(all.json()["sampled_ms"].as_u64().is_some());
+    }
+    assert_eq!(
+        common::command_calls(&env.server, "scan"),
+        scans,
+        "no SCAN per overview"
+    );
+    assert_eq!(
+        common::command_calls(&env.server, "xlen"),
+        xlens,
+        "no stats per overview"
+    );
+}

@@ -236,3 +236,92 @@ async fn stats_count_entries_ever_added() {
     assert_eq!(stats.stream_length, 1, "trimmed");
     assert_eq!(stats.entries_added, Some(4), "trimmed entries still count");
 }
+
+#[tokio::test]
+async fn a_partitioned_services_dead_letters_page_across_partitions_with_repeated_ids() {
+    let env = TestEnv::with_client(|b| b.partitions(3));
+    let service = env.service().to_owned();
+    let layout = redcall::protocol::Partitions::new("redcall", &service, 3);
+    let mut con = env.redis().await;
+    // The same ids in every partition (partitions that dead-letter in the same millisecond do that): 5 each,
+    // function `a` for the even sequence numbers, and one more in partition 1 only.
+    let mut pipe = redis::pipe();
+    for (p, keys) in layout.all().iter().enumerate() {
+        let extra = if p == 1 { 6 } else { 5 };
+        for i in 1..=extra {
+            pipe.cmd("XADD")
+                .arg(keys.dead_letters())
+                .arg(format!("1000-{i}"))
+                .arg("id")
+                .arg(format!("p{p}-r{i}"))
+                .arg("fn")
+                .arg(if i % 2 == 0 { "a" } else { "b" })
+                .arg("reason")
+                .arg("unknown_function")
+                .ignore();
+        }
+    }
+    let _: () = pipe.query_async(&mut con).await.expect("XADD");
+    let admin = env.admin();
+    for (filter, want) in [
+        (DeadLetterFilter::new(), 16),
+        (DeadLetterFilter::new().func_key("a"), 7),
+    ] {
+        for limit in [1, 2, 4, 100] {
+            let mut seen = Vec::new();
+            let mut after: Option<String> = None;
+            for page in 0.. {
+                assert!(page < 40, "limit {limit}: too many pages");
+                let got = admin
+                    .dead_letters_matching(&filter, after.as_deref(), limit)
+                    .await
+                    .expect("page");
+                // At most `limit` and the other partitions' entries of the last id.
+                assert!(got.entries.len() <= limit + 2, "limit {limit}: {got:?}");
+                seen.extend(
+                    got.entries
+                        .iter()
+                        .map(|e| (e.dead_id.clone(), e.partition, e.request_id.clone())),
+                );
+                match got.next_after {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            assert_eq!(seen.len(), want, "limit {limit}: {seen:?}");
+            let mut distinct = seen.clone();
+            distinct.sort();
+            distinct.dedup();
+            assert_eq!(distinct.len(), want, "limit {limit}: each once");
+            let order: Vec<(u64, u64)> = seen
+                .iter()
+                .map(|(id, _, _)| {
+                    let (ms, seq) = id.split_once('-').expect("an entry id");
+                    (ms.parse().expect("ms"), seq.parse().expect("seq"))
+                })
+                .collect();
+            assert!(order.is_sorted(), "oldest first: {seen:?}");
+            for (_, partition, request) in &seen {
+                let p = partition.expect("a partitioned service's dead letter names its partition");
+                assert!(
+                    request
+                        .as_deref()
+                        .is_some_and(|r| r.starts_with(&format!("p{p}-"))),
+                    "{request:?} in partition {p}"
+                );
+            }
+        }
+    }
+    // Every matching id of every partition, each once.
+    let ids = admin
+        .dead_letter_ids_matching(&DeadLetterFilter::new())
+        .await
+        .expect("ids");
+    assert_eq!(ids.len(), 6, "{ids:?}");
+    // The stats for polling never count per group, and agree with the full ones otherwise.
+    let full = admin.stats().await.expect("stats");
+    let summary = admin.stats_summary().await.expect("summary");
+    assert_eq!(summary.dead_letters, 16);
+    assert_eq!(summary.dead_letters, full.dead_letters);
+    assert_eq!(summary.stream_length, full.stream_length);
+}

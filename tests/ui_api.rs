@@ -567,6 +567,22 @@ async fn a_token_guards_every_request() {
         "{cookie}"
     );
     let cookie = cookie.split(';').next().expect("pair").to_owned();
+    // Named after the dashboard's port: another dashboard's cookie on the same host is not this one's.
+    assert_eq!(
+        cookie,
+        format!("redcall_ui_token_{}=s3cret-token", ui.port),
+        "{cookie}"
+    );
+    for other in [
+        "redcall_ui_token=s3cret-token".to_owned(),
+        format!("redcall_ui_token_{}=s3cret-token", ui.port.wrapping_add(1)),
+    ] {
+        let r = ui
+            .get(&format!("/services/{s}"), &[("Cookie", &other)])
+            .await
+            .expect("page");
+        assert_eq!(r.status, 401, "{other}");
+    }
     let page = ui
         .get(&format!("/services/{s}"), &[("Cookie", &cookie)])
         .await
@@ -659,12 +675,16 @@ async fn read_only_refuses_and_hides_actions() {
     assert_eq!(session["read_only"], true);
     let token = session["csrf_token"].as_str().expect("csrf").to_owned();
     let action = [("X-Redcall-Csrf", token.as_str())];
-    for path in ["dead-letters/replay", "dead-letters/purge", "replay-range"] {
-        let body = if path == "replay-range" {
-            json!({"from": "-", "to": "+"})
-        } else {
-            json!({"all": true})
-        };
+    for (path, body) in [
+        ("dead-letters/replay", json!({"all": true})),
+        (
+            "dead-letters/replay",
+            json!({"all": true, "dry_run": false}),
+        ),
+        ("dead-letters/purge", json!({"all": true})),
+        ("dead-letters/purge", json!({"all": true, "dry_run": true})),
+        ("replay-range", json!({"from": "-", "to": "+"})),
+    ] {
         let r = ui
             .post(
                 &format!("/api/services/{s}/{path}"),
@@ -675,6 +695,35 @@ async fn read_only_refuses_and_hides_actions() {
             .expect("post");
         assert_eq!(refused(&r, 403, path), "read_only");
     }
+    // A dry run changes nothing: allowed, for the range page's button and the dead letters alike.
+    for (path, body) in [
+        ("dead-letters/replay", json!({"all": true, "dry_run": true})),
+        (
+            "replay-range",
+            json!({"from": "-", "to": "+", "dry_run": true}),
+        ),
+    ] {
+        let r = ui
+            .post(
+                &format!("/api/services/{s}/{path}"),
+                &action,
+                &body.to_string(),
+            )
+            .await
+            .expect("post");
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        assert_eq!(r.json()["report"]["dry_run"], true, "{path}");
+    }
+    // ... but still with the CSRF token.
+    let r = ui
+        .post(
+            &format!("/api/services/{s}/replay-range"),
+            &[],
+            &json!({"from": "-", "to": "+", "dry_run": true}).to_string(),
+        )
+        .await
+        .expect("post");
+    assert_eq!(refused(&r, 403, "dry run without csrf"), "csrf");
     assert_eq!(
         env.admin().dead_letter_count().await.expect("count"),
         1,
@@ -749,6 +798,31 @@ async fn dead_letters_page_through_thousands() {
             assert_eq!(seen, all, "every dead letter, in order");
         }
     }
+
+    // A job's result keeps the counts of all and at most the first 1,000 entries.
+    let session = ui.get("/api/session", &[]).await.expect("session").json();
+    let csrf = session["csrf_token"].as_str().expect("csrf").to_owned();
+    let dry = ui
+        .post(
+            &format!("/api/services/{s}/dead-letters/replay"),
+            &[("X-Redcall-Csrf", &csrf)],
+            &json!({"all": true, "dry_run": true}).to_string(),
+        )
+        .await
+        .expect("dry run");
+    assert_eq!(dry.status, 200, "{}", dry.text());
+    let report = &dry.json()["report"];
+    // Written by hand, they have no stored request to replay: every one is skipped, and counted.
+    assert_eq!(report["skipped_count"], 1200, "{}", report["skipped_count"]);
+    assert_eq!(report["skipped"].as_array().map(Vec::len), Some(1000));
+    assert_eq!(report["skipped"][0]["request_id"], "r-0");
+    let reasons = report["skipped_by_reason"].as_object().expect("reasons");
+    assert_eq!(
+        reasons.values().filter_map(Value::as_u64).sum::<u64>(),
+        1200
+    );
+    assert_eq!(report["replayed_count"], 0);
+    assert_eq!(report["truncated"], true);
 }
 
 #[tokio::test]
@@ -777,5 +851,370 @@ async fn sigterm_stops_the_dashboard_cleanly() {
         ui.log(&env.server).contains("dashboard stopped"),
         "{}",
         ui.log(&env.server)
+    );
+}
+
+/// The overview's row of `service`, once sampled.
+async fn overview_row(ui: &Ui, service: &str) -> Value {
+    let end = tokio::time::Instant::now() + WAIT;
+    loop {
+        let all = ui.get("/api/services", &[]).await.expect("services");
+        if all.status == 200
+            && let Some(row) = all.json()["services"]
+                .as_array()
+                .and_then(|a| a.iter().find(|x| x["service"] == service).cloned())
+        {
+            return row;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "{service} never in the overview: {}",
+            all.text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_service_is_shown_whole() {
+    // A service of 3 partitions; the dashboard is started without --partitions and finds the recorded count.
+    let env = TestEnv::with_client(|b| b.partitions(3));
+    let s = env.service().to_owned();
+    let responder = env
+        .responder()
+        .consumer("parts")
+        .handler("echo", |_ctx: RequestContext, v: Value| async move {
+            Ok::<_, HandlerError>(v)
+        })
+        .start()
+        .await
+        .expect("responder");
+    let requester = env.requester();
+    let ids: Vec<String> = (0..12).map(|i| format!("p-{i}")).collect();
+    for id in &ids {
+        let reply: Value = requester
+            .request(id, "echo", &json!(id), WAIT)
+            .await
+            .expect("echo");
+        assert_eq!(reply, json!(id));
+    }
+    let mut dead = Vec::new();
+    for i in 0..6 {
+        let call = requester
+            .send(&format!("d-{i}"), "nope", &json!(i), WAIT)
+            .await
+            .expect("send");
+        dead.push(call);
+    }
+    for call in dead {
+        assert!(call.wait::<Value>().await.is_err(), "no handler for nope");
+    }
+    let stats = env.admin().stats().await.expect("stats");
+    assert_eq!(stats.partitions.len(), 3);
+    let in_partitions = stats
+        .partitions
+        .iter()
+        .filter(|p| p.dead_letters > 0)
+        .count();
+    assert!(
+        in_partitions >= 2,
+        "dead letters in several partitions: {stats:?}"
+    );
+
+    let ui = Ui::start(&env.server, &[], &[], &[]).await;
+    let token = csrf(&ui).await;
+    let action = [("X-Redcall-Csrf", token.as_str())];
+
+    // The overview: the totals of every partition.
+    let row = overview_row(&ui, &s).await;
+    assert!(row["error"].is_null(), "{row}");
+    assert_eq!(row["partitions"], 3, "{row}");
+    assert_eq!(row["stream_length"], 18, "{row}");
+    assert_eq!(row["dead_letters"], 6, "{row}");
+    assert_eq!(row["responders"], 1, "{row}");
+
+    // The service page: totals and each partition.
+    let service = ui
+        .get(&format!("/api/services/{s}"), &[])
+        .await
+        .expect("service");
+    assert_eq!(service.status, 200, "{}", service.text());
+    let service = service.json();
+    assert_eq!(service["stats"]["stream_length"], 18);
+    assert_eq!(
+        service["stats"]["partitions"].as_array().map(Vec::len),
+        Some(3)
+    );
+    assert_eq!(service["stats"]["groups"][0]["consumers"][0]["live"], true);
+
+    // Dead letters of every partition, each readable by its id.
+    let list = ui
+        .get(&format!("/api/services/{s}/dead-letters?limit=100"), &[])
+        .await
+        .expect("list")
+        .json();
+    assert_eq!(list["total"], 6, "{list}");
+    let mut requests: Vec<&str> = list["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["request_id"].as_str())
+        .collect();
+    requests.sort_unstable();
+    assert_eq!(requests, ["d-0", "d-1", "d-2", "d-3", "d-4", "d-5"]);
+    // Paged two at a time, across partitions: each once, oldest first.
+    let mut paged = Vec::new();
+    let mut after = String::new();
+    for page in 0.. {
+        assert!(page < 10, "too many pages: {paged:?}");
+        let body = ui
+            .get(
+                &format!("/api/services/{s}/dead-letters?limit=2{after}"),
+                &[],
+            )
+            .await
+            .expect("page")
+            .json();
+        let entries = body["entries"].as_array().expect("entries").clone();
+        // Two, and the other partitions' dead letters of the last one's id (ids repeat across partitions).
+        assert!(!entries.is_empty() && entries.len() <= 2 + 2, "{body}");
+        paged.extend(entries);
+        match body["next_after"].as_str() {
+            Some(next) => after = format!("&after={next}"),
+            None => break,
+        }
+    }
+    let paged_ids: Vec<&str> = paged.iter().filter_map(|e| e["dead_id"].as_str()).collect();
+    let listed_ids: Vec<&str> = list["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["dead_id"].as_str())
+        .collect();
+    assert_eq!(
+        paged_ids, listed_ids,
+        "the same dead letters, in the same order"
+    );
+    let dead_id = list["entries"][0]["dead_id"].as_str().expect("id");
+    let one = ui
+        .get(&format!("/api/services/{s}/dead-letters/{dead_id}"), &[])
+        .await
+        .expect("one");
+    assert_eq!(one.status, 200, "{}", one.text());
+
+    // Named by id and partition: each partition's own dead letter (ids repeat across partitions).
+    for entry in list["entries"].as_array().expect("entries") {
+        let (id, p) = (entry["dead_id"].as_str().expect("id"), &entry["partition"]);
+        let one = ui
+            .get(
+                &format!("/api/services/{s}/dead-letters/{id}?partition={p}"),
+                &[],
+            )
+            .await
+            .expect("one")
+            .json();
+        assert_eq!(one["request_id"], entry["request_id"], "{one}");
+        let dry = ui
+            .post(
+                &format!("/api/services/{s}/dead-letters/replay"),
+                &action,
+                &json!({"ids": [id], "partition": p, "dry_run": true}).to_string(),
+            )
+            .await
+            .expect("dry run")
+            .json();
+        assert_eq!(dry["report"]["replayed_count"], 1, "{dry}");
+        assert_eq!(
+            dry["report"]["replayed"][0]["request_id"],
+            entry["request_id"]
+        );
+    }
+    let r = ui
+        .get(
+            &format!("/api/services/{s}/dead-letters/{dead_id}?partition=3"),
+            &[],
+        )
+        .await
+        .expect("no such partition");
+    refused(&r, 400, "partition 3 of 3");
+
+    // The status of a request by id, whichever partition holds it.
+    for id in ids
+        .iter()
+        .chain(["d-0".to_owned(), "d-5".to_owned()].iter())
+    {
+        let story = ui
+            .get(&format!("/api/requests/{s}/{id}"), &[])
+            .await
+            .expect("status");
+        assert_eq!(story.status, 200, "{id}: {}", story.text());
+        let kind = story.json()["state"]["kind"].clone();
+        let want = if id.starts_with('d') {
+            "dead_lettered"
+        } else {
+            "answered"
+        };
+        assert_eq!(kind, want, "{id}");
+    }
+
+    // A dry run over the dead letters of every partition.
+    let dry = ui
+        .post(
+            &format!("/api/services/{s}/dead-letters/replay"),
+            &action,
+            &json!({"all": true, "dry_run": true}).to_string(),
+        )
+        .await
+        .expect("dry run");
+    assert_eq!(dry.status, 200, "{}", dry.text());
+    assert_eq!(dry.json()["report"]["replayed_count"], 6, "{}", dry.text());
+    responder.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn one_bad_service_does_not_fail_the_overview() {
+    let env = TestEnv::new();
+    let s = env.service().to_owned();
+    env.requester()
+        .send("r-1", "echo", &json!(1), WAIT)
+        .await
+        .expect("send");
+    // A stream in the namespace whose service name no admin accepts (a control character; and one too long).
+    let mut con = env.redis().await;
+    let long = "x".repeat(1100);
+    for bad in ["bad\u{1}name", long.as_str()] {
+        let _: String = redis::cmd("XADD")
+            .arg(format!("{{redcall:{bad}}}:requests"))
+            .arg("*")
+            .arg("f")
+            .arg("v")
+            .query_async(&mut con)
+            .await
+            .expect("XADD");
+    }
+    let ui = Ui::start(&env.server, &[], &[], &[]).await;
+    let good = overview_row(&ui, &s).await;
+    assert_eq!(good["stream_length"], 1, "{good}");
+    let all = ui.get("/api/services", &[]).await.expect("services");
+    assert_eq!(all.status, 200, "{}", all.text());
+    let rows = all.json()["services"].clone();
+    let bad = rows
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["service"] == "bad\u{1}name").cloned())
+        .unwrap_or_else(|| panic!("no row for the bad service: {rows}"));
+    assert!(
+        bad["error"].as_str().is_some_and(|e| e.contains("control")),
+        "{bad}"
+    );
+    assert_eq!(rows.as_array().map(Vec::len), Some(3), "{rows}");
+}
+
+#[tokio::test]
+async fn polling_never_walks_the_dead_letter_stream() {
+    let env = TestEnv::new();
+    let s = env.service().to_owned();
+    let admin = env.admin();
+    let keys = admin.keys();
+    // Two groups, and 10,000 dead letters, half of each: counting them per group reads 50 pages of 200.
+    let mut con = env.redis().await;
+    for group in ["g1", "g2"] {
+        let _: () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(keys.requests())
+            .arg(group)
+            .arg("$")
+            .arg("MKSTREAM")
+            .query_async(&mut con)
+            .await
+            .expect("XGROUP CREATE");
+    }
+    let mut pipe = redis::pipe();
+    for i in 0..10_000 {
+        pipe.cmd("XADD")
+            .arg(keys.dead_letters())
+            .arg("*")
+            .arg("id")
+            .arg(format!("r-{i}"))
+            .arg("fn")
+            .arg("f")
+            .arg("reason")
+            .arg("unknown_function")
+            .arg("group")
+            .arg(if i % 2 == 0 { "g1" } else { "g2" })
+            .ignore();
+    }
+    let _: () = pipe.query_async(&mut con).await.expect("XADD");
+    let ui = Ui::start(&env.server, &[], &[], &[]).await;
+    let row = overview_row(&ui, &s).await;
+    assert_eq!(row["dead_letters"], 10_000, "{row}");
+
+    // The overview (many tabs polling) and a read that checks the service exists: no walk at all.
+    let before = common::command_calls(&env.server, "xrange");
+    for _ in 0..10 {
+        let r = ui.get("/api/services", &[]).await.expect("services");
+        assert_eq!(r.status, 200);
+        let r = ui
+            .get(&format!("/api/services/{s}/pending"), &[])
+            .await
+            .expect("pending");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let walked = common::command_calls(&env.server, "xrange") - before;
+    assert!(
+        walked < 50,
+        "{walked} XRANGE calls: the dead-letter stream was read whole"
+    );
+
+    // The service page counts them per group, once per while: the second look reuses the count.
+    let service = ui
+        .get(&format!("/api/services/{s}"), &[])
+        .await
+        .expect("service")
+        .json();
+    assert_eq!(
+        service["stats"]["groups"][0]["dead_letters"], 5_000,
+        "{service}"
+    );
+    assert_eq!(service["stats"]["groups"][1]["dead_letters"], 5_000);
+    let before = common::command_calls(&env.server, "xrange");
+    let again = ui
+        .get(&format!("/api/services/{s}"), &[])
+        .await
+        .expect("service")
+        .json();
+    assert_eq!(again["stats"]["groups"][1]["dead_letters"], 5_000);
+    assert_eq!(again["stats"]["dead_letters_unattributed"], 0);
+    let walked = common::command_calls(&env.server, "xrange") - before;
+    assert!(walked < 50, "{walked} XRANGE calls: counted again");
+}
+
+#[tokio::test]
+async fn the_overview_answers_from_the_latest_sample() {
+    let env = TestEnv::new();
+    let s = env.service().to_owned();
+    env.requester()
+        .send("r-1", "echo", &json!(1), WAIT)
+        .await
+        .expect("send");
+    // One sample at start, the next in a minute: every overview below is answered from the first.
+    let ui = Ui::start(&env.server, &[], &["--sample-interval", "60s"], &[]).await;
+    let row = overview_row(&ui, &s).await;
+    assert_eq!(row["stream_length"], 1, "{row}");
+    let scans = common::command_calls(&env.server, "scan");
+    let xlens = common::command_calls(&env.server, "xlen");
+    for _ in 0..10 {
+        let all = ui.get("/api/services", &[]).await.expect("services");
+        assert_eq!(all.status, 200, "{}", all.text());
+        assert!(all.json()["sampled_ms"].as_u64().is_some());
+    }
+    assert_eq!(
+        common::command_calls(&env.server, "scan"),
+        scans,
+        "no SCAN per overview"
+    );
+    assert_eq!(
+        common::command_calls(&env.server, "xlen"),
+        xlens,
+        "no stats per overview"
     );
 }

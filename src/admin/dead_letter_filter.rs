@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::pager::Pager;
 use super::{Admin, DeadLetterEntry};
 use crate::error::Result;
-use crate::protocol::entry::check_entry_id;
+use crate::protocol::entry::{check_entry_id, parse_entry_id};
 
 /// Most dead letters one [`Admin::dead_letters_matching`] call reads, matching or not.
 pub const SCAN_LIMIT: u64 = 10_000;
@@ -73,11 +73,59 @@ pub struct DeadLetterPage {
     pub scanned: u64,
 }
 
+impl DeadLetterPage {
+    /// The page of all of several partitions' pages (each read from the same `after` with the same `limit`): their
+    /// entries oldest first, up to the least `next_after` of them (past it some partition has not been read), at
+    /// most `limit` of them plus the other partitions' entries of the last one's id.
+    fn merge(pages: Vec<DeadLetterPage>, limit: usize) -> DeadLetterPage {
+        let limit = limit.max(1);
+        let bound = pages
+            .iter()
+            .filter_map(|p| p.next_after.as_deref().and_then(parse_entry_id))
+            .min();
+        let scanned = pages.iter().map(|p| p.scanned).sum();
+        let mut entries: Vec<DeadLetterEntry> = pages
+            .into_iter()
+            .flat_map(|p| p.entries)
+            .filter(|e| bound.is_none_or(|b| parse_entry_id(&e.dead_id).is_some_and(|id| id <= b)))
+            .collect();
+        entries.sort_by_key(|e| parse_entry_id(&e.dead_id));
+        let cut_at = entries.len().min(limit).max(1);
+        let cut = entries
+            .get(cut_at - 1)
+            .and_then(|e| parse_entry_id(&e.dead_id));
+        let keep = cut_at
+            + entries[cut_at.min(entries.len())..]
+                .iter()
+                .take_while(|e| parse_entry_id(&e.dead_id) == cut)
+                .count();
+        let next_after = if entries.len() > keep {
+            // Cut after the `limit`-th entry and every other partition's entry of the same id (ids repeat across
+            // partitions, which write in the same millisecond), so going on after that id leaves none out.
+            entries.truncate(keep);
+            entries.last().map(|e| e.dead_id.clone())
+        } else {
+            bound.map(|(ms, seq)| format!("{ms}-{seq}"))
+        };
+        DeadLetterPage {
+            entries,
+            next_after,
+            scanned,
+        }
+    }
+}
+
 impl Admin {
     /// Up to `limit` dead letters that pass `filter`, oldest first, starting after the dead-letter id `after`
     /// (exclusive; `None` for the start), reading at most [`SCAN_LIMIT`] entries. Page with
     /// [`DeadLetterPage::next_after`]. A `limit` of 0 counts as 1. With an empty filter this is
     /// [`Admin::dead_letters`] plus where to go on.
+    ///
+    /// For a service of several partitions, each partition's page is read and they are merged oldest first (by
+    /// id), up to where every partition was read: `next_after` then goes on from there in every partition. Ids are
+    /// unique within a partition only (partitions that dead-letter in the same millisecond repeat them): a page
+    /// ends with every partition's entries of its last id, so it may hold up to one entry per other partition more
+    /// than `limit`, and none is left out of the walk. Each entry's [`DeadLetterEntry::partition`] says where it is.
     ///
     /// # Errors
     /// - [`Error::InvalidArgument`](crate::Error::InvalidArgument) when `after` is not a stream entry id (`<ms>-<seq>`);
@@ -96,6 +144,13 @@ impl Admin {
             }
             None => "-".to_owned(),
         };
+        if let Some(parts) = self.split() {
+            let mut pages = Vec::with_capacity(parts.len());
+            for part in parts {
+                pages.push(Box::pin(part.dead_letters_matching(filter, after, limit)).await?);
+            }
+            return Ok(DeadLetterPage::merge(pages, limit));
+        }
         let mut con = self.con().await?;
         let stream = self.keys.dead_letters();
         let mut page = DeadLetterPage::default();
@@ -105,7 +160,7 @@ impl Admin {
         'walk: while let Some(ids) = pager.next(&mut con).await? {
             for id in ids {
                 page.scanned += 1;
-                let entry = DeadLetterEntry::from_stream_id(id);
+                let entry = DeadLetterEntry::from_stream_id(id).in_partition(self.partition);
                 last_read = Some(entry.dead_id.clone());
                 if filter.matches(&entry) {
                     page.entries.push(entry);
@@ -132,6 +187,17 @@ impl Admin {
     /// # Errors
     /// [`Error::Redis`](crate::Error::Redis) when the admin's first connection or a read fails.
     pub async fn dead_letter_ids_matching(&self, filter: &DeadLetterFilter) -> Result<Vec<String>> {
+        if let Some(parts) = self.split() {
+            // Every partition's, oldest first; an id in two partitions is listed once (actions by id look for it
+            // in every partition).
+            let mut ids = Vec::new();
+            for part in parts {
+                ids.extend(Box::pin(part.dead_letter_ids_matching(filter)).await?);
+            }
+            ids.sort_by_key(|id| parse_entry_id(id));
+            ids.dedup();
+            return Ok(ids);
+        }
         let stream = self.keys.dead_letters();
         let Some(bound) = self.last_entry_id(stream).await? else {
             return Ok(Vec::new());

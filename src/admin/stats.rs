@@ -192,8 +192,21 @@ impl Admin {
         self.stats_with(true).await
     }
 
+    /// [`Admin::stats`] without counting dead letters per group: a fixed handful of round trips per partition
+    /// whatever the number of dead letters, for what polls (a dashboard's overview, a metrics sampler, a
+    /// heartbeat). [`Admin::stats`] reads the whole dead-letter stream of a service with several groups and dead
+    /// letters, to count them per group; here every dead letter of such a service is counted in
+    /// [`ServiceStats::dead_letters_unattributed`] and each group's [`GroupStats::dead_letters`] is 0 (with one group,
+    /// it still gets them all). Every other number is the same as [`Admin::stats`]'.
+    ///
+    /// # Errors
+    /// As [`Admin::stats`].
+    pub async fn stats_summary(&self) -> Result<ServiceStats> {
+        self.stats_with(false).await
+    }
+
     /// [`Admin::stats`]; with `attribute` false, dead letters of a service with several groups are not counted per
-    /// group (which reads the whole dead-letter stream): what the metrics sampler needs.
+    /// group (which reads the whole dead-letter stream): [`Admin::stats_summary`].
     pub(crate) async fn stats_with(&self, attribute: bool) -> Result<ServiceStats> {
         if let Some(parts) = self.split() {
             let mut stats = Vec::with_capacity(parts.len());

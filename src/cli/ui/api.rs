@@ -9,11 +9,12 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use redcall::admin::{Admin, DeadLetterFilter, ReplayOptions, RequestState, list_services};
+use redcall::admin::{Admin, DeadLetterFilter, ReplayOptions, ReplayReport, RequestState};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};
+use super::jobs::{KEPT, MAX_LISTED, capped};
 use super::router::AppState;
 
 /// Largest page of a list (dead letters, pending entries).
@@ -36,42 +37,46 @@ pub async fn session(State(state): State<AppState>) -> Json<Value> {
     }))
 }
 
-/// `GET /api/services`: every service of the namespace with its numbers and charts.
+/// How long `GET /api/services` waits for the sampler's first sample after start.
+const FIRST_SAMPLE_WAIT: Duration = Duration::from_secs(10);
+
+/// `GET /api/services`: every service of the namespace with its numbers and charts, from the sampler's latest
+/// sample (at most one sample interval old; `sampled_ms` says when it was taken): the overview costs no Redis call,
+/// however many pages poll it. A service whose numbers could not be read has a row `{"service", "error"}`.
 pub async fn services(State(state): State<AppState>) -> ApiResult {
-    let names = list_services(state.admins.client()).await?;
-    let mut services = Vec::with_capacity(names.len());
-    for name in &names {
-        let admin = state.admins.get(name);
-        let stats = admin.stats().await?;
-        let responders = admin.responders().await?;
-        let lag = if stats.groups.is_empty() || stats.groups.iter().any(|g| g.lag.is_none()) {
-            None
-        } else {
-            Some(stats.groups.iter().filter_map(|g| g.lag).sum::<u64>())
-        };
-        services.push(json!({
-            "service": name,
-            "stream_length": stats.stream_length,
-            "delayed": stats.delayed,
-            "pending": stats.groups.iter().map(|g| g.pending).sum::<u64>(),
-            "lag": lag,
-            "oldest_pending_age_ms": stats.groups.iter().filter_map(|g| g.oldest_pending.as_ref()).map(|p| p.age_ms).max(),
-            "dead_letters": stats.dead_letters,
-            "groups": stats.groups.len(),
-            "responders": responders.len(),
-            "series": state.samples.series(name),
-        }));
+    let Some(snapshot) = state.samples.latest(FIRST_SAMPLE_WAIT).await else {
+        return Err(ApiError::unavailable(
+            "the dashboard has not sampled the services yet; try again in a moment",
+        ));
+    };
+    if let Some(err) = snapshot.error {
+        return Err(err);
     }
-    Ok(Json(
-        json!({ "namespace": &*state.namespace, "services": services }),
-    ))
+    let services: Vec<Value> = snapshot
+        .rows
+        .into_iter()
+        .map(|mut row| {
+            let series = row["service"]
+                .as_str()
+                .map(|name| state.samples.series(name))
+                .unwrap_or_default();
+            row["series"] = json!(series);
+            row
+        })
+        .collect();
+    Ok(Json(json!({
+        "namespace": &*state.namespace,
+        "sampled_ms": snapshot.taken_ms,
+        "services": services,
+    })))
 }
 
 /// The admin of `service`, once it is known to exist: a usable name (else 400) with a requests stream, dead
-/// letters, delayed requests or live responders (else 404).
+/// letters, delayed requests or live responders (else 404). Reads [`Admin::stats_summary`], which never walks the
+/// dead-letter stream.
 async fn known(state: &AppState, service: &str) -> Result<Admin, ApiError> {
-    let admin = state.admins.get(service);
-    let stats = admin.stats().await?;
+    let admin = state.admins.get(service).await;
+    let stats = admin.stats_summary().await?;
     let exists = stats.first_entry_id.is_some()
         || !stats.groups.is_empty()
         || stats.dead_letters > 0
@@ -89,14 +94,16 @@ async fn known(state: &AppState, service: &str) -> Result<Admin, ApiError> {
 }
 
 /// `GET /api/services/{service}`: its stats, groups and consumers (each `live` when a responder of that name has a
-/// heartbeat record), live responders and charts.
+/// heartbeat record), live responders and charts. The only read that counts dead letters per group (which reads
+/// the whole dead-letter stream of a service with several groups): at most once per 30 s per service, see
+/// [`super::attribution`].
 pub async fn service(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
     let Path(service) = path?;
     let admin = known(&state, &service).await?;
-    let stats = admin.stats().await?;
+    let stats = state.attribution.stats(&admin).await?;
     let responders = admin.responders().await?;
     let mut value = json!({
         "stats": stats,
@@ -151,7 +158,7 @@ pub async fn pending(
     let group = match q.group.filter(|g| !g.is_empty()) {
         Some(g) => g,
         // No group yet: the default group's name, which has no pending entries (and `after` is still checked).
-        None => match admin.stats().await?.groups.into_iter().next() {
+        None => match admin.stats_summary().await?.groups.into_iter().next() {
             Some(g) => g.name,
             None => redcall::ResponderSettings::DEFAULT_GROUP.to_owned(),
         },
@@ -211,13 +218,39 @@ pub async fn dead_letters(
     })))
 }
 
-/// `GET /api/services/{service}/dead-letters/{dead_id}`: one dead letter, its request decoded.
+/// The admin of partition `partition` of `admin`'s service (`None`: the whole service). Dead-letter ids are
+/// unique within a partition only (partitions that dead-letter in the same millisecond repeat them), so an action
+/// on named dead letters of a partitioned service names their partition (each entry's `partition`).
+fn in_partition(admin: Admin, partition: Option<usize>) -> Result<Admin, ApiError> {
+    let Some(index) = partition else {
+        return Ok(admin);
+    };
+    let count = admin.layout().count();
+    admin.partition(index).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "no partition {index}: service {:?} has {count} (0 to {})",
+            admin.service(),
+            count - 1
+        ))
+    })
+}
+
+/// The query of `GET /api/services/{service}/dead-letters/{dead_id}`.
+#[derive(Debug, Deserialize)]
+pub struct OneDeadLetterQuery {
+    /// The partition that holds it (ids repeat across partitions); without it, the first partition that has it.
+    partition: Option<usize>,
+}
+
+/// `GET /api/services/{service}/dead-letters/{dead_id}?partition=`: one dead letter, its request decoded.
 pub async fn dead_letter(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<OneDeadLetterQuery>, QueryRejection>,
 ) -> ApiResult {
     let Path((service, dead_id)) = path?;
-    let admin = known(&state, &service).await?;
+    let Query(q) = query?;
+    let admin = in_partition(known(&state, &service).await?, q.partition)?;
     let entry = admin.dead_letter(&dead_id).await?;
     Ok(Json(crate::cli::dlq::describe(&entry)))
 }
@@ -242,6 +275,9 @@ pub struct DeadLetterAction {
     /// Answer at once with a job to poll.
     #[serde(default)]
     background: bool,
+    /// Only this partition's dead letters (`ids` of a partitioned service name one partition's; without it, an id
+    /// is acted on in every partition that has it).
+    partition: Option<usize>,
 }
 
 impl DeadLetterAction {
@@ -280,6 +316,32 @@ fn replay_options(timeout_secs: Option<u64>, dry_run: bool) -> Result<ReplayOpti
     Ok(opts)
 }
 
+/// A replay's report for a job's result: the counts of everything, and at most [`MAX_LISTED`] entries of each list
+/// (`truncated` says whether some were left out), so a finished job over a huge range stays small in memory.
+fn report_json(report: &ReplayReport) -> Value {
+    let (replayed, replayed_count) = capped(&report.replayed);
+    let (skipped, skipped_count) = capped(&report.skipped);
+    let mut by_reason = serde_json::Map::new();
+    for skip in &report.skipped {
+        let reason = serde_json::to_value(&skip.reason)
+            .ok()
+            .and_then(|v| v["reason"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "other".to_owned());
+        let n = by_reason.entry(reason).or_insert(json!(0));
+        *n = json!(n.as_u64().unwrap_or(0) + 1);
+    }
+    json!({
+        "dry_run": report.dry_run,
+        "replayed": replayed,
+        "replayed_count": replayed_count,
+        "skipped": skipped,
+        "skipped_count": skipped_count,
+        "skipped_by_reason": by_reason,
+        "not_matching": report.not_matching,
+        "truncated": replayed_count > MAX_LISTED || skipped_count > MAX_LISTED,
+    })
+}
+
 /// A job's answer: 202 with the job to poll, or 200 with the result.
 fn answer((background, value): (bool, Value)) -> Response {
     let status = if background {
@@ -298,9 +360,12 @@ pub async fn replay_dead_letters(
 ) -> Result<Response, ApiError> {
     let Path(service) = path?;
     let Json(action) = body?;
+    if let Some(refused) = state.policy.refuse_change(action.dry_run) {
+        return Err(refused);
+    }
     action.check()?;
     let opts = replay_options(action.timeout_secs, action.dry_run)?;
-    let admin = known(&state, &service).await?;
+    let admin = in_partition(known(&state, &service).await?, action.partition)?;
     let filter = filter(action.func, action.reason);
     let (ids, all) = (action.ids, action.all);
     let done = state
@@ -315,7 +380,7 @@ pub async fn replay_dead_letters(
             let report = admin
                 .replay_dead_letters(&ids, &opts, |n| job.set_done(n))
                 .await?;
-            Ok(json!({ "matched": ids.len(), "report": report }))
+            Ok(json!({ "matched": ids.len(), "report": report_json(&report) }))
         })
         .await?;
     Ok(answer(done))
@@ -335,16 +400,26 @@ pub async fn purge_dead_letters(
             "a purge takes no `dry_run` or `timeout_secs`",
         ));
     }
-    let admin = known(&state, &service).await?;
+    let admin = in_partition(known(&state, &service).await?, action.partition)?;
     let filter = filter(action.func, action.reason);
     let (ids, all) = (action.ids, action.all);
     let done = state
         .jobs
         .run("purge", action.background, move |job| async move {
-            let ids = if all { admin.dead_letter_ids_matching(&filter).await? } else { ids };
+            let ids = if all {
+                admin.dead_letter_ids_matching(&filter).await?
+            } else {
+                ids
+            };
             job.set_total(ids.len() as u64);
             let report = admin.purge_dead_letters(&ids, |n| job.set_done(n)).await?;
-            Ok(json!({ "matched": ids.len(), "purged": report.purged, "not_found": report.not_found }))
+            let (not_found, not_found_count) = capped(&report.not_found);
+            Ok(json!({
+                "matched": ids.len(),
+                "purged": report.purged,
+                "not_found": not_found,
+                "not_found_count": not_found_count,
+            }))
         })
         .await?;
     Ok(answer(done))
@@ -376,6 +451,9 @@ pub async fn replay_range(
 ) -> Result<Response, ApiError> {
     let Path(service) = path?;
     let Json(action) = body?;
+    if let Some(refused) = state.policy.refuse_change(action.dry_run) {
+        return Err(refused);
+    }
     let mut opts = replay_options(action.timeout_secs, action.dry_run)?
         .include_in_flight(action.include_in_flight);
     if let Some(func) = action.func.filter(|f| !f.is_empty()) {
@@ -386,12 +464,12 @@ pub async fn replay_range(
     let done = state
         .jobs
         .run("replay_range", action.background, move |job| async move {
-            let total = admin.stats().await?.stream_length;
+            let total = admin.stats_summary().await?.stream_length;
             job.set_total(total);
             let report = admin
                 .replay_range(&from, &to, &opts, |n| job.set_done(n))
                 .await?;
-            Ok(json!({ "report": report }))
+            Ok(json!({ "report": report_json(&report) }))
         })
         .await?;
     Ok(answer(done))
@@ -409,7 +487,7 @@ pub async fn job(
         .map(|job| Json(job.describe()))
         .ok_or_else(|| {
             ApiError::not_found(format!(
-                "no job {id} (jobs are kept in memory, the newest 64)"
+                "no job {id} (jobs are kept in memory: every running one and the newest {KEPT} finished)"
             ))
         })
 }
@@ -420,7 +498,7 @@ pub async fn request(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> ApiResult {
     let Path((service, id)) = path?;
-    let status = state.admins.get(&service).status(&id).await?;
+    let status = state.admins.get(&service).await.status(&id).await?;
     if status.state == RequestState::Unknown {
         return Err(ApiError::not_found(format!(
             "no request {id:?} in service {service:?} (never made, or its record expired)"

@@ -39,6 +39,16 @@ impl ApiError {
         )
     }
 
+    /// A 503: the dashboard cannot answer yet (its first sample is not taken).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    /// A 429: too many actions are running; try again once one has finished.
+    pub fn too_many(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_jobs", message)
+    }
+
     /// A 500: the dashboard's own fault (an action that panicked); never for anything a caller sent.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)

@@ -4,11 +4,13 @@
 //!
 //! The parts: [`router`] (routes and shared state), [`admins`] (one admin, so one connection, per service), [`api`] (JSON handlers, each a call into
 //! [`redcall::admin`]), [`pages`] (HTML shells and the embedded script and style), [`security`] (token, host,
-//! CSRF, read-only), [`jobs`] (long actions with progress), [`sampler`] (the charts' data), [`error`] (the API's
+//! CSRF, read-only), [`jobs`] (long actions with progress), [`sampler`] (the charts' data and the overview's latest numbers), [`attribution`] (dead letters per group, counted
+//! now and then), [`error`] (the API's
 //! JSON errors).
 
 mod admins;
 mod api;
+mod attribution;
 mod error;
 mod jobs;
 mod pages;
@@ -58,7 +60,7 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
             "--sample-interval must be positive".into(),
         ));
     }
-    let policy = security::Policy::new(args.token.clone(), args.read_only);
+    let mut policy = security::Policy::new(args.token.clone(), args.read_only);
     policy.check_listen(args.listen)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -69,6 +71,7 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
             ))
         })?;
     let addr = listener.local_addr().unwrap_or(args.listen);
+    policy.set_port(addr.port());
     let admins = admins::Admins::new(ctx.client.clone());
     let state = router::AppState {
         admins: admins.clone(),
@@ -77,6 +80,7 @@ pub async fn run(ctx: &Context<'_>, args: &Args) -> redcall::Result<()> {
         samples: sampler::Samples::default(),
         sample_interval: args.sample_interval,
         jobs: Arc::new(jobs::Jobs::default()),
+        attribution: attribution::Attribution::default(),
     };
     let stop = CancellationToken::new();
     let sampler = tokio::spawn(sampler::run(

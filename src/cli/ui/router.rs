@@ -7,6 +7,7 @@ use axum::Router;
 use axum::routing::{get, post};
 
 use super::admins::Admins;
+use super::attribution::Attribution;
 use super::jobs::Jobs;
 use super::sampler::Samples;
 use super::security::{self, Policy};
@@ -27,6 +28,8 @@ pub struct AppState {
     pub sample_interval: Duration,
     /// Long actions.
     pub jobs: Arc<Jobs>,
+    /// The service page's dead letters per group, counted at most once per 30 s.
+    pub attribution: Attribution,
 }
 
 /// The whole application.

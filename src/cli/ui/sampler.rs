@@ -6,16 +6,23 @@
 //! A heartbeat record changes once per heartbeat interval (5 s by default), so a responder's rate is measured
 //! between its last two records that differ (`last_seen_ms`), and carried while its record stays the same; a
 //! responder whose counters went down (restarted under the same name) starts over.
+//!
+//! Each sample also keeps the overview's rows ([`Snapshot`]): `GET /api/services` answers from it, so listing the
+//! services (a `SCAN` of the whole keyspace) and reading their stats happen once per interval, not once per open
+//! tab. Stats here are [`Admin::stats_summary`], which never walks the dead-letter stream.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redcall::admin::{ResponderInfo, list_services};
+use redcall::admin::{Admin, ResponderInfo, ServiceStats, list_services};
 use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::admins::Admins;
+use super::error::ApiError;
 
 /// One point of a service's charts.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -111,10 +118,35 @@ impl History {
     }
 }
 
-/// The sampled histories of every service, shared between the sampler task and the API.
+/// The latest sample of the namespace: what `GET /api/services` answers (with each service's series added), so the
+/// overview costs no Redis call however many tabs poll it.
 #[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// When it was taken, ms since the epoch (local clock).
+    pub taken_ms: u64,
+    /// One row per service, by name: its numbers, or `{"service", "error"}` when they could not be read.
+    pub rows: Vec<Value>,
+    /// Why the services could not be listed, when the latest sample failed (`rows` are then the previous ones).
+    pub error: Option<ApiError>,
+}
+
+/// The sampled histories of every service and the latest snapshot, shared between the sampler task and the API.
+#[derive(Debug, Clone)]
 pub struct Samples {
     inner: Arc<Mutex<HashMap<String, History>>>,
+    latest: Arc<Mutex<Snapshot>>,
+    /// How many samples were taken: the API waits for the first.
+    taken: Arc<watch::Sender<u64>>,
+}
+
+impl Default for Samples {
+    fn default() -> Self {
+        Self {
+            inner: Arc::default(),
+            latest: Arc::default(),
+            taken: Arc::new(watch::Sender::new(0)),
+        }
+    }
 }
 
 impl Samples {
@@ -124,6 +156,27 @@ impl Samples {
         all.get(service)
             .map(|h| h.points.iter().copied().collect())
             .unwrap_or_default()
+    }
+
+    /// The latest snapshot, once the first sample is done (waits up to `wait` for it; `None` if it is not done by
+    /// then).
+    pub async fn latest(&self, wait: Duration) -> Option<Snapshot> {
+        let mut taken = self.taken.subscribe();
+        let first = tokio::time::timeout(wait, taken.wait_for(|n| *n > 0)).await;
+        if !matches!(first, Ok(Ok(_))) {
+            return None;
+        }
+        Some(
+            self.latest
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+
+    fn publish(&self, snapshot: Snapshot) {
+        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = snapshot;
+        self.taken.send_modify(|n| *n += 1);
     }
 
     fn record(
@@ -141,14 +194,15 @@ impl Samples {
     }
 
     /// Forgets services that are gone.
-    fn retain(&self, services: &[String]) {
+    fn retain(&self, services: &HashSet<&str>) {
         let mut all = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        all.retain(|name, _| services.contains(name));
+        all.retain(|name, _| services.contains(name.as_str()));
     }
 }
 
 /// Samples every service of the namespace every `interval`, keeping `window` of history, until `stop`.
-/// A failed sample (Redis away) is logged and skipped: the charts show a gap.
+/// A sample that cannot list the services (Redis away) is logged and kept as the snapshot's error: the charts show
+/// a gap. A service whose numbers cannot be read gets an error row; the others are sampled all the same.
 pub async fn run(
     admins: Admins,
     samples: Samples,
@@ -164,29 +218,91 @@ pub async fn run(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(err) = sample(&admins, &samples, keep).await {
-            tracing::warn!("dashboard sample failed: {err}");
-        }
+        let snapshot = match sample(&admins, &samples, keep).await {
+            Ok(rows) => Snapshot {
+                taken_ms: super::super::now_ms(),
+                rows,
+                error: None,
+            },
+            Err(err) => {
+                tracing::warn!("dashboard sample failed: {err}");
+                let previous = samples
+                    .latest
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                Snapshot {
+                    error: Some(err.into()),
+                    ..previous
+                }
+            }
+        };
+        samples.publish(snapshot);
     }
 }
 
-async fn sample(admins: &Admins, samples: &Samples, keep: usize) -> redcall::Result<()> {
+/// One sample of every service: their overview rows.
+async fn sample(admins: &Admins, samples: &Samples, keep: usize) -> redcall::Result<Vec<Value>> {
     let services = list_services(admins.client()).await?;
-    for service in &services {
-        let admin = admins.get(service);
-        let stats = admin.stats().await?;
-        let live = admin.responders().await?;
-        samples.record(
-            service,
-            super::super::now_ms(),
-            stats.entries_added,
-            &live,
-            keep,
-        );
-    }
-    samples.retain(&services);
     admins.retain(&services);
-    Ok(())
+    let mut rows = Vec::with_capacity(services.len());
+    for service in &services {
+        let admin = admins.get(service).await;
+        match sample_one(&admin).await {
+            Ok((stats, live)) => {
+                samples.record(
+                    service,
+                    super::super::now_ms(),
+                    stats.entries_added,
+                    &live,
+                    keep,
+                );
+                rows.push(row(&stats, live.len()));
+            }
+            Err(err) => {
+                // Its partition count may have changed: the next sample makes a new admin.
+                admins.forget(service);
+                rows.push(json!({ "service": service, "error": err.to_string() }));
+            }
+        }
+    }
+    let names: HashSet<&str> = services.iter().map(String::as_str).collect();
+    samples.retain(&names);
+    Ok(rows)
+}
+
+/// A service's stats (without counting dead letters per group, which reads their whole stream) and live
+/// responders.
+async fn sample_one(admin: &Admin) -> redcall::Result<(ServiceStats, Vec<ResponderInfo>)> {
+    let stats = admin.stats_summary().await?;
+    let live = admin.responders().await?;
+    Ok((stats, live))
+}
+
+/// A service's row of the overview.
+fn row(stats: &ServiceStats, responders: usize) -> Value {
+    let lag = if stats.groups.is_empty() || stats.groups.iter().any(|g| g.lag.is_none()) {
+        None
+    } else {
+        Some(stats.groups.iter().filter_map(|g| g.lag).sum::<u64>())
+    };
+    json!({
+        "service": stats.service,
+        "stream_length": stats.stream_length,
+        "delayed": stats.delayed,
+        "pending": stats.groups.iter().map(|g| g.pending).sum::<u64>(),
+        "lag": lag,
+        "oldest_pending_age_ms": stats
+            .groups
+            .iter()
+            .filter_map(|g| g.oldest_pending.as_ref())
+            .map(|p| p.age_ms)
+            .max(),
+        "dead_letters": stats.dead_letters,
+        "groups": stats.groups.len(),
+        "partitions": stats.partitions.len().max(1),
+        "responders": responders,
+    })
 }
 
 #[cfg(test)]

@@ -3,14 +3,19 @@
 //! - **Where it listens.** A loopback address needs nothing more; any other address needs a token
 //!   ([`Policy::check_listen`]), since the dashboard can replay and purge.
 //! - **The token.** When set, every request (pages, assets, API) carries it: `Authorization: Bearer <token>` from
-//!   scripts, or the `redcall_ui_token` cookie that opening any page with `?token=<token>` sets (HttpOnly,
-//!   SameSite=Strict) before redirecting to the same page without it. Compared in constant time.
+//!   scripts, or the `redcall_ui_token_<port>` cookie that opening any page with `?token=<token>` sets (HttpOnly,
+//!   SameSite=Strict) before redirecting to the same page without it. Compared in constant time. Cookies are not
+//!   kept apart by port (a browser sends a host's cookies to every port of it), so the cookie is named after the
+//!   dashboard's port: two dashboards on one host do not overwrite each other's, and a dashboard never takes
+//!   another's. Any other server on the same host can still read it from the requests the browser sends it
+//!   (see `docs/ui.md`).
 //! - **Without a token**, requests must name a loopback host (`Host: 127.0.0.1:8080`, `localhost`, `[::1]`): a
 //!   page of another site that resolves its own name to 127.0.0.1 (DNS rebinding) is refused.
 //! - **Actions** (every state change) are `POST` only and carry the per-process CSRF token in the
 //!   `X-Redcall-Csrf` header (the page has it; a script gets it from `GET /api/session`, or authenticates with the
 //!   `Authorization` header, which no browser adds by itself). A browser's `Origin`, when sent, must be the
-//!   dashboard's own. `--read-only` refuses them all.
+//!   dashboard's own. `--read-only` refuses them all, except a replay's dry run (which changes nothing): the two
+//!   replay endpoints pass here and refuse anything but `"dry_run": true` themselves ([`Policy::refuse_change`]).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -22,8 +27,8 @@ use axum::response::{IntoResponse, Response};
 use super::error::ApiError;
 use super::router::AppState;
 
-/// The cookie that carries the token for a browser.
-pub const TOKEN_COOKIE: &str = "redcall_ui_token";
+/// The start of the name of the cookie that carries the token for a browser: `redcall_ui_token_<port>`.
+pub const TOKEN_COOKIE_PREFIX: &str = "redcall_ui_token_";
 /// The header that carries the CSRF token on actions.
 pub const CSRF_HEADER: &str = "x-redcall-csrf";
 
@@ -35,6 +40,8 @@ pub struct Policy {
     csrf: String,
     /// Whether actions are refused.
     pub read_only: bool,
+    /// The token cookie's name, after the port listened on.
+    cookie: String,
 }
 
 impl std::fmt::Debug for Policy {
@@ -58,7 +65,19 @@ impl Policy {
             token: token.filter(|t| !t.is_empty()),
             csrf,
             read_only,
+            cookie: format!("{TOKEN_COOKIE_PREFIX}0"),
         }
+    }
+
+    /// Names the token cookie after `port`, the one the dashboard listens on.
+    pub fn set_port(&mut self, port: u16) {
+        self.cookie = format!("{TOKEN_COOKIE_PREFIX}{port}");
+    }
+
+    /// With `--read-only`, the refusal of a request that would change something (`None`: go ahead). The replay
+    /// endpoints call it with their `dry_run`; every other action is refused by [`guard`] already.
+    pub fn refuse_change(&self, dry_run: bool) -> Option<ApiError> {
+        (self.read_only && !dry_run).then(read_only_refusal)
     }
 
     /// The CSRF token the page embeds.
@@ -119,7 +138,7 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
     let proof = if policy.has_token() {
         if bearer(headers).is_some_and(|t| policy.token_matches(t)) {
             Proof::Header
-        } else if cookie(headers, TOKEN_COOKIE).is_some_and(|t| policy.token_matches(t)) {
+        } else if cookie(headers, &policy.cookie).is_some_and(|t| policy.token_matches(t)) {
             Proof::Cookie
         } else if let Some(redirect) = token_in_query(policy, &request) {
             return redirect;
@@ -137,8 +156,9 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
         }
         Proof::Open
     };
+    let may_be_dry_run = is_replay(request.uri().path());
     if is_action(request.method())
-        && let Err(err) = check_action(policy, proof, headers)
+        && let Err(err) = check_action(policy, proof, headers, may_be_dry_run)
     {
         return err.into_response();
     }
@@ -150,13 +170,29 @@ fn is_action(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
-/// An action's checks: read-only, origin, CSRF.
-fn check_action(policy: &Policy, proof: Proof, headers: &HeaderMap) -> Result<(), ApiError> {
-    if policy.read_only {
-        return Err(ApiError::forbidden(
-            "read_only",
-            "the dashboard runs with --read-only: replay and purge are refused",
-        ));
+/// Whether `path` is one of the replay endpoints, whose dry runs `--read-only` allows (they check the rest).
+fn is_replay(path: &str) -> bool {
+    path.starts_with("/api/services/")
+        && (path.ends_with("/dead-letters/replay") || path.ends_with("/replay-range"))
+}
+
+/// The answer to a change under `--read-only`.
+fn read_only_refusal() -> ApiError {
+    ApiError::forbidden(
+        "read_only",
+        "the dashboard runs with --read-only: replay and purge are refused (a replay's dry run is allowed)",
+    )
+}
+
+/// An action's checks: read-only (unless it `may_be_dry_run`: its handler checks), origin, CSRF.
+fn check_action(
+    policy: &Policy,
+    proof: Proof,
+    headers: &HeaderMap,
+    may_be_dry_run: bool,
+) -> Result<(), ApiError> {
+    if policy.read_only && !may_be_dry_run {
+        return Err(read_only_refusal());
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
@@ -224,7 +260,10 @@ fn token_in_query(policy: &Policy, request: &Request) -> Option<Response> {
     if !policy.token_matches(&token) {
         return None;
     }
-    let cookie = format!("{TOKEN_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict");
+    let cookie = format!(
+        "{}={token}; Path=/; HttpOnly; SameSite=Strict",
+        policy.cookie
+    );
     let location = request.uri().path().to_owned();
     Some(
         (

@@ -51,6 +51,17 @@ function message(text, isError) {
   box.textContent = text;
 }
 
+// Runs `step` again REFRESH_MS after each run has finished (so runs never pile up when one is slow), until it
+// returns true.
+function every(step) {
+  const next = () => setTimeout(async () => {
+    let stop = false;
+    try { stop = await step(); } catch (e) { message(e.message, true); }
+    if (stop !== true) next();
+  }, REFRESH_MS);
+  next();
+}
+
 // ---- API -------------------------------------------------------------------------------------------------
 async function api(path, options) {
   const res = await fetch(`/api${path}`, options);
@@ -118,13 +129,35 @@ async function runJob(path, body, label) {
   }
 }
 
+// A dead letter's partition ("" for a service of one partition): its ids are unique within a partition only.
+const partitionOf = (e) => (e.partition === null || e.partition === undefined ? "" : String(e.partition));
+
+// The results of one action run per partition, as one.
+function combine(results) {
+  if (results.length === 1) return results[0];
+  const all = { purged: 0, not_found: [], not_found_count: 0,
+    report: { replayed_count: 0, skipped_count: 0, skipped_by_reason: {}, not_matching: 0, replayed: [], skipped: [] } };
+  for (const r of results) {
+    all.purged += r.purged || 0;
+    all.not_found.push(...(r.not_found || []));
+    all.not_found_count += r.not_found_count || 0;
+    if (!r.report) continue;
+    all.report.replayed_count += r.report.replayed_count;
+    all.report.skipped_count += r.report.skipped_count;
+    all.report.not_matching += r.report.not_matching;
+    all.report.replayed.push(...r.report.replayed);
+    all.report.skipped.push(...r.report.skipped);
+    for (const [k, v] of Object.entries(r.report.skipped_by_reason)) all.report.skipped_by_reason[k] = (all.report.skipped_by_reason[k] || 0) + v;
+  }
+  return all;
+}
+
 function describeReplay(result, dry) {
   const r = result.report;
-  const parts = [`${dry ? "would replay" : "replayed"} ${r.replayed.length}`];
-  if (r.skipped.length) {
-    const why = {};
-    for (const s of r.skipped) why[s.reason] = (why[s.reason] || 0) + 1;
-    parts.push(`${dry ? "would skip" : "skipped"} ${r.skipped.length} (${Object.entries(why).map(([k, v]) => `${k}: ${v}`).join(", ")})`);
+  const parts = [`${dry ? "would replay" : "replayed"} ${fmt(r.replayed_count)}`];
+  if (r.skipped_count) {
+    const why = r.skipped_by_reason || {};
+    parts.push(`${dry ? "would skip" : "skipped"} ${fmt(r.skipped_count)} (${Object.entries(why).map(([k, v]) => `${k}: ${fmt(v)}`).join(", ")})`);
   }
   if (r.not_matching) parts.push(`${r.not_matching} for other function keys`);
   return parts.join(", ");
@@ -170,7 +203,9 @@ async function overview() {
   async function refresh() {
     try {
       const data = await api("/services");
-      const rows = data.services.map((s) => h("tr", { "data-service": s.service },
+      const rows = data.services.map((s) => s.error ? h("tr", { "data-service": s.service, class: "failed" },
+        h("td", {}, h("a", { href: `/services/${enc(s.service)}` }, s.service)),
+        h("td", { colspan: 8, class: "error" }, `cannot read its numbers: ${s.error}`)) : h("tr", { "data-service": s.service },
         h("td", {}, h("a", { href: `/services/${enc(s.service)}` }, s.service)),
         h("td", { class: "num stream" }, fmt(s.stream_length)),
         h("td", { class: "num pending" }, fmt(s.pending)),
@@ -183,13 +218,13 @@ async function overview() {
         h("td", {}, sparkline(s.series, "latency_ms", "lat", "ms"))));
       if (!rows.length) rows.push(h("tr", {}, h("td", { colspan: 9, class: "muted" }, `no services in namespace ${data.namespace}`)));
       table.tBodies[0].replaceChildren(...rows);
-      document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()} · refreshes every ${REFRESH_MS / 1000} s`;
+      document.getElementById("updated").textContent = `sampled ${new Date(data.sampled_ms).toLocaleTimeString()} · refreshes every ${REFRESH_MS / 1000} s`;
     } catch (e) {
       message(`cannot read the services: ${e.message}`, true);
     }
   }
   await refresh();
-  setInterval(refresh, REFRESH_MS);
+  every(refresh);
 }
 
 async function servicePage() {
@@ -294,7 +329,17 @@ async function servicePage() {
     if (reason.value) b.reason = reason.value;
     return b;
   };
-  const selected = () => [...list.querySelectorAll("input.dl-select:checked")].map((c) => c.value);
+  // The selected dead letters, as one action body per partition (ids repeat across partitions).
+  const selected = () => {
+    const byPartition = new Map();
+    for (const c of list.querySelectorAll("input.dl-select:checked")) {
+      const p = c.dataset.partition;
+      if (!byPartition.has(p)) byPartition.set(p, []);
+      byPartition.get(p).push(c.value);
+    }
+    return [...byPartition].map(([p, ids]) => (p === "" ? { ids } : { ids, partition: Number(p) }));
+  };
+  const count = (bodies) => bodies.reduce((n, b) => n + b.ids.length, 0);
   async function showDead() {
     const after = cursors[cursors.length - 1];
     const q = new URLSearchParams({ limit: 50 });
@@ -316,8 +361,8 @@ async function servicePage() {
         h("thead", {}, h("tr", {}, READ_ONLY ? null : h("th", {}, all),
           ["dead letter", "request", "function", "reason", "deliveries", "dead for", "error"].map((t) => h("th", {}, t)))),
         h("tbody", {}, data.entries.map((e) => h("tr", { "data-dead-id": e.dead_id },
-          READ_ONLY ? null : h("td", {}, h("input", { type: "checkbox", class: "dl-select", value: e.dead_id, "aria-label": `select ${e.dead_id}` })),
-          h("td", {}, h("a", { class: "dl-link", href: `/services/${enc(service)}/dead-letters/${enc(e.dead_id)}` }, e.dead_id)),
+          READ_ONLY ? null : h("td", {}, h("input", { type: "checkbox", class: "dl-select", value: e.dead_id, "data-partition": partitionOf(e), "aria-label": `select ${e.dead_id}` })),
+          h("td", {}, h("a", { class: "dl-link", href: `/services/${enc(service)}/dead-letters/${enc(e.dead_id)}${partitionOf(e) === "" ? "" : `?partition=${partitionOf(e)}`}` }, e.dead_id)),
           h("td", {}, e.request_id ? h("a", { href: `/requests/${enc(service)}/${enc(e.request_id)}` }, e.request_id) : "–"),
           h("td", {}, e.func_key || "–"), h("td", {}, e.reason), h("td", { class: "num" }, fmt(e.deliveries)),
           h("td", {}, e.dead_at_ms ? ms(Date.now() - e.dead_at_ms) : "–"),
@@ -327,13 +372,15 @@ async function servicePage() {
         cursors.length > 1 ? h("button", { id: "dl-prev", onclick: () => { cursors.pop(); showDead(); } }, "previous page") : null,
         data.next_after ? h("button", { id: "dl-next", onclick: () => { cursors.push(data.next_after); showDead(); } }, "next page") : null));
   }
-  async function act(kind, body, what) {
+  async function act(kind, bodies, what) {
     const verb = kind === "replay" ? "Replay" : "Purge";
     const warn = kind === "purge" ? " They are removed for good." : " Their handlers run again under the same request ids.";
     if (!(await confirmAction(`${verb} ${what}?${warn}`))) return;
     try {
-      const result = await runJob(`/services/${enc(service)}/dead-letters/${kind}`, body, `${verb.toLowerCase()}ing ${what}`);
-      message(kind === "replay" ? describeReplay(result, false) : `purged ${fmt(result.purged)} dead letters${result.not_found.length ? `; not found: ${result.not_found.join(", ")}` : ""}`);
+      const results = [];
+      for (const body of bodies) results.push(await runJob(`/services/${enc(service)}/dead-letters/${kind}`, body, `${verb.toLowerCase()}ing ${what}`));
+      const result = combine(results);
+      message(kind === "replay" ? describeReplay(result, false) : `purged ${fmt(result.purged)} dead letters${result.not_found_count ? `; not found: ${fmt(result.not_found_count)} (${result.not_found.slice(0, 20).join(", ")}${result.not_found_count > 20 ? ", …" : ""})` : ""}`);
     } catch (e) {
       message(`${verb} failed: ${e.message}`, true);
     }
@@ -345,17 +392,17 @@ async function servicePage() {
     h("form", { class: "toolbar", id: "dl-filter", onsubmit: (ev) => { ev.preventDefault(); cursors = [null]; showDead(); } },
       "filter ", func, reason, reasons, h("button", { type: "submit", id: "dl-apply" }, "apply")),
     READ_ONLY ? null : h("div", { class: "toolbar" },
-      h("button", { id: "dl-replay-selected", class: "primary", onclick: () => { const ids = selected(); if (ids.length) act("replay", { ids }, `${ids.length} selected dead letter${ids.length > 1 ? "s" : ""}`); else message("select dead letters first", true); } }, "replay selected"),
-      h("button", { id: "dl-purge-selected", onclick: () => { const ids = selected(); if (ids.length) act("purge", { ids }, `${ids.length} selected dead letter${ids.length > 1 ? "s" : ""}`); else message("select dead letters first", true); } }, "purge selected"),
-      h("button", { id: "dl-replay-all", onclick: () => act("replay", filterBody(), `every dead letter that matches (${filterText()})`) }, "replay all matching"),
-      h("button", { id: "dl-purge-all", class: "danger", onclick: () => act("purge", filterBody(), `every dead letter that matches (${filterText()})`) }, "purge all matching")),
+      h("button", { id: "dl-replay-selected", class: "primary", onclick: () => { const b = selected(), n = count(b); if (n) act("replay", b, `${n} selected dead letter${n > 1 ? "s" : ""}`); else message("select dead letters first", true); } }, "replay selected"),
+      h("button", { id: "dl-purge-selected", onclick: () => { const b = selected(), n = count(b); if (n) act("purge", b, `${n} selected dead letter${n > 1 ? "s" : ""}`); else message("select dead letters first", true); } }, "purge selected"),
+      h("button", { id: "dl-replay-all", onclick: () => act("replay", [filterBody()], `every dead letter that matches (${filterText()})`) }, "replay all matching"),
+      h("button", { id: "dl-purge-all", class: "danger", onclick: () => act("purge", [filterBody()], `every dead letter that matches (${filterText()})`) }, "purge all matching")),
     list);
 
   if (await refresh()) {
     await showDead();
     if (location.hash === "#dead-letters") dead.scrollIntoView();
   }
-  setInterval(refresh, REFRESH_MS);
+  every(async () => { await refresh(); });
 }
 
 function fields(pairs) {
@@ -364,9 +411,12 @@ function fields(pairs) {
 
 async function deadLetterPage() {
   const service = P.service, id = P.id;
+  // Which partition's dead letter this is, for a partitioned service (ids repeat across partitions).
+  const partition = new URLSearchParams(location.search).get("partition");
+  const inPartition = partition !== null && /^[0-9]+$/.test(partition) ? { partition: Number(partition) } : {};
   let e;
   try {
-    e = await api(`/services/${enc(service)}/dead-letters/${enc(id)}`);
+    e = await api(`/services/${enc(service)}/dead-letters/${enc(id)}${inPartition.partition === undefined ? "" : `?partition=${inPartition.partition}`}`);
   } catch (err) {
     put(main, h("h1", {}, `Dead letter ${id}`), h("p", { class: "message error", id: "message" }, err.message),
       h("p", {}, h("a", { href: `/services/${enc(service)}#dead-letters` }, "← dead letters of ", service)));
@@ -396,7 +446,7 @@ async function deadLetterPage() {
       : `Purge dead letter ${e.dead_id}? It is removed for good.`;
     if (!(await confirmAction(text))) return;
     try {
-      const result = await runJob(`/services/${enc(service)}/dead-letters/${kind}`, { ids: [e.dead_id] }, kind);
+      const result = await runJob(`/services/${enc(service)}/dead-letters/${kind}`, Object.assign({ ids: [e.dead_id] }, inPartition), kind);
       if (kind === "replay") {
         const r = result.report;
         if (r.replayed.length) {
@@ -457,9 +507,7 @@ async function requestPage() {
       h("p", { class: "muted" }, SETTLED.has(st.kind) ? "" : `refreshing every ${REFRESH_MS / 1000} s until it settles`));
     return SETTLED.has(st.kind);
   }
-  if (!(await draw())) {
-    const timer = setInterval(async () => { if (await draw()) clearInterval(timer); }, REFRESH_MS);
-  }
+  if (!(await draw())) every(draw);
 }
 
 async function rangeReplayPage() {
@@ -480,6 +528,7 @@ async function rangeReplayPage() {
   function show(result, dry) {
     const r = result.report;
     put(report, h("p", { class: "message", id: "message" }, describeReplay(result, dry)),
+      r.truncated ? h("p", { class: "muted" }, "the lists below show the first entries only") : null,
       r.replayed.length ? h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "entry"), h("th", {}, "request"), h("th", {}, "new entry"))),
         h("tbody", {}, r.replayed.slice(0, 200).map((x) => h("tr", {}, h("td", {}, x.from),
           h("td", {}, h("a", { href: `/requests/${enc(service)}/${enc(x.request_id)}` }, x.request_id)), h("td", {}, x.entry_id || "–"))))) : null,
@@ -492,7 +541,7 @@ async function rangeReplayPage() {
       const result = await runJob(`/services/${enc(service)}/replay-range`, Object.assign({ dry_run: true }, b), "dry run");
       show(result, true);
       dried = JSON.stringify(b);
-      replay.disabled = READ_ONLY || result.report.replayed.length === 0;
+      replay.disabled = READ_ONLY || result.report.replayed_count === 0;
     } catch (e) {
       put(report, h("p", { class: "message error", id: "message" }, e.message));
     }

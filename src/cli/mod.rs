@@ -791,8 +791,8 @@ mod tests {
             .collect();
         assert_eq!(
             rows.keys().copied().collect::<Vec<_>>(),
-            (0..=9).collect::<Vec<u8>>(),
-            "the table documents 0 to 9"
+            (0..=10).collect::<Vec<u8>>(),
+            "the table documents 0 to 10"
         );
         let kinds = [
             (ErrorKind::Timeout, "timeout"),
@@ -814,6 +814,7 @@ mod tests {
             (ErrorKind::Unsupported, "a server older than"),
             (ErrorKind::NotReplicated, "replicas that did not confirm"),
             (ErrorKind::InvalidArgument, "a bad flag or argument"),
+            (ErrorKind::PartitionMismatch, "partition mismatch"),
         ];
         for (kind, words) in kinds {
             let code = kind_exit_code(kind);

@@ -88,10 +88,10 @@ fn errors_under_json_are_one_json_object_on_stderr() {
         &["--json", "call", "--no-such-flag"],
         // Found by the command.
         &["--json", "call", "f", "{not json"],
-        // The bench's own checks, before it starts anything, and a cluster it cannot measure.
+        // The bench's own checks, before it starts anything: an external Redis is one Redis, not a cluster.
         &["--json", "bench", "--calls", "0"],
         &["--json", "bench", "--concurrency", "0"],
-        &["--json", "--cluster", "bench"],
+        &["--json", "--cluster", "bench", "--external"],
     ] {
         let out = offline(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -192,8 +192,9 @@ fn help_shows_defaults_and_keeps_global_flags_apart() {
     assert!(info.contains("--fail-fast"), "{info}");
     let bench = help(&["bench"]);
     let lists = |help: &str, flag: &str| help.lines().any(|l| l.trim_start().starts_with(flag));
+    // The bench starts its own Redis (or a cluster of its own with --cluster).
     assert!(
-        !lists(&bench, "--service") && !lists(&bench, "--cluster"),
+        !lists(&bench, "--service") && lists(&bench, "--cluster"),
         "{bench}"
     );
     assert!(lists(&info, "--cluster"), "{info}");

@@ -511,7 +511,7 @@ const GLOBALS_USED_BY: &[(&str, &[&str])] = &[
     ("durability_replicas", DURABLE_WRITERS),
     ("durability_timeout", DURABLE_WRITERS),
     ("tls_ca_cert", TALK_TO_REDIS_BUT_BENCH),
-    ("cluster", TALK_TO_REDIS_BUT_BENCH),
+    ("cluster", CLUSTER_USERS),
     ("service", SERVICE_USERS),
     ("partitions", SERVICE_USERS),
     ("otlp_endpoint", &["call", "serve", "demo"]),
@@ -539,6 +539,28 @@ const TALK_TO_REDIS_BUT_BENCH: &[&str] = &[
     "dlq purge",
     "replay",
     "ui",
+];
+
+/// The commands that take `--cluster`: every one that talks to a Redis, and the bench, which then starts a local
+/// cluster of its own.
+const CLUSTER_USERS: &[&str] = &[
+    "call",
+    "info",
+    "status",
+    "reply",
+    "cancel",
+    "serve",
+    "reap",
+    "demo",
+    "stats",
+    "services",
+    "dlq list",
+    "dlq show",
+    "dlq replay",
+    "dlq purge",
+    "replay",
+    "ui",
+    "bench",
 ];
 
 /// The commands that work on the one service `--service` names (`demo` makes its own, `services` lists them all

@@ -42,9 +42,10 @@ use env::Env;
 /// Runs `redcall bench`; Ctrl-C stops it and every process it started. Unusable options are usage errors (exit
 /// 2), before anything starts.
 pub async fn run(ctx: &Context<'_>, args: &Args) -> ExitCode {
-    if ctx.cli.cluster {
+    if ctx.cli.cluster && args.external {
         return usage(
-            "the bench does not run against a Redis Cluster (--cluster): it measures one Redis",
+            "bench --external measures the one Redis at --url; --cluster starts a local cluster of its own \
+             (1 against N partitions): give one or the other",
         );
     }
     if let Err(message) = args.check() {

@@ -493,9 +493,9 @@ impl Cli {
 }
 
 /// The global flags (by argument id) that only some commands use, with the commands (space-separated paths) that
-/// use them. Everywhere else they are hidden from the help, so that no command lists a flag it ignores; they are
-/// still accepted there, since scripts put global flags before the subcommand. A global flag not listed here is used
-/// by every command that talks to Redis.
+/// use them (a flag may have several rows). Everywhere else they are hidden from the help, so that no command lists
+/// a flag it ignores; they are still accepted there, since scripts put global flags before the subcommand. A global
+/// flag not listed here is used by every command that talks to Redis.
 const GLOBALS_USED_BY: &[(&str, &[&str])] = &[
     (
         "payload_limit",
@@ -511,7 +511,9 @@ const GLOBALS_USED_BY: &[(&str, &[&str])] = &[
     ("durability_replicas", DURABLE_WRITERS),
     ("durability_timeout", DURABLE_WRITERS),
     ("tls_ca_cert", TALK_TO_REDIS_BUT_BENCH),
-    ("cluster", CLUSTER_USERS),
+    ("cluster", TALK_TO_REDIS_BUT_BENCH),
+    // The bench starts a local cluster of its own with it.
+    ("cluster", &["bench"]),
     ("service", SERVICE_USERS),
     ("partitions", SERVICE_USERS),
     ("otlp_endpoint", &["call", "serve", "demo"]),
@@ -539,28 +541,6 @@ const TALK_TO_REDIS_BUT_BENCH: &[&str] = &[
     "dlq purge",
     "replay",
     "ui",
-];
-
-/// The commands that take `--cluster`: every one that talks to a Redis, and the bench, which then starts a local
-/// cluster of its own.
-const CLUSTER_USERS: &[&str] = &[
-    "call",
-    "info",
-    "status",
-    "reply",
-    "cancel",
-    "serve",
-    "reap",
-    "demo",
-    "stats",
-    "services",
-    "dlq list",
-    "dlq show",
-    "dlq replay",
-    "dlq purge",
-    "replay",
-    "ui",
-    "bench",
 ];
 
 /// The commands that work on the one service `--service` names (`demo` makes its own, `services` lists them all
@@ -635,9 +615,12 @@ fn hide_ignored_globals(cmd: clap::Command, parent: &str) -> clap::Command {
         let ignored = if no_redis {
             id != "log_format"
         } else {
-            GLOBALS_USED_BY
+            // A flag may have several rows: it is listed where any of them names the command.
+            let mut rows = GLOBALS_USED_BY
                 .iter()
-                .any(|(flag, users)| *flag == id && !used_here(users))
+                .filter(|(flag, _)| *flag == id)
+                .peekable();
+            rows.peek().is_some() && !rows.any(|(_, users)| used_here(users))
         };
         let hidden = ignored || arg.is_hide_set();
         arg.hide(hidden)

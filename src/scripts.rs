@@ -575,8 +575,34 @@ return 1
     )
 });
 
+/// Reads (and, for a partitioned program that records, writes once) the partition count recorded for a service.
+/// Nothing recorded while the unpartitioned requests stream exists means the service has run with one partition:
+/// that is answered as a count of 1, so a program given N > 1 by mistake is refused instead of recording N over a
+/// live service (whose requests would then go to streams nobody reads). Both keys share the service's
+/// unpartitioned hash tag, so the look and the write are one atomic step.
+///
+/// KEYS: the count key, the unpartitioned requests stream. ARGV: the program's count, '1' to record it.
+/// Returns the recorded count (a string), or nil when none is recorded (one partition so far, or just recorded).
+pub(crate) static PARTITION_COUNT: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r#"
+local recorded = redis.call('GET', KEYS[1])
+if recorded then
+  return recorded
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return '1'
+end
+if ARGV[2] == '1' and tonumber(ARGV[1]) > 1 then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return false
+"#,
+    )
+});
+
 /// Every script, for loading after a `NOSCRIPT` answer.
-pub(crate) fn all() -> [&'static Lua; 12] {
+pub(crate) fn all() -> [&'static Lua; 13] {
     [
         &ADD_REQUEST,
         &PUBLISH_REPLY,
@@ -590,6 +616,7 @@ pub(crate) fn all() -> [&'static Lua; 12] {
         &ADD_DELAYED,
         &DUE_DELAYED,
         &PROMOTE_DELAYED,
+        &PARTITION_COUNT,
     ]
 }
 

@@ -317,6 +317,66 @@ async fn three_partitions_on_one_redis_and_a_mismatch_is_refused() {
     responder.shutdown().await.expect("shutdown");
 }
 
+/// A service that has run unpartitioned (its requests stream exists, no count recorded) counts as one partition: a
+/// program given another count by mistake is refused and records nothing, instead of recording its own count over
+/// the live service (its requests would go to streams nobody reads, and every correct program would be refused at
+/// its next start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_that_ran_unpartitioned_is_not_taken_over_by_another_count() {
+    let env = TestEnv::new();
+    let service = unique_service("unpart");
+    let _plain = echo_responder(&env.client, &service).await;
+    let reply: Value = env
+        .client
+        .requester(&service)
+        .call("echo", &json!(1), GENEROUS)
+        .await
+        .expect("an unpartitioned call");
+    assert_eq!(reply, json!(1));
+
+    let three = Client::builder(&env.server.url())
+        .partitions(3)
+        .build()
+        .expect("client");
+    let err = three
+        .responder(&service)
+        .handler("echo", |_ctx: RequestContext, v: Value| async move {
+            Ok::<_, HandlerError>(v)
+        })
+        .start()
+        .await
+        .expect_err("a responder given 3 partitions");
+    assert!(
+        matches!(
+            err,
+            redcall::Error::PartitionMismatch {
+                recorded: 1,
+                configured: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = three
+        .requester(&service)
+        .call::<_, Value>("echo", &json!(2), GENEROUS)
+        .await
+        .expect_err("a requester given 3 partitions");
+    assert_eq!(err.kind(), ErrorKind::PartitionMismatch, "{err}");
+    let recorded = env
+        .server
+        .cli(&["EXISTS", &env.client.keys(&service).partition_count()]);
+    assert_eq!(recorded, "0", "a count was recorded over the live service");
+    // The unpartitioned programs go on.
+    let reply: Value = env
+        .client
+        .requester(&service)
+        .call("echo", &json!(3), GENEROUS)
+        .await
+        .expect("still served");
+    assert_eq!(reply, json!(3));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_partitions_on_a_cluster_spread_over_primaries() {
     let cluster = tokio::task::block_in_place(RedisCluster::start);

@@ -7,6 +7,9 @@
 //!   `redis-cli` output and the CLI's tables);
 //! - a namespace or service may not hold `{` or `}`: the hash tag must be exactly `{<namespace>:<service>}`, or a
 //!   Redis Cluster would place the service's keys on different shards and its scripts would fail;
+//! - a service may not hold `#`: a partition's tag is `{<namespace>:<service>#<i>.<k>}`, so service `orders#0.27`
+//!   would share the keys of partition 0 of `orders`, and an ACL pattern for the partitions of `orders`
+//!   (`~{redcall:orders#*`) would reach it;
 //! - a namespace may not hold `:`, so that `{a:b:c}` is namespace `a`, service `b:c`, and two deployments can never
 //!   share keys.
 //!
@@ -22,7 +25,7 @@ pub(crate) fn check_request_id(id: &str) -> Result<(), String> {
 
 /// Checks a service name.
 pub(crate) fn check_service(service: &str) -> Result<(), String> {
-    check("service name", service, &['{', '}'])
+    check("service name", service, &['{', '}', '#'])
 }
 
 /// Checks a function key a request asks for: not empty (the dead-letter stream's `fn` is empty for an entry whose
@@ -83,6 +86,10 @@ mod tests {
             assert!(check_namespace(bad).is_err(), "{bad}");
         }
         assert!(check_namespace("a:b").is_err());
+        // A partition's tag is `{ns:service#i.k}`: a service named like one would share its keys.
+        let err = check_service("orders#0.27").expect_err("a partition's name");
+        assert!(err.contains('#'), "{err}");
+        assert!(check_request_id("order#1").is_ok());
         assert!(check_func_key("odd {key}: ok").is_ok());
         for bad in ["", "a\nb", long.as_str()] {
             let err = check_func_key(bad).expect_err("unusable function key");

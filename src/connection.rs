@@ -142,10 +142,26 @@ pub(crate) fn is_transient(err: &redis::RedisError) -> bool {
     // script. Inside a pipeline the command's error is wrapped: unwrap it first.
     // `READONLY` and `UNBLOCKED`: the node was the primary and is a replica now (a failover); a new connection finds
     // the new primary (through Sentinel). `CLUSTERDOWN`: a cluster with a slot not served, until its failover ends.
-    matches!(
-        only_command_error(err.clone()).code(),
-        Some("LOADING" | "TRYAGAIN" | "MASTERDOWN" | "BUSY" | "READONLY" | "UNBLOCKED" | "CLUSTERDOWN")
-    ) || err.kind() == redis::ErrorKind::MasterNameNotFoundBySentinel
+    // A pipeline refused as a whole (a `MULTI` … `EXEC` while Redis loads or runs a script) carries one such error
+    // per command, and the `EXECABORT` of its `EXEC` that follows from them.
+    const PASSING: [&str; 7] = [
+        "LOADING",
+        "TRYAGAIN",
+        "MASTERDOWN",
+        "BUSY",
+        "READONLY",
+        "UNBLOCKED",
+        "CLUSTERDOWN",
+    ];
+    let passing = |code: Option<&str>| code.is_some_and(|code| PASSING.contains(&code));
+    passing(only_command_error(err.clone()).code())
+        || err.clone().into_server_errors().is_some_and(|errors| {
+            errors.iter().any(|(_, e)| passing(Some(e.code())))
+                && errors
+                    .iter()
+                    .all(|(_, e)| e.code() == "EXECABORT" || passing(Some(e.code())))
+        })
+        || err.kind() == redis::ErrorKind::MasterNameNotFoundBySentinel
         // A cluster mid-failover: the crate has no connection to the slot's node yet (it reconnects from the seeds).
         || err.kind() == redis::ErrorKind::ClusterConnectionNotFound
 }

@@ -316,3 +316,73 @@ async fn a_failed_answer_from_a_request_task_is_delivered_again_after_the_backof
 async fn a_failed_answer_made_inline_is_delivered_again_after_the_backoff() {
     a_failed_answer_is_delivered_again(true).await;
 }
+
+/// Runs a script on Redis for `busy_for`, after `CONFIG SET busy-reply-threshold 100`: from 100 ms into it until it
+/// ends, Redis answers every other client `BUSY`.
+fn keep_redis_busy(url: &str, busy_for: Duration) {
+    let client = redis::Client::open(url).expect("client");
+    let mut con = client.get_connection().expect("connect");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("busy-reply-threshold")
+        .arg("100")
+        .query(&mut con)
+        .expect("CONFIG SET busy-reply-threshold");
+    let _: () = redis::cmd("EVAL")
+        .arg(
+            "local s = redis.call('TIME') \
+             while true do \
+               local n = redis.call('TIME') \
+               if (n[1] - s[1]) * 1000000 + (n[2] - s[2]) > tonumber(ARGV[1]) then break end \
+             end",
+        )
+        .arg(0)
+        .arg(busy_for.as_micros() as u64)
+        .query(&mut con)
+        .expect("the busy script");
+}
+
+/// A reply refused because Redis cannot serve for a moment (`BUSY` while a long script runs; `LOADING` after a
+/// restart and `CLUSTERDOWN` mid-failover are the same kind) is stored once Redis answers again: the handler, whose
+/// result is in hand, does not run a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_refused_while_redis_is_busy_is_stored_without_running_the_handler_again() {
+    let env = TestEnv::new();
+    let url = env.server.url();
+    let ran = Arc::new(AtomicU64::new(0));
+    let runs = ran.clone();
+    let _responder = env
+        .responder()
+        .visibility_timeout(Duration::from_secs(30))
+        .retry_backoff(RetryPolicy::exponential(
+            Duration::from_millis(100),
+            Duration::from_millis(100),
+        ))
+        .handler("busy", move |ctx: RequestContext, _p: Value| {
+            let url = url.clone();
+            runs.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if ctx.delivery == 1 {
+                    std::thread::spawn(move || keep_redis_busy(&url, Duration::from_millis(1500)));
+                    // Past the busy threshold: the answer meets BUSY.
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                }
+                Ok::<_, HandlerError>(json!({ "delivery": ctx.delivery }))
+            }
+        })
+        .start()
+        .await
+        .expect("start responder");
+    let reply: Value = env
+        .requester()
+        .request("busy-1", "busy", &json!({}), Duration::from_secs(20))
+        .await
+        .expect("answered");
+    assert_eq!(reply, json!({ "delivery": 1 }), "the handler ran again");
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+    let mut con = env.redis().await;
+    assert!(
+        error_count(&mut con, "BUSY").await > 0,
+        "Redis was never busy"
+    );
+}

@@ -295,8 +295,11 @@ impl Shared {
                     }
                     return Some(v);
                 }
+                // Unreachable, or not serving for a moment (`LOADING`, `BUSY`, `CLUSTERDOWN`, ...): the reply is in
+                // hand, so wait for Redis rather than give the request up to a redelivery that runs it again.
                 Err(err)
-                    if connection::is_worth_reconnecting(&err)
+                    if (connection::is_worth_reconnecting(&err)
+                        || connection::is_transient(&err))
                         && tokio::time::Instant::now() + backoff.peek() < give_up =>
                 {
                     if attempt == 1 {

@@ -325,3 +325,84 @@ async fn a_partitioned_services_dead_letters_page_across_partitions_with_repeate
     assert_eq!(summary.dead_letters, full.dead_letters);
     assert_eq!(summary.stream_length, full.stream_length);
 }
+
+/// On a service of several partitions, the pending entries of every partition's stream are listed (each naming its
+/// partition), oldest first, and paging one at a time sees each exactly once.
+#[tokio::test]
+async fn pending_entries_cover_every_partition() {
+    let env = TestEnv::with_client(|b| b.partitions(3));
+    let (release, released) = watch::channel(false);
+    let responder = env
+        .responder()
+        .consumer("holder")
+        .concurrency(12)
+        .reaper(false)
+        .handler("hold", move |_ctx: RequestContext, n: i64| {
+            let mut released = released.clone();
+            async move {
+                released
+                    .wait_for(|r| *r)
+                    .await
+                    .map_err(|e| HandlerError::retry(e.to_string()))?;
+                Ok::<_, HandlerError>(n)
+            }
+        })
+        .start()
+        .await
+        .expect("responder");
+    let requester = env.requester();
+    let layout = env.client.partitioned_keys(env.service(), 3);
+    let mut sent = Vec::new();
+    for i in 0..9 {
+        let id = format!("held-{i}");
+        sent.push(
+            requester
+                .send(&id, "hold", &i, Duration::from_secs(60))
+                .await
+                .expect("send"),
+        );
+    }
+    let partitions: std::collections::BTreeSet<usize> = (0..9)
+        .map(|i| layout.index_of(&format!("held-{i}")))
+        .collect();
+    assert!(partitions.len() > 1, "the ids span partitions");
+    let admin = env.admin();
+    let group = ResponderSettings::DEFAULT_GROUP;
+    let held = wait_until(WAIT, || {
+        let admin = admin.clone();
+        async move {
+            admin
+                .pending_entries(group, None, 100)
+                .await
+                .is_ok_and(|p| p.len() == 9)
+        }
+    })
+    .await;
+    assert!(held, "nine entries held, in every partition");
+    let all = admin.pending_entries(group, None, 100).await.expect("all");
+    for entry in &all {
+        let id = entry.request_id.as_deref().expect("a request id");
+        assert_eq!(entry.partition, Some(layout.index_of(id)), "{entry:?}");
+    }
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..20 {
+        let page = admin
+            .pending_entries(group, after.as_deref(), 1)
+            .await
+            .expect("page");
+        let Some(last) = page.last() else { break };
+        after = Some(last.entry_id.clone());
+        paged.extend(page.into_iter().filter_map(|e| e.request_id));
+    }
+    paged.sort();
+    let mut expected: Vec<String> = (0..9).map(|i| format!("held-{i}")).collect();
+    expected.sort();
+    assert_eq!(paged, expected, "each pending entry once");
+
+    let _ = release.send(true);
+    for pending in sent {
+        let _: i64 = pending.wait().await.expect("released");
+    }
+    responder.shutdown().await.expect("shutdown");
+}

@@ -28,6 +28,9 @@ pub struct PendingEntry {
     /// The request id its entry carries; `None` when the entry is gone from the stream (trimmed or deleted while
     /// pending) or carries no readable id.
     pub request_id: Option<String>,
+    /// The partition whose stream holds it, on a service of several partitions (`None` for one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<usize>,
 }
 
 impl Admin {
@@ -35,12 +38,43 @@ impl Admin {
     /// `after` (exclusive; `None` for the start). Page with the last `entry_id` returned. A `limit` of 0 counts as
     /// 1, one over [`MAX_PENDING_PAGE`] as that. A group or stream that does not exist has no pending entries.
     ///
-    /// Two round trips: `XPENDING` with a range, then one pipelined `XRANGE` per entry for its request id.
+    /// Two round trips: `XPENDING` with a range, then one pipelined `XRANGE` per entry for its request id; on a
+    /// service of several partitions, that per partition, merged oldest first (entry ids repeat across partitions:
+    /// a page ends with every partition's entries of its last id, so paging skips none, and may hold up to one
+    /// entry per other partition more than `limit`).
     ///
     /// # Errors
     /// - [`Error::InvalidArgument`] when `after` is not a stream entry id (`<ms>-<seq>`);
     /// - [`Error::Redis`] when the admin's first connection or a read fails.
     pub async fn pending_entries(
+        &self,
+        group: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<PendingEntry>> {
+        let Some(parts) = self.split() else {
+            return self.pending_entries_here(group, after, limit).await;
+        };
+        let limit = limit.clamp(1, MAX_PENDING_PAGE);
+        let mut all = Vec::new();
+        for part in parts {
+            all.extend(part.pending_entries_here(group, after, limit).await?);
+        }
+        all.sort_by_key(|e| (entry_order(&e.entry_id), e.partition));
+        if all.len() > limit {
+            let last = entry_order(&all[limit - 1].entry_id);
+            let keep = limit
+                + all[limit..]
+                    .iter()
+                    .take_while(|e| entry_order(&e.entry_id) == last)
+                    .count();
+            all.truncate(keep);
+        }
+        Ok(all)
+    }
+
+    /// [`Admin::pending_entries`] of this admin's own stream (one partition's, or the service's only one).
+    async fn pending_entries_here(
         &self,
         group: &str,
         after: Option<&str>,
@@ -92,7 +126,16 @@ impl Admin {
                 consumer: p.consumer,
                 idle_ms: p.last_delivered_ms as u64,
                 deliveries: p.times_delivered as u64,
+                partition: self.partition_index(),
             })
             .collect())
     }
+}
+
+/// A stream entry id as the pair of numbers it orders by (its text does not: `9-0` comes before `10-0`); one that
+/// does not parse sorts last.
+fn entry_order(id: &str) -> (u64, u64) {
+    id.split_once('-')
+        .and_then(|(ms, seq)| Some((ms.parse().ok()?, seq.parse().ok()?)))
+        .unwrap_or((u64::MAX, u64::MAX))
 }

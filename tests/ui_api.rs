@@ -1218,3 +1218,52 @@ async fn the_overview_answers_from_the_latest_sample() {
         "no stats per overview"
     );
 }
+
+/// "Purge all that match" on a partitioned service acts in each partition on that partition's matches only:
+/// dead-letter ids repeat across partitions, and by bare id the action reached the other partition's entry of the
+/// same id, which the filter left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acting_on_all_matches_keeps_to_each_partitions_own_matches() {
+    let env = TestEnv::with_client(|b| b.partitions(2));
+    let s = env.service().to_owned();
+    // The count a partitioned program records.
+    env.server
+        .cli(&["SET", &env.client.keys(&s).partition_count(), "2"]);
+    let layout = redcall::protocol::Partitions::new("redcall", &s, 2);
+    for (p, keys) in layout.all().iter().enumerate() {
+        // The same id in both partitions: function `a` in partition 0, `b` in partition 1.
+        env.server.cli(&[
+            "XADD",
+            keys.dead_letters(),
+            "1000-1",
+            "id",
+            &format!("r{p}"),
+            "fn",
+            if p == 0 { "a" } else { "b" },
+            "reason",
+            "unknown_function",
+        ]);
+    }
+    let ui = Ui::start(&env.server, &[], &[], &[]).await;
+    let token = csrf(&ui).await;
+    let purged = ui
+        .post(
+            &format!("/api/services/{s}/dead-letters/purge"),
+            &[("X-Redcall-Csrf", token.as_str())],
+            r#"{"all": true, "func": "a"}"#,
+        )
+        .await
+        .expect("purge");
+    assert_eq!(purged.status, 200, "{}", purged.text());
+    assert_eq!(purged.json()["purged"], 1, "{}", purged.text());
+    let left: Vec<String> = layout
+        .all()
+        .iter()
+        .map(|keys| env.server.cli(&["XLEN", keys.dead_letters()]))
+        .collect();
+    assert_eq!(
+        left,
+        ["0", "1"],
+        "partition 1's `b` dead letter was purged too"
+    );
+}

@@ -160,6 +160,11 @@ pub struct ReplayReport {
 }
 
 impl ReplayReport {
+    /// One report of several replays (of several partitions, say), each counted as it was reported.
+    pub fn merged(reports: Vec<ReplayReport>) -> ReplayReport {
+        Self::merge(reports, false)
+    }
+
     /// One report of the replays of several partitions. With `by_id` (dead letters named by id, each looked for in
     /// every partition), an id is "not found" only when no partition had it, and reported so once.
     pub(super) fn merge(reports: Vec<ReplayReport>, by_id: bool) -> ReplayReport {

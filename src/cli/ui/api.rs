@@ -371,19 +371,55 @@ pub async fn replay_dead_letters(
     let done = state
         .jobs
         .run("replay", action.background, move |job| async move {
-            let ids = if all {
-                admin.dead_letter_ids_matching(&filter).await?
-            } else {
-                ids
-            };
-            job.set_total(ids.len() as u64);
-            let report = admin
-                .replay_dead_letters(&ids, &opts, |n| job.set_done(n))
-                .await?;
-            Ok(json!({ "matched": ids.len(), "report": report_json(&report) }))
+            if !all {
+                job.set_total(ids.len() as u64);
+                let report = admin
+                    .replay_dead_letters(&ids, &opts, |n| job.set_done(n))
+                    .await?;
+                return Ok(json!({ "matched": ids.len(), "report": report_json(&report) }));
+            }
+            // Each partition's matches in that partition only: dead-letter ids repeat across partitions, and an
+            // action by bare id would reach another partition's entry the filter left out.
+            let scopes = matching_scopes(&admin, &filter).await?;
+            let matched: usize = scopes.iter().map(|(_, ids)| ids.len()).sum();
+            job.set_total(matched as u64);
+            let mut reports = Vec::with_capacity(scopes.len());
+            let mut done = 0u64;
+            for (scope, ids) in scopes {
+                let base = done;
+                reports.push(
+                    scope
+                        .replay_dead_letters(&ids, &opts, |n| job.set_done(base + n))
+                        .await?,
+                );
+                done = base + ids.len() as u64;
+            }
+            let report = ReplayReport::merged(reports);
+            Ok(json!({ "matched": matched, "report": report_json(&report) }))
         })
         .await?;
     Ok(answer(done))
+}
+
+/// The dead letters that pass `filter`, per partition: each partition's admin with the ids of its own matches (one
+/// scope, `admin` itself, for a service of one partition or an admin of one partition).
+async fn matching_scopes(
+    admin: &Admin,
+    filter: &DeadLetterFilter,
+) -> redcall::Result<Vec<(Admin, Vec<String>)>> {
+    let scopes: Vec<Admin> = if admin.partition_index().is_some() || admin.layout().count() == 1 {
+        vec![admin.clone()]
+    } else {
+        (0..admin.layout().count())
+            .filter_map(|i| admin.partition(i))
+            .collect()
+    };
+    let mut matched = Vec::with_capacity(scopes.len());
+    for scope in scopes {
+        let ids = scope.dead_letter_ids_matching(filter).await?;
+        matched.push((scope, ids));
+    }
+    Ok(matched)
 }
 
 /// `POST /api/services/{service}/dead-letters/purge`: removes named dead letters or every one matching a filter.
@@ -406,17 +442,29 @@ pub async fn purge_dead_letters(
     let done = state
         .jobs
         .run("purge", action.background, move |job| async move {
-            let ids = if all {
-                admin.dead_letter_ids_matching(&filter).await?
+            let scopes = if all {
+                // Per partition, as for a replay of all that match.
+                matching_scopes(&admin, &filter).await?
             } else {
-                ids
+                vec![(admin, ids)]
             };
-            job.set_total(ids.len() as u64);
-            let report = admin.purge_dead_letters(&ids, |n| job.set_done(n)).await?;
-            let (not_found, not_found_count) = capped(&report.not_found);
+            let matched: usize = scopes.iter().map(|(_, ids)| ids.len()).sum();
+            job.set_total(matched as u64);
+            let (mut purged, mut missing) = (0u64, Vec::new());
+            let mut done = 0u64;
+            for (scope, ids) in scopes {
+                let base = done;
+                let report = scope
+                    .purge_dead_letters(&ids, |n| job.set_done(base + n))
+                    .await?;
+                purged += report.purged;
+                missing.extend(report.not_found);
+                done = base + ids.len() as u64;
+            }
+            let (not_found, not_found_count) = capped(&missing);
             Ok(json!({
-                "matched": ids.len(),
-                "purged": report.purged,
+                "matched": matched,
+                "purged": purged,
                 "not_found": not_found,
                 "not_found_count": not_found_count,
             }))

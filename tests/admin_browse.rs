@@ -406,3 +406,40 @@ async fn pending_entries_cover_every_partition() {
     }
     responder.shutdown().await.expect("shutdown");
 }
+
+/// `dead_letters` (what `redcall dlq list --after` pages with) on a service of several partitions whose dead-letter
+/// ids repeat: paging one at a time sees every entry once.
+#[tokio::test]
+async fn dead_letters_page_through_repeated_ids_of_partitions() {
+    let env = TestEnv::with_client(|b| b.partitions(3));
+    let service = env.service().to_owned();
+    let layout = redcall::protocol::Partitions::new("redcall", &service, 3);
+    for (p, keys) in layout.all().iter().enumerate() {
+        for i in 1..=2 {
+            env.server.cli(&[
+                "XADD",
+                keys.dead_letters(),
+                &format!("1000-{i}"),
+                "id",
+                &format!("p{p}-r{i}"),
+                "fn",
+                "f",
+            ]);
+        }
+    }
+    let admin = env.admin();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..20 {
+        let page = admin.dead_letters(after.as_deref(), 1).await.expect("page");
+        let Some(last) = page.last() else { break };
+        after = Some(last.dead_id.clone());
+        seen.extend(page.into_iter().filter_map(|e| e.request_id));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["p0-r1", "p0-r2", "p1-r1", "p1-r2", "p2-r1", "p2-r2"],
+        "each dead letter once"
+    );
+}

@@ -141,7 +141,8 @@ impl Admin {
     }
 
     /// Up to `limit` dead letters, oldest first, starting after the dead-letter id `after` (exclusive; `None`
-    /// for the start). Page with the last `dead_id` returned. A `limit` of 0 counts as 1.
+    /// for the start). Page with the last `dead_id` returned. A `limit` of 0 counts as 1. On a service of several
+    /// partitions a page may hold up to one entry per other partition more than `limit`: those of its last id.
     ///
     /// # Errors
     /// - [`Error::InvalidArgument`] when `after` is not a stream entry id (`<ms>-<seq>`);
@@ -165,7 +166,18 @@ impl Admin {
                 all.extend(Box::pin(part.dead_letters(after, limit)).await?);
             }
             all.sort_by_key(|e| parse_entry_id(&e.dead_id));
-            all.truncate(limit.max(1));
+            // Ids repeat across partitions (they write in the same millisecond): the page ends with every
+            // partition's entries of its last id, so paging on after that id leaves none out.
+            let limit = limit.max(1);
+            if all.len() > limit {
+                let last = parse_entry_id(&all[limit - 1].dead_id);
+                let keep = limit
+                    + all[limit..]
+                        .iter()
+                        .take_while(|e| parse_entry_id(&e.dead_id) == last)
+                        .count();
+                all.truncate(keep);
+            }
             return Ok(all);
         }
         let mut con = self.con().await?;

@@ -17,6 +17,8 @@ pub struct ProgressUpdates {
     last: Option<Vec<u8>>,
     /// The last progress kept when the subscription started, handed out first.
     first: Option<Vec<u8>>,
+    /// The connection was lost while the updates older than `first` were dropped: nothing follows `first`.
+    ended: bool,
     /// `T:progress:<id>`: the key of the last progress, and the channel of every update.
     key: String,
     /// The subscribed connection (dropping it ends the subscription); [`ProgressUpdates::rest`] reads on it.
@@ -41,6 +43,7 @@ impl ProgressUpdates {
         loop {
             let bytes = match self.first.take() {
                 Some(first) => first,
+                None if self.ended => return None,
                 None => self.rx.recv().await.flatten()?,
             };
             if let Some(update) = self.hand_out(bytes) {
@@ -107,7 +110,7 @@ impl PendingReply {
     /// [`Error::Connect`] or [`Error::Redis`] when the connection or its subscription fails.
     pub async fn progress(&self) -> Result<ProgressUpdates> {
         let channel = self.keys.progress(&self.id);
-        let (mut con, rx) = crate::connection::listen(
+        let (mut con, mut rx) = crate::connection::listen(
             self.router.target(),
             self.router.config(),
             &channel,
@@ -119,11 +122,20 @@ impl PendingReply {
             .query_async(&mut con)
             .await
             .map_err(Error::redis("reading the last progress"))?;
+        // Every update published before that `GET` ran is queued already (one connection's pushes and answers come
+        // in order) and is no newer than the kept value, which comes first: drop them, or the stream would go back.
+        let mut ended = false;
+        if first.is_some() {
+            while let Ok(message) = rx.try_recv() {
+                ended |= message.is_none();
+            }
+        }
         Ok(ProgressUpdates {
             id: self.id.clone(),
             rx,
             last: None,
             first,
+            ended,
             key: channel,
             con,
         })

@@ -326,8 +326,13 @@ async fn a_live_responder_is_kept(partitions: usize) {
         .expect("answered");
     assert_eq!(reply, json!(1));
     let admin = env.admin();
+    // Its first heartbeat record is written once it runs, not before `start` returns.
+    let beating = wait_until(Duration::from_secs(10), || async {
+        admin.responders().await.is_ok_and(|live| live.len() == 1)
+    })
+    .await;
+    assert!(beating, "no heartbeat record");
     let live = admin.responders().await.expect("responders");
-    assert_eq!(live.len(), 1, "{live:?}");
     let name = live[0].consumer.clone();
     // Idle past the reaper's limit, as Redis sees it.
     let idle = wait_until(Duration::from_secs(10), || async {

@@ -32,6 +32,9 @@ struct Inner {
     target: Target,
     config: ClientConfig,
     router: OnceCell<Arc<Router>>,
+    /// The services (with a partition count) whose count recorded in Redis was found to agree, by any requester of
+    /// this client: each is checked once per client, not once per `Client::requester` handle.
+    partitions_agreed: std::sync::Mutex<std::collections::HashSet<(String, usize)>>,
 }
 
 // By hand: the Redis URL may carry a password, so only the settings are shown.
@@ -118,6 +121,24 @@ impl Client {
             config: ClientConfig::default(),
             tls: TlsSettings::default(),
         }
+    }
+
+    /// Whether a requester of this client found `service`'s recorded partition count to agree with `count`.
+    pub(crate) fn partitions_agreed(&self, service: &str, count: usize) -> bool {
+        self.inner
+            .partitions_agreed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&(service.to_owned(), count))
+    }
+
+    /// Notes that `service`'s recorded partition count agrees with `count`.
+    pub(crate) fn note_partitions_agreed(&self, service: &str, count: usize) {
+        self.inner
+            .partitions_agreed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((service.to_owned(), count));
     }
 
     /// A requester for `service`. Cheap: requesters of one client share its reply connection, so make one per
@@ -361,6 +382,7 @@ impl ClientBuilder {
                 target,
                 config: self.config,
                 router: OnceCell::new(),
+                partitions_agreed: Default::default(),
             }),
         })
     }

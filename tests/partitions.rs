@@ -683,3 +683,31 @@ async fn on_a_cluster_subscriptions_come_first_and_killed_responders_work_is_rec
         "{out:?}"
     );
 }
+
+/// The partition count is checked once per client and service, not once per `Client::requester` handle: a handle
+/// made per call (as the docs allow) costs no extra round trip after the first.
+#[tokio::test]
+async fn the_count_is_checked_once_per_client_and_service() {
+    let env = TestEnv::new();
+    let service = unique_service("checked-once");
+    // The first send loads the scripts and checks the count.
+    drop(
+        env.client
+            .requester(&service)
+            .send("once-first", "echo", &json!(0), GENEROUS)
+            .await
+            .expect("send"),
+    );
+    let before = common::command_calls(&env.server, "evalsha");
+    for i in 0..5 {
+        let pending = env
+            .client
+            .requester(&service)
+            .send(&format!("once-{i}"), "echo", &json!(i), GENEROUS)
+            .await
+            .expect("send");
+        drop(pending);
+    }
+    // Five adds (`ADD_REQUEST`), no more checks (`PARTITION_COUNT`).
+    assert_eq!(common::command_calls(&env.server, "evalsha") - before, 5);
+}

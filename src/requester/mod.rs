@@ -31,8 +31,6 @@ pub struct Requester {
     client: Client,
     /// The service's partitions: each request's keys are those of its id's partition.
     parts: Arc<Partitions>,
-    /// Set once the partition count recorded in Redis was found to agree (see [`crate::partition_count`]).
-    checked: Arc<tokio::sync::OnceCell<()>>,
     /// The service's name, for log fields.
     service: Arc<str>,
     /// Why the service name is unusable, if it is: every operation then fails with it, before touching Redis.
@@ -61,7 +59,6 @@ impl Requester {
             metrics: Arc::new(crate::metrics::RequesterMetrics::new(service)),
             client,
             parts,
-            checked: Arc::new(tokio::sync::OnceCell::new()),
             service: service.into(),
             bad_service,
             bad_partitions: None,
@@ -76,7 +73,6 @@ impl Requester {
             .err()
             .map(|e| Arc::from(e.to_string()));
         self.parts = Arc::new(self.client.partitioned_keys(&self.service, count));
-        self.checked = Arc::new(tokio::sync::OnceCell::new());
         self
     }
 
@@ -91,11 +87,14 @@ impl Requester {
     }
 
     /// Compares this requester's partition count with the one recorded for the service (recording it when none is
-    /// and the count is above one), once per requester and its clones. Only a recorded count that disagrees fails:
+    /// and the count is above one), once per client and service (every `Client::requester` handle of the service
+    /// shares the answer, so a handle made per call costs no extra round trip). Only a recorded count that disagrees
+    /// fails:
     /// when Redis cannot be asked now, the operation goes on (it meets the same outage and rides it out) and the
     /// next one asks again.
     async fn check_partitions(&self, router: &Router) -> Result<()> {
-        if self.checked.initialized() {
+        let count = self.parts.count();
+        if self.client.partitions_agreed(&self.service, count) {
             return Ok(());
         }
         let Ok(mut con) = router.connection() else {
@@ -103,7 +102,7 @@ impl Requester {
         };
         match crate::partition_count::check(&mut con, &self.parts, &self.service, true).await {
             Ok(()) => {
-                let _ = self.checked.set(());
+                self.client.note_partitions_agreed(&self.service, count);
                 Ok(())
             }
             Err(err @ (Error::PartitionMismatch { .. } | Error::Config(_))) => Err(err),

@@ -146,11 +146,22 @@ impl Admin {
         self.partition
     }
 
+    /// Whether this admin covers several partitions ([`Admin::split`] gives one admin per partition).
+    pub(crate) fn is_split(&self) -> bool {
+        self.partition.is_none() && self.parts.count() > 1
+    }
+
+    /// Every scope this admin's operations cover: one admin per partition for a whole service of several, else
+    /// this admin itself. For acting on each partition's own entries (dead-letter ids repeat across partitions).
+    pub fn scopes(&self) -> Vec<Admin> {
+        self.split().unwrap_or_else(|| vec![self.clone()])
+    }
+
     /// For an admin of a whole service of several partitions, an admin per partition: what its operations run on
     /// and merge. `None` when this admin's keys are already the whole story (one partition, or one partition's
     /// admin).
     pub(crate) fn split(&self) -> Option<Vec<Admin>> {
-        if self.partition.is_some() || self.parts.count() == 1 {
+        if !self.is_split() {
             return None;
         }
         Some(
@@ -241,6 +252,11 @@ impl Admin {
     /// whatever the count (heartbeat records, the recorded count).
     pub(crate) async fn unchecked_con(&self) -> Result<ManagedConnection> {
         crate::names::check_service(&self.service).map_err(Error::InvalidArgument)?;
+        self.shared_con().await
+    }
+
+    /// The admin's one connection, opened on first use (no checks: see [`Admin::con`], [`Admin::unchecked_con`]).
+    async fn shared_con(&self) -> Result<ManagedConnection> {
         self.con
             .get_or_try_init(|| {
                 connection::managed_connection(self.client.target(), self.client.config())
@@ -257,13 +273,7 @@ impl Admin {
         if let Some(problem) = &self.bad_partitions {
             return Err(Error::Config(problem.to_string()));
         }
-        let con = self
-            .con
-            .get_or_try_init(|| {
-                connection::managed_connection(self.client.target(), self.client.config())
-            })
-            .await
-            .cloned()?;
+        let con = self.shared_con().await?;
         // An admin given another partition count than the service has would show and change the wrong streams.
         self.checked
             .get_or_try_init(|| async {

@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::pager::Pager;
+use super::pager::{Pager, page_end};
 use super::{Admin, DeadLetterEntry};
 use crate::error::Result;
 use crate::protocol::entry::{check_entry_id, parse_entry_id};
@@ -90,15 +90,7 @@ impl DeadLetterPage {
             .filter(|e| bound.is_none_or(|b| parse_entry_id(&e.dead_id).is_some_and(|id| id <= b)))
             .collect();
         entries.sort_by_key(|e| parse_entry_id(&e.dead_id));
-        let cut_at = entries.len().min(limit).max(1);
-        let cut = entries
-            .get(cut_at - 1)
-            .and_then(|e| parse_entry_id(&e.dead_id));
-        let keep = cut_at
-            + entries[cut_at.min(entries.len())..]
-                .iter()
-                .take_while(|e| parse_entry_id(&e.dead_id) == cut)
-                .count();
+        let keep = page_end(&entries, limit, |e| parse_entry_id(&e.dead_id));
         let next_after = if entries.len() > keep {
             // Cut after the `limit`-th entry and every other partition's entry of the same id (ids repeat across
             // partitions, which write in the same millisecond), so going on after that id leaves none out.

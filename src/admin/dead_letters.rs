@@ -5,6 +5,7 @@ use redis::streams::{StreamId, StreamRangeReply};
 use serde::Serialize;
 
 use super::Admin;
+use super::pager::page_end;
 use crate::error::{Error, Result};
 use crate::protocol::entry::{check_entry_id, parse_entry_id};
 use crate::protocol::{self, FIELD_ENVELOPE, FIELD_ID, RequestEnvelope};
@@ -168,16 +169,7 @@ impl Admin {
             all.sort_by_key(|e| parse_entry_id(&e.dead_id));
             // Ids repeat across partitions (they write in the same millisecond): the page ends with every
             // partition's entries of its last id, so paging on after that id leaves none out.
-            let limit = limit.max(1);
-            if all.len() > limit {
-                let last = parse_entry_id(&all[limit - 1].dead_id);
-                let keep = limit
-                    + all[limit..]
-                        .iter()
-                        .take_while(|e| parse_entry_id(&e.dead_id) == last)
-                        .count();
-                all.truncate(keep);
-            }
+            all.truncate(page_end(&all, limit, |e| parse_entry_id(&e.dead_id)));
             return Ok(all);
         }
         let mut con = self.con().await?;
@@ -264,10 +256,14 @@ impl Admin {
                 report.purged += done.purged;
                 missing = Some(match missing {
                     None => done.not_found,
-                    Some(m) => m
-                        .into_iter()
-                        .filter(|id| done.not_found.contains(id))
-                        .collect(),
+                    Some(m) => {
+                        // Up to 10,000 ids each: a set, not a scan of the list per id.
+                        let here: std::collections::HashSet<&str> =
+                            done.not_found.iter().map(String::as_str).collect();
+                        m.into_iter()
+                            .filter(|id| here.contains(id.as_str()))
+                            .collect()
+                    }
                 });
             }
             report.not_found = missing.unwrap_or_default();

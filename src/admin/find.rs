@@ -203,7 +203,7 @@ impl Admin {
     /// - [`Error::Redis`] when the admin's first connection or a read fails.
     pub async fn dead_letter_of_request(&self, id: &str) -> Result<DeadLetterEntry> {
         crate::names::check_request_id(id).map_err(Error::InvalidArgument)?;
-        if self.split().is_some() {
+        if self.is_split() {
             return Box::pin(self.for_id(id).dead_letter_of_request(id)).await;
         }
         let mut con = self.con().await?;

@@ -66,3 +66,23 @@ impl<'a> Pager<'a> {
         Ok(Some(page.ids))
     }
 }
+
+/// Where a page of entries merged from several partitions ends: `sorted` (oldest first by `key`) cut after the
+/// `limit`-th entry and every following entry of the same key. Entry ids repeat across partitions (they write in the
+/// same millisecond), so paging on after that key leaves none out. `sorted.len()` when there are no more than
+/// `limit`; a `limit` of 0 counts as 1.
+pub(super) fn page_end<T, K: PartialEq>(
+    sorted: &[T],
+    limit: usize,
+    key: impl Fn(&T) -> K,
+) -> usize {
+    let limit = limit.max(1);
+    let Some(last) = sorted.get(limit - 1).map(&key) else {
+        return sorted.len();
+    };
+    limit
+        + sorted[limit..]
+            .iter()
+            .take_while(|e| key(e) == last)
+            .count()
+}

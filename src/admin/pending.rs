@@ -6,9 +6,10 @@ use redis::streams::{StreamPendingCountReply, StreamRangeReply};
 use serde::Serialize;
 
 use super::Admin;
+use super::pager::page_end;
 use crate::error::{Error, Result};
 use crate::protocol::FIELD_ID;
-use crate::protocol::entry::check_entry_id;
+use crate::protocol::entry::{check_entry_id, parse_entry_id};
 
 /// Most entries [`Admin::pending_entries`] returns per call: each costs a read of its stream entry.
 pub const MAX_PENDING_PAGE: usize = 1000;
@@ -60,16 +61,8 @@ impl Admin {
         for part in parts {
             all.extend(part.pending_entries_here(group, after, limit).await?);
         }
-        all.sort_by_key(|e| (entry_order(&e.entry_id), e.partition));
-        if all.len() > limit {
-            let last = entry_order(&all[limit - 1].entry_id);
-            let keep = limit
-                + all[limit..]
-                    .iter()
-                    .take_while(|e| entry_order(&e.entry_id) == last)
-                    .count();
-            all.truncate(keep);
-        }
+        all.sort_by_key(|e| (parse_entry_id(&e.entry_id), e.partition));
+        all.truncate(page_end(&all, limit, |e| parse_entry_id(&e.entry_id)));
         Ok(all)
     }
 
@@ -130,12 +123,4 @@ impl Admin {
             })
             .collect())
     }
-}
-
-/// A stream entry id as the pair of numbers it orders by (its text does not: `9-0` comes before `10-0`); one that
-/// does not parse sorts last.
-fn entry_order(id: &str) -> (u64, u64) {
-    id.split_once('-')
-        .and_then(|(ms, seq)| Some((ms.parse().ok()?, seq.parse().ok()?)))
-        .unwrap_or((u64::MAX, u64::MAX))
 }

@@ -189,7 +189,7 @@ impl Admin {
     /// - [`Error::Redis`] when the admin's first connection or a read fails.
     pub async fn status(&self, id: &str) -> Result<RequestStatus> {
         crate::names::check_request_id(id).map_err(Error::InvalidArgument)?;
-        if self.split().is_some() {
+        if self.is_split() {
             return Box::pin(self.for_id(id).status(id)).await;
         }
         let mut con = self.con().await?;

@@ -407,13 +407,7 @@ async fn matching_scopes(
     admin: &Admin,
     filter: &DeadLetterFilter,
 ) -> redcall::Result<Vec<(Admin, Vec<String>)>> {
-    let scopes: Vec<Admin> = if admin.partition_index().is_some() || admin.layout().count() == 1 {
-        vec![admin.clone()]
-    } else {
-        (0..admin.layout().count())
-            .filter_map(|i| admin.partition(i))
-            .collect()
-    };
+    let scopes = admin.scopes();
     let mut matched = Vec::with_capacity(scopes.len());
     for scope in scopes {
         let ids = scope.dead_letter_ids_matching(filter).await?;

@@ -9,7 +9,9 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use redcall::admin::{Admin, DeadLetterFilter, ReplayOptions, ReplayReport, RequestState};
+use redcall::admin::{
+    Admin, DeadLetterFilter, ReplayOptions, ReplayReport, RequestState, ServiceStats,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -71,10 +73,10 @@ pub async fn services(State(state): State<AppState>) -> ApiResult {
     })))
 }
 
-/// The admin of `service`, once it is known to exist: a usable name (else 400) with a requests stream, dead
-/// letters, delayed requests or live responders (else 404). Reads [`Admin::stats_summary`], which never walks the
-/// dead-letter stream.
-async fn known(state: &AppState, service: &str) -> Result<Admin, ApiError> {
+/// The admin of `service` and its [`Admin::stats_summary`] (which never walks the dead-letter stream), once it is
+/// known to exist: a usable name (else 400) with a requests stream, dead letters, delayed requests or live
+/// responders (else 404). Handlers take their numbers from that summary rather than reading them again.
+async fn known(state: &AppState, service: &str) -> Result<(Admin, ServiceStats), ApiError> {
     let admin = state.admins.get(service).await;
     let stats = admin.stats_summary().await?;
     let exists = stats.first_entry_id.is_some()
@@ -84,7 +86,7 @@ async fn known(state: &AppState, service: &str) -> Result<Admin, ApiError> {
         || stats.entries_added.is_some()
         || !admin.responders().await?.is_empty();
     if exists {
-        Ok(admin)
+        Ok((admin, stats))
     } else {
         Err(ApiError::not_found(format!(
             "no service {service:?} in namespace {:?}",
@@ -102,7 +104,7 @@ pub async fn service(
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
     let Path(service) = path?;
-    let admin = known(&state, &service).await?;
+    let (admin, _) = known(&state, &service).await?;
     let stats = state.attribution.stats(&admin).await?;
     let responders = admin.responders().await?;
     let mut value = json!({
@@ -154,11 +156,11 @@ pub async fn pending(
     let Path(service) = path?;
     let Query(q) = query?;
     let limit = page_size(q.limit)?;
-    let admin = known(&state, &service).await?;
+    let (admin, summary) = known(&state, &service).await?;
     let group = match q.group.filter(|g| !g.is_empty()) {
         Some(g) => g,
         // No group yet: the default group's name, which has no pending entries (and `after` is still checked).
-        None => match admin.stats_summary().await?.groups.into_iter().next() {
+        None => match summary.groups.into_iter().next() {
             Some(g) => g.name,
             None => redcall::ResponderSettings::DEFAULT_GROUP.to_owned(),
         },
@@ -204,11 +206,11 @@ pub async fn dead_letters(
     let Path(service) = path?;
     let Query(q) = query?;
     let limit = page_size(q.limit)?;
-    let admin = known(&state, &service).await?;
+    let (admin, summary) = known(&state, &service).await?;
     let page = admin
         .dead_letters_matching(&filter(q.func, q.reason), q.after.as_deref(), limit)
         .await?;
-    let total = admin.dead_letter_count().await?;
+    let total = summary.dead_letters;
     let entries: Vec<Value> = page.entries.iter().map(crate::cli::dlq::describe).collect();
     Ok(Json(json!({
         "total": total,
@@ -250,7 +252,7 @@ pub async fn dead_letter(
 ) -> ApiResult {
     let Path((service, dead_id)) = path?;
     let Query(q) = query?;
-    let admin = in_partition(known(&state, &service).await?, q.partition)?;
+    let admin = in_partition(known(&state, &service).await?.0, q.partition)?;
     let entry = admin.dead_letter(&dead_id).await?;
     Ok(Json(crate::cli::dlq::describe(&entry)))
 }
@@ -365,7 +367,7 @@ pub async fn replay_dead_letters(
     }
     action.check()?;
     let opts = replay_options(action.timeout_secs, action.dry_run)?;
-    let admin = in_partition(known(&state, &service).await?, action.partition)?;
+    let admin = in_partition(known(&state, &service).await?.0, action.partition)?;
     let filter = filter(action.func, action.reason);
     let (ids, all) = (action.ids, action.all);
     let done = state
@@ -430,7 +432,7 @@ pub async fn purge_dead_letters(
             "a purge takes no `dry_run` or `timeout_secs`",
         ));
     }
-    let admin = in_partition(known(&state, &service).await?, action.partition)?;
+    let admin = in_partition(known(&state, &service).await?.0, action.partition)?;
     let filter = filter(action.func, action.reason);
     let (ids, all) = (action.ids, action.all);
     let done = state
@@ -501,13 +503,12 @@ pub async fn replay_range(
     if let Some(func) = action.func.filter(|f| !f.is_empty()) {
         opts = opts.func_key(func);
     }
-    let admin = known(&state, &service).await?;
+    let (admin, summary) = known(&state, &service).await?;
     let (from, to) = (action.from, action.to);
     let done = state
         .jobs
         .run("replay_range", action.background, move |job| async move {
-            let total = admin.stats_summary().await?.stream_length;
-            job.set_total(total);
+            job.set_total(summary.stream_length);
             let report = admin
                 .replay_range(&from, &to, &opts, |n| job.set_done(n))
                 .await?;

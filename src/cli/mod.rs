@@ -516,6 +516,8 @@ const GLOBALS_USED_BY: &[(&str, &[&str])] = &[
     ("cluster", &["bench"]),
     ("service", SERVICE_USERS),
     ("partitions", SERVICE_USERS),
+    // The cluster bench compares 1 partition with this many.
+    ("partitions", &["bench"]),
     ("otlp_endpoint", &["call", "serve", "demo"]),
 ];
 

@@ -269,3 +269,40 @@ async fn a_reused_id_starts_without_the_old_progress() {
     let mut updates = pending.progress().await.expect("watch");
     assert!(updates.rest::<String>().await.is_empty(), "an old update");
 }
+
+/// A replayed request starts without the last progress of the run that failed: `REPLAY` clears it with the stored
+/// reply and last error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_request_starts_without_the_old_progress() {
+    let env = TestEnv::new();
+    let responder = env
+        .responder()
+        .max_deliveries(1)
+        .handler("half", |ctx: RequestContext, _p: Value| async move {
+            ctx.progress(&"half way")
+                .await
+                .map_err(|e| HandlerError::fail("progress", e.to_string()))?;
+            Err::<Value, _>(HandlerError::retry("gives up"))
+        })
+        .start()
+        .await
+        .expect("start");
+    let err = env
+        .requester()
+        .request::<_, Value>("replayed-1", "half", &json!({}), Duration::from_secs(20))
+        .await
+        .expect_err("dead-lettered");
+    assert_eq!(err.kind(), redcall::ErrorKind::DeadLettered, "{err}");
+    responder.shutdown().await.expect("shutdown");
+    let admin = env.admin();
+    let status = admin.status("replayed-1").await.expect("status");
+    assert!(status.last_progress.is_some(), "{status:?}");
+
+    let report = admin
+        .replay_all_dead_letters(&redcall::admin::ReplayOptions::default(), |_| {})
+        .await
+        .expect("replay");
+    assert_eq!(report.replayed.len(), 1, "{report:?}");
+    let status = admin.status("replayed-1").await.expect("status");
+    assert!(status.last_progress.is_none(), "{status:?}");
+}
